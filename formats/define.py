@@ -1,0 +1,39 @@
+"""Define your own datatypes in a line; the built-ins are declared the same way.
+
+>>> from hwlab.formats import define_lut, define_minifloat, define_mixture
+>>> define_lut("my_apot4", [0, 0.25, 0.5, 1, 1.5, 2, 3, 4, -0.25, -0.5, -1, -1.5, -2, -3, -4])
+>>> define_minifloat("fp4_e2m1_b2", exp_bits=2, man_bits=1, bias=2)
+>>> define_mixture("my_mix", ["fp4_e2m1", "nf4"])
+
+From then on the name works everywhere a built-in name works (``hwlab.quantize``, save and
+load, the CLI, ``list_formats``). Pass ``register=False`` to get the format without
+registering it.
+"""
+from __future__ import annotations
+
+from .lookup import lut_format
+from .minifloat import minifloat_format
+from .mixture import MixtureFormat
+from .registry import get_format, register_format
+
+
+def define_lut(name: str, values, *, bits: int | None = None, rounding: str = "nearest_even",
+               description: str | None = None, register: bool = True, overwrite: bool = False):
+    """A lookup-table format (code ``i`` decodes to ``values[i]``; up to 256 values)."""
+    fmt = lut_format(name, values, bits=bits, rounding=rounding, description=description)
+    return register_format(fmt, overwrite=overwrite) if register else fmt
+
+
+def define_minifloat(name: str, exp_bits: int, man_bits: int, *, bias: int | None = None,
+                     semantics: str = "finite", description: str | None = None,
+                     register: bool = True, overwrite: bool = False):
+    """A minifloat of sign + ``exp_bits`` + ``man_bits`` (see :mod:`hwlab.formats.minifloat`)."""
+    fmt = minifloat_format(name, exp_bits, man_bits, bias=bias, semantics=semantics, description=description)
+    return register_format(fmt, overwrite=overwrite) if register else fmt
+
+
+def define_mixture(name: str, members, *, description: str | None = None, register: bool = True,
+                   overwrite: bool = False):
+    """A per-group least-MSE mixture of registered element formats (names or formats)."""
+    fmt = MixtureFormat(name, [get_format(m) for m in members], description=description)
+    return register_format(fmt, overwrite=overwrite) if register else fmt

@@ -1,0 +1,76 @@
+"""Lookup-table element formats: any list of up to 256 values, plus NF4 and FLINT4.
+
+A table of ``n`` values takes ``ceil(log2 n)`` bits; codes past ``n`` decode to NaN and are
+never emitted. Values keep their order as codes (code ``i`` decodes to ``values[i]``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .element import MAX_TABLE_CODES, ElementFormat
+
+# bitsandbytes `get_4bit_type("nf4")` (bitsandbytes/functional.py), float32 constants in code
+# order; QLoRA (Dettmers et al., 2023), appendix E.
+NF4_VALUES = (
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+)
+
+# ANT (Guo et al., MICRO 2022), signed 4-bit flint: {0, +-1/4, +-1/2, +-3/4, +-1, +-3/2, +-2, +-4}
+# (clevercool/ANT-Quantization). Layout here: sign-magnitude, magnitude codes ascending,
+# the -0 code (0b1000) unused.
+FLINT4_MAGNITUDES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
+
+
+def sign_magnitude_table(magnitudes, negative_zero=np.nan) -> np.ndarray:
+    """Values of a sign-magnitude code: ``magnitudes`` for sign 0, their negatives for sign 1.
+
+    The code of ``-0`` (sign 1, magnitude 0) decodes to ``negative_zero``: NaN (unused) by
+    default, or a repurposed special value (BitMoD).
+    """
+    mags = np.asarray(magnitudes, dtype=np.float64)
+    values = np.concatenate([mags, -mags])
+    values[mags.size] = negative_zero
+    return values
+
+
+def lut_format(name: str, values, *, bits: int | None = None, rounding: str = "nearest_even",
+               family: str = "lookup", description: str | None = None) -> ElementFormat:
+    """An :class:`ElementFormat` from a list of values (code ``i`` decodes to ``values[i]``).
+
+    ``bits`` defaults to the fewest that hold the table; spare codes decode to NaN and are
+    never emitted. NaN entries mark unused codes.
+    """
+    table = np.asarray(values, dtype=np.float64).ravel()
+    if not 2 <= table.size <= MAX_TABLE_CODES:
+        raise ValueError(f"a lookup table needs 2..{MAX_TABLE_CODES} values, got {table.size}")
+    if np.isinf(table).any():
+        raise ValueError(f"lookup table {name!r} contains inf; expected finite values (NaN marks an unused code)")
+    need = max(1, math.ceil(math.log2(table.size)))
+    bits = need if bits is None else bits
+    if bits < need:
+        raise ValueError(f"lookup table {name!r} has {table.size} values, which need {need} bits, got bits={bits}")
+    padded = np.full(2**bits, np.nan)
+    padded[:table.size] = table
+    finite = np.sort(table[np.isfinite(table)])
+    repeated = finite[1:][np.diff(finite) == 0]
+    if repeated.size:
+        raise ValueError(f"lookup table {name!r} repeats the value {repeated[0]}; values must be distinct")
+    return ElementFormat(name, bits, padded, family=family, rounding=rounding,
+                         description=description or f"lookup table of {table.size} values")
+
+
+def nf4_format() -> ElementFormat:
+    """NF4 exactly as bitsandbytes; ties go to the lower value like its ``x > midpoint`` tree."""
+    return lut_format("nf4", NF4_VALUES, rounding="nearest_down",
+                      description="NormalFloat4 (QLoRA), table of bitsandbytes get_4bit_type('nf4')")
+
+
+def flint4_format() -> ElementFormat:
+    """ANT's signed 4-bit flint."""
+    return lut_format("flint4", sign_magnitude_table(FLINT4_MAGNITUDES),
+                      description="ANT flint4: {0, +-1/4, +-1/2, +-3/4, +-1, +-3/2, +-2, +-4}")

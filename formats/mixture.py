@@ -1,0 +1,57 @@
+"""Per-group mixtures of element formats (BitMoD's mixture of datatypes, or your own).
+
+Each group is quantized with every member (its own absmax scale), and the member with the
+least squared error is kept (strict ``<``: on a tie the earlier member wins, as in the BitMoD
+authors' ``search_datatype``). The member index is stored per group in
+``ceil(log2 len(members))`` bits (2 bits for BitMoD's four members).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .element import ElementFormat, Format
+from .scaled import ScaledScheme
+
+
+class MixtureFormat(ScaledScheme, Format):
+    """A datatype that picks one of ``members`` per group by least MSE."""
+
+    def __init__(self, name: str, members, *, description: str | None = None, defaults: dict | None = None):
+        members = tuple(members)
+        if len(members) < 2:
+            raise ValueError(f"a mixture needs at least 2 members, got {len(members)}")
+        if not all(isinstance(m, ElementFormat) for m in members):
+            raise TypeError("mixture members must be element formats (ElementFormat), got "
+                            f"{[type(m).__name__ for m in members]}")
+        widths = {m.bits for m in members}
+        if len(widths) != 1:
+            raise ValueError(f"mixture members must share one bit width, got {sorted(widths)}")
+        scalings = {m.scaling for m in members}
+        if len(scalings) != 1:
+            raise ValueError(f"mixture members must share one scaling rule, got {sorted(scalings)}")
+        self.name, self.bits, self.family = name, widths.pop(), "mixture"
+        self.members = members
+        self.description = description or f"per-group mixture of {', '.join(m.name for m in members)}"
+        self.defaults = dict(defaults or {})
+
+    @property
+    def values(self) -> np.ndarray:
+        """Decoded values, ``[member, code]`` (row = type id)."""
+        return np.stack([m.values for m in self.members])
+
+    def encode(self, x, type_id: int, **kwargs) -> np.ndarray:
+        """Codes of ``x`` in member ``type_id`` (see :meth:`ElementFormat.encode`)."""
+        return self._member(type_id).encode(x, **kwargs)
+
+    def decode(self, codes, type_id: int) -> np.ndarray:
+        """Values of ``codes`` in member ``type_id``, float32."""
+        return self._member(type_id).decode(codes)
+
+    def _member(self, type_id: int) -> ElementFormat:
+        if not 0 <= type_id < len(self.members):
+            raise ValueError(f"type_id must be in 0..{len(self.members) - 1} for {self.name}, got {type_id}")
+        return self.members[type_id]
+
+    def definition(self) -> dict:
+        return {**super().definition(), "members": [m.definition() for m in self.members],
+                "defaults": {k: repr(v) for k, v in sorted(self.defaults.items())}}

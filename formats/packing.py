@@ -1,0 +1,103 @@
+"""Bit packing of codes into 32-bit words, and base-3 packing of ternary codes.
+
+Layout (what GPU kernels read): each row of ``K`` codes of ``b`` bits is a little-endian bit
+stream, code ``k`` at bits ``[k*b, (k+1)*b)`` of the row, and the row is padded with zero bits to
+a whole number of 32-bit words. So for ``b`` in {1, 2, 4, 8} code ``k`` sits in word
+``k // (32 // b)`` at shift ``(k % (32 // b)) * b`` and never straddles a word; for other widths
+every 32 codes fill exactly ``b`` words, so a 16-byte load of 4 words always starts a code block
+when ``b`` divides 4 or ``K`` is a multiple of 128. Words are ``uint32``, little-endian.
+
+Ternary ``trit5`` packing: 5 trits per byte, ``byte = sum(t_i * 3**i)`` with ``t_i`` in {0, 1, 2}
+for {0, +1, -1} (the 2-bit codes 0, 1, 3); 1.6 bits per weight; rows padded to whole bytes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+WORD_BITS = 32
+TRITS_PER_BYTE = 5  # 3**5 = 243 <= 256
+_TRIT_OF_CODE = np.array([0, 1, 255, 2], dtype=np.uint8)  # ternary 2-bit code -> trit (code 2 unused)
+_CODE_OF_TRIT = np.array([0, 1, 3], dtype=np.uint8)
+
+
+def packed_words(length: int, bits: int) -> int:
+    """Number of 32-bit words that hold ``length`` codes of ``bits`` bits."""
+    return -(-length * bits // WORD_BITS)
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Pack ``codes`` [rows, K] (each < 2**bits) along K into ``uint32`` [rows, words]."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2:
+        raise ValueError(f"pack_codes expects a 2-D array [rows, K], got shape {codes.shape}")
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    rows, length = codes.shape
+    if codes.size and int(codes.max()) >= 2**bits:
+        raise ValueError(f"code {int(codes.max())} does not fit in {bits} bits")
+    words = packed_words(length, bits)
+    codes = codes.astype(np.uint8)
+    if 8 % bits == 0:
+        per_byte = 8 // bits
+        padded = np.zeros((rows, words * 4 * per_byte), dtype=np.uint8)
+        padded[:, :length] = codes
+        lanes = padded.reshape(rows, -1, per_byte)
+        packed = np.zeros(lanes.shape[:2], dtype=np.uint8)
+        for lane in range(per_byte):
+            packed |= lanes[:, :, lane] << np.uint8(lane * bits)
+    else:
+        stream = np.unpackbits(codes[:, :, None], axis=2, bitorder="little")[:, :, :bits]
+        stream = stream.reshape(rows, length * bits)
+        padded = np.zeros((rows, words * WORD_BITS), dtype=np.uint8)
+        padded[:, :stream.shape[1]] = stream
+        packed = np.packbits(padded, axis=1, bitorder="little")
+    return np.ascontiguousarray(packed).view("<u4").astype(np.uint32)
+
+
+def unpack_codes(words: np.ndarray, bits: int, length: int) -> np.ndarray:
+    """Inverse of :func:`pack_codes`: ``uint32`` [rows, words] -> ``uint8`` codes [rows, length]."""
+    words = np.asarray(words)
+    if words.dtype != np.uint32 or words.ndim != 2:
+        raise ValueError(f"packed codes must be a 2-D uint32 array, got {words.dtype} with shape {words.shape}")
+    if words.shape[1] != packed_words(length, bits):
+        raise ValueError(f"{length} codes of {bits} bits need {packed_words(length, bits)} words per row, "
+                         f"got {words.shape[1]}")
+    as_bytes = np.ascontiguousarray(words.astype("<u4")).view(np.uint8)
+    if 8 % bits == 0:
+        per_byte = 8 // bits
+        mask = np.uint8(2**bits - 1)
+        lanes = [(as_bytes >> np.uint8(lane * bits)) & mask for lane in range(per_byte)]
+        codes = np.stack(lanes, axis=2).reshape(words.shape[0], -1)
+        return codes[:, :length]
+    stream = np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :length * bits]
+    stream = stream.reshape(words.shape[0], length, bits)
+    return np.packbits(stream, axis=2, bitorder="little")[:, :, 0]
+
+
+def pack_trits(codes: np.ndarray) -> np.ndarray:
+    """Pack ternary 2-bit codes [rows, K] five to a byte: ``uint8`` [rows, ceil(K / 5)]."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2:
+        raise ValueError(f"pack_trits expects a 2-D array [rows, K], got shape {codes.shape}")
+    if codes.size and (codes.max() > 3 or (codes == 2).any()):
+        raise ValueError("ternary codes must be 0 (0), 1 (+1) or 3 (-1); got code "
+                         f"{int(codes[(codes > 3) | (codes == 2)].ravel()[0])}")
+    rows, length = codes.shape
+    nbytes = -(-length // TRITS_PER_BYTE)
+    trits = np.zeros((rows, nbytes * TRITS_PER_BYTE), dtype=np.uint8)
+    trits[:, :length] = _TRIT_OF_CODE[codes.astype(np.intp)]
+    weights = 3 ** np.arange(TRITS_PER_BYTE, dtype=np.uint16)
+    return (trits.reshape(rows, nbytes, TRITS_PER_BYTE) @ weights).astype(np.uint8)
+
+
+def unpack_trits(packed: np.ndarray, length: int) -> np.ndarray:
+    """Inverse of :func:`pack_trits`: ``uint8`` [rows, ceil(K/5)] -> 2-bit codes [rows, length]."""
+    packed = np.asarray(packed)
+    if packed.dtype != np.uint8 or packed.ndim != 2:
+        raise ValueError(f"packed trits must be a 2-D uint8 array, got {packed.dtype} with shape {packed.shape}")
+    if packed.shape[1] != -(-length // TRITS_PER_BYTE):
+        raise ValueError(f"{length} trits need {-(-length // TRITS_PER_BYTE)} bytes per row, got {packed.shape[1]}")
+    if packed.size and packed.max() >= 3**TRITS_PER_BYTE:
+        raise ValueError(f"byte {int(packed.max())} is not a valid 5-trit group (expected < 243)")
+    digits = (packed[:, :, None] // (3 ** np.arange(TRITS_PER_BYTE, dtype=np.uint8))) % 3
+    return _CODE_OF_TRIT[digits.reshape(packed.shape[0], -1)[:, :length]]

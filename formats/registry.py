@@ -1,0 +1,58 @@
+"""The one registry of datatypes: built-ins and user definitions go through ``register_format``."""
+from __future__ import annotations
+
+import difflib
+
+from .element import Format
+
+_REGISTRY: dict[str, Format] = {}
+_BUILTIN: set[str] = set()
+
+
+def register_format(fmt: Format, *, overwrite: bool = False) -> Format:
+    """Register ``fmt`` under ``fmt.name`` and return it.
+
+    Re-registering a user name needs ``overwrite=True``; built-in names cannot be replaced.
+    """
+    if not isinstance(fmt, Format):
+        raise TypeError(f"register_format expects a Format, got {type(fmt).__name__}")
+    name = fmt.name
+    if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
+        raise ValueError(f"format names must be lower-case identifiers (letters, digits, _), got {name!r}")
+    if name in _BUILTIN:
+        raise ValueError(f"{name!r} is a built-in format and cannot be redefined; choose another name")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"format {name!r} is already registered; pass overwrite=True to replace it")
+    _REGISTRY[name] = fmt
+    return fmt
+
+
+def _register_builtin(fmt: Format) -> Format:
+    register_format(fmt)
+    _BUILTIN.add(fmt.name)
+    return fmt
+
+
+def get_format(name) -> Format:
+    """The registered format called ``name`` (a ``Format`` passes through unchanged)."""
+    if isinstance(name, Format):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"a format is named by a string, got {type(name).__name__}")
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name.lower(), _REGISTRY, n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else \
+            "; list_formats() names them all"
+        raise ValueError(f"unknown format {name!r}{hint}") from None
+
+
+def list_formats(family: str | None = None) -> list[str]:
+    """Names of all registered formats (built-in first, in declaration order), optionally one family."""
+    return [n for n, f in _REGISTRY.items() if family is None or f.family == family]
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is one of hwlab's own formats."""
+    return name in _BUILTIN

@@ -71,7 +71,7 @@ def quantize_groups(x: np.ndarray, tables: MemberTables, member_of: np.ndarray,
             tables.n_midpoints, tables.negative_zero, np.ascontiguousarray(member_of, dtype=np.int64),
             np.ascontiguousarray(scales, dtype=np.float64), np.ascontiguousarray(offsets, dtype=np.float64))
     if USE_NUMBA:
-        return _kernel(*args)
+        return _kernel(*args, args[0].dtype == np.float32)
     return quantize_groups_reference(*args)
 
 
@@ -116,39 +116,68 @@ def sum_squares(err: np.ndarray) -> np.ndarray:
 
 
 def _kernel_py(x, midpoints, tie_up, values, codes, n_midpoints, negative_zero,
-               member_of, scales, offsets):  # pragma: no cover - compiled by numba
+               member_of, scales, offsets, narrow):  # pragma: no cover - compiled by numba
+    """The numba twin of :func:`quantize_groups_reference`; ``narrow``: x is float32."""
     groups, n = x.shape
     out = np.zeros((groups, n), dtype=np.uint8)
     best = np.zeros(groups, dtype=np.int64)
-    xg = np.empty(n)
-    idx = np.empty(n, dtype=np.int64)
+    x64 = np.empty(n)
+    x32 = np.empty(n, dtype=np.float32)
+    candidates = member_of.shape[0]
+    indices = np.empty((candidates, n), dtype=np.int32)  # sorted-value index per candidate
     err = np.empty(n)
     lanes = np.empty(SSE_LANES)
+    width = midpoints.shape[1]
+    mids = np.empty(width)
+    vals = np.empty(width + 1)
     for g in range(groups):
         for i in range(n):
-            xg[i] = x[g, i]
+            x64[i] = x[g, i]
+            x32[i] = x[g, i]  # exact when x is float32; unused otherwise
         best_sse = np.inf
-        for c in range(member_of.shape[0]):
+        for c in range(candidates):
+            idx = indices[c]
             m = member_of[c]
+            t = n_midpoints[m]
             s, z = scales[c, g], offsets[c, g]
+            exact32 = narrow
+            for j in range(t):
+                mids[j] = (midpoints[m, j] - z) * s
+                exact32 &= np.float64(np.float32(mids[j])) == mids[j]
+            for j in range(t + 1):
+                vals[j] = (values[m, j] - z) * s
             idx[:] = 0
-            for j in range(n_midpoints[m]):  # count scaled midpoints strictly below each input
-                mid = (midpoints[m, j] - z) * s
-                up = tie_up[m, j]
-                for i in range(n):
-                    idx[i] += (mid < xg[i]) | ((mid == xg[i]) & up)
+            if exact32:  # float32 compares are exact: twice the SIMD lanes
+                for j in range(t):
+                    _count_below(x32, np.float32(mids[j]), tie_up[m, j], idx)
+            else:
+                for j in range(t):
+                    _count_below(x64, mids[j], tie_up[m, j], idx)
             for i in range(n):
-                err[i] = xg[i] - (values[m, idx[i]] - z) * s
+                err[i] = x64[i] - vals[idx[i]]
             sse = _sum_squares(err, lanes)
             if sse < best_sse:
                 best_sse = sse
                 best[g] = c
-                for i in range(n):
-                    code = codes[m, idx[i]]
-                    if negative_zero[m] >= 0 and values[m, idx[i]] == 0 and np.signbit(xg[i]):
-                        code = negative_zero[m]
-                    out[g, i] = code
+        c = best[g]
+        m = member_of[c]
+        idx = indices[c]
+        for i in range(n):
+            code = codes[m, idx[i]]
+            if negative_zero[m] >= 0 and values[m, idx[i]] == 0 and np.signbit(x64[i]):
+                code = negative_zero[m]
+            out[g, i] = code
     return out, best
+
+
+def _count_below_py(xs, mid, tie_up, idx):  # pragma: no cover - compiled by numba
+    """``idx[i] += 1`` where ``xs[i]`` rounds above midpoint ``mid`` (ties per ``tie_up``)."""
+    if tie_up:
+        for i in range(xs.shape[0]):
+            idx[i] += mid <= xs[i]
+    else:
+        for i in range(xs.shape[0]):
+            idx[i] += mid < xs[i]
 
 
 def _sum_squares_py(err, lanes):  # pragma: no cover - compiled by numba
@@ -166,4 +195,5 @@ def _sum_squares_py(err, lanes):  # pragma: no cover - compiled by numba
 
 if numba is not None:
     _sum_squares = numba.njit(cache=True, inline="always")(_sum_squares_py)
+    _count_below = numba.njit(cache=True, inline="always")(_count_below_py)
     _kernel = numba.njit(cache=True, nogil=True)(_kernel_py)

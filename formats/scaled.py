@@ -17,6 +17,7 @@ Stored arrays (all counted by ``bits_per_weight``): ``codes`` (``uint32`` words,
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -90,10 +91,11 @@ class ScaledScheme:
         x = w.reshape(scale_rows * groups, length)
         ratios = opts["clip_ratios"] if opts["scale_search"] == "mse" else (1.0,)
         member_of = np.repeat(np.arange(len(self.members)), len(ratios))
+        stats = GroupStats(x)
         ideal, low = [], []
         for member in self.members:
             for ratio in ratios:
-                s, lo = _ideal_scale(member, x, float(ratio))
+                s, lo = stats.ideal_scale(member, float(ratio))
                 ideal.append(s)
                 low.append(lo)
         ideal = _bounded(np.stack(ideal), opts).reshape(len(member_of), scale_rows, groups)
@@ -124,30 +126,52 @@ class ScaledScheme:
             codes = unpack_trits(arrays["codes"], cols)
         else:
             codes = unpack_codes(arrays["codes"], self.bits, cols)
-        codes = codes.reshape(scale_rows * groups, length).astype(np.intp)
+        codes = codes.reshape(scale_rows * groups, length)
         scale_type = get_scale_type(opts["scale_dtype"])
         scales = scale_type.load(StoredScales(arrays["scales"], arrays.get("row_scales"))).reshape(-1, 1)
-        member = np.zeros((scale_rows * groups, 1), dtype=np.intp)
+        table = np.stack([m.values for m in self.members]).ravel()
         if self.type_id_bits:
-            member = unpack_codes(arrays["type_ids"], self.type_id_bits, groups).reshape(-1, 1).astype(np.intp)
+            member = unpack_codes(arrays["type_ids"], self.type_id_bits, groups).reshape(-1, 1)
             if member.max(initial=0) >= len(self.members):
                 raise ValueError(f"type id {member.max()} names no member of {self.name} "
                                  f"(it has {len(self.members)})")
-        values = np.stack([m.values for m in self.members])[member, codes]
+            codes = (member.astype(np.uint16) << self.bits) | codes  # index into the flat [member, code] table
+        values = table[codes]
         if self.members[0].scaling == "affine":
             values = values - unpack_codes(arrays["zeros"], self.bits, groups).reshape(-1, 1)
         return (values * scales).astype(np.float32).reshape(rows, cols)
 
 
-def _ideal_scale(member, x: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
-    """Unrounded scale of each group (and, for affine formats, the clipped group minimum)."""
-    if member.scaling == "absmax":
-        return np.abs(x).max(axis=1) * ratio / member.max_abs, None
-    if member.scaling == "absmean":
-        return np.abs(x).mean(axis=1, dtype=np.float64) * ratio, None
-    hi = np.maximum(x.max(axis=1), 0).astype(np.float64) * ratio
-    lo = np.minimum(x.min(axis=1), 0).astype(np.float64) * ratio
-    return (hi - lo) / (2**member.bits - 1), lo
+class GroupStats:
+    """Per-group statistics of ``x [groups, n]``, each computed once and shared by all candidates."""
+
+    def __init__(self, x: np.ndarray):
+        self.x = x
+
+    @functools.cached_property
+    def high(self) -> np.ndarray:
+        return self.x.max(axis=1).astype(np.float64)
+
+    @functools.cached_property
+    def low(self) -> np.ndarray:
+        return self.x.min(axis=1).astype(np.float64)
+
+    @functools.cached_property
+    def absmax(self) -> np.ndarray:
+        return np.maximum(self.high, -self.low)
+
+    @functools.cached_property
+    def absmean(self) -> np.ndarray:
+        return np.abs(self.x).mean(axis=1, dtype=np.float64)
+
+    def ideal_scale(self, member, ratio: float) -> tuple[np.ndarray, np.ndarray | None]:
+        """Unrounded scale of each group (and, for affine formats, the clipped group minimum)."""
+        if member.scaling == "absmax":
+            return self.absmax * ratio / member.max_abs, None
+        if member.scaling == "absmean":
+            return self.absmean * ratio, None
+        hi, lo = np.maximum(self.high, 0) * ratio, np.minimum(self.low, 0) * ratio
+        return (hi - lo) / (2**member.bits - 1), lo
 
 
 def _bounded(ideal: np.ndarray, opts: dict) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .element import ElementFormat, Format
+from .element import ElementFormat, Format, FormatInfo
 from .scaled import ScaledScheme
 
 
@@ -38,6 +38,19 @@ class MixtureFormat(ScaledScheme, Format):
     def values(self) -> np.ndarray:
         """Decoded values, ``[member, code]`` (row = type id)."""
         return np.stack([m.values for m in self.members])
+
+    @property
+    def info(self) -> FormatInfo:
+        """Facts of the union of the members' values (what any group can decode to)."""
+        union = np.unique(np.concatenate([m._table.sorted_values for m in self.members]))
+        nonzero = np.abs(union[union != 0])
+        infos = [m.info for m in self.members]
+        return FormatInfo(
+            max=float(union[-1]), min=float(union[0]), smallest_normal=float(nonzero.min()),
+            smallest_subnormal=None, smallest_step=float(np.diff(union).min()), n_values=int(union.size),
+            has_nan=any(i.has_nan for i in infos), has_inf=any(i.has_inf for i in infos),
+            has_negative_zero=any(i.has_negative_zero for i in infos),
+            rounding="/".join(sorted({i.rounding for i in infos})))
 
     def encode(self, x, type_id: int, **kwargs) -> np.ndarray:
         """Codes of ``x`` in member ``type_id`` (see :meth:`ElementFormat.encode`)."""

@@ -4,7 +4,10 @@ from __future__ import annotations
 from .bitmod import MEMBER_ORDER, bitmod_member, bitmod_mixture
 from .integer import int_asym_format, int_format
 from .lookup import flint4_format, nf4_format
+from .microscaling import microscaling_formats
 from .minifloat import minifloat_format
+from .mixed import MixedFormat
+from .olive import OliveFormat
 from .registry import _register_builtin
 from .shift import TERNARY_SCALE_FLOOR, shift_format, ternary_format
 
@@ -29,6 +32,7 @@ def declare_builtins() -> None:
         _register_builtin(minifloat_format(name, e, m, semantics=semantics))
     _register_builtin(nf4_format())
     _register_builtin(flint4_format())
+    _register_builtin(OliveFormat())
     for bits in (3, 4):
         members = [_register_builtin(bitmod_member(f"fp{bits}_{kind}")) for kind in MEMBER_ORDER]
         _register_builtin(bitmod_mixture(bits, members))
@@ -37,3 +41,6 @@ def declare_builtins() -> None:
     ternary = ternary_format()
     ternary.defaults = {"granularity": "tensor", "scale_clamp": (TERNARY_SCALE_FLOOR, 65504.0)}
     _register_builtin(ternary)
+    _register_builtin(MixedFormat())
+    for fmt in microscaling_formats():
+        _register_builtin(fmt)

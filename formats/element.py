@@ -96,6 +96,18 @@ class Format:
         """Name -> (numpy dtype, shape) of every array a quantized ``rows x cols`` matrix stores."""
         raise NotImplementedError
 
+    def stored_bits_per_weight(self, rows: int, cols: int, group_size: int | None = None, **options) -> float:
+        """Bits per weight that quantizing a ``rows x cols`` matrix would store, without quantizing.
+
+        Equal to ``quantize(W, self, group_size, **options).bits_per_weight`` for such a W.
+        """
+        opts = self.option_values(options)
+        group_size = self.default_group_size if group_size is None else group_size
+        self.check_group_size(group_size)
+        specs = self.array_specs(rows, cols, group_size, opts)
+        nbytes = sum(np.dtype(dtype).itemsize * int(np.prod(shape)) for dtype, shape in specs.values())
+        return 8 * nbytes / (rows * cols)
+
     def quantize_arrays(self, w: np.ndarray, group_size: int, opts: dict) -> dict:
         """The stored arrays of ``w [rows, cols]`` (finite float32/float64)."""
         raise NotImplementedError

@@ -1,0 +1,380 @@
+"""The ``hwlab`` command line: list the datatypes, quantize weight files, inspect quantized files.
+
+::
+
+    hwlab formats [--family F] [--json | --markdown]
+    hwlab quantize (FILE.npy | FILE.safetensors | --sample) --format NAME [--group-size G]
+                   [--tensor NAME ...] [--scale-dtype D] [--granularity G] [--scale-search S]
+                   [--option KEY=VALUE ...] [--pad] [--out OUT.safetensors] [--json]
+    hwlab info FILE.safetensors [--json]
+    hwlab sample-path
+    hwlab --version
+
+``--sample`` quantizes the real weights shipped with hwlab (two linear layers of
+all-MiniLM-L6-v2, see ``hwlab/data/README.md``); ``hwlab sample-path`` prints where that file is.
+
+Every error (a bad file, an unknown format or option, a group size that does not divide K, a bad
+argument) prints one line ``hwlab: error: ...`` on stderr and exits with status 2. ``--json``
+output is strict JSON: infinite or NaN numbers (an exact quantization has an infinite SQNR) are
+written as the strings ``"inf"``, ``"-inf"``, ``"nan"``.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import os
+import pathlib
+import sys
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+
+import hwlab
+from hwlab.formats import SCALE_DTYPES, get_format, list_formats
+from hwlab.formats.scaled import GRANULARITIES, SCALE_SEARCHES
+from hwlab.formats.scales import StoredScales, get_scale_type
+from hwlab.sample import sample_path
+
+# `hwlab formats` reports bits per weight for a 4096 x 4096 matrix (a Llama-2-7B attention
+# projection) at group size 128, or at the format's own block size where that is fixed (MX: 32).
+TABLE_SHAPE = (4096, 4096)
+TABLE_GROUP_SIZE = 128
+WEIGHT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors dtype names that read_weights accepts
+EXIT_ERROR = 2
+
+
+class UsageError(Exception):
+    """A bad command line (raised instead of argparse's multi-line usage message)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def main(argv=None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+        args.run(args)
+    except SystemExit as exc:  # --help and --version
+        return exc.code or 0
+    except BrokenPipeError:  # the reader went away (`hwlab formats | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise
+        return 1
+    except (UsageError, ValueError, TypeError, KeyError, OSError, SafetensorError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"hwlab: error: {' '.join(str(message).split())}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hwlab", description="hwlab: a lab for low-bit LLM datatype co-design.")
+    parser.add_argument("--version", action="version", version=f"hwlab {hwlab.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("formats", help="table of every registered datatype")
+    p.add_argument("--family", help="only this family (integer, minifloat, lookup, bitmod, mixture, ...)")
+    _add_output_flags(p, markdown=True)
+    p.set_defaults(run=_cmd_formats)
+
+    p = commands.add_parser("quantize", help="quantize the 2-D tensors of a .npy or .safetensors file")
+    p.add_argument("file", nargs="?", help="a .npy file (one [N, K] matrix) or a .safetensors file")
+    p.add_argument("--sample", action="store_true", help="use the sample weights shipped with hwlab")
+    p.add_argument("--format", required=True, dest="fmt", metavar="NAME", help="a name from `hwlab formats`")
+    p.add_argument("--group-size", type=int, help="elements per scale group along K (default: the format's)")
+    p.add_argument("--tensor", action="append", help="safetensors tensor to quantize (repeatable; "
+                                                     "default: every 2-D floating-point tensor)")
+    p.add_argument("--scale-dtype", help=f"one of {', '.join(SCALE_DTYPES)}")
+    p.add_argument("--granularity", help=f"one of {', '.join(GRANULARITIES)}")
+    p.add_argument("--scale-search", help=f"one of {', '.join(SCALE_SEARCHES)}")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other format option, VALUE a Python literal (e.g. clip_ratios='(1.0, 0.9)')")
+    p.add_argument("--pad", action="store_true", help="pad K with zeros to a multiple of the group size")
+    p.add_argument("--out", help="write the quantized tensor here (safetensors; one tensor only)")
+    _add_output_flags(p)
+    p.set_defaults(run=_cmd_quantize)
+
+    p = commands.add_parser("info", help="describe a file written by `hwlab quantize --out` or QuantizedTensor.save")
+    p.add_argument("file")
+    _add_output_flags(p)
+    p.set_defaults(run=_cmd_info)
+
+    p = commands.add_parser("sample-path", help="print the path of the sample weights shipped with hwlab")
+    p.set_defaults(run=lambda args: print(sample_path()))
+    return parser
+
+
+def _add_output_flags(p: argparse.ArgumentParser, markdown: bool = False) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--json", action="store_true", help="machine-readable JSON")
+    if markdown:
+        group.add_argument("--markdown", action="store_true", help="a markdown table")
+
+
+# ---- hwlab formats ---------------------------------------------------------------------------
+
+FORMAT_COLUMNS = (("name", "name"), ("family", "family"), ("bits", "bits"), ("min", "min"), ("max", "max"),
+                  ("smallest_step", "step"), ("rounding", "rounding"), ("group", "group"),
+                  ("bits_per_weight", "bits/w"))
+
+
+def format_facts(name: str) -> dict:
+    """What ``hwlab formats`` reports about one registered format (``None`` where unknown).
+
+    ``min``, ``max`` and ``smallest_step`` are in the format's own units (before any scale):
+    from ``info`` where the format has one, else from its members' ``info`` (mixtures: the
+    union of the ranges, the least step), else from its ``values`` table (each row of a 2-D
+    table is one member). ``bits_per_weight`` counts every array ``array_specs`` stores for a
+    4096 x 4096 matrix with default options, at group size 128 or at the format's own block
+    size where 128 is refused (``fixed_group`` is then true).
+    """
+    fmt = get_format(name)
+    low, high, step, rounding = _value_range(fmt)
+    group_size, fixed = _table_group_size(fmt)
+    opts = fmt.option_values({})
+    granularity = opts.get("granularity", "group")
+    return {"name": fmt.name, "family": fmt.family, "bits": fmt.bits, "min": low, "max": high,
+            "smallest_step": step, "rounding": rounding, "group_size": group_size, "fixed_group": fixed,
+            "granularity": granularity, "bits_per_weight": _table_bits_per_weight(fmt, group_size, opts),
+            "description": getattr(fmt, "description", "")}
+
+
+def _value_range(fmt) -> tuple:
+    """(min, max, smallest step, rounding) of a format's values, in its own units."""
+    info = getattr(fmt, "info", None)
+    infos = [info] if info is not None else [getattr(m, "info", None) for m in getattr(fmt, "members", ())]
+    if infos and all(i is not None for i in infos):
+        roundings = sorted({i.rounding for i in infos})
+        return (min(i.min for i in infos), max(i.max for i in infos),
+                min(i.smallest_step for i in infos), "/".join(roundings))
+    values = getattr(fmt, "values", None)
+    if values is None:
+        return None, None, None, None
+    tables = [np.unique(row[np.isfinite(row)]) for row in np.atleast_2d(np.asarray(values, np.float64))]
+    tables = [t for t in tables if t.size]
+    if not tables:
+        return None, None, None, None
+    steps = [np.diff(t).min() for t in tables if t.size > 1]
+    return (float(min(t[0] for t in tables)), float(max(t[-1] for t in tables)),
+            float(min(steps)) if steps else None, None)
+
+
+def _table_group_size(fmt) -> tuple[int, bool]:
+    """Group size for the table: 128, or the format's own where it refuses 128 (and True)."""
+    try:
+        fmt.check_group_size(TABLE_GROUP_SIZE)
+    except ValueError:
+        return fmt.default_group_size, True
+    return TABLE_GROUP_SIZE, False
+
+
+def _table_bits_per_weight(fmt, group_size: int, opts: dict) -> float | None:
+    """Stored bits per weight of a ``TABLE_SHAPE`` matrix, from the format's ``array_specs``."""
+    try:
+        return fmt.stored_bits_per_weight(*TABLE_SHAPE, group_size, **opts)
+    except (ValueError, TypeError, NotImplementedError):
+        return None
+
+
+def _cmd_formats(args) -> None:
+    names = list_formats(args.family)
+    if not names:
+        families = sorted({get_format(n).family for n in list_formats()})
+        raise ValueError(f"no format of family {args.family!r}; families: {', '.join(families)}")
+    facts = [format_facts(n) for n in names]
+    if args.json:
+        _print_json(facts)
+        return
+    rows = [[_cell(f[key] if key != "group" else _group_cell(f)) for key, _ in FORMAT_COLUMNS] for f in facts]
+    print(_render([title for _, title in FORMAT_COLUMNS], rows, markdown=args.markdown))
+    print()
+    print(f"bits/w: every stored bit (codes, scales, zeros, type ids) per weight of a "
+          f"{TABLE_SHAPE[0]}x{TABLE_SHAPE[1]} matrix with default options; group: elements per scale "
+          f"along K ({TABLE_GROUP_SIZE} unless marked *: the format's fixed block size), or the format's "
+          "default per-channel/per-tensor scale. min, max, step: values before scaling.")
+
+
+def _group_cell(facts: dict) -> str:
+    if facts["granularity"] != "group":
+        return facts["granularity"]
+    return f"{facts['group_size']}*" if facts["fixed_group"] else str(facts["group_size"])
+
+
+# ---- hwlab quantize --------------------------------------------------------------------------
+
+METRIC_COLUMNS = (("bits_per_weight", "bits/w"), ("mse", "mse"), ("sqnr_db", "sqnr_db"),
+                  ("max_abs_error", "max_abs_err"), ("rel_error", "rel_err"))
+
+
+def _cmd_quantize(args) -> None:
+    if args.sample == (args.file is not None):
+        raise UsageError("give either a FILE or --sample (not both)" if args.sample
+                         else "quantize needs a FILE (.npy or .safetensors) or --sample")
+    fmt = get_format(args.fmt)
+    options = _options(args)
+    path = sample_path() if args.sample else pathlib.Path(args.file)
+    weights = read_weights(path, args.tensor)
+    if args.out and len(weights) > 1:
+        raise ValueError(f"--out writes one quantized tensor, but {len(weights)} are selected "
+                         f"({', '.join(weights)}); choose one with --tensor")
+    if args.out and not pathlib.Path(args.out).resolve().parent.is_dir():
+        raise FileNotFoundError(f"--out {args.out}: directory {pathlib.Path(args.out).parent} does not exist")
+    results = []
+    for name, w in weights.items():
+        qt = hwlab.quantize(w, fmt, args.group_size, pad=args.pad, **options)
+        results.append({"tensor": name, "shape": list(qt.shape), "bits_per_weight": qt.bits_per_weight,
+                        **qt.error(w)})
+        if args.out:
+            qt.save(args.out)
+    report = {"file": str(path), "format": fmt.name, "group_size": qt.group_size, "options": qt.options,
+              "tensors": results, "out": args.out}
+    if args.json:
+        _print_json(report)
+        return
+    print(f"{path}: format {fmt.name}, {_grouping(qt)}" + "".join(f", {k}={v!r}" for k, v in options.items()))
+    rows = [[r["tensor"], "x".join(map(str, r["shape"]))] + [_cell(r[key]) for key, _ in METRIC_COLUMNS]
+            for r in results]
+    print(_render(["tensor", "shape"] + [title for _, title in METRIC_COLUMNS], rows))
+    if args.out:
+        print(f"wrote {args.out}")
+
+
+def _options(args) -> dict:
+    """Format options given on the command line (only those given: the rest are the format's)."""
+    options = {key: value for key, value in (("scale_dtype", args.scale_dtype), ("granularity", args.granularity),
+                                             ("scale_search", args.scale_search)) if value is not None}
+    for item in args.option:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--option expects KEY=VALUE, got {item!r}")
+        if key in options:
+            raise UsageError(f"option {key!r} is given twice")
+        try:
+            options[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            options[key] = text  # a bare word such as trit5
+    return options
+
+
+def read_weights(path: pathlib.Path, tensors: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Weight matrices of a ``.npy`` file (named by the file's stem) or a ``.safetensors`` file.
+
+    From safetensors, ``tensors`` names the tensors to read (default: every 2-D F16, BF16, F32
+    or F64 tensor); BF16 is widened to float32 exactly. A file written by
+    :meth:`~hwlab.QuantizedTensor.save` is refused (it holds codes, not weights).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.suffix == ".npy":
+        if tensors:
+            raise UsageError("--tensor applies to .safetensors files; a .npy file holds one matrix")
+        return {path.stem: np.load(path, allow_pickle=False)}
+    if path.suffix != ".safetensors":
+        raise ValueError(f"expected a .npy or .safetensors file, got {path.name!r}")
+    try:
+        with safe_open(path, framework="numpy") as fh:
+            if "hwlab" in (fh.metadata() or {}):
+                raise ValueError(f"{path} holds a quantized tensor, not weights; see `hwlab info {path}`")
+            dtypes = {name: fh.get_slice(name).get_dtype() for name in fh.keys()}
+            shapes = {name: fh.get_slice(name).get_shape() for name in fh.keys()}
+    except SafetensorError as exc:
+        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
+    if tensors is None:
+        tensors = [n for n in dtypes if len(shapes[n]) == 2 and dtypes[n] in WEIGHT_DTYPES]
+        if not tensors:
+            raise ValueError(f"{path} has no 2-D floating-point tensor (it holds {sorted(dtypes)})")
+    for name in tensors:
+        if name not in dtypes:
+            raise KeyError(f"no tensor {name!r} in {path}; it holds {sorted(dtypes)}")
+        if dtypes[name] not in WEIGHT_DTYPES:
+            raise TypeError(f"tensor {name!r} has dtype {dtypes[name]}; expected one of {WEIGHT_DTYPES}")
+    return {name: _read_tensor(path, name, dtypes[name]) for name in tensors}
+
+
+def _read_tensor(path: pathlib.Path, name: str, dtype: str) -> np.ndarray:
+    """One tensor; BF16 (which numpy lacks) is read as raw bits from the safetensors layout."""
+    if dtype != "BF16":
+        with safe_open(path, framework="numpy") as fh:
+            return fh.get_tensor(name)
+    with open(path, "rb") as fh:  # layout: u64 header length, JSON header, data (offsets from its start)
+        header_len = int.from_bytes(fh.read(8), "little")
+        entry = json.loads(fh.read(header_len))[name]
+        start, end = entry["data_offsets"]
+        fh.seek(8 + header_len + start)
+        bits = np.frombuffer(fh.read(end - start), dtype="<u2").reshape(entry["shape"])
+    return get_scale_type("bf16").load(StoredScales(bits)).astype(np.float32)
+
+
+# ---- hwlab info ------------------------------------------------------------------------------
+
+def _cmd_info(args) -> None:
+    qt = hwlab.load(args.file)
+    fmt = qt.format
+    arrays = {name: {"dtype": str(a.dtype), "shape": list(a.shape), "bytes": int(a.nbytes)}
+              for name, a in qt.arrays.items()}
+    report = {"file": args.file, "format": fmt.name, "family": fmt.family, "bits": fmt.bits,
+              "description": getattr(fmt, "description", ""), "shape": list(qt.shape),
+              "group_size": qt.group_size, "padded_cols": qt.padded_cols, "options": qt.options,
+              "arrays": arrays, "bytes": qt.nbytes, "bits_per_weight": qt.bits_per_weight}
+    if args.json:
+        _print_json(report)
+        return
+    print(f"{args.file}: {fmt.name} ({fmt.family}, {fmt.bits}-bit) {qt.shape[0]}x{qt.shape[1]}, "
+          f"{_grouping(qt)}, {_cell(qt.bits_per_weight)} bits per weight")
+    if qt.padded_cols != qt.shape[1]:
+        print(f"K padded with zeros to {qt.padded_cols}")
+    print("options: " + ", ".join(f"{k}={v!r}" for k, v in qt.options.items()))
+    print(_render(["array", "dtype", "shape", "bytes"],
+                  [[n, a["dtype"], "x".join(map(str, a["shape"])), str(a["bytes"])] for n, a in arrays.items()]))
+
+
+def _grouping(qt) -> str:
+    """How ``qt`` shares its scales: a group size, or one scale per channel or tensor."""
+    granularity = qt.options.get("granularity", "group")
+    return f"group size {qt.group_size}" if granularity == "group" else f"one scale per {granularity}"
+
+
+# ---- output ----------------------------------------------------------------------------------
+
+def _cell(value) -> str:
+    """A table cell: ``-`` for unknown, reals to 7 significant digits (4.140625 bits stays exact)."""
+    if value is None:
+        return "-"
+    if isinstance(value, (bool, str, int, np.integer)):
+        return str(value)
+    return f"{value:.7g}"
+
+
+def _render(header: list[str], rows: list[list[str]], markdown: bool = False) -> str:
+    """An aligned plain-text table, or a markdown table."""
+    if markdown:
+        lines = [header, ["---"] * len(header)] + rows
+        return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows)
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(_strict(obj), indent=2, allow_nan=False))
+
+
+def _strict(obj):
+    """``obj`` with tuples as lists, numpy scalars as Python numbers and inf/NaN as strings."""
+    if isinstance(obj, dict):
+        return {str(k): _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return obj
+
+
+if __name__ == "__main__":
+    sys.exit(main())

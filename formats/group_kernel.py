@@ -109,7 +109,7 @@ def sum_squares(err: np.ndarray) -> np.ndarray:
     sq = err * err
     lanes = np.zeros((err.shape[0], SSE_LANES))
     if full:
-        lanes = np.cumsum(sq[:, :full].reshape(err.shape[0], -1, SSE_LANES), axis=1)[:, -1, :]
+        lanes = np.cumsum(sq[:, :full].reshape(err.shape[0], full // SSE_LANES, SSE_LANES), axis=1)[:, -1, :]
     lanes[:, :n - full] += sq[:, full:]
     return ((lanes[:, 0] + lanes[:, 1]) + (lanes[:, 2] + lanes[:, 3])) + \
         ((lanes[:, 4] + lanes[:, 5]) + (lanes[:, 6] + lanes[:, 7]))

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from .double_quant import DoubleQuantFormat
 from .element import MAX_TABLE_CODES, ElementFormat
 
 # bitsandbytes `get_4bit_type("nf4")` (bitsandbytes/functional.py), float32 constants in code
@@ -65,9 +66,15 @@ def lut_format(name: str, values, *, bits: int | None = None, rounding: str = "n
 
 
 def nf4_format() -> ElementFormat:
-    """NF4 exactly as bitsandbytes; ties go to the lower value like its ``x > midpoint`` tree."""
-    return lut_format("nf4", NF4_VALUES, rounding="nearest_down",
-                      description="NormalFloat4 (QLoRA), table of bitsandbytes get_4bit_type('nf4')")
+    """NF4 exactly as bitsandbytes; ties go to the lower value like its ``x > midpoint`` tree.
+
+    Block (group) size 64 by default and option ``double_quant`` (QLoRA double quantization of
+    the block absmax), as bitsandbytes ``quantize_4bit``; see :mod:`hwlab.formats.double_quant`.
+    """
+    fmt = DoubleQuantFormat("nf4", 4, NF4_VALUES, family="lookup", rounding="nearest_down",
+                            description="NormalFloat4 (QLoRA), table of bitsandbytes get_4bit_type('nf4')")
+    fmt.default_group_size = 64  # bitsandbytes quantize_4bit(blocksize=64)
+    return fmt
 
 
 def flint4_format() -> ElementFormat:

@@ -1,0 +1,210 @@
+"""``mixed_2_4``: range-aware, memory-aligned mixed 2/4-bit groups with two-stage scales.
+
+Source: "Enabling fast 2-bit LLM on GPUs: memory alignment and asynchronous dequantization"
+(REFERENCES.md): groups whose range is large are kept in 4 bits, the rest in 2 bits, laid out
+so every GPU load is aligned; the group scales are themselves quantized (two-stage
+dequantization). The paper has no public code; the rules below are hwlab's.
+
+Scheme, per row of ``W [N, K]`` cut into ``G = K / group_size`` groups along K:
+
+1. Range ``max - min`` of every group. The ``n4 = round(frac_4bit * G)`` groups with the widest
+   range (Python ``round``: half to even; equal ranges: lower group index first) are affine
+   INT4 (``int4_asym``), the other ``G - n4`` affine INT2 (``int2_asym``). Every row has the same
+   ``n4``, so every row has the same byte stride.
+2. Ideal scale of a group ``(max(hi, 0) - min(lo, 0)) / (2**b - 1)`` for its width ``b``, the
+   affine rule of :mod:`hwlab.formats.scaled` (``scale_search='mse'`` also tries its clipping
+   ratios, ``clip_ratios``, and keeps the least squared error). All-zero groups take the row's
+   largest ideal scale (any positive scale encodes them exactly).
+3. Two-stage scale (scale dtype ``int8``): a ``uint8`` code 1..255 per group times an fp16
+   scale per row (the row's largest ideal scale / 255).
+4. Zero point ``clip(rint(-lo / s), 0, 2**b - 1)`` under the stored scale ``s``; elements are
+   rounded exactly to the nearest ``(code - zero) * s`` (:func:`quantize_groups`, ties to even).
+
+``frac_4bit`` defaults to 0.425: 0.425 * 4 + 0.575 * 2 = 2.85 code bits per weight, the
+average the paper reports (2.91 with its scales and zeros).
+
+Stored arrays (all counted by ``bits_per_weight``; ``n2 = G - n4``):
+
+==============  ==============================  ================================================
+name            dtype [shape]                   content
+==============  ==============================  ================================================
+``codes4``      uint32 [N, n4 * gs / 8]         codes of the row's 4-bit groups in group order
+``codes2``      uint32 [N, n2 * gs / 16]        codes of the row's 2-bit groups in group order
+``group_bits``  uint32 [N, ceil(G / 32)]        bit ``g`` set when group ``g`` is 4-bit
+``scales``      uint8 [N, G]                    scale codes 1..255, group order
+``row_scales``  float16 [N, 1]                  second-stage scale of each row
+``zeros4``      uint32 [N, ceil(n4 / 8)]        zero points of the 4-bit groups, 4 bits each
+``zeros2``      uint32 [N, ceil(n2 / 16)]       zero points of the 2-bit groups, 2 bits each
+==============  ==============================  ================================================
+
+Codes and zero points use the :func:`pack_codes` layout. Alignment: ``group_size`` must be a
+multiple of 64, so a 2-bit group is ``gs / 4`` bytes (a multiple of 16: whole aligned 16-byte
+loads) and a 4-bit group ``gs / 2`` bytes (a multiple of 32); every group of ``codes4`` and
+``codes2`` starts at a multiple of 16 bytes from its row, and so does every row.
+
+Bits per weight for K = 4096 (:func:`bits_table`, computed from :meth:`MixedFormat.array_specs`;
+columns are the option ``frac_4bit``, the share actually kept is ``round(frac_4bit * G) / G``)::
+
+    group_size  frac=0  frac=0.25  frac=0.425  frac=0.5  frac=1
+            64  2.1758     2.6836      3.0430    3.1914  4.2070
+           128  2.0898     2.5977      2.9805    3.0977  4.1055
+           256  2.0508     2.5586      2.9336    3.0586  4.0586
+
+At ``group_size=128``, ``frac_4bit=0.425`` a row of 4096 has 14 of 32 groups in 4 bits: 2.875
+code bits, plus 0.0625 (scale codes), 0.03125 (zero points, rows padded to whole words),
+0.0078 (group bits) and 0.0039 (fp16 row scale) = 2.9805.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .element import Format
+from .group_kernel import MemberTables, quantize_groups
+from .integer import int_asym_format
+from .packing import pack_codes, packed_words, unpack_codes
+from .scaled import DEFAULT_CLIP_RATIOS, GroupStats, ScaledScheme, _bounded
+from .scales import StoredScales, get_scale_type
+
+ALIGN_ELEMENTS = 64  # 64 two-bit codes = 16 bytes, one aligned 16-byte (uint4 / LDG.128) load
+FRAC_4BIT_DEFAULT = 0.425  # 0.425 * 4 + 0.575 * 2 = 2.85 bits, the paper's average code width
+TWO_STAGE = {"scale_dtype": "int8", "scale_clamp": None}  # uint8 code x fp16 row scale (scales.py)
+
+
+def wide_count(groups: int, frac_4bit: float) -> int:
+    """Number of 4-bit groups per row: ``round(frac_4bit * groups)`` (half to even)."""
+    return round(frac_4bit * groups)
+
+
+def select_wide(spread: np.ndarray, n4: int) -> np.ndarray:
+    """Bool ``[rows, groups]``: the ``n4`` groups of each row with the widest ``spread`` (max - min).
+
+    Equal spreads keep the lower group index first (stable sort).
+    """
+    order = np.argsort(-spread, axis=1, kind="stable")
+    wide = np.zeros(spread.shape, dtype=bool)
+    np.put_along_axis(wide, order[:, :n4], True, axis=1)
+    return wide
+
+
+class MixedFormat(Format):
+    """Memory-aligned mixed 2/4-bit groups chosen by range (see the module docstring)."""
+
+    family = "mixed"
+    options = {"frac_4bit": FRAC_4BIT_DEFAULT, "scale_search": "absmax", "clip_ratios": DEFAULT_CLIP_RATIOS}
+
+    def __init__(self):
+        self.name = "mixed_2_4"
+        self.wide, self.narrow = int_asym_format(4), int_asym_format(2)
+        self.members = (self.wide, self.narrow)
+        self.bits = self.wide.bits  # widest code; the average depends on frac_4bit (bits_table)
+        self.description = ("range-aware mixed INT4/INT2 affine groups, 16-byte aligned, int8 x fp16 "
+                            "two-stage scales (fast 2-bit LLM on GPUs)")
+        self.defaults = {}
+
+    def definition(self) -> dict:
+        return {**super().definition(), "members": [m.definition() for m in self.members],
+                "selection": "widest max-min range, ties to the lower group index", "scales": TWO_STAGE}
+
+    def check_options(self, opts: dict) -> None:
+        frac = opts["frac_4bit"]
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)):
+            raise TypeError(f"frac_4bit must be a number in [0, 1], got {frac!r}")
+        if not 0 <= frac <= 1:
+            raise ValueError(f"frac_4bit must be in [0, 1] (the share of 4-bit groups per row), got {frac!r}")
+        ScaledScheme.check_options(self, self._scaled_options(opts))
+
+    @staticmethod
+    def _scaled_options(opts: dict) -> dict:
+        """The scaled scheme's options that this format fixes or shares."""
+        return {**ScaledScheme.options, **TWO_STAGE,
+                "scale_search": opts["scale_search"], "clip_ratios": opts["clip_ratios"]}
+
+    def check_group_size(self, group_size: int) -> None:
+        super().check_group_size(group_size)
+        if group_size % ALIGN_ELEMENTS:
+            raise ValueError(f"{self.name} needs group_size a multiple of {ALIGN_ELEMENTS} (every 2-bit group "
+                             f"one or more aligned 16-byte loads, every 4-bit group 32 bytes), got {group_size}")
+
+    def _parts(self, groups: int, n4: int):
+        """(array suffix, element format, groups per row) of the 4-bit part, then of the 2-bit part."""
+        return (("4", self.wide, n4), ("2", self.narrow, groups - n4))
+
+    def array_specs(self, rows: int, cols: int, group_size: int, opts: dict) -> dict:
+        groups = cols // group_size
+        specs = {"group_bits": (np.uint32, (rows, packed_words(groups, 1))),
+                 "scales": (np.uint8, (rows, groups)), "row_scales": (np.float16, (rows, 1))}
+        for suffix, member, count in self._parts(groups, wide_count(groups, opts["frac_4bit"])):
+            specs["codes" + suffix] = (np.uint32, (rows, packed_words(count * group_size, member.bits)))
+            specs["zeros" + suffix] = (np.uint32, (rows, packed_words(count, member.bits)))
+        return specs
+
+    def quantize_arrays(self, w: np.ndarray, group_size: int, opts: dict) -> dict:
+        rows, cols = w.shape
+        groups = cols // group_size
+        n4 = wide_count(groups, opts["frac_4bit"])
+        x = w.reshape(rows * groups, group_size)
+        stats = GroupStats(x)
+        wide = select_wide((stats.high - stats.low).reshape(rows, groups), n4)
+        is_wide = wide.ravel()
+        ratios = opts["clip_ratios"] if opts["scale_search"] == "mse" else (1.0,)
+        ideal, low = np.empty((2, len(ratios), rows * groups))
+        for c, ratio in enumerate(ratios):
+            (s4, lo4), (s2, lo2) = (stats.ideal_scale(member, float(ratio)) for member in self.members)
+            ideal[c], low[c] = np.where(is_wide, s4, s2), np.where(is_wide, lo4, lo2)
+        ideal = ideal.reshape(len(ratios), rows, groups)
+        ideal = np.where(ideal > 0, ideal, ideal.max(axis=(0, 2), keepdims=True))
+        scale_type = get_scale_type(TWO_STAGE["scale_dtype"])
+        stored = scale_type.store(_bounded(ideal, self._scaled_options(opts)))
+        scales = scale_type.load(stored).reshape(len(ratios), -1)
+        stored_codes = stored.values.reshape(len(ratios), -1)
+        arrays = {"group_bits": pack_codes(wide.astype(np.uint8), 1), "row_scales": stored.row_scales,
+                  "scales": np.empty(rows * groups, dtype=np.uint8)}
+        for (suffix, member, count), mask in zip(self._parts(groups, n4), (is_wide, ~is_wide)):
+            if count == 0:  # frac_4bit 0 or 1: nothing stored in this width
+                arrays["codes" + suffix] = arrays["zeros" + suffix] = np.zeros((rows, 0), dtype=np.uint32)
+                continue
+            s = scales[:, mask]
+            offsets = np.clip(np.rint(-low[:, mask] / s), 0, 2**member.bits - 1)
+            codes, best = quantize_groups(x[mask], MemberTables.of((member,)), np.zeros(len(ratios), dtype=np.int64),
+                                          s, offsets)
+            pick = (best, np.arange(best.size))
+            arrays["codes" + suffix] = pack_codes(codes.reshape(rows, count * group_size), member.bits)
+            arrays["zeros" + suffix] = pack_codes(offsets[pick].reshape(rows, count).astype(np.uint8), member.bits)
+            arrays["scales"][mask] = stored_codes[:, mask][pick]
+        arrays["scales"] = arrays["scales"].reshape(rows, groups)
+        return arrays
+
+    def dequantize_arrays(self, arrays: dict, rows: int, cols: int, group_size: int, opts: dict) -> np.ndarray:
+        groups = cols // group_size
+        n4 = wide_count(groups, opts["frac_4bit"])
+        wide = unpack_codes(arrays["group_bits"], 1, groups).astype(bool)
+        counts = wide.sum(axis=1)
+        if (counts != n4).any():
+            row = int(np.flatnonzero(counts != n4)[0])
+            raise ValueError(f"group_bits of row {row} mark {counts[row]} groups as 4-bit, expected {n4} "
+                             f"(frac_4bit={opts['frac_4bit']} of {groups} groups)")
+        codes = np.empty((rows, groups, group_size), dtype=np.uint8)
+        zeros = np.empty((rows, groups, 1), dtype=np.int16)
+        for (suffix, member, count), mask in zip(self._parts(groups, n4), (wide, ~wide)):
+            part = unpack_codes(arrays["codes" + suffix], member.bits, count * group_size)
+            codes[mask] = part.reshape(-1, group_size)
+            zeros[mask] = unpack_codes(arrays["zeros" + suffix], member.bits, count).reshape(-1, 1)
+        scales = get_scale_type(TWO_STAGE["scale_dtype"]).load(StoredScales(arrays["scales"], arrays["row_scales"]))
+        values = codes - zeros  # int_asym: a code is its value
+        return (values * scales[:, :, None]).astype(np.float32).reshape(rows, cols)
+
+
+def bits_table(group_sizes=(64, 128, 256), fracs=(0, 0.25, 0.425, 0.5, 1.0), cols: int = 4096) -> str:
+    """Text table of stored bits per weight of ``mixed_2_4``: a row per group size, a column per ``frac_4bit``.
+
+    Computed from :meth:`MixedFormat.array_specs` through :meth:`Format.stored_bits_per_weight`
+    (codes, group bits, scales, row scale and zero points of one row of ``cols`` weights; every
+    row stores the same); ``print(bits_table())`` shows it.
+    """
+    fmt = MixedFormat()
+    heads = [f"frac={frac:g}" for frac in fracs]
+    lines = ["group_size  " + "  ".join(heads)]
+    for group_size in group_sizes:
+        cells = [f"{fmt.stored_bits_per_weight(1, cols, group_size, frac_4bit=frac):.4f}" for frac in fracs]
+        lines.append(f"{group_size:>10}  " + "  ".join(c.rjust(len(h)) for c, h in zip(cells, heads)))
+    return "\n".join(lines)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 WORD_BITS = 32
+CODES_PER_CHUNK = 8  # 8 codes of b bits are exactly b bytes, whatever b
 TRITS_PER_BYTE = 5  # 3**5 = 243 <= 256
 _TRIT_OF_CODE = np.array([0, 1, 255, 2], dtype=np.uint8)  # ternary 2-bit code -> trit (code 2 unused)
 _CODE_OF_TRIT = np.array([0, 1, 3], dtype=np.uint8)
@@ -36,22 +37,28 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     if codes.size and int(codes.max()) >= 2**bits:
         raise ValueError(f"code {int(codes.max())} does not fit in {bits} bits")
     words = packed_words(length, bits)
-    codes = codes.astype(np.uint8)
-    if 8 % bits == 0:
+    if 8 % bits == 0:  # whole codes per byte: shift them into byte lanes
         per_byte = 8 // bits
         padded = np.zeros((rows, words * 4 * per_byte), dtype=np.uint8)
         padded[:, :length] = codes
         lanes = padded.reshape(rows, -1, per_byte)
-        packed = np.zeros(lanes.shape[:2], dtype=np.uint8)
-        for lane in range(per_byte):
+        packed = lanes[:, :, 0].copy()
+        for lane in range(1, per_byte):
             packed |= lanes[:, :, lane] << np.uint8(lane * bits)
-    else:
-        stream = np.unpackbits(codes[:, :, None], axis=2, bitorder="little")[:, :, :bits]
-        stream = stream.reshape(rows, length * bits)
-        padded = np.zeros((rows, words * WORD_BITS), dtype=np.uint8)
-        padded[:, :stream.shape[1]] = stream
-        packed = np.packbits(padded, axis=1, bitorder="little")
-    return np.ascontiguousarray(packed).view("<u4").astype(np.uint32)
+        return packed.view("<u4").astype(np.uint32)
+    # Any 8 codes of b bits fill exactly b bytes: assemble them in a little-endian uint64.
+    octets = -(-length // CODES_PER_CHUNK)
+    padded = np.zeros((rows, octets * CODES_PER_CHUNK), dtype=np.uint8)
+    padded[:, :length] = codes
+    chunks = padded.reshape(rows, octets, CODES_PER_CHUNK)
+    stream = chunks[:, :, 0].astype(np.uint64)
+    for i in range(1, CODES_PER_CHUNK):
+        stream |= chunks[:, :, i].astype(np.uint64) << np.uint64(i * bits)
+    stream_bytes = stream.astype("<u8").view(np.uint8).reshape(rows, octets, 8)[:, :, :bits]
+    out = np.zeros((rows, words * 4), dtype=np.uint8)
+    used = min(octets * bits, words * 4)
+    out[:, :used] = stream_bytes.reshape(rows, -1)[:, :used]
+    return out.view("<u4").astype(np.uint32)
 
 
 def unpack_codes(words: np.ndarray, bits: int, length: int) -> np.ndarray:
@@ -62,16 +69,26 @@ def unpack_codes(words: np.ndarray, bits: int, length: int) -> np.ndarray:
     if words.shape[1] != packed_words(length, bits):
         raise ValueError(f"{length} codes of {bits} bits need {packed_words(length, bits)} words per row, "
                          f"got {words.shape[1]}")
-    as_bytes = np.ascontiguousarray(words.astype("<u4")).view(np.uint8)
+    rows = words.shape[0]
     if 8 % bits == 0:
-        per_byte = 8 // bits
-        mask = np.uint8(2**bits - 1)
-        lanes = [(as_bytes >> np.uint8(lane * bits)) & mask for lane in range(per_byte)]
-        codes = np.stack(lanes, axis=2).reshape(words.shape[0], -1)
-        return codes[:, :length]
-    stream = np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :length * bits]
-    stream = stream.reshape(words.shape[0], length, bits)
-    return np.packbits(stream, axis=2, bitorder="little")[:, :, 0]
+        as_bytes = np.ascontiguousarray(words.astype("<u4")).view(np.uint8)
+        per_byte, mask = 8 // bits, np.uint8(2**bits - 1)
+        lanes = np.empty(as_bytes.shape + (per_byte,), dtype=np.uint8)
+        for lane in range(per_byte):
+            lanes[:, :, lane] = (as_bytes >> np.uint8(lane * bits)) & mask
+        return lanes.reshape(rows, -1)[:, :length]
+    octets = -(-length // CODES_PER_CHUNK)
+    as_bytes = np.zeros((rows, octets * bits), dtype=np.uint8)
+    available = min(octets * bits, words.shape[1] * 4)
+    as_bytes[:, :available] = np.ascontiguousarray(words.astype("<u4")).view(np.uint8)[:, :available]
+    chunk_bytes = np.zeros((rows, octets, 8), dtype=np.uint8)
+    chunk_bytes[:, :, :bits] = as_bytes.reshape(rows, octets, bits)
+    stream = chunk_bytes.view("<u8")[:, :, 0]
+    mask = np.uint64(2**bits - 1)
+    codes = np.empty((rows, octets, CODES_PER_CHUNK), dtype=np.uint8)
+    for i in range(CODES_PER_CHUNK):
+        codes[:, :, i] = (stream >> np.uint64(i * bits)) & mask
+    return codes.reshape(rows, -1)[:, :length]
 
 
 def pack_trits(codes: np.ndarray) -> np.ndarray:

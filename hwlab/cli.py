@@ -26,6 +26,7 @@ import json
 import math
 import os
 import pathlib
+import runpy
 import sys
 
 import numpy as np
@@ -43,6 +44,7 @@ TABLE_SHAPE = (4096, 4096)
 TABLE_GROUP_SIZE = 128
 WEIGHT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors dtype names that read_weights accepts
 EXIT_ERROR = 2
+DEFINE_ENV = "HWLAB_DEFINE"  # user datatype definition files, run before every command
 
 
 class UsageError(Exception):
@@ -59,6 +61,8 @@ def main(argv=None) -> int:
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
+        for path in _definition_files(args.define):
+            _run_definitions(path)
         args.run(args)
     except SystemExit as exc:  # --help and --version
         return exc.code or 0
@@ -75,6 +79,9 @@ def main(argv=None) -> int:
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hwlab", description="hwlab: a lab for low-bit LLM datatype co-design.")
     parser.add_argument("--version", action="version", version=f"hwlab {hwlab.__version__}")
+    parser.add_argument("--define", action="append", default=[], metavar="FILE.py",
+                        help=f"run this Python file first, to define and register your own datatypes "
+                             f"(repeatable; also ${DEFINE_ENV}, paths separated by {os.pathsep!r})")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("formats", help="table of every registered datatype")
@@ -107,6 +114,22 @@ def _build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("sample-path", help="print the path of the sample weights shipped with hwlab")
     p.set_defaults(run=lambda args: print(sample_path()))
     return parser
+
+
+def _definition_files(cli_paths: list[str]) -> list[str]:
+    """Definition files to run: those in ``$HWLAB_DEFINE``, then those given with ``--define``."""
+    env = [p for p in os.environ.get(DEFINE_ENV, "").split(os.pathsep) if p]
+    return env + list(cli_paths)
+
+
+def _run_definitions(path: str) -> None:
+    """Run a user's Python file that defines datatypes (``define_lut(...)`` etc.) before the command."""
+    if not os.path.isfile(path):
+        raise UsageError(f"--define: no such file: {path}")
+    try:
+        runpy.run_path(path, run_name="__hwlab_define__")
+    except Exception as exc:  # anything the user's file raises is reported as one line
+        raise UsageError(f"--define {path}: {type(exc).__name__}: {exc}") from None
 
 
 def _add_output_flags(p: argparse.ArgumentParser, markdown: bool = False) -> None:

@@ -1,6 +1,7 @@
 """The `hwlab` command line, and the README that documents it (its commands and Python tour run)."""
 import doctest
 import json
+import os
 import pathlib
 import re
 import shlex
@@ -333,3 +334,50 @@ def test_readme_python_tour_runs(tmp_path, monkeypatch, isolated_registry):
     monkeypatch.chdir(tmp_path)  # it saves a file
     result = doctest.testfile(str(README), module_relative=False, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 10 and result.failed == 0
+
+
+DEFINITIONS = '''
+from hwlab import define_lut
+define_lut("cli_apot4", [0, 0.25, 0.5, 1, 1.5, 2, 3, 4, -0.25, -0.5, -1, -1.5, -2, -3, -4])
+'''
+
+
+def _definitions_file(tmp_path):
+    path = tmp_path / "my_dtypes.py"
+    path.write_text(DEFINITIONS)
+    return path
+
+
+def test_define_makes_a_user_format_work_in_every_command(tmp_path):
+    defs = _definitions_file(tmp_path)
+    w = np.random.default_rng(3).standard_normal((8, 256)).astype(np.float32)
+    np.save(tmp_path / "w.npy", w)
+    out = tmp_path / "q.safetensors"
+    base = [sys.executable, "-m", "hwlab.cli", "--define", str(defs)]
+    listed = subprocess.run(base + ["formats", "--json"], capture_output=True, text=True, check=True)
+    assert "cli_apot4" in {f["name"] for f in json.loads(listed.stdout)}
+    subprocess.run(base + ["quantize", str(tmp_path / "w.npy"), "--format", "cli_apot4", "--out", str(out)],
+                   capture_output=True, text=True, check=True)
+    info = subprocess.run(base + ["info", str(out), "--json"], capture_output=True, text=True, check=True)
+    assert json.loads(info.stdout)["format"] == "cli_apot4"
+    env = {**os.environ, "HWLAB_DEFINE": str(defs)}
+    via_env = subprocess.run([sys.executable, "-m", "hwlab.cli", "info", str(out)], capture_output=True,
+                             text=True, env=env)
+    assert via_env.returncode == 0 and "cli_apot4" in via_env.stdout
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "--define: no such file"),
+    ("raise RuntimeError('boom')", r"--define .*RuntimeError: boom"),
+    ("from hwlab import define_lut\ndefine_lut('int4', [0, 1])", "built-in format"),
+], ids=["missing", "raises", "redefines-builtin"])
+def test_define_errors_are_one_line(tmp_path, content, match):
+    path = tmp_path / "defs.py"
+    if content is not None:
+        path.write_text(content)
+    done = subprocess.run([sys.executable, "-m", "hwlab.cli", "--define", str(path), "formats"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hwlab: error:")
+    assert re.search(match, lines[0]), lines[0]

@@ -45,8 +45,9 @@ import numpy as np
 from .element import ElementFormat
 from .group_kernel import MemberTables, quantize_groups
 from .packing import pack_codes
-from .scaled import ZERO_GROUP_SCALE, ScaledScheme
+from .scaled import ScaledScheme
 
+ANY_POSITIVE_SCALE = 1.0  # all-zero blocks encode exactly under any positive scale (kernel input only)
 SECOND_LEVEL_BLOCK = 256  # quantize_4bit(compress_statistics=True): quantize_blockwise(absmax, blocksize=256)
 BLOCK_SIZES = tuple(2**k for k in range(5, 13))  # 32..4096: the block sizes bitsandbytes' 4-bit quantizer takes
 FIRST_LEVEL_DTYPE = "fp32"  # bitsandbytes keeps the per-block absmax in float32
@@ -108,7 +109,7 @@ def compress_absmax(absmax: np.ndarray) -> dict:
     padded[:centered.size] = centered
     padded = padded.reshape(n_blocks, SECOND_LEVEL_BLOCK)
     m = np.abs(padded).max(axis=1)
-    scale = np.where(m > 0, m, ZERO_GROUP_SCALE).astype(np.float64)[None]  # an all-zero block: any scale
+    scale = np.where(m > 0, m, ANY_POSITIVE_SCALE).astype(np.float64)[None]  # an all-zero block: any scale
     codes, _ = quantize_groups(padded, _dynamic_tables(), np.zeros(1, dtype=np.int64), scale, np.zeros_like(scale))
     return {"scales": codes.ravel()[:centered.size].reshape(a.shape), "scale_absmax": m.reshape(-1, 1),
             "scale_offset": np.full((1, 1), offset, dtype=np.float32)}
@@ -176,7 +177,7 @@ class DoubleQuantFormat(ElementFormat):
         arrays = compress_absmax(absmax.reshape(rows, -1))
         s = decompress_absmax(arrays).ravel().astype(np.float64)
         # value * s nearest to x  <=>  value * |s| nearest to sign(s) * x; s == 0 stores the code of 0
-        scale = np.where(s == 0, ZERO_GROUP_SCALE, np.abs(s))[None]
+        scale = np.where(s == 0, ANY_POSITIVE_SCALE, np.abs(s))[None]
         signed = (x * np.sign(s)[:, None]).astype(x.dtype)  # exact: a factor of -1, 0 or 1
         codes, _ = quantize_groups(signed, MemberTables.of((self,)), np.zeros(1, dtype=np.int64), scale,
                                    np.zeros_like(scale))

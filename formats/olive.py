@@ -39,7 +39,7 @@ group (``std`` with Bessel's correction, as ``torch.std``); candidates
 *normal* value (28 on their grid, 7 int steps), so outliers reach ``96/7 * alpha``. Each ``s``
 is rounded to ``scale_dtype`` (fp16 default) and the candidate with the least squared error
 after the victim rule is kept (strict ``<``: the earliest wins a tie). An all-zero group gets
-scale 1.
+the scale dtype's least positive value, like every scaled format.
 
 Stored arrays: ``codes`` (4-bit pair codes, ``uint32`` words along K, layout of
 :mod:`hwlab.formats.packing`), ``scales`` ``[N, groups]`` in the scale dtype and, for

@@ -33,9 +33,11 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
         raise ValueError(f"pack_codes expects a 2-D array [rows, K], got shape {codes.shape}")
     if not 1 <= bits <= 8:
         raise ValueError(f"bits must be in 1..8, got {bits}")
+    if codes.dtype.kind not in "iu":
+        raise TypeError(f"codes must be an integer array, got dtype {codes.dtype}")
     rows, length = codes.shape
-    if codes.size and int(codes.max()) >= 2**bits:
-        raise ValueError(f"code {int(codes.max())} does not fit in {bits} bits")
+    if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= 2**bits):
+        raise ValueError(f"code {int(codes.min() if codes.min() < 0 else codes.max())} does not fit in {bits} bits")
     words = packed_words(length, bits)
     if 8 % bits == 0:  # whole codes per byte: shift them into byte lanes
         per_byte = 8 // bits
@@ -66,6 +68,8 @@ def unpack_codes(words: np.ndarray, bits: int, length: int) -> np.ndarray:
     words = np.asarray(words)
     if words.dtype != np.uint32 or words.ndim != 2:
         raise ValueError(f"packed codes must be a 2-D uint32 array, got {words.dtype} with shape {words.shape}")
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
     if words.shape[1] != packed_words(length, bits):
         raise ValueError(f"{length} codes of {bits} bits need {packed_words(length, bits)} words per row, "
                          f"got {words.shape[1]}")
@@ -96,9 +100,9 @@ def pack_trits(codes: np.ndarray) -> np.ndarray:
     codes = np.asarray(codes)
     if codes.ndim != 2:
         raise ValueError(f"pack_trits expects a 2-D array [rows, K], got shape {codes.shape}")
-    if codes.size and (codes.max() > 3 or (codes == 2).any()):
+    if codes.size and (codes.max() > 3 or codes.min() < 0 or (codes == 2).any()):
         raise ValueError("ternary codes must be 0 (0), 1 (+1) or 3 (-1); got code "
-                         f"{int(codes[(codes > 3) | (codes == 2)].ravel()[0])}")
+                         f"{int(codes[(codes > 3) | (codes < 0) | (codes == 2)].ravel()[0])}")
     rows, length = codes.shape
     nbytes = -(-length // TRITS_PER_BYTE)
     trits = np.zeros((rows, nbytes * TRITS_PER_BYTE), dtype=np.uint8)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 import numpy as np
 
@@ -31,7 +32,6 @@ SCALE_SEARCHES = ("absmax", "mse")
 # Clipping ratios of the MSE scale search: 1.0 down to 0.5 in steps of 0.05 (1.0 first, so an
 # absmax scale wins ties). ANT, OliVe and LLM-FP4 search their ranges in the same spirit.
 DEFAULT_CLIP_RATIOS = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))
-ZERO_GROUP_SCALE = 1.0  # any positive scale encodes an all-zero group exactly
 
 
 class ScaledScheme:
@@ -53,10 +53,12 @@ class ScaledScheme:
         _check_choice("packing", opts["packing"], ("bits", "trit5") if self.family == "ternary" else ("bits",))
         get_scale_type(opts["scale_dtype"])
         ratios = opts["clip_ratios"]
-        if not (isinstance(ratios, (tuple, list)) and ratios and all(0 < float(r) <= 1 for r in ratios)):
+        if not (isinstance(ratios, (tuple, list)) and ratios
+                and all(isinstance(r, numbers.Real) and 0 < r <= 1 for r in ratios)):
             raise ValueError(f"clip_ratios must be a non-empty sequence of numbers in (0, 1], got {ratios!r}")
         clamp = opts["scale_clamp"]
-        if clamp is not None and not (len(clamp) == 2 and 0 < clamp[0] < clamp[1]):
+        if clamp is not None and not (isinstance(clamp, (tuple, list)) and len(clamp) == 2 and all(
+                isinstance(c, numbers.Real) for c in clamp) and 0 < clamp[0] < clamp[1]):
             raise ValueError(f"scale_clamp must be None or (low, high) with 0 < low < high, got {clamp!r}")
 
     def layout(self, rows: int, cols: int, group_size: int, opts: dict) -> tuple[int, int, int]:
@@ -175,15 +177,17 @@ class GroupStats:
 
 
 def _bounded(ideal: np.ndarray, opts: dict) -> np.ndarray:
-    """Ideal scales made storable: zero groups get a unit scale, clamps applied, overflow refused."""
-    ideal = np.where(ideal > 0, ideal, ZERO_GROUP_SCALE)
+    """Ideal scales made storable: raised to the scale dtype's least positive value (so an all-zero
+    group, which any positive scale encodes exactly, gets the least scale and never sets a row's
+    int8 base scale), clamped by ``scale_clamp``, and refused where they overflow."""
+    scale_type = get_scale_type(opts["scale_dtype"])
+    ideal = np.maximum(ideal, scale_type.smallest)
     if opts["scale_clamp"] is not None:
         ideal = np.clip(ideal, *opts["scale_clamp"])
-    scale_type = get_scale_type(opts["scale_dtype"])
     if ideal.max() > scale_type.largest:
         raise ValueError(f"a group scale of {ideal.max():.6g} overflows scale_dtype={scale_type.name!r} "
                          f"(largest {scale_type.largest:.6g}); use scale_dtype='fp32' or rescale W")
-    return np.maximum(ideal, scale_type.smallest)
+    return ideal
 
 
 def _check_choice(option: str, value, choices) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 SCALE_DTYPES = ("fp16", "bf16", "fp32", "e8m0", "e4m3", "int8")
 E8M0_BIAS = 127  # OCP MX v1.0, table 7
 E8M0_MIN_EXP, E8M0_MAX_EXP = -127, 127  # codes 0..254; 255 is NaN
+FP16_SMALLEST, FP16_LARGEST = 2.0**-24, 65504.0  # IEEE binary16 least subnormal, largest finite
 INT8_SCALE_MAX_CODE = 255  # positive scales use the whole unsigned byte; code 0 is never used
 
 
@@ -80,8 +81,10 @@ class ScaleType:
         if self.name == "e4m3":
             return StoredScales(_e4m3().encode(ideal))
         leading = tuple(range(ideal.ndim - 2)) + (ideal.ndim - 1,)
-        row = (np.max(ideal, axis=leading, keepdims=True) / INT8_SCALE_MAX_CODE).astype(np.float16)
-        row[row == 0] = 1  # a row of zero scales only happens for all-zero rows
+        row = np.max(ideal, axis=leading, keepdims=True) / INT8_SCALE_MAX_CODE
+        # Kept inside fp16's range: a row whose scales are below 255 * 2**-24 gets the least
+        # subnormal and small codes rather than underflowing to 0.
+        row = np.clip(row, FP16_SMALLEST, FP16_LARGEST).astype(np.float16)
         codes = np.clip(np.rint(ideal / row.astype(np.float64)), 1, INT8_SCALE_MAX_CODE)
         return StoredScales(codes.astype(np.uint8), row.reshape(-1, 1))
 
@@ -100,12 +103,12 @@ class ScaleType:
 
 
 SCALE_TYPES = {
-    "fp16": ScaleType("fp16", np.float16, 2.0**-24, 65504.0),
+    "fp16": ScaleType("fp16", np.float16, FP16_SMALLEST, FP16_LARGEST),
     "bf16": ScaleType("bf16", np.uint16, 2.0**-126, float(np.finfo(np.float32).max)),
     "fp32": ScaleType("fp32", np.float32, float(np.finfo(np.float32).smallest_subnormal), float(np.finfo(np.float32).max)),
     "e8m0": ScaleType("e8m0", np.uint8, 2.0**E8M0_MIN_EXP, 2.0**E8M0_MAX_EXP),
     "e4m3": ScaleType("e4m3", np.uint8, 2.0**-9, 448.0),
-    "int8": ScaleType("int8", np.uint8, 2.0**-24 / INT8_SCALE_MAX_CODE, 65504.0),
+    "int8": ScaleType("int8", np.uint8, FP16_SMALLEST, FP16_LARGEST),
 }
 
 

@@ -1,4 +1,5 @@
 """mixed_2_4: range-aware, memory-aligned mixed 2/4-bit groups with int8 x fp16 two-stage scales."""
+import pathlib
 import numpy as np
 import pytest
 
@@ -186,3 +187,8 @@ def test_inconsistent_group_bits_are_refused(rng):
     bad = type(qt)(qt.format_name, qt.shape, qt.group_size, qt.options, arrays, qt.padded_cols)
     with pytest.raises(ValueError, match="group_bits of row 0 mark .* groups as 4-bit, expected 2"):
         bad.dequantize()
+
+
+def test_readme_shows_the_current_bits_table():
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    assert bits_table() in readme, "README's mixed_2_4 table is stale: paste bits_table() output again"

@@ -1,5 +1,6 @@
 """mixed_2_4: range-aware, memory-aligned mixed 2/4-bit groups with int8 x fp16 two-stage scales."""
 import pathlib
+
 import numpy as np
 import pytest
 

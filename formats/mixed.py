@@ -13,8 +13,8 @@ Scheme, per row of ``W [N, K]`` cut into ``G = K / group_size`` groups along K:
    ``n4``, so every row has the same byte stride.
 2. Ideal scale of a group ``(max(hi, 0) - min(lo, 0)) / (2**b - 1)`` for its width ``b``, the
    affine rule of :mod:`hwlab.formats.scaled` (``scale_search='mse'`` also tries its clipping
-   ratios, ``clip_ratios``, and keeps the least squared error). All-zero groups take the row's
-   largest ideal scale (any positive scale encodes them exactly).
+   ratios, ``clip_ratios``, and keeps the least squared error). All-zero groups take the least
+   scale (any positive scale encodes them exactly), as in every scaled format.
 3. Two-stage scale (scale dtype ``int8``): a ``uint8`` code 1..255 per group times an fp16
    scale per row (the row's largest ideal scale / 255).
 4. Zero point ``clip(rint(-lo / s), 0, 2**b - 1)`` under the stored scale ``s``; elements are
@@ -152,7 +152,6 @@ class MixedFormat(Format):
             (s4, lo4), (s2, lo2) = (stats.ideal_scale(member, float(ratio)) for member in self.members)
             ideal[c], low[c] = np.where(is_wide, s4, s2), np.where(is_wide, lo4, lo2)
         ideal = ideal.reshape(len(ratios), rows, groups)
-        ideal = np.where(ideal > 0, ideal, ideal.max(axis=(0, 2), keepdims=True))
         scale_type = get_scale_type(TWO_STAGE["scale_dtype"])
         stored = scale_type.store(_bounded(ideal, self._scaled_options(opts)))
         scales = scale_type.load(stored).reshape(len(ratios), -1)

@@ -10,6 +10,7 @@ from hwlab.formats import mixed
 from hwlab.formats.mixed import bits_table
 
 INT8_TOP = 255  # two-stage scale codes 1..255
+FP16_LEAST = 2.0**-24  # least positive fp16 (subnormal): the floor of every stored scale
 
 
 def reference(w, group_size, frac, ratios=(1.0,)):
@@ -31,9 +32,8 @@ def reference(w, group_size, frac, ratios=(1.0,)):
     hi, lo = np.maximum(x.max(axis=2), 0), np.minimum(x.min(axis=2), 0)
     ideal = np.stack([(hi - lo) * ratio / top for ratio in ratios])  # [C, rows, G]
     lows = np.stack([lo * ratio for ratio in ratios])
-    row_max = ideal.max(axis=(0, 2), keepdims=True)
-    ideal = np.where(ideal > 0, ideal, np.where(row_max > 0, row_max, 1.0))  # zero groups: row max; zero rows: 1
-    row = (ideal.max(axis=(0, 2)) / INT8_TOP).astype(np.float16)
+    ideal = np.maximum(ideal, FP16_LEAST)  # zero groups: the least scale, which never sets the row scale
+    row = np.clip(ideal.max(axis=(0, 2)) / INT8_TOP, FP16_LEAST, 65504.0).astype(np.float16)
     codes8 = np.clip(np.rint(ideal / row.astype(np.float64)[None, :, None]), 1, INT8_TOP)
     s = codes8 * row.astype(np.float64)[None, :, None]
     z = np.clip(np.rint(-lows / s), 0, top)

@@ -31,21 +31,21 @@ import numpy as np
 from .element import ElementFormat, Format
 from .group_kernel import MemberTables, quantize_groups
 from .integer import int_format
-from .minifloat import minifloat_format
 from .packing import pack_codes, packed_words, unpack_codes
+from .registry import get_format
 from .scales import E8M0_BIAS, E8M0_MAX_EXP, E8M0_MIN_EXP, StoredScales, get_scale_type
 
 MX_BLOCK = 32  # OCP MX v1.0, table 1: k = 32 for every concrete MX format
 NVFP4_BLOCK = 16  # NVIDIA NVFP4: 16 elements per E4M3 block scale
 E2M1_MAX, E4M3_MAX = 6.0, 448.0  # largest finite FP4 E2M1 and FP8 E4M3 values (OCP MX v1.0 / OFP8)
 MXINT8_FRACTION_BITS = 6  # OCP MX v1.0 section 5.3.3: INT8 with an implicit scale of 2**-6
-# (name, element (name, exp bits, man bits, semantics), emax_elem); emax_elem from OCP MX v1.0
-# table 1 (largest power of two of the element format).
+# (name, registered element format, emax_elem); emax_elem from OCP MX v1.0 table 1 (largest
+# power of two of the element format).
 MX_MINIFLOATS = (
-    ("mxfp4", ("fp4_e2m1", 2, 1, "finite"), 2),
-    ("mxfp6_e2m3", ("fp6_e2m3", 2, 3, "finite"), 2),
-    ("mxfp6_e3m2", ("fp6_e3m2", 3, 2, "finite"), 4),
-    ("mxfp8_e4m3", ("fp8_e4m3", 4, 3, "fn"), 8),
+    ("mxfp4", "fp4_e2m1", 2),
+    ("mxfp6_e2m3", "fp6_e2m3", 2),
+    ("mxfp6_e3m2", "fp6_e3m2", 4),
+    ("mxfp8_e4m3", "fp8_e4m3", 8),
 )
 MXINT8_EMAX = 0  # OCP MX v1.0 table 1: emax_elem of INT8 (largest magnitude 127/64 < 2)
 
@@ -177,18 +177,20 @@ def _nvfp4_scales(absmax: np.ndarray, tensor_absmax: float) -> dict:
 
 
 def microscaling_formats() -> list[MicroscalingFormat]:
-    """The built-in microscaling formats: mxfp4, mxfp6_e2m3, mxfp6_e3m2, mxfp8_e4m3, mxint8, nvfp4."""
+    """The built-in microscaling formats: mxfp4, mxfp6_e2m3, mxfp6_e3m2, mxfp8_e4m3, mxint8, nvfp4.
+
+    Their elements are the registered minifloats (declared first), so one definition serves both.
+    """
     formats = [
-        MicroscalingFormat(name, minifloat_format(elem, e, m, semantics=semantics), block_size=MX_BLOCK,
-                           scale_dtype="e8m0", emax_elem=emax,
+        MicroscalingFormat(name, get_format(elem), block_size=MX_BLOCK, scale_dtype="e8m0", emax_elem=emax,
                            description=f"OCP MX v1.0 {name.upper()}: {elem} elements, block 32, E8M0 scale")
-        for name, (elem, e, m, semantics), emax in MX_MINIFLOATS
+        for name, elem, emax in MX_MINIFLOATS
     ]
     formats.append(MicroscalingFormat("mxint8", mxint8_element(), block_size=MX_BLOCK, scale_dtype="e8m0",
                                       emax_elem=MXINT8_EMAX,
                                       description="OCP MX v1.0 MXINT8: INT8 (scale 2**-6) elements, block 32, "
                                                   "E8M0 scale"))
-    formats.append(MicroscalingFormat("nvfp4", minifloat_format("fp4_e2m1", 2, 1), block_size=NVFP4_BLOCK,
+    formats.append(MicroscalingFormat("nvfp4", get_format("fp4_e2m1"), block_size=NVFP4_BLOCK,
                                       scale_dtype="e4m3",
                                       description="NVIDIA NVFP4: fp4_e2m1 elements, block 16, E4M3 scale, "
                                                   "float32 tensor scale"))

@@ -19,7 +19,6 @@ E8M0 is the OCP MX v1.0 scale (section 5.4): exponent bias 127, code 255 is NaN.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import numpy as np
 
@@ -31,11 +30,11 @@ INT8_SCALE_MAX_CODE = 255  # positive scales use the whole unsigned byte; code 0
 
 
 
-@functools.lru_cache(maxsize=None)
 def _e4m3():
-    from .minifloat import minifloat_format  # element formats use scale types: import late
+    """The registered ``fp8_e4m3`` (OCP E4M3), looked up late: element formats import this module."""
+    from .registry import get_format
 
-    return minifloat_format("fp8_e4m3", 4, 3, semantics="fn")
+    return get_format("fp8_e4m3")
 
 
 def round_to_significand(x: np.ndarray, significand_bits: int) -> np.ndarray:

@@ -30,11 +30,9 @@ BITMOD_DEFAULTS = {"scale_clamp": (1e-5, 1e4)}  # scale_fp.clamp(min=1e-5, max=1
 def bitmod_member(name: str):
     """One BitMoD member, e.g. ``bitmod_member("fp4_ea_pos")``."""
     magnitudes = FP3_MAGNITUDES if name.startswith("fp3") else FP4_MAGNITUDES
-    fmt = lut_format(name, sign_magnitude_table(magnitudes, SPECIAL_VALUES[name]),
-                     rounding="nearest_down", family="bitmod",
-                     description=f"BitMoD {name[:3].upper()} with -0 repurposed as {SPECIAL_VALUES[name]:+g}")
-    fmt.defaults = dict(BITMOD_DEFAULTS)
-    return fmt
+    return lut_format(name, sign_magnitude_table(magnitudes, SPECIAL_VALUES[name]),
+                      rounding="nearest_down", family="bitmod", defaults=BITMOD_DEFAULTS,
+                      description=f"BitMoD {name[:3].upper()} with -0 repurposed as {SPECIAL_VALUES[name]:+g}")
 
 
 def bitmod_mixture(bits: int, members) -> MixtureFormat:

@@ -9,7 +9,7 @@ from .minifloat import minifloat_format
 from .mixed import MixedFormat
 from .olive import OliveFormat
 from .registry import _register_builtin
-from .shift import TERNARY_SCALE_FLOOR, shift_format, ternary_format
+from .shift import shift_format, ternary_format
 
 # (name, exponent bits, mantissa bits, semantics); OCP semantics where OCP defines the type
 # (OFP8 rev 1.0 for E4M3/E5M2; MX v1.0 section 5.3 for FP6 E2M3/E3M2 and FP4 E2M1).
@@ -38,9 +38,7 @@ def declare_builtins() -> None:
         _register_builtin(bitmod_mixture(bits, members))
     for bits in (2, 3, 4):
         _register_builtin(shift_format(bits))
-    ternary = ternary_format()
-    ternary.defaults = {"granularity": "tensor", "scale_clamp": (TERNARY_SCALE_FLOOR, 65504.0)}
-    _register_builtin(ternary)
+    _register_builtin(ternary_format())
     _register_builtin(MixedFormat())
     for fmt in microscaling_formats():
         _register_builtin(fmt)

@@ -40,7 +40,8 @@ def sign_magnitude_table(magnitudes, negative_zero=np.nan) -> np.ndarray:
 
 
 def lut_format(name: str, values, *, bits: int | None = None, rounding: str = "nearest_even",
-               family: str = "lookup", description: str | None = None) -> ElementFormat:
+               family: str = "lookup", description: str | None = None,
+               defaults: dict | None = None) -> ElementFormat:
     """An :class:`ElementFormat` from a list of values (code ``i`` decodes to ``values[i]``).
 
     ``bits`` defaults to the fewest that hold the table; spare codes decode to NaN and are
@@ -61,7 +62,7 @@ def lut_format(name: str, values, *, bits: int | None = None, rounding: str = "n
     repeated = finite[1:][np.diff(finite) == 0]
     if repeated.size:
         raise ValueError(f"lookup table {name!r} repeats the value {repeated[0]}; values must be distinct")
-    return ElementFormat(name, bits, padded, family=family, rounding=rounding,
+    return ElementFormat(name, bits, padded, family=family, rounding=rounding, defaults=defaults,
                          description=description or f"lookup table of {table.size} values")
 
 

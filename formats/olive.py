@@ -50,7 +50,8 @@ from __future__ import annotations
 import numpy as np
 
 from .element import ElementFormat, Format, check_codes
-from .group_kernel import MemberTables, quantize_groups
+from . import group_kernel, olive_kernel
+from .group_kernel import MemberTables, quantize_groups, sum_squares
 from .integer import int_format
 from .lookup import sign_magnitude_table
 from .packing import pack_codes, packed_words, unpack_codes
@@ -170,33 +171,48 @@ class OliveFormat(Format):
         x = w.reshape(rows * groups, length)
         x64 = x.astype(np.float64)
         mean, std = x64.mean(axis=1), x64.std(axis=1, ddof=1)
+        del x64
         x_max = np.maximum(np.abs(mean + X_MAX_STDS * std), np.abs(mean - X_MAX_STDS * std))
         ratios = np.array(ALPHA_PERCENTS, dtype=np.float64)[:, None] * 0.01
         ideal = (x_max * ratios / NORMAL_MAX).reshape(len(ALPHA_PERCENTS), rows, groups)
         scale_type = get_scale_type(opts["scale_dtype"])
         stored = scale_type.store(_bounded(ideal, {"scale_clamp": None, "scale_dtype": scale_type.name}))
         scales = scale_type.load(stored).reshape(len(ALPHA_PERCENTS), -1)
-        tables, member_of = MemberTables.of([self.union]), np.zeros(1, np.int64)
-        no_offset = np.zeros((1, x.shape[0]))
-        best_sse = np.full(x.shape[0], np.inf)
-        best = np.zeros(x.shape[0], dtype=np.intp)
-        best_codes = np.zeros(x.shape, dtype=np.uint8)
-        for c in range(len(ALPHA_PERCENTS)):  # candidate scales, each rounded exactly
-            union_codes, _ = quantize_groups(x, tables, member_of, scales[c:c + 1], no_offset)
-            codes = pair_codes(union_codes)
-            err = self._decode(codes)
-            err *= scales[c][:, None]
-            err -= x64
-            sse = np.einsum("gi,gi->g", err, err)
-            better = sse < best_sse
-            best_sse[better], best[better] = sse[better], c
-            np.copyto(best_codes, codes, where=better[:, None])
+        tables = MemberTables.of([self.union])
+        if group_kernel.USE_NUMBA:
+            union = tables.codes[0]  # union code of each sorted grid value; >= 16: an outlier
+            indices, best = olive_kernel.search(x, tables.midpoints[0], tables.tie_up[0], tables.values[0],
+                                                union >= 16, scales)
+            best_codes = pair_codes(union[indices])
+        else:
+            best_codes, best = self._search_reference(x, tables, scales)
         pick = (best, np.arange(best.size))
         arrays = {"codes": pack_codes(best_codes.reshape(rows, cols), self.bits),
                   "scales": stored.values.reshape(len(ALPHA_PERCENTS), -1)[pick].reshape(rows, groups)}
         if stored.row_scales is not None:
             arrays["row_scales"] = stored.row_scales
         return arrays
+
+    def _search_reference(self, x: np.ndarray, tables: MemberTables, scales: np.ndarray):
+        """Pair codes ``uint8 [G, n]`` and winning candidate ``[G]`` of groups ``x`` under the
+        candidate scales ``scales`` float64 ``[C, G]``: the numpy definition of
+        :func:`~hwlab.formats.olive_kernel.search` (which must equal it bit for bit)."""
+        x64 = x.astype(np.float64)
+        member_of, no_offset = np.zeros(1, np.int64), np.zeros((1, x.shape[0]))
+        best_sse = np.full(x.shape[0], np.inf)
+        best = np.zeros(x.shape[0], dtype=np.intp)
+        best_codes = np.zeros(x.shape, dtype=np.uint8)
+        for c in range(scales.shape[0]):  # candidate scales, each rounded exactly
+            union_codes, _ = quantize_groups(x, tables, member_of, scales[c:c + 1], no_offset)
+            codes = pair_codes(union_codes)
+            err = self._decode(codes)
+            err *= scales[c][:, None]
+            err -= x64
+            sse = sum_squares(err)
+            better = sse < best_sse
+            best_sse[better], best[better] = sse[better], c
+            np.copyto(best_codes, codes, where=better[:, None])
+        return best_codes, best
 
     def dequantize_arrays(self, arrays: dict, rows: int, cols: int, group_size: int,
                           opts: dict) -> np.ndarray:

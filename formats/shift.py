@@ -14,8 +14,9 @@ import numpy as np
 
 from .element import ElementFormat
 
-# BitNet b1.58 reference code clamps mean|W| at 1e-5 before dividing.
+# BitNet b1.58 reference code clamps mean|W| at 1e-5 before dividing, and scales per tensor.
 TERNARY_SCALE_FLOOR = 1e-5
+TERNARY_DEFAULTS = {"granularity": "tensor", "scale_clamp": (TERNARY_SCALE_FLOOR, 65504.0)}  # 65504: fp16 max
 
 
 def shift_format(bits: int) -> ElementFormat:
@@ -33,4 +34,4 @@ def ternary_format() -> ElementFormat:
     """BitNet b1.58 ternary weights with an absmean scale."""
     return ElementFormat("ternary", 2, [0.0, 1.0, np.nan, -1.0], family="ternary",
                          description="BitNet b1.58 ternary {-1, 0, 1}, absmean scale",
-                         scaling="absmean")
+                         scaling="absmean", defaults=TERNARY_DEFAULTS)

@@ -171,7 +171,6 @@ class OliveFormat(Format):
         x = w.reshape(rows * groups, length)
         x64 = x.astype(np.float64)
         mean, std = x64.mean(axis=1), x64.std(axis=1, ddof=1)
-        del x64
         x_max = np.maximum(np.abs(mean + X_MAX_STDS * std), np.abs(mean - X_MAX_STDS * std))
         ratios = np.array(ALPHA_PERCENTS, dtype=np.float64)[:, None] * 0.01
         ideal = (x_max * ratios / NORMAL_MAX).reshape(len(ALPHA_PERCENTS), rows, groups)
@@ -185,7 +184,7 @@ class OliveFormat(Format):
                                                 union >= 16, scales)
             best_codes = pair_codes(union[indices])
         else:
-            best_codes, best = self._search_reference(x, tables, scales)
+            best_codes, best = self._search_reference(x, x64, tables, scales)
         pick = (best, np.arange(best.size))
         arrays = {"codes": pack_codes(best_codes.reshape(rows, cols), self.bits),
                   "scales": stored.values.reshape(len(ALPHA_PERCENTS), -1)[pick].reshape(rows, groups)}
@@ -193,11 +192,10 @@ class OliveFormat(Format):
             arrays["row_scales"] = stored.row_scales
         return arrays
 
-    def _search_reference(self, x: np.ndarray, tables: MemberTables, scales: np.ndarray):
-        """Pair codes ``uint8 [G, n]`` and winning candidate ``[G]`` of groups ``x`` under the
-        candidate scales ``scales`` float64 ``[C, G]``: the numpy definition of
-        :func:`~hwlab.formats.olive_kernel.search` (which must equal it bit for bit)."""
-        x64 = x.astype(np.float64)
+    def _search_reference(self, x: np.ndarray, x64: np.ndarray, tables: MemberTables, scales: np.ndarray):
+        """Pair codes ``uint8 [G, n]`` and winning candidate ``[G]`` of groups ``x`` (and ``x64``,
+        the same in float64) under the candidate scales ``scales`` float64 ``[C, G]``: the numpy
+        definition of :func:`~hwlab.formats.olive_kernel.search` (which must equal it bit for bit)."""
         member_of, no_offset = np.zeros(1, np.int64), np.zeros((1, x.shape[0]))
         best_sse = np.full(x.shape[0], np.inf)
         best = np.zeros(x.shape[0], dtype=np.intp)

@@ -15,7 +15,7 @@ FILE_VERSION = 1  # bump when the stored layout changes
 GRANULARITY_OPTION = "granularity"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # arrays compare element-wise: identity, not ==
 class QuantizedTensor:
     """A quantized ``[N, K]`` weight matrix: stored arrays plus what is needed to read them.
 

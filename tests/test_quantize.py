@@ -297,3 +297,10 @@ def test_error_metrics_of_exact_and_zero():
     assert exact["mse"] == 0 and exact["sqnr_db"] == math.inf and exact["max_abs_error"] == 0
     assert exact["output_rel_error"] == 0
     assert "output_rel_error" not in error_metrics(w, w)
+
+
+def test_quantized_tensors_compare_by_identity():
+    w = np.ones((2, 128), np.float32)
+    a, b = hwlab.quantize(w, "int4"), hwlab.quantize(w, "int4")
+    assert a == a and a != b  # no element-wise array comparison (which would raise)
+    assert len({a, b}) == 2

@@ -38,7 +38,9 @@ group (``std`` with Bessel's correction, as ``torch.std``); candidates
 --w_up=250``); ``s = alpha / 7``, since the authors divide by ``max(quant_grid)``, the largest
 *normal* value (28 on their grid, 7 int steps), so outliers reach ``96/7 * alpha``. Each ``s``
 is rounded to ``scale_dtype`` (fp16 default) and the candidate with the least squared error
-after the victim rule is kept (strict ``<``: the earliest wins a tie). An all-zero group gets
+after the victim rule is kept (strict ``<``: the earliest wins a tie; errors summed in float64 in
+the order of :func:`~hwlab.formats.group_kernel.sum_squares`, by the numpy reference and the numba
+kernel :mod:`~hwlab.formats.olive_kernel` alike). An all-zero group gets
 the scale dtype's least positive value, like every scaled format.
 
 Stored arrays: ``codes`` (4-bit pair codes, ``uint32`` words along K, layout of
@@ -177,14 +179,7 @@ class OliveFormat(Format):
         scale_type = get_scale_type(opts["scale_dtype"])
         stored = scale_type.store(_bounded(ideal, {"scale_clamp": None, "scale_dtype": scale_type.name}))
         scales = scale_type.load(stored).reshape(len(ALPHA_PERCENTS), -1)
-        tables = MemberTables.of([self.union])
-        if group_kernel.USE_NUMBA:
-            union = tables.codes[0]  # union code of each sorted grid value; >= 16: an outlier
-            indices, best = olive_kernel.search(x, tables.midpoints[0], tables.tie_up[0], tables.values[0],
-                                                union >= 16, scales)
-            best_codes = pair_codes(union[indices])
-        else:
-            best_codes, best = self._search_reference(x, x64, tables, scales)
+        best_codes, best, _ = self._search(x, x64, scales)
         pick = (best, np.arange(best.size))
         arrays = {"codes": pack_codes(best_codes.reshape(rows, cols), self.bits),
                   "scales": stored.values.reshape(len(ALPHA_PERCENTS), -1)[pick].reshape(rows, groups)}
@@ -192,10 +187,22 @@ class OliveFormat(Format):
             arrays["row_scales"] = stored.row_scales
         return arrays
 
+    def _search(self, x: np.ndarray, x64: np.ndarray, scales: np.ndarray):
+        """Pair codes ``uint8 [G, n]``, winning candidate ``[G]`` and its squared error (float64
+        ``[G]``) of groups ``x`` (``x64``: the same in float64) under candidate scales ``scales``
+        float64 ``[C, G]``: the least squared error after the pair rule, summed by
+        :func:`sum_squares` (strict ``<``: the earliest wins a tie).
+        The numba kernel (:mod:`~hwlab.formats.olive_kernel`) when enabled, else the reference."""
+        tables = MemberTables.of([self.union])
+        if not group_kernel.USE_NUMBA:
+            return self._search_reference(x, x64, tables, scales)
+        union = tables.codes[0]  # union code of each sorted value; 16 + c: outlier code c
+        indices, best, sse = olive_kernel.search(x, tables.midpoints[0], tables.tie_up[0],
+                                                 tables.values[0], union >= 16, scales)
+        return pair_codes(union[indices]), best, sse
+
     def _search_reference(self, x: np.ndarray, x64: np.ndarray, tables: MemberTables, scales: np.ndarray):
-        """Pair codes ``uint8 [G, n]`` and winning candidate ``[G]`` of groups ``x`` (and ``x64``,
-        the same in float64) under the candidate scales ``scales`` float64 ``[C, G]``: the numpy
-        definition of :func:`~hwlab.formats.olive_kernel.search` (which must equal it bit for bit)."""
+        """Numpy float64 definition of :meth:`_search`, one candidate at a time over all groups."""
         member_of, no_offset = np.zeros(1, np.int64), np.zeros((1, x.shape[0]))
         best_sse = np.full(x.shape[0], np.inf)
         best = np.zeros(x.shape[0], dtype=np.intp)
@@ -210,7 +217,7 @@ class OliveFormat(Format):
             better = sse < best_sse
             best_sse[better], best[better] = sse[better], c
             np.copyto(best_codes, codes, where=better[:, None])
-        return best_codes, best
+        return best_codes, best, best_sse
 
     def dequantize_arrays(self, arrays: dict, rows: int, cols: int, group_size: int,
                           opts: dict) -> np.ndarray:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import hwlab
-from hwlab.formats import get_format, group_kernel, list_formats, unpack_codes
+from hwlab.formats import get_format, group_kernel, list_formats, olive_kernel, unpack_codes
+from hwlab.formats.group_kernel import MemberTables
 from hwlab.formats.olive import OliveFormat
 
 # --- independent reference (loops, float64) ---------------------------------------------------
@@ -189,13 +190,92 @@ def test_channel_granularity_is_one_group_per_row(rng):
     np.testing.assert_array_equal(qt.arrays["scales"], scales)
 
 
-def test_numba_and_numpy_paths_agree(rng, monkeypatch):
-    w = heavy_tailed(rng, (8, 256))
-    fast = hwlab.quantize(w, "olive4")
-    monkeypatch.setattr(group_kernel, "USE_NUMBA", False)
-    slow = hwlab.quantize(w, "olive4")
-    for name in fast.arrays:
-        np.testing.assert_array_equal(fast.arrays[name], slow.arrays[name])
+@pytest.fixture
+def both_paths(monkeypatch):
+    """``run(fn)``: ``fn()`` with the numba kernel (:mod:`olive_kernel`) forced on, then with the
+    numpy reference (also under ``HWLAB_DISABLE_NUMBA=1``: the kernel compiles either way)."""
+    assert hasattr(olive_kernel._search, "py_func"), "the olive kernel is not numba-compiled"
+
+    def run(fn):
+        monkeypatch.setattr(group_kernel, "USE_NUMBA", True)
+        fast = fn()
+        monkeypatch.setattr(group_kernel, "USE_NUMBA", False)
+        return fast, fn()
+    return run
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("options", [{}, {"granularity": "channel"}, {"scale_dtype": "int8"},
+                                     {"scale_dtype": "e8m0"}, {"scale_dtype": "bf16", "group_size": 32}])
+def test_kernel_equals_reference(rng, both_paths, options, dtype):
+    w = heavy_tailed(rng, (6, 256)).astype(dtype)
+    w[1] = 0  # a zero row: every candidate scores 0, the first wins
+    w[2, :128] = 0  # a zero group
+    w[3, :4] = [1.5, -2.0, 0.0, 3.0]  # a pair of outliers, an outlier with a zero partner
+    fast, slow = both_paths(lambda: hwlab.quantize(w, "olive4", **options))
+    assert sorted(fast.arrays) == sorted(slow.arrays)
+    for name in slow.arrays:
+        np.testing.assert_array_equal(fast.arrays[name], slow.arrays[name], err_msg=name)
+
+
+def grid_groups(rng, olive, scales, length, dtype):
+    """Groups ``[G, length]`` of heavy-tailed noise, half their elements replaced by one
+    candidate's scaled union midpoints (exact ties), values, their float neighbours and points
+    just inside and outside the kernel's ``GUARD`` band around the midpoints."""
+    tables = MemberTables.of([olive.union])
+    mids, vals = tables.midpoints[0], tables.values[0]
+    near = np.concatenate([mids + d for d in (-2 * olive_kernel.GUARD, -olive_kernel.GUARD,
+                                              olive_kernel.GUARD, 2 * olive_kernel.GUARD)])
+    x = heavy_tailed(rng, (scales.shape[1], length)).astype(dtype) * dtype(8)
+    for g in range(scales.shape[1]):
+        s = scales[rng.integers(scales.shape[0]), g]
+        on = np.concatenate([mids, vals]) * s  # exact in float32: <= 16 significant bits
+        pick = rng.random(length)
+        step = np.where(rng.random(length) < 0.5, -np.inf, np.inf)
+        off = np.nextafter(rng.choice(on, length).astype(dtype), step.astype(dtype))
+        banded = (rng.choice(near, length) * s).astype(dtype)
+        x[g] = np.where(pick < 0.2, rng.choice(on, length).astype(dtype),
+                        np.where(pick < 0.35, off, np.where(pick < 0.5, banded, x[g])))
+    return x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernel_equals_reference_on_ties(rng, olive, both_paths, dtype):
+    groups, length = 40, 64
+    scales = (np.abs(rng.standard_normal((12, groups))) * 0.01 + 1e-3).astype(np.float16).astype(np.float64)
+    scales[5] = scales[4]  # duplicate candidates: equal sums, the earlier wins
+    x = grid_groups(rng, olive, scales, length, dtype)
+    x[0] = 0  # a zero group
+    for c in [slice(None)] + [slice(c, c + 1) for c in range(len(scales))]:  # all, then each alone
+        fast, slow = both_paths(lambda: olive._search(x, x.astype(np.float64), scales[c]))
+        for name, f, r in zip(("codes", "candidate", "sum of squares"), fast, slow):
+            np.testing.assert_array_equal(f, r, err_msg=f"{name}, candidates {c}")
+        if c == slice(None):
+            assert slow[1][0] == 0 and not (slow[1] == 5).any()
+            assert (slow[0] == VICTIM).any() and len(np.unique(slow[1])) > 3  # victims, varied picks
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernel_rounds_next_to_midpoints_exactly(olive, both_paths, dtype):
+    """One element a float step off a scaled midpoint, the rest on the grid: the group's sum of
+    squares is that element's alone, so rounding it the wrong way changes the sum's bits."""
+    tables = MemberTables.of([olive.union])
+    s = np.arange(0x1400, 0x2400, 7, dtype=np.uint16).view(np.float16).astype(np.float64)  # 2**-10..2**-6
+    mids = tables.midpoints[0]
+    on = (mids[:, None] * s[None, :]).astype(dtype).ravel()  # exact: <= 16 significant bits
+    scales = np.tile(s, 2 * mids.size)[None, :]
+    x = np.array([0, 1, -2, 3, 4, -5, 6, 7], dtype) * scales.T.astype(dtype)
+    x[:, 0] = np.concatenate([np.nextafter(on, dtype(-np.inf)), np.nextafter(on, dtype(np.inf))])
+    fast, slow = both_paths(lambda: olive._search(x, x.astype(np.float64), scales))
+    for name, f, r in zip(("codes", "candidate", "sum of squares"), fast, slow):
+        np.testing.assert_array_equal(f, r, err_msg=name)
+
+
+def test_kernel_table_check(olive):
+    tables = MemberTables.of([olive.union])
+    with pytest.raises(ValueError, match="normal values to be the integers -k..k"):
+        olive_kernel.search(np.zeros((1, 2), np.float32), tables.midpoints[0], tables.tie_up[0],
+                            tables.values[0] * 2, tables.codes[0] >= 16, np.ones((1, 1)))
 
 
 def test_beats_int4_on_heavy_tails(rng):

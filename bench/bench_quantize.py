@@ -29,7 +29,8 @@ import numpy as np  # noqa: E402
 
 import hwlab  # noqa: E402
 
-DEFAULT_FORMATS = ("int4", "int4_asym", "fp4_e2m1", "nf4", "bitmod_fp3", "bitmod_fp4", "fp8_e4m3")
+DEFAULT_FORMATS = ("int4", "int4_asym", "fp4_e2m1", "nf4", "bitmod_fp3", "bitmod_fp4", "fp8_e4m3", "mxfp4", "nvfp4",
+                   "mixed_2_4", "olive4")
 
 
 def naive_int4(w: np.ndarray, group_size: int) -> np.ndarray:
@@ -38,6 +39,16 @@ def naive_int4(w: np.ndarray, group_size: int) -> np.ndarray:
     scale = (np.abs(g).max(axis=1, keepdims=True) / 7).astype(np.float16).astype(np.float32)
     scale[scale == 0] = 1
     return np.clip(np.rint(g / scale), -7, 7).astype(np.int8), scale
+
+
+def own_group_size(name: str, wanted: int) -> int:
+    """``wanted``, or the format's own block size where it fixes one (MX: 32, NVFP4: 16)."""
+    fmt = hwlab.get_format(name)
+    try:
+        fmt.check_group_size(wanted)
+    except ValueError:
+        return fmt.default_group_size
+    return wanted
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -83,17 +94,18 @@ def main(argv=None) -> dict:
     w = (np.random.default_rng(0).standard_normal((args.rows, args.cols)) * 0.02).astype(np.float32)
     baseline = median_seconds(lambda: naive_int4(w, args.group_size), args.repeats)
     rows = []
-    print(f"{'format':<12} {'seconds':>8} {'Mweights/s':>11} {'vs numpy int4':>14} {'bits/weight':>12}")
+    print(f"{'format':<12} {'group':>5} {'seconds':>8} {'Mweights/s':>11} {'vs numpy int4':>14} {'bits/weight':>12}")
     for name in args.formats:
-        hwlab.quantize(w[:8, :4 * args.group_size], name, args.group_size)  # compile / load cache
-        qt = hwlab.quantize(w, name, args.group_size)
-        seconds = median_seconds(lambda: hwlab.quantize(w, name, args.group_size), args.repeats)
-        row = {"format": name, "seconds": seconds, "mweights_per_s": w.size / seconds / 1e6,
+        group_size = own_group_size(name, args.group_size)
+        hwlab.quantize(w[:8, :4 * group_size], name, group_size)  # compile / load cache
+        qt = hwlab.quantize(w, name, group_size)
+        seconds = median_seconds(lambda: hwlab.quantize(w, name, group_size), args.repeats)
+        row = {"format": name, "group_size": group_size, "seconds": seconds, "mweights_per_s": w.size / seconds / 1e6,
                "ratio_to_numpy_int4": seconds / baseline, "bits_per_weight": qt.bits_per_weight}
         rows.append(row)
-        print(f"{name:<12} {seconds:8.3f} {row['mweights_per_s']:11.1f} {row['ratio_to_numpy_int4']:13.2f}x "
+        print(f"{name:<12} {group_size:5d} {seconds:8.3f} {row['mweights_per_s']:11.1f} {row['ratio_to_numpy_int4']:13.2f}x "
               f"{qt.bits_per_weight:12.4f}")
-    print(f"{'numpy int4':<12} {baseline:8.3f} (baseline)")
+    print(f"{'numpy int4':<12} {args.group_size:5d} {baseline:8.3f} (baseline)")
     result = {
         "benchmark": "quantize_cpu_single_core", "shape": [args.rows, args.cols],
         "group_size": args.group_size, "repeats": args.repeats, "baseline_numpy_int4_seconds": baseline,

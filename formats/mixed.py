@@ -62,7 +62,7 @@ from .element import Format
 from .group_kernel import MemberTables, quantize_groups
 from .integer import int_asym_format
 from .packing import pack_codes, packed_words, unpack_codes
-from .scaled import DEFAULT_CLIP_RATIOS, GroupStats, ScaledScheme, _bounded
+from .scaled import DEFAULT_CLIP_RATIOS, GroupStats, ScaledScheme, bounded_scales
 from .scales import StoredScales, get_scale_type
 
 ALIGN_ELEMENTS = 64  # 64 two-bit codes = 16 bytes, one aligned 16-byte (uint4 / LDG.128) load
@@ -153,7 +153,7 @@ class MixedFormat(Format):
             ideal[c], low[c] = np.where(is_wide, s4, s2), np.where(is_wide, lo4, lo2)
         ideal = ideal.reshape(len(ratios), rows, groups)
         scale_type = get_scale_type(TWO_STAGE["scale_dtype"])
-        stored = scale_type.store(_bounded(ideal, self._scaled_options(opts)))
+        stored = scale_type.store(bounded_scales(ideal, scale_type, TWO_STAGE["scale_clamp"]))
         scales = scale_type.load(stored).reshape(len(ratios), -1)
         stored_codes = stored.values.reshape(len(ratios), -1)
         arrays = {"group_bits": pack_codes(wide.astype(np.uint8), 1), "row_scales": stored.row_scales,

@@ -57,7 +57,7 @@ from .group_kernel import MemberTables, quantize_groups, sum_squares
 from .integer import int_format
 from .lookup import sign_magnitude_table
 from .packing import pack_codes, packed_words, unpack_codes
-from .scaled import _bounded, _check_choice
+from .scaled import bounded_scales, check_choice
 from .scales import StoredScales, get_scale_type
 
 VICTIM_CODE = 0b1000  # the int4 code of -8, never a normal value: marks the victim (OliVe, sec. 4)
@@ -115,7 +115,7 @@ class OliveFormat(Format):
                 "x_max_stds": X_MAX_STDS, "normal_max": NORMAL_MAX}
 
     def check_options(self, opts: dict) -> None:
-        _check_choice("granularity", opts["granularity"], PAIR_GRANULARITIES)
+        check_choice("granularity", opts["granularity"], PAIR_GRANULARITIES)
         get_scale_type(opts["scale_dtype"])
 
     def check_group_size(self, group_size: int) -> None:
@@ -177,7 +177,7 @@ class OliveFormat(Format):
         ratios = np.array(ALPHA_PERCENTS, dtype=np.float64)[:, None] * 0.01
         ideal = (x_max * ratios / NORMAL_MAX).reshape(len(ALPHA_PERCENTS), rows, groups)
         scale_type = get_scale_type(opts["scale_dtype"])
-        stored = scale_type.store(_bounded(ideal, {"scale_clamp": None, "scale_dtype": scale_type.name}))
+        stored = scale_type.store(bounded_scales(ideal, scale_type))
         scales = scale_type.load(stored).reshape(len(ALPHA_PERCENTS), -1)
         best_codes, best, _ = self._search(x, x64, scales)
         pick = (best, np.arange(best.size))

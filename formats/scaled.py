@@ -48,9 +48,9 @@ class ScaledScheme:
 
     def check_options(self, opts: dict) -> None:
         """Raise ``ValueError`` for option values this scheme cannot honour."""
-        _check_choice("granularity", opts["granularity"], GRANULARITIES)
-        _check_choice("scale_search", opts["scale_search"], SCALE_SEARCHES)
-        _check_choice("packing", opts["packing"], ("bits", "trit5") if self.family == "ternary" else ("bits",))
+        check_choice("granularity", opts["granularity"], GRANULARITIES)
+        check_choice("scale_search", opts["scale_search"], SCALE_SEARCHES)
+        check_choice("packing", opts["packing"], ("bits", "trit5") if self.family == "ternary" else ("bits",))
         get_scale_type(opts["scale_dtype"])
         ratios = opts["clip_ratios"]
         if not (isinstance(ratios, (tuple, list)) and ratios
@@ -100,8 +100,9 @@ class ScaledScheme:
                 s, lo = stats.ideal_scale(member, float(ratio))
                 ideal.append(s)
                 low.append(lo)
-        ideal = _bounded(np.stack(ideal), opts).reshape(len(member_of), scale_rows, groups)
         scale_type = get_scale_type(opts["scale_dtype"])
+        ideal = bounded_scales(np.stack(ideal), scale_type, opts["scale_clamp"]).reshape(
+            len(member_of), scale_rows, groups)
         stored = scale_type.store(ideal)
         scales = scale_type.load(stored).reshape(len(member_of), -1)
         offsets = np.zeros_like(scales)
@@ -176,20 +177,21 @@ class GroupStats:
         return (hi - lo) / (2**member.bits - 1), lo
 
 
-def _bounded(ideal: np.ndarray, opts: dict) -> np.ndarray:
-    """Ideal scales made storable: raised to the scale dtype's least positive value (so an all-zero
-    group, which any positive scale encodes exactly, gets the least scale and never sets a row's
-    int8 base scale), clamped by ``scale_clamp``, and refused where they overflow."""
-    scale_type = get_scale_type(opts["scale_dtype"])
+def bounded_scales(ideal: np.ndarray, scale_type, scale_clamp=None) -> np.ndarray:
+    """Ideal scales made storable in ``scale_type``: raised to its least positive value (so an
+    all-zero group, which any positive scale encodes exactly, gets the least scale and never sets
+    a row's int8 base scale), clamped by ``scale_clamp`` (``(low, high)`` or None), and refused
+    where they overflow."""
     ideal = np.maximum(ideal, scale_type.smallest)
-    if opts["scale_clamp"] is not None:
-        ideal = np.clip(ideal, *opts["scale_clamp"])
+    if scale_clamp is not None:
+        ideal = np.clip(ideal, *scale_clamp)
     if ideal.max() > scale_type.largest:
         raise ValueError(f"a group scale of {ideal.max():.6g} overflows scale_dtype={scale_type.name!r} "
                          f"(largest {scale_type.largest:.6g}); use scale_dtype='fp32' or rescale W")
     return ideal
 
 
-def _check_choice(option: str, value, choices) -> None:
+def check_choice(option: str, value, choices) -> None:
+    """Raise ``ValueError`` unless option ``value`` is one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{option} must be one of {tuple(choices)}, got {value!r}")

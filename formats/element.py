@@ -26,7 +26,7 @@ import json
 
 import numpy as np
 
-from .scaled import ScaledScheme
+from .scaled import ScaledScheme, check_choice
 
 ROUNDING_RULES = ("nearest_even", "nearest_down")
 SCALINGS = ("absmax", "affine", "absmean")
@@ -158,10 +158,8 @@ class ElementFormat(ScaledScheme, Format):
             raise ValueError(
                 f"format {name!r}: values must have 2**bits = {2**bits} entries (one per code), "
                 f"got shape {values.shape}")
-        if rounding not in ROUNDING_RULES:
-            raise ValueError(f"rounding must be one of {ROUNDING_RULES}, got {rounding!r}")
-        if scaling not in SCALINGS:
-            raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+        check_choice("rounding", rounding, ROUNDING_RULES)
+        check_choice("scaling", scaling, SCALINGS)
         self.name, self.bits, self.family, self.description = name, int(bits), family, description
         self.rounding, self.scaling = rounding, scaling
         values.setflags(write=False)

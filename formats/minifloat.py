@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .element import ElementFormat
+from .scaled import check_choice
 
 SEMANTICS = ("finite", "fn", "ieee")
 
@@ -30,8 +31,7 @@ def minifloat_values(exp_bits: int, man_bits: int, bias: int | None = None,
     if exp_bits < 1 or man_bits < 0 or 1 + exp_bits + man_bits > 8:
         raise ValueError("a minifloat needs exp_bits >= 1, man_bits >= 0 and "
                          f"1 + exp_bits + man_bits <= 8 bits, got E{exp_bits}M{man_bits}")
-    if semantics not in SEMANTICS:
-        raise ValueError(f"semantics must be one of {SEMANTICS}, got {semantics!r}")
+    check_choice("semantics", semantics, SEMANTICS)
     if semantics != "finite" and (exp_bits < 2 or (semantics == "fn" and man_bits < 1)):
         raise ValueError(f"semantics {semantics!r} needs at least 2 exponent bits"
                          f"{' and 1 mantissa bit' if semantics == 'fn' else ''}, got E{exp_bits}M{man_bits}")

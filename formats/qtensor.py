@@ -54,9 +54,7 @@ class QuantizedTensor:
 
     def dequantize(self, device=None):
         """Float32 ``[N, K]``: a numpy array, or a torch tensor on ``device`` (default: the input's)."""
-        rows, cols = self.shape
-        w = self.format.dequantize_arrays(self.arrays, rows, self.padded_cols, self.group_size, self.options)
-        w = w[:, :cols]
+        w = self._dequantize_numpy()
         device = device if device is not None else self.device
         if device is None:
             return w
@@ -71,7 +69,13 @@ class QuantizedTensor:
             raise ValueError(f"W has shape {w.shape} but this tensor was quantized from {self.shape}")
         if is_torch_tensor(x):
             x = x.detach().float().cpu().numpy()
-        return error_metrics(w, self.dequantize(device="cpu").numpy() if self.device else self.dequantize(), x)
+        return error_metrics(w, self._dequantize_numpy(), x)
+
+    def _dequantize_numpy(self) -> np.ndarray:
+        """Float32 numpy ``[N, K]`` (padding removed)."""
+        rows, cols = self.shape
+        w = self.format.dequantize_arrays(self.arrays, rows, self.padded_cols, self.group_size, self.options)
+        return w[:, :cols]
 
     def save(self, path) -> None:
         """Write a safetensors file (arrays + JSON metadata); :func:`load` restores it bit-exactly."""

@@ -12,12 +12,15 @@ Rounding is the authors' midpoint binning, ties to the lower value; the scale of
 """
 from __future__ import annotations
 
-from .lookup import lut_format, sign_magnitude_table
+from .encodings import sign_magnitude_table
+from .lookup import lut_format
 from .mixture import MixtureFormat
 
-# Magnitudes of sign-magnitude FP3 E2M0 and FP4 E2M1 in OCP E2M1 units (authors' grid / 2).
+# Magnitudes of sign-magnitude FP3 E2M0 and FP4 E2M1 in OCP E2M1 units (authors' grid / 2):
+# the minifloats E2M0 with bias 2 and E2M1 with bias 1 (see encodings.minifloat_values).
 FP3_MAGNITUDES = (0.0, 0.5, 1.0, 2.0)
 FP4_MAGNITUDES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+MINIFLOAT_FIELDS = {3: {"exp_bits": 2, "man_bits": 0, "bias": 2}, 4: {"exp_bits": 2, "man_bits": 1, "bias": 1}}
 # The value the -0 code decodes to, per member (authors' grid / 2).
 SPECIAL_VALUES = {
     "fp3_er_pos": 1.5, "fp3_er_neg": -1.5, "fp3_ea_pos": 3.0, "fp3_ea_neg": -3.0,
@@ -29,9 +32,12 @@ BITMOD_DEFAULTS = {"scale_clamp": (1e-5, 1e4)}  # scale_fp.clamp(min=1e-5, max=1
 
 def bitmod_member(name: str):
     """One BitMoD member, e.g. ``bitmod_member("fp4_ea_pos")``."""
-    magnitudes = FP3_MAGNITUDES if name.startswith("fp3") else FP4_MAGNITUDES
+    bits = 3 if name.startswith("fp3") else 4
+    magnitudes = FP3_MAGNITUDES if bits == 3 else FP4_MAGNITUDES
+    fields = {"kind": "minifloat", **MINIFLOAT_FIELDS[bits], "semantics": "finite",
+              "special_code": len(magnitudes), "special_value": SPECIAL_VALUES[name]}  # the -0 code
     return lut_format(name, sign_magnitude_table(magnitudes, SPECIAL_VALUES[name]),
-                      rounding="nearest_down", family="bitmod", defaults=BITMOD_DEFAULTS,
+                      rounding="nearest_down", family="bitmod", defaults=BITMOD_DEFAULTS, fields=fields,
                       description=f"BitMoD {name[:3].upper()} with -0 repurposed as {SPECIAL_VALUES[name]:+g}")
 
 

@@ -8,7 +8,7 @@ from .microscaling import microscaling_formats
 from .minifloat import minifloat_format
 from .mixed import MixedFormat
 from .olive import OliveFormat
-from .registry import _register_builtin
+from .registry import register_builtin
 from .shift import shift_format, ternary_format
 
 # (name, exponent bits, mantissa bits, semantics); OCP semantics where OCP defines the type
@@ -25,20 +25,20 @@ MINIFLOATS = (
 def declare_builtins() -> None:
     """Register every built-in format (called once when :mod:`hwlab.formats` is imported)."""
     for bits in range(2, 9):
-        _register_builtin(int_format(bits))
+        register_builtin(int_format(bits))
     for bits in range(2, 9):
-        _register_builtin(int_asym_format(bits))
+        register_builtin(int_asym_format(bits))
     for name, e, m, semantics in MINIFLOATS:
-        _register_builtin(minifloat_format(name, e, m, semantics=semantics))
-    _register_builtin(nf4_format())
-    _register_builtin(flint4_format())
-    _register_builtin(OliveFormat())
+        register_builtin(minifloat_format(name, e, m, semantics=semantics))
+    register_builtin(nf4_format())
+    register_builtin(flint4_format())
+    register_builtin(OliveFormat())
     for bits in (3, 4):
-        members = [_register_builtin(bitmod_member(f"fp{bits}_{kind}")) for kind in MEMBER_ORDER]
-        _register_builtin(bitmod_mixture(bits, members))
+        members = [register_builtin(bitmod_member(f"fp{bits}_{kind}")) for kind in MEMBER_ORDER]
+        register_builtin(bitmod_mixture(bits, members))
     for bits in (2, 3, 4):
-        _register_builtin(shift_format(bits))
-    _register_builtin(ternary_format())
-    _register_builtin(MixedFormat())
+        register_builtin(shift_format(bits))
+    register_builtin(ternary_format())
+    register_builtin(MixedFormat())
     for fmt in microscaling_formats():
-        _register_builtin(fmt)
+        register_builtin(fmt)

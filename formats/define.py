@@ -7,14 +7,19 @@
 
 From then on the name works everywhere a built-in name works (``hwlab.quantize``, save and
 load, the CLI, ``list_formats``). Pass ``register=False`` to get the format without
-registering it.
+registering it. A file saved with a format that is not registered where it is loaded carries
+its definition, and :func:`format_from_definition` rebuilds it from there.
 """
 from __future__ import annotations
 
+from .base import Format
+from .element import ElementFormat
 from .lookup import lut_format
 from .minifloat import minifloat_format
 from .mixture import MixtureFormat
 from .registry import get_format, register_format
+
+REBUILT_DESCRIPTION = "rebuilt from the definition stored in a saved file"
 
 
 def define_lut(name: str, values, *, bits: int | None = None, rounding: str = "nearest_even",
@@ -27,13 +32,34 @@ def define_lut(name: str, values, *, bits: int | None = None, rounding: str = "n
 def define_minifloat(name: str, exp_bits: int, man_bits: int, *, bias: int | None = None,
                      semantics: str = "finite", description: str | None = None,
                      register: bool = True, overwrite: bool = False):
-    """A minifloat of sign + ``exp_bits`` + ``man_bits`` (see :mod:`hwlab.formats.minifloat`)."""
+    """A minifloat of sign + ``exp_bits`` + ``man_bits`` (see :mod:`hwlab.formats.encodings`)."""
     fmt = minifloat_format(name, exp_bits, man_bits, bias=bias, semantics=semantics, description=description)
     return register_format(fmt, overwrite=overwrite) if register else fmt
 
 
 def define_mixture(name: str, members, *, description: str | None = None, register: bool = True,
                    overwrite: bool = False):
-    """A per-group least-MSE mixture of registered element formats (names or formats)."""
+    """A per-group least-MSE mixture of element formats (registered names or format objects)."""
     fmt = MixtureFormat(name, [get_format(m) for m in members], description=description)
     return register_format(fmt, overwrite=overwrite) if register else fmt
+
+
+def format_from_definition(definition: dict) -> Format:
+    """The element format or mixture that ``definition`` (:meth:`Format.definition`) describes.
+
+    Raises ``ValueError`` for a definition that is not one of those, or that does not rebuild to
+    a format with the same definition (a corrupted or hand-edited one).
+    """
+    try:
+        if "members" in definition and definition.get("family") == "mixture":
+            fmt = MixtureFormat.from_definition(definition, REBUILT_DESCRIPTION)
+        elif "values" in definition and "encodable" in definition:
+            fmt = ElementFormat.from_definition(definition, REBUILT_DESCRIPTION)
+        else:
+            raise ValueError("only element formats and mixtures can be rebuilt from a definition")
+    except (KeyError, TypeError, ValueError, SyntaxError) as exc:
+        raise ValueError(f"cannot rebuild format {definition.get('name')!r} from its stored definition: {exc}") from None
+    if fmt.definition() != definition:
+        raise ValueError(f"the stored definition of format {definition.get('name')!r} does not rebuild to itself "
+                         "(corrupted or edited)")
+    return fmt

@@ -38,14 +38,17 @@ Where hwlab differs from bitsandbytes, and why:
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
 
+from .base import Option, boolean
 from .element import ElementFormat
 from .group_kernel import MemberTables, quantize_groups
+from .layout import plain
 from .packing import pack_codes
-from .scaled import ScaledScheme
+from .unpacked import Unpacked
 
 ANY_POSITIVE_SCALE = 1.0  # all-zero blocks encode exactly under any positive scale (kernel input only)
 SECOND_LEVEL_BLOCK = 256  # quantize_4bit(compress_statistics=True): quantize_blockwise(absmax, blocksize=256)
@@ -54,6 +57,7 @@ FIRST_LEVEL_DTYPE = "fp32"  # bitsandbytes keeps the per-block absmax in float32
 # create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8), bitsandbytes/functional.py
 DYNAMIC_EXPONENT_BITS, DYNAMIC_TOTAL_BITS = 7, 8
 DOUBLE_QUANT_FIXED = {"granularity": "group", "scale_search": "absmax", "scale_clamp": None}
+SECOND_LEVEL_ENCODING = "dynamic8"  # scale codes of the signed 8-bit dynamic map (dynamic_map)
 
 
 def _linspace_float32(start: float, stop: float, steps: int) -> np.ndarray:
@@ -132,7 +136,11 @@ def check_block_size(group_size: int) -> None:
 class DoubleQuantFormat(ElementFormat):
     """An absmax-scaled element format with bitsandbytes' ``double_quant`` option (see module)."""
 
-    options = {**ScaledScheme.options, "double_quant": False}
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.options = {**self.options, "double_quant": Option(
+            False, "QLoRA double quantization: block absmax scales as 8-bit codes in blocks of 256",
+            validate=boolean("double_quant"))}
 
     def option_values(self, user: dict) -> dict:
         """Effective options; ``double_quant=True`` sets ``scale_dtype='fp32'`` (any other refused)."""
@@ -146,23 +154,23 @@ class DoubleQuantFormat(ElementFormat):
 
     def check_options(self, opts: dict) -> None:
         super().check_options(opts)
-        if not isinstance(opts["double_quant"], bool):
-            raise TypeError(f"double_quant must be True or False, got {opts['double_quant']!r}")
         if opts["double_quant"]:
             for option, value in DOUBLE_QUANT_FIXED.items():
                 if opts[option] != value:
                     raise ValueError(f"double_quant=True needs {option}={value!r} (bitsandbytes blockwise "
                                      f"absmax), got {opts[option]!r}")
 
-    def array_specs(self, rows: int, cols: int, group_size: int, opts: dict) -> dict:
-        specs = super().array_specs(rows, cols, group_size, opts)
+    def array_layout(self, rows: int, cols: int, group_size: int, opts: dict) -> dict:
+        layout = super().array_layout(rows, cols, group_size, opts)
         if opts["double_quant"]:
             check_block_size(group_size)
             blocks = rows * (cols // group_size)
-            specs["scales"] = (np.uint8, specs["scales"][1])
-            specs["scale_absmax"] = (np.float32, (-(-blocks // SECOND_LEVEL_BLOCK), 1))
-            specs["scale_offset"] = (np.float32, (1, 1))
-        return specs
+            layout["scales"] = plain("scales", np.uint8, layout["scales"].shape, applies_to="group",
+                                     group_size=group_size, encoding=SECOND_LEVEL_ENCODING)
+            layout["scale_absmax"] = plain("scale_absmax", np.float32, (-(-blocks // SECOND_LEVEL_BLOCK), 1),
+                                           applies_to="scale_block", encoding="fp32")
+            layout["scale_offset"] = plain("scale_offset", np.float32, (1, 1), applies_to="tensor", encoding="fp32")
+        return layout
 
     def quantize_arrays(self, w: np.ndarray, group_size: int, opts: dict) -> dict:
         if not opts["double_quant"]:
@@ -179,11 +187,16 @@ class DoubleQuantFormat(ElementFormat):
         # value * s nearest to x  <=>  value * |s| nearest to sign(s) * x; s == 0 stores the code of 0
         scale = np.where(s == 0, ANY_POSITIVE_SCALE, np.abs(s))[None]
         signed = (x * np.sign(s)[:, None]).astype(x.dtype)  # exact: a factor of -1, 0 or 1
-        codes, _ = quantize_groups(signed, MemberTables.of((self,)), np.zeros(1, dtype=np.int64), scale,
+        codes, _ = quantize_groups(signed, self.rounding_tables, np.zeros(1, dtype=np.int64), scale,
                                    np.zeros_like(scale))
         return {"codes": pack_codes(codes.reshape(rows, cols), self.bits), **arrays}
 
-    def dequantize_arrays(self, arrays: dict, rows: int, cols: int, group_size: int, opts: dict) -> np.ndarray:
-        if opts["double_quant"]:
-            arrays = {"codes": arrays["codes"], "scales": decompress_absmax(arrays)}
-        return super().dequantize_arrays(arrays, rows, cols, group_size, opts)
+    def unpack(self, arrays: dict, shape: tuple, cols: int, group_size: int, opts: dict) -> Unpacked:
+        if not opts["double_quant"]:
+            return super().unpack(arrays, shape, cols, group_size, opts)
+        first_level = {"codes": arrays["codes"], "scales": decompress_absmax(arrays)}  # float32 decoded scales
+        view = super().unpack(first_level, shape, cols, group_size, opts)
+        return dataclasses.replace(view, scale_type=SECOND_LEVEL_ENCODING, scale_codes=arrays["scales"],
+                                   second_level={"absmax": arrays["scale_absmax"],
+                                                 "offset": float(arrays["scale_offset"][0, 0]),
+                                                 "block": SECOND_LEVEL_BLOCK, "map": dynamic_map()})

@@ -9,27 +9,34 @@ value of ``x / scale`` under the format's tie rule, with no rounding of the divi
 
 The candidate with the least sum of squared errors wins; ties keep the earlier candidate
 (strict ``<``, the BitMoD authors' rule). Candidates are mixture members (BitMoD), clipping
-ratios (MSE scale search) or both. Squared errors are summed in float64 in one fixed order (8 interleaved
-lanes, then a tree: :func:`sum_squares`), in the numba kernel and in the numpy reference alike,
-so both pick the same candidate bit for bit.
+ratios (MSE scale search) or both. Squared errors are summed in float64 in one fixed order (8
+interleaved lanes, then a tree: :func:`sum_squares`), in the numba kernel and in the numpy
+reference alike, so both pick the same candidate bit for bit. With one candidate nothing is
+picked and no error is summed.
 
-``quantize_groups`` runs the numba kernel when numba imports, else the numpy reference;
-``HWLAB_DISABLE_NUMBA=1`` forces the reference.
+The numba kernel runs the groups in parallel (numba's threads; ``NUMBA_NUM_THREADS`` or
+``numba.set_num_threads`` sets how many), each group by itself, so the result does not depend on
+the thread count. Per candidate it counts the scaled midpoints below each element with float32
+compares where those are exact (twice the SIMD lanes of float64), and for tables of more than
+:data:`COUNT_LIMIT` midpoints (``fp8``) it finds each element's bucket of the unscaled table
+(:func:`~hwlab.formats.rounding.bucket_starts`) from ``x / scale`` and compares only the few
+midpoints there, exactly.
+
+``quantize_groups`` runs the kernel when numba is enabled (:data:`~hwlab.formats.jit.USE_NUMBA`),
+else the numpy reference.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 
-try:  # numba is a core dependency, but the formats package also works on numpy alone
-    import numba
-except ImportError:  # pragma: no cover - exercised only on a numpy-only install
-    numba = None
+from . import jit
+from .jit import SSE_LANES, bucket_of, count_below, njit, prange, round_index, sum_squares as _sum_squares
+from .rounding import bucket_starts
 
-SSE_LANES = 8  # squared errors are summed in 8 interleaved lanes, then pairwise (see sum_squares)
-USE_NUMBA = numba is not None and os.environ.get("HWLAB_DISABLE_NUMBA", "0") != "1"
+COUNT_LIMIT = 32  # tables with more midpoints than this are searched by bucket, not counted
+GROUPS_PER_TASK = 64  # groups one thread takes at a time (its scratch buffers are reused across them)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +49,12 @@ class MemberTables:
     codes: np.ndarray  # uint8 [M, T + 1]
     n_midpoints: np.ndarray  # int64 [M]
     negative_zero: np.ndarray  # int64 [M], -1 when the member has no -0 code
+    starts: np.ndarray  # int32 [M, 2**BUCKET_BITS] bucket starts of large tables ([M, 1] of zeros if none)
 
     @classmethod
     def of(cls, members) -> "MemberTables":
-        tables = [m._table for m in members]
+        """The tables of element formats ``members`` (or of :class:`RoundingTable` objects)."""
+        tables = [getattr(m, "rounding_table", m) for m in members]
         width = max(t.midpoints.size for t in tables)
         mids = np.zeros((len(tables), width))
         ties = np.zeros((len(tables), width), dtype=bool)
@@ -55,9 +64,14 @@ class MemberTables:
             n = t.midpoints.size
             mids[i, :n], ties[i, :n] = t.midpoints, t.tie_up
             vals[i, :n + 1], codes[i, :n + 1] = t.sorted_values, t.sorted_codes
+        if width > COUNT_LIMIT:
+            starts = np.stack([t.bucket_starts if t.midpoints.size > COUNT_LIMIT else bucket_starts(t.midpoints)
+                               for t in tables])
+        else:
+            starts = np.zeros((len(tables), 1), dtype=np.int32)
         return cls(mids, ties, vals, codes,
                    np.array([t.midpoints.size for t in tables], dtype=np.int64),
-                   np.array([t.negative_zero_code for t in tables], dtype=np.int64))
+                   np.array([t.negative_zero_code for t in tables], dtype=np.int64), starts)
 
 
 def quantize_groups(x: np.ndarray, tables: MemberTables, member_of: np.ndarray,
@@ -70,8 +84,8 @@ def quantize_groups(x: np.ndarray, tables: MemberTables, member_of: np.ndarray,
     args = (np.ascontiguousarray(x), tables.midpoints, tables.tie_up, tables.values, tables.codes,
             tables.n_midpoints, tables.negative_zero, np.ascontiguousarray(member_of, dtype=np.int64),
             np.ascontiguousarray(scales, dtype=np.float64), np.ascontiguousarray(offsets, dtype=np.float64))
-    if USE_NUMBA:
-        return _kernel(*args, args[0].dtype == np.float32)
+    if jit.USE_NUMBA:
+        return _kernel(*args, tables.starts, args[0].dtype == np.float32)
     return quantize_groups_reference(*args)
 
 
@@ -87,15 +101,15 @@ def quantize_groups_reference(x, midpoints, tie_up, values, codes, n_midpoints, 
         n = n_midpoints[m]
         s, z = scales[c][:, None], offsets[c][:, None]
         mids = (midpoints[m, :n] - z) * s  # [G, n]
-        idx = (mids[:, None, :] < x[:, :, None]).sum(axis=2)
-        at = np.minimum(idx, n - 1)
-        tied = (idx < n) & (np.take_along_axis(mids, at, axis=1) == x) & tie_up[m, at]
-        idx = idx + tied
-        err = x - (values[m, idx] - z) * s
-        sse = sum_squares(err)
+        idx = np.zeros(x.shape, dtype=np.intp)
+        for j in range(n):  # one midpoint at a time: memory stays [G, group]
+            idx += (mids[:, j:j + 1] < x) | ((mids[:, j:j + 1] == x) & tie_up[m, j])
         cand_codes = codes[m, idx]
         if negative_zero[m] >= 0:
             cand_codes = np.where((values[m, idx] == 0) & np.signbit(x), np.uint8(negative_zero[m]), cand_codes)
+        if len(member_of) == 1:
+            return cand_codes, best
+        sse = sum_squares(x - (values[m, idx] - z) * s)
         better = sse < best_sse
         best_sse[better], best[better] = sse[better], c
         best_codes[better] = cand_codes[better]
@@ -115,22 +129,34 @@ def sum_squares(err: np.ndarray) -> np.ndarray:
         ((lanes[:, 4] + lanes[:, 5]) + (lanes[:, 6] + lanes[:, 7]))
 
 
-def _kernel_py(x, midpoints, tie_up, values, codes, n_midpoints, negative_zero,
-               member_of, scales, offsets, narrow):  # pragma: no cover - compiled by numba
+@njit(parallel=True)
+def _kernel(x, midpoints, tie_up, values, codes, n_midpoints, negative_zero,
+            member_of, scales, offsets, starts, narrow):  # pragma: no cover - compiled by numba
     """The numba twin of :func:`quantize_groups_reference`; ``narrow``: x is float32."""
     groups, n = x.shape
     out = np.zeros((groups, n), dtype=np.uint8)
     best = np.zeros(groups, dtype=np.int64)
+    tasks = (groups + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK
+    for task in prange(tasks):
+        _groups(x, midpoints, tie_up, values, codes, n_midpoints, negative_zero, member_of, scales, offsets,
+                starts, narrow, task * GROUPS_PER_TASK, min(groups, (task + 1) * GROUPS_PER_TASK), out, best)
+    return out, best
+
+
+@njit(nogil=True)
+def _groups(x, midpoints, tie_up, values, codes, n_midpoints, negative_zero, member_of, scales, offsets,
+            starts, narrow, first, last, out, best):  # pragma: no cover - compiled by numba
+    """Groups ``first..last-1`` of :func:`_kernel`, with scratch buffers of their own."""
+    n = x.shape[1]
+    candidates = member_of.shape[0]
+    width = midpoints.shape[1]
     x64 = np.empty(n)
     x32 = np.empty(n, dtype=np.float32)
-    candidates = member_of.shape[0]
     indices = np.empty((candidates, n), dtype=np.int32)  # sorted-value index per candidate
     err = np.empty(n)
     lanes = np.empty(SSE_LANES)
-    width = midpoints.shape[1]
     mids = np.empty(width)
-    vals = np.empty(width + 1)
-    for g in range(groups):
+    for g in range(first, last):
         for i in range(n):
             x64[i] = x[g, i]
             x32[i] = x[g, i]  # exact when x is float32; unused otherwise
@@ -140,25 +166,30 @@ def _kernel_py(x, midpoints, tie_up, values, codes, n_midpoints, negative_zero,
             m = member_of[c]
             t = n_midpoints[m]
             s, z = scales[c, g], offsets[c, g]
-            exact32 = narrow
-            for j in range(t):
-                mids[j] = (midpoints[m, j] - z) * s
-                exact32 &= np.float64(np.float32(mids[j])) == mids[j]
-            for j in range(t + 1):
-                vals[j] = (values[m, j] - z) * s
-            idx[:] = 0
-            if exact32:  # float32 compares are exact: twice the SIMD lanes
-                for j in range(t):
-                    _count_below(x32, np.float32(mids[j]), tie_up[m, j], idx)
+            if t > COUNT_LIMIT and z == 0.0:  # large table: bucket of x / s, then exact compares
+                inv = 1.0 / s
+                for i in range(n):
+                    b = bucket_of(x64[i] * inv)
+                    idx[i] = round_index(x64[i], midpoints[m, :t], tie_up[m, :t], s, starts[m, max(b - 1, 0)])
             else:
+                exact32 = narrow
                 for j in range(t):
-                    _count_below(x64, mids[j], tie_up[m, j], idx)
-            for i in range(n):
-                err[i] = x64[i] - vals[idx[i]]
-            sse = _sum_squares(err, lanes)
-            if sse < best_sse:
-                best_sse = sse
-                best[g] = c
+                    mids[j] = (midpoints[m, j] - z) * s
+                    exact32 &= np.float64(np.float32(mids[j])) == mids[j]
+                idx[:] = 0
+                if exact32:  # float32 compares are exact: twice the SIMD lanes
+                    for j in range(t):
+                        count_below(x32, np.float32(mids[j]), tie_up[m, j], idx)
+                else:
+                    for j in range(t):
+                        count_below(x64, mids[j], tie_up[m, j], idx)
+            if candidates > 1:
+                for i in range(n):
+                    err[i] = x64[i] - (values[m, idx[i]] - z) * s
+                sse = _sum_squares(err, lanes)
+                if sse < best_sse:
+                    best_sse = sse
+                    best[g] = c
         c = best[g]
         m = member_of[c]
         idx = indices[c]
@@ -167,33 +198,3 @@ def _kernel_py(x, midpoints, tie_up, values, codes, n_midpoints, negative_zero,
             if negative_zero[m] >= 0 and values[m, idx[i]] == 0 and np.signbit(x64[i]):
                 code = negative_zero[m]
             out[g, i] = code
-    return out, best
-
-
-def _count_below_py(xs, mid, tie_up, idx):  # pragma: no cover - compiled by numba
-    """``idx[i] += 1`` where ``xs[i]`` rounds above midpoint ``mid`` (ties per ``tie_up``)."""
-    if tie_up:
-        for i in range(xs.shape[0]):
-            idx[i] += mid <= xs[i]
-    else:
-        for i in range(xs.shape[0]):
-            idx[i] += mid < xs[i]
-
-
-def _sum_squares_py(err, lanes):  # pragma: no cover - compiled by numba
-    """Sum of squares in a fixed order: lane k adds err[k::8] in turn, then the lanes in a tree."""
-    lanes[:] = 0.0
-    n = err.shape[0]
-    full = n - n % SSE_LANES
-    for i in range(0, full, SSE_LANES):
-        for k in range(SSE_LANES):
-            lanes[k] += err[i + k] * err[i + k]
-    for i in range(full, n):
-        lanes[i - full] += err[i] * err[i]
-    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
-
-
-if numba is not None:
-    _sum_squares = numba.njit(cache=True, inline="always")(_sum_squares_py)
-    _count_below = numba.njit(cache=True, inline="always")(_count_below_py)
-    _kernel = numba.njit(cache=True, nogil=True)(_kernel_py)

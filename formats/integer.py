@@ -18,11 +18,11 @@ def int_format(bits: int) -> ElementFormat:
     values = np.where(codes >= 2 ** (bits - 1), codes - 2**bits, codes)
     return ElementFormat(f"int{bits}", bits, values, family="integer",
                          description=f"symmetric INT{bits}, two's complement, range +-{2 ** (bits - 1) - 1}",
-                         unused_codes=(2 ** (bits - 1),))
+                         unused_codes=(2 ** (bits - 1),), fields={"kind": "integer", "bits": bits, "signed": True})
 
 
 def int_asym_format(bits: int) -> ElementFormat:
     """Unsigned integer codes 0..2**bits-1 for affine (scale + zero point) quantization."""
     return ElementFormat(f"int{bits}_asym", bits, np.arange(2**bits), family="integer",
                          description=f"affine INT{bits}: codes 0..{2**bits - 1}, per-group scale and zero point",
-                         scaling="affine")
+                         scaling="affine", fields={"kind": "integer", "bits": bits, "signed": False})

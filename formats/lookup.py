@@ -11,6 +11,7 @@ import numpy as np
 
 from .double_quant import DoubleQuantFormat
 from .element import MAX_TABLE_CODES, ElementFormat
+from .encodings import sign_magnitude_table
 
 # bitsandbytes `get_4bit_type("nf4")` (bitsandbytes/functional.py), float32 constants in code
 # order; QLoRA (Dettmers et al., 2023), appendix E.
@@ -27,25 +28,13 @@ NF4_VALUES = (
 FLINT4_MAGNITUDES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
 
 
-def sign_magnitude_table(magnitudes, negative_zero=np.nan) -> np.ndarray:
-    """Values of a sign-magnitude code: ``magnitudes`` for sign 0, their negatives for sign 1.
-
-    The code of ``-0`` (sign 1, magnitude 0) decodes to ``negative_zero``: NaN (unused) by
-    default, or a repurposed special value (BitMoD).
-    """
-    mags = np.asarray(magnitudes, dtype=np.float64)
-    values = np.concatenate([mags, -mags])
-    values[mags.size] = negative_zero
-    return values
-
-
 def lut_format(name: str, values, *, bits: int | None = None, rounding: str = "nearest_even",
                family: str = "lookup", description: str | None = None,
-               defaults: dict | None = None) -> ElementFormat:
+               defaults: dict | None = None, fields: dict | None = None) -> ElementFormat:
     """An :class:`ElementFormat` from a list of values (code ``i`` decodes to ``values[i]``).
 
     ``bits`` defaults to the fewest that hold the table; spare codes decode to NaN and are
-    never emitted. NaN entries mark unused codes.
+    never emitted. NaN entries mark unused codes. ``fields``: see :class:`ElementFormat`.
     """
     table = np.asarray(values, dtype=np.float64).ravel()
     if not 2 <= table.size <= MAX_TABLE_CODES:
@@ -62,7 +51,7 @@ def lut_format(name: str, values, *, bits: int | None = None, rounding: str = "n
     repeated = finite[1:][np.diff(finite) == 0]
     if repeated.size:
         raise ValueError(f"lookup table {name!r} repeats the value {repeated[0]}; values must be distinct")
-    return ElementFormat(name, bits, padded, family=family, rounding=rounding, defaults=defaults,
+    return ElementFormat(name, bits, padded, family=family, rounding=rounding, defaults=defaults, fields=fields,
                          description=description or f"lookup table of {table.size} values")
 
 

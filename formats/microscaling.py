@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .element import ElementFormat, Format
-from .group_kernel import MemberTables, quantize_groups
+from .base import Format, Option
+from .element import ElementFormat
+from .group_kernel import quantize_groups
 from .integer import int_format
-from .packing import pack_codes, packed_words, unpack_codes
+from .layout import packed, plain
+from .packing import pack_codes, unpack_codes
 from .registry import get_format
-from .scales import E8M0_BIAS, E8M0_MAX_EXP, E8M0_MIN_EXP, StoredScales, get_scale_type
+from .scales import E8M0_MAX_EXP, E8M0_MIN_EXP, E8M0_BIAS, StoredScales, get_scale_type
+from .unpacked import Unpacked
 
 MX_BLOCK = 32  # OCP MX v1.0, table 1: k = 32 for every concrete MX format
 NVFP4_BLOCK = 16  # NVIDIA NVFP4: 16 elements per E4M3 block scale
@@ -73,7 +76,6 @@ class MicroscalingFormat(Format):
     """
 
     family = "microscaling"
-    options = {"granularity": "group"}  # blocks along K are the format; nothing else to choose
 
     def __init__(self, name: str, element: ElementFormat, *, block_size: int, scale_dtype: str,
                  emax_elem: int | None = None, description: str):
@@ -87,6 +89,13 @@ class MicroscalingFormat(Format):
         self.block_size = self.default_group_size = block_size
         self.scale_dtype, self.emax_elem = scale_dtype, emax_elem
         self.defaults = {}
+        self.options = {"granularity": Option("group", f"blocks of {block_size} along K are the format; "
+                                                       "nothing else to choose", validate=self._check_granularity)}
+
+    def _check_granularity(self, value) -> None:
+        if value != "group":
+            raise ValueError(f"{self.name} scales blocks of {self.block_size} along K only: granularity "
+                             f"must be 'group', got {value!r}")
 
     @property
     def values(self) -> np.ndarray:
@@ -106,11 +115,6 @@ class MicroscalingFormat(Format):
         """Element values of ``codes``, float32, before the block scale."""
         return self.element.decode(codes)
 
-    def check_options(self, opts: dict) -> None:
-        if opts["granularity"] != "group":
-            raise ValueError(f"{self.name} scales blocks of {self.block_size} along K only: granularity "
-                             f"must be 'group', got {opts['granularity']!r}")
-
     def check_group_size(self, group_size: int) -> None:
         if group_size != self.block_size:
             raise ValueError(f"{self.name} uses blocks of {self.block_size} elements along K: group_size "
@@ -120,12 +124,20 @@ class MicroscalingFormat(Format):
         return {**super().definition(), "element": self.element.definition(), "block_size": self.block_size,
                 "scale_dtype": self.scale_dtype, "emax_elem": self.emax_elem}
 
-    def array_specs(self, rows: int, cols: int, group_size: int, opts: dict) -> dict:
-        specs = {"codes": (np.uint32, (rows, packed_words(cols, self.bits))),
-                 "scales": (np.uint8, (rows, cols // self.block_size))}
+    def member_table(self) -> np.ndarray:
+        return self.element.values[None]
+
+    def encoding_fields(self) -> dict:
+        return self.element.encoding_fields()
+
+    def array_layout(self, rows: int, cols: int, group_size: int, opts: dict) -> dict:
+        layout = {"codes": packed("codes", np.uint32, rows, cols, self.bits, applies_to="element",
+                                  encoding=self.element.name),
+                  "scales": plain("scales", np.uint8, (rows, cols // self.block_size), applies_to="group",
+                                  group_size=self.block_size, encoding=self.scale_dtype)}
         if self.scale_dtype == "e4m3":
-            specs["tensor_scale"] = (np.float32, (1, 1))
-        return specs
+            layout["tensor_scale"] = plain("tensor_scale", np.float32, (1, 1), applies_to="tensor", encoding="fp32")
+        return layout
 
     def quantize_arrays(self, w: np.ndarray, group_size: int, opts: dict) -> dict:
         rows, cols = w.shape
@@ -137,15 +149,17 @@ class MicroscalingFormat(Format):
             arrays = _nvfp4_scales(absmax, float(absmax.max()))
         arrays["scales"] = arrays["scales"].reshape(rows, -1)
         scales = self._block_scales(arrays)
-        codes, _ = quantize_groups(blocks, MemberTables.of([self.element]), np.zeros(1, dtype=np.int64),
+        codes, _ = quantize_groups(blocks, self.element.rounding_tables, np.zeros(1, dtype=np.int64),
                                    scales[None, :], np.zeros((1, scales.size)))
         arrays["codes"] = pack_codes(codes.reshape(rows, cols), self.bits)
         return arrays
 
-    def dequantize_arrays(self, arrays: dict, rows: int, cols: int, group_size: int, opts: dict) -> np.ndarray:
-        codes = unpack_codes(arrays["codes"], self.bits, cols).reshape(-1, self.block_size).astype(np.intp)
-        values = self.element.values[codes] * self._block_scales(arrays)[:, None]  # exact in float64
-        return values.astype(np.float32).reshape(rows, cols)
+    def unpack(self, arrays: dict, shape: tuple, cols: int, group_size: int, opts: dict) -> Unpacked:
+        rows = shape[0]
+        tensor_scale = float(arrays["tensor_scale"][0, 0]) if self.scale_dtype == "e4m3" else None
+        return Unpacked(self, tuple(shape), unpack_codes(arrays["codes"], self.bits, cols), self.member_table(),
+                        self._block_scales(arrays).reshape(rows, -1), self.scale_dtype, arrays["scales"],
+                        self.block_size, tensor_scale=tensor_scale)
 
     def _shared_exponents(self, absmax: np.ndarray) -> np.ndarray:
         """Biased E8M0 codes ``floor(log2 absmax) - emax_elem`` (zero blocks: -127)."""

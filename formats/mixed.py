@@ -42,7 +42,7 @@ multiple of 64, so a 2-bit group is ``gs / 4`` bytes (a multiple of 16: whole al
 loads) and a 4-bit group ``gs / 2`` bytes (a multiple of 32); every group of ``codes4`` and
 ``codes2`` starts at a multiple of 16 bytes from its row, and so does every row.
 
-Bits per weight for K = 4096 (:func:`bits_table`, computed from :meth:`MixedFormat.array_specs`;
+Bits per weight for K = 4096 (:func:`bits_table`, computed from :meth:`MixedFormat.array_layout`;
 columns are the option ``frac_4bit``, the share actually kept is ``round(frac_4bit * G) / G``)::
 
     group_size  frac=0  frac=0.25  frac=0.425  frac=0.5  frac=1
@@ -58,12 +58,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .element import Format
-from .group_kernel import MemberTables, quantize_groups
+from .base import Format, Option
+from .group_kernel import quantize_groups
 from .integer import int_asym_format
-from .packing import pack_codes, packed_words, unpack_codes
-from .scaled import DEFAULT_CLIP_RATIOS, GroupStats, ScaledScheme, bounded_scales
+from .layout import packed, plain
+from .packing import pack_codes, unpack_codes
+from .scale_search import GroupStats, ScaleCandidates, search_ratios
+from .scaled import CLIP_RATIOS, SCALE_SEARCH
 from .scales import StoredScales, get_scale_type
+from .unpacked import Unpacked
 
 ALIGN_ELEMENTS = 64  # 64 two-bit codes = 16 bytes, one aligned 16-byte (uint4 / LDG.128) load
 FRAC_4BIT_DEFAULT = 0.425  # 0.425 * 4 + 0.575 * 2 = 2.85 bits, the paper's average code width
@@ -86,11 +89,24 @@ def select_wide(spread: np.ndarray, n4: int) -> np.ndarray:
     return wide
 
 
+def check_frac_4bit(frac) -> None:
+    """``frac_4bit`` must be a number in [0, 1]."""
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)):
+        raise TypeError(f"frac_4bit must be a number in [0, 1], got {frac!r}")
+    if not 0 <= frac <= 1:
+        raise ValueError(f"frac_4bit must be in [0, 1] (the share of 4-bit groups per row), got {frac!r}")
+
+
 class MixedFormat(Format):
-    """Memory-aligned mixed 2/4-bit groups chosen by range (see the module docstring)."""
+    """Memory-aligned mixed 2/4-bit groups chosen by range (see the module docstring).
+
+    Members (rows of the unpacked value table): 0 the INT4 groups, 1 the INT2 groups.
+    """
 
     family = "mixed"
-    options = {"frac_4bit": FRAC_4BIT_DEFAULT, "scale_search": "absmax", "clip_ratios": DEFAULT_CLIP_RATIOS}
+    options = {"frac_4bit": Option(FRAC_4BIT_DEFAULT, "share of each row's groups, the widest-ranged, kept in "
+                                                      "4 bits (the rest in 2)", validate=check_frac_4bit),
+               "scale_search": SCALE_SEARCH, "clip_ratios": CLIP_RATIOS}
 
     def __init__(self):
         self.name = "mixed_2_4"
@@ -105,19 +121,14 @@ class MixedFormat(Format):
         return {**super().definition(), "members": [m.definition() for m in self.members],
                 "selection": "widest max-min range, ties to the lower group index", "scales": TWO_STAGE}
 
-    def check_options(self, opts: dict) -> None:
-        frac = opts["frac_4bit"]
-        if isinstance(frac, bool) or not isinstance(frac, (int, float)):
-            raise TypeError(f"frac_4bit must be a number in [0, 1], got {frac!r}")
-        if not 0 <= frac <= 1:
-            raise ValueError(f"frac_4bit must be in [0, 1] (the share of 4-bit groups per row), got {frac!r}")
-        ScaledScheme.check_options(self, self._scaled_options(opts))
+    def member_table(self) -> np.ndarray:
+        table = np.full((2, 2**self.bits), np.nan)
+        for i, member in enumerate(self.members):
+            table[i, :member.values.size] = member.values
+        return table
 
-    @staticmethod
-    def _scaled_options(opts: dict) -> dict:
-        """The scaled scheme's options that this format fixes or shares."""
-        return {**ScaledScheme.options, **TWO_STAGE,
-                "scale_search": opts["scale_search"], "clip_ratios": opts["clip_ratios"]}
+    def encoding_fields(self) -> dict:
+        return {"kind": "mixture", "members": [m.encoding_fields() for m in self.members]}
 
     def check_group_size(self, group_size: int) -> None:
         super().check_group_size(group_size)
@@ -126,17 +137,22 @@ class MixedFormat(Format):
                              f"one or more aligned 16-byte loads, every 4-bit group 32 bytes), got {group_size}")
 
     def _parts(self, groups: int, n4: int):
-        """(array suffix, element format, groups per row) of the 4-bit part, then of the 2-bit part."""
-        return (("4", self.wide, n4), ("2", self.narrow, groups - n4))
+        """(array suffix, member index, element format, groups per row) of the 4-bit part, then the 2-bit."""
+        return (("4", 0, self.wide, n4), ("2", 1, self.narrow, groups - n4))
 
-    def array_specs(self, rows: int, cols: int, group_size: int, opts: dict) -> dict:
+    def array_layout(self, rows: int, cols: int, group_size: int, opts: dict) -> dict:
         groups = cols // group_size
-        specs = {"group_bits": (np.uint32, (rows, packed_words(groups, 1))),
-                 "scales": (np.uint8, (rows, groups)), "row_scales": (np.float16, (rows, 1))}
-        for suffix, member, count in self._parts(groups, wide_count(groups, opts["frac_4bit"])):
-            specs["codes" + suffix] = (np.uint32, (rows, packed_words(count * group_size, member.bits)))
-            specs["zeros" + suffix] = (np.uint32, (rows, packed_words(count, member.bits)))
-        return specs
+        per_group = {"applies_to": "group", "group_size": group_size}
+        layout = {"group_bits": packed("group_bits", np.uint32, rows, groups, 1, encoding="flag: 1 = member 0 (4-bit)",
+                                       **per_group),
+                  "scales": plain("scales", np.uint8, (rows, groups), encoding="int8", **per_group),
+                  "row_scales": plain("row_scales", np.float16, (rows, 1), applies_to="row", encoding="fp16")}
+        for suffix, index, member, count in self._parts(groups, wide_count(groups, opts["frac_4bit"])):
+            layout["codes" + suffix] = packed("codes" + suffix, np.uint32, rows, count * group_size, member.bits,
+                                              applies_to="element", encoding=member.name, member=index)
+            layout["zeros" + suffix] = packed("zeros" + suffix, np.uint32, rows, count, member.bits,
+                                              encoding="uint", member=index, **per_group)
+        return layout
 
     def quantize_arrays(self, w: np.ndarray, group_size: int, opts: dict) -> dict:
         rows, cols = w.shape
@@ -146,34 +162,33 @@ class MixedFormat(Format):
         stats = GroupStats(x)
         wide = select_wide((stats.high - stats.low).reshape(rows, groups), n4)
         is_wide = wide.ravel()
-        ratios = opts["clip_ratios"] if opts["scale_search"] == "mse" else (1.0,)
+        ratios = search_ratios(opts)
         ideal, low = np.empty((2, len(ratios), rows * groups))
         for c, ratio in enumerate(ratios):
-            (s4, lo4), (s2, lo2) = (stats.ideal_scale(member, float(ratio)) for member in self.members)
+            (s4, lo4), (s2, lo2) = (stats.ideal_scale(member, ratio) for member in self.members)
             ideal[c], low[c] = np.where(is_wide, s4, s2), np.where(is_wide, lo4, lo2)
-        ideal = ideal.reshape(len(ratios), rows, groups)
         scale_type = get_scale_type(TWO_STAGE["scale_dtype"])
-        stored = scale_type.store(bounded_scales(ideal, scale_type, TWO_STAGE["scale_clamp"]))
-        scales = scale_type.load(stored).reshape(len(ratios), -1)
-        stored_codes = stored.values.reshape(len(ratios), -1)
-        arrays = {"group_bits": pack_codes(wide.astype(np.uint8), 1), "row_scales": stored.row_scales,
-                  "scales": np.empty(rows * groups, dtype=np.uint8)}
-        for (suffix, member, count), mask in zip(self._parts(groups, n4), (is_wide, ~is_wide)):
+        candidates = ScaleCandidates.of(ideal.reshape(len(ratios), rows, groups), scale_type, TWO_STAGE["scale_clamp"])
+        best = np.zeros(rows * groups, dtype=np.int64)
+        zeros = np.zeros(rows * groups, dtype=np.uint8)
+        arrays = {"group_bits": pack_codes(wide.astype(np.uint8), 1)}
+        for (suffix, _, member, count), mask in zip(self._parts(groups, n4), (is_wide, ~is_wide)):
             if count == 0:  # frac_4bit 0 or 1: nothing stored in this width
                 arrays["codes" + suffix] = arrays["zeros" + suffix] = np.zeros((rows, 0), dtype=np.uint32)
                 continue
-            s = scales[:, mask]
+            s = candidates.decoded[:, mask]
             offsets = np.clip(np.rint(-low[:, mask] / s), 0, 2**member.bits - 1)
-            codes, best = quantize_groups(x[mask], MemberTables.of((member,)), np.zeros(len(ratios), dtype=np.int64),
-                                          s, offsets)
-            pick = (best, np.arange(best.size))
+            codes, best[mask] = quantize_groups(x[mask], member.rounding_tables, np.zeros(len(ratios), dtype=np.int64),
+                                                s, offsets)
+            zeros[mask] = offsets[best[mask], np.arange(count * rows)]
             arrays["codes" + suffix] = pack_codes(codes.reshape(rows, count * group_size), member.bits)
-            arrays["zeros" + suffix] = pack_codes(offsets[pick].reshape(rows, count).astype(np.uint8), member.bits)
-            arrays["scales"][mask] = stored_codes[:, mask][pick]
-        arrays["scales"] = arrays["scales"].reshape(rows, groups)
+            arrays["zeros" + suffix] = pack_codes(zeros[mask].reshape(rows, count), member.bits)
+        stored = candidates.winners(best)
+        arrays["scales"], arrays["row_scales"] = stored.values, stored.row_scales
         return arrays
 
-    def dequantize_arrays(self, arrays: dict, rows: int, cols: int, group_size: int, opts: dict) -> np.ndarray:
+    def unpack(self, arrays: dict, shape: tuple, cols: int, group_size: int, opts: dict) -> Unpacked:
+        rows = shape[0]
         groups = cols // group_size
         n4 = wide_count(groups, opts["frac_4bit"])
         wide = unpack_codes(arrays["group_bits"], 1, groups).astype(bool)
@@ -183,20 +198,21 @@ class MixedFormat(Format):
             raise ValueError(f"group_bits of row {row} mark {counts[row]} groups as 4-bit, expected {n4} "
                              f"(frac_4bit={opts['frac_4bit']} of {groups} groups)")
         codes = np.empty((rows, groups, group_size), dtype=np.uint8)
-        zeros = np.empty((rows, groups, 1), dtype=np.int16)
-        for (suffix, member, count), mask in zip(self._parts(groups, n4), (wide, ~wide)):
-            part = unpack_codes(arrays["codes" + suffix], member.bits, count * group_size)
-            codes[mask] = part.reshape(-1, group_size)
-            zeros[mask] = unpack_codes(arrays["zeros" + suffix], member.bits, count).reshape(-1, 1)
-        scales = get_scale_type(TWO_STAGE["scale_dtype"]).load(StoredScales(arrays["scales"], arrays["row_scales"]))
-        values = codes - zeros  # int_asym: a code is its value
-        return (values * scales[:, :, None]).astype(np.float32).reshape(rows, cols)
+        zeros = np.empty((rows, groups), dtype=np.int16)
+        for (suffix, _, member, count), mask in zip(self._parts(groups, n4), (wide, ~wide)):
+            codes[mask] = unpack_codes(arrays["codes" + suffix], member.bits, count * group_size).reshape(-1, group_size)
+            zeros[mask] = unpack_codes(arrays["zeros" + suffix], member.bits, count).ravel()
+        scale_type = get_scale_type(TWO_STAGE["scale_dtype"])
+        stored = StoredScales(arrays["scales"], arrays["row_scales"])
+        return Unpacked(self, tuple(shape), codes.reshape(rows, cols), self.member_table(), scale_type.load(stored),
+                        scale_type.name, stored.values, group_size, member=(~wide).astype(np.uint8),
+                        member_scope="group", zeros=zeros, row_scales=stored.row_scales)
 
 
 def bits_table(group_sizes=(64, 128, 256), fracs=(0, 0.25, 0.425, 0.5, 1.0), cols: int = 4096) -> str:
     """Text table of stored bits per weight of ``mixed_2_4``: a row per group size, a column per ``frac_4bit``.
 
-    Computed from :meth:`MixedFormat.array_specs` through :meth:`Format.stored_bits_per_weight`
+    Computed from :meth:`MixedFormat.array_layout` through :meth:`Format.stored_bits_per_weight`
     (codes, group bits, scales, row scale and zero points of one row of ``cols`` weights; every
     row stores the same); ``print(bits_table())`` shows it.
     """

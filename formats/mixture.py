@@ -7,10 +7,13 @@ authors' ``search_datatype``). The member index is stored per group in
 """
 from __future__ import annotations
 
+import ast
+
 import numpy as np
 
-from .element import ElementFormat, Format, FormatInfo
-from .scaled import ScaledScheme
+from .base import Format, FormatInfo
+from .element import ElementFormat
+from .scaled import ScaledScheme, scaled_options
 
 
 class MixtureFormat(ScaledScheme, Format):
@@ -33,16 +36,20 @@ class MixtureFormat(ScaledScheme, Format):
         self.members = members
         self.description = description or f"per-group mixture of {', '.join(m.name for m in members)}"
         self.defaults = dict(defaults or {})
+        self.options = scaled_options()
 
     @property
     def values(self) -> np.ndarray:
         """Decoded values, ``[member, code]`` (row = type id)."""
-        return np.stack([m.values for m in self.members])
+        return self.member_table()
+
+    def encoding_fields(self) -> dict:
+        return {"kind": "mixture", "members": [m.encoding_fields() for m in self.members]}
 
     @property
     def info(self) -> FormatInfo:
         """Facts of the union of the members' values (what any group can decode to)."""
-        union = np.unique(np.concatenate([m._table.sorted_values for m in self.members]))
+        union = np.unique(np.concatenate([m.rounding_table.sorted_values for m in self.members]))
         nonzero = np.abs(union[union != 0])
         infos = [m.info for m in self.members]
         return FormatInfo(
@@ -68,3 +75,10 @@ class MixtureFormat(ScaledScheme, Format):
     def definition(self) -> dict:
         return {**super().definition(), "members": [m.definition() for m in self.members],
                 "defaults": {k: repr(v) for k, v in sorted(self.defaults.items())}}
+
+    @classmethod
+    def from_definition(cls, definition: dict, description: str) -> "MixtureFormat":
+        """The mixture a :meth:`definition` describes (as saved in a file)."""
+        members = [ElementFormat.from_definition(m, description) for m in definition["members"]]
+        return cls(definition["name"], members, description=description,
+                   defaults={k: ast.literal_eval(v) for k, v in definition["defaults"].items()})

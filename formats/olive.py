@@ -51,14 +51,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from .element import ElementFormat, Format, check_codes
-from . import group_kernel, olive_kernel
+from . import jit, olive_kernel
+from .base import Format, Option, check_codes
+from .element import ElementFormat
+from .encodings import sign_magnitude_table
 from .group_kernel import MemberTables, quantize_groups, sum_squares
 from .integer import int_format
-from .lookup import sign_magnitude_table
-from .packing import pack_codes, packed_words, unpack_codes
-from .scaled import bounded_scales, check_choice
+from .layout import packed, plain
+from .packing import pack_codes, unpack_codes
+from .scale_search import ScaleCandidates
+from .scaled import SCALE_DTYPE
 from .scales import StoredScales, get_scale_type
+from .unpacked import Unpacked
 
 VICTIM_CODE = 0b1000  # the int4 code of -8, never a normal value: marks the victim (OliVe, sec. 4)
 # Outlier magnitudes by 3-bit index (E << 1) | M: 2**(E+3) * (1 + M/2); index 0 unused.
@@ -82,14 +86,16 @@ class OliveFormat(Format):
     ``values`` (16, float64): the value of each code read as a normal element; code 8 (the
     victim) reads 0. ``outlier_values`` (16): the value of each code read as an outlier
     (sign-magnitude index into ``OUTLIER_MAGNITUDES``; codes 0 and 8 are never emitted and
-    read 0). ``pair_values`` (``[256, 2]``): the decoded (even, odd) values of every pair byte
-    ``even | odd << 4``, the one table decoding goes through. ``encode``/``decode`` work on
-    pairs in units of the scale (see the module docstring). ``info`` describes the 29 values
-    of the union grid. Options: ``granularity`` ('group' or 'channel') and ``scale_dtype``.
+    read 0). :meth:`member_table` stacks the two; :func:`pair_members` says which one each
+    element of a pair reads. ``encode``/``decode`` work on pairs in units of the scale (see the
+    module docstring). ``info`` describes the 29 values of the union grid. Options:
+    ``granularity`` ('group' or 'channel') and ``scale_dtype``.
     """
 
     family = "outlier_victim"
-    options = {"granularity": "group", "scale_dtype": "fp16"}
+    options = {"granularity": Option("group", "one searched scale per group of group_size along K, or per row",
+                                     choices=PAIR_GRANULARITIES),
+               "scale_dtype": SCALE_DTYPE}
 
     def __init__(self, name: str = "olive4"):
         self.name, self.bits = name, 4
@@ -98,8 +104,7 @@ class OliveFormat(Format):
         self.defaults = {}
         self.values = _normal_values()
         self.outlier_values = sign_magnitude_table(OUTLIER_MAGNITUDES, negative_zero=0.0)
-        self.pair_values = _pair_values(self.values, self.outlier_values)
-        for table in (self.values, self.outlier_values, self.pair_values):
+        for table in (self.values, self.outlier_values):
             table.setflags(write=False)
         # codes 16 and 24 are outlier index 0 (unused); code 8 is the victim
         self.union = ElementFormat(f"{name}_union", 5, np.concatenate([self.values, self.outlier_values]),
@@ -114,9 +119,14 @@ class OliveFormat(Format):
                 "rounding": self.union.rounding, "alpha_percents": list(ALPHA_PERCENTS),
                 "x_max_stds": X_MAX_STDS, "normal_max": NORMAL_MAX}
 
-    def check_options(self, opts: dict) -> None:
-        check_choice("granularity", opts["granularity"], PAIR_GRANULARITIES)
-        get_scale_type(opts["scale_dtype"])
+    def member_table(self) -> np.ndarray:
+        """Values of every code read as a normal element (member 0) and as an outlier (member 1)."""
+        return np.stack([self.values, self.outlier_values])
+
+    def encoding_fields(self) -> dict:
+        return {"kind": "outlier_victim", "victim_code": VICTIM_CODE,
+                "members": [{"kind": "integer", "bits": 4, "signed": True},
+                            {"kind": "abfloat", "exp_bits": 2, "man_bits": 1, "exponent_base": 3}]}
 
     def check_group_size(self, group_size: int) -> None:
         """Groups hold whole pairs: ``group_size`` must be positive and even."""
@@ -140,9 +150,8 @@ class OliveFormat(Format):
         return self._decode(codes).astype(np.float32)
 
     def _decode(self, codes: np.ndarray) -> np.ndarray:
-        """Float64 values of integer pair codes ``[..., 2m]`` (through :attr:`pair_values`)."""
-        pairs = codes[..., 0::2] | (codes[..., 1::2] << 4)
-        return np.take(self.pair_values, pairs, axis=0).reshape(codes.shape)
+        """Float64 values of integer pair codes ``[..., 2m]``: ``member_table()[pair_members, code]``."""
+        return self.member_table()[pair_members(codes), codes]
 
     def _check_pairs(self, shape: tuple, what: str) -> None:
         if len(shape) not in (1, 2) or shape[-1] % 2:
@@ -151,38 +160,37 @@ class OliveFormat(Format):
 
     # --- quantizer scheme ---------------------------------------------------------------------
 
-    def layout(self, rows: int, cols: int, group_size: int, opts: dict) -> tuple[int, int]:
+    def grouping(self, rows: int, cols: int, group_size: int, opts: dict) -> tuple[int, int]:
         """(groups per row, elements per group) for a ``rows x cols`` matrix."""
         return (1, cols) if opts["granularity"] == "channel" else (cols // group_size, group_size)
 
-    def array_specs(self, rows: int, cols: int, group_size: int, opts: dict) -> dict:
-        groups, _ = self.layout(rows, cols, group_size, opts)
+    def array_layout(self, rows: int, cols: int, group_size: int, opts: dict) -> dict:
+        groups, _ = self.grouping(rows, cols, group_size, opts)
         scale = get_scale_type(opts["scale_dtype"])
-        specs = {"codes": (np.uint32, (rows, packed_words(cols, self.bits))),
-                 "scales": (scale.storage, (rows, groups))}
+        per = {"applies_to": "row", "group_size": None} if opts["granularity"] == "channel" else \
+            {"applies_to": "group", "group_size": group_size}
+        layout = {"codes": packed("codes", np.uint32, rows, cols, self.bits, applies_to="element", encoding=self.name),
+                  "scales": plain("scales", scale.storage, (rows, groups), encoding=scale.name, bits=scale.bits, **per)}
         if scale.name == "int8":
-            specs["row_scales"] = (np.float16, (rows, 1))
-        return specs
+            layout["row_scales"] = plain("row_scales", np.float16, (rows, 1), applies_to="row", encoding="fp16")
+        return layout
 
     def quantize_arrays(self, w: np.ndarray, group_size: int, opts: dict) -> dict:
         """Stored arrays of ``w [rows, cols]``: searched scale per group, then pair codes."""
         rows, cols = w.shape
         if cols % 2:
             raise ValueError(f"{self.name} pairs adjacent elements along K; K must be even, got K={cols}")
-        groups, length = self.layout(rows, cols, group_size, opts)
+        groups, length = self.grouping(rows, cols, group_size, opts)
         x = w.reshape(rows * groups, length)
         x64 = x.astype(np.float64)
         mean, std = x64.mean(axis=1), x64.std(axis=1, ddof=1)
         x_max = np.maximum(np.abs(mean + X_MAX_STDS * std), np.abs(mean - X_MAX_STDS * std))
         ratios = np.array(ALPHA_PERCENTS, dtype=np.float64)[:, None] * 0.01
         ideal = (x_max * ratios / NORMAL_MAX).reshape(len(ALPHA_PERCENTS), rows, groups)
-        scale_type = get_scale_type(opts["scale_dtype"])
-        stored = scale_type.store(bounded_scales(ideal, scale_type))
-        scales = scale_type.load(stored).reshape(len(ALPHA_PERCENTS), -1)
-        best_codes, best, _ = self._search(x, x64, scales)
-        pick = (best, np.arange(best.size))
-        arrays = {"codes": pack_codes(best_codes.reshape(rows, cols), self.bits),
-                  "scales": stored.values.reshape(len(ALPHA_PERCENTS), -1)[pick].reshape(rows, groups)}
+        candidates = ScaleCandidates.of(ideal, get_scale_type(opts["scale_dtype"]))
+        best_codes, best, _ = self._search(x, x64, candidates.decoded)
+        stored = candidates.winners(best)
+        arrays = {"codes": pack_codes(best_codes.reshape(rows, cols), self.bits), "scales": stored.values}
         if stored.row_scales is not None:
             arrays["row_scales"] = stored.row_scales
         return arrays
@@ -193,8 +201,8 @@ class OliveFormat(Format):
         float64 ``[C, G]``: the least squared error after the pair rule, summed by
         :func:`sum_squares` (strict ``<``: the earliest wins a tie).
         The numba kernel (:mod:`~hwlab.formats.olive_kernel`) when enabled, else the reference."""
-        tables = MemberTables.of([self.union])
-        if not group_kernel.USE_NUMBA:
+        tables = self.union.rounding_tables
+        if not jit.USE_NUMBA:
             return self._search_reference(x, x64, tables, scales)
         union = tables.codes[0]  # union code of each sorted value; 16 + c: outlier code c
         indices, best, sse = olive_kernel.search(x, tables.midpoints[0], tables.tie_up[0],
@@ -219,26 +227,29 @@ class OliveFormat(Format):
             np.copyto(best_codes, codes, where=better[:, None])
         return best_codes, best, best_sse
 
-    def dequantize_arrays(self, arrays: dict, rows: int, cols: int, group_size: int,
-                          opts: dict) -> np.ndarray:
-        groups, length = self.layout(rows, cols, group_size, opts)
+    def unpack(self, arrays: dict, shape: tuple, cols: int, group_size: int, opts: dict) -> Unpacked:
+        rows = shape[0]
+        groups, _ = self.grouping(rows, cols, group_size, opts)
         codes = unpack_codes(arrays["codes"], self.bits, cols)
+        scale_type = get_scale_type(opts["scale_dtype"])
         stored = StoredScales(arrays["scales"], arrays.get("row_scales"))
-        scales = get_scale_type(opts["scale_dtype"]).load(stored)
-        values = self._decode(codes.reshape(rows * groups, length)) * scales.reshape(-1, 1)
-        return values.astype(np.float32).reshape(rows, cols)
+        return Unpacked(self, tuple(shape), codes, self.member_table(), scale_type.load(stored).reshape(rows, groups),
+                        scale_type.name, stored.values, group_size, opts["granularity"],
+                        member=pair_members(codes), member_scope="element", row_scales=stored.row_scales)
 
 
-def _pair_values(values: np.ndarray, outlier_values: np.ndarray) -> np.ndarray:
-    """Decoded (even, odd) values of every pair byte ``even | odd << 4``: float64 ``[256, 2]``.
+def pair_members(codes: np.ndarray) -> np.ndarray:
+    """Member of every element of pair codes ``[..., 2m]``: 1 where it reads as an outlier, else 0.
 
-    The victim code reads 0 (``values[8] == 0``) and marks its partner as an outlier; with both
-    codes 8 the odd one is the victim (outlier index 0 reads 0).
+    An element is an outlier when its partner holds the victim code; with both codes the victim
+    code, the even one is the "outlier" (index 0, which reads 0) and the odd one the victim.
     """
-    even, odd = np.arange(256) & 15, np.arange(256) >> 4
-    odd_outlier = (even == VICTIM_CODE) & (odd != VICTIM_CODE)
-    return np.stack([np.where(odd == VICTIM_CODE, outlier_values[even], values[even]),
-                     np.where(odd_outlier, outlier_values[odd], values[odd])], axis=1)
+    codes = np.asarray(codes)
+    even, odd = codes[..., 0::2], codes[..., 1::2]
+    members = np.empty(codes.shape, dtype=np.uint8)
+    members[..., 0::2] = odd == VICTIM_CODE
+    members[..., 1::2] = (even == VICTIM_CODE) & (odd != VICTIM_CODE)
+    return members
 
 
 def pair_codes(union_codes: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ The numba twin of :meth:`OliveFormat._search_reference
 and candidate scale ``s`` every element's squared error, after rounding to the union grid and
 the pair rule, is summed in the order of :func:`~hwlab.formats.group_kernel.sum_squares`; the
 least sum wins (strict ``<``: the earliest candidate wins a tie). The winner's codes are then
-rounded by the library's engine (:func:`~hwlab.formats.group_kernel._count_below` over the
+rounded by the library's engine (:func:`~hwlab.formats.jit.count_below` over the
 scaled midpoints ``midpoint * s``, compared in float64).
 
 Scoring a candidate does not count all 28 midpoints per element, as the engine does (that
@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .group_kernel import SSE_LANES, numba
-
-if numba is not None:
-    from .group_kernel import _count_below, _sum_squares
+from .jit import SSE_LANES, count_below, njit, sum_squares
 
 GUARD = 2.0**-20  # in scale units: rint(t) is trusted only this far (>> float64 error) from a midpoint
 
@@ -55,7 +52,8 @@ def search(x: np.ndarray, midpoints: np.ndarray, tie_up: np.ndarray, values: np.
                    np.ascontiguousarray(scales, dtype=np.float64))
 
 
-def _search_py(x, midpoints, tie_up, values, first, last, scales):  # pragma: no cover - numba
+@njit(nogil=True)
+def _search(x, midpoints, tie_up, values, first, last, scales):  # pragma: no cover - numba
     """See :func:`search`; ``values[first..last]`` are the normal values ``-k_max..k_max``."""
     groups, n = x.shape
     candidates, t = scales.shape[0], midpoints.shape[0]
@@ -105,25 +103,22 @@ def _search_py(x, midpoints, tie_up, values, first, last, scales):  # pragma: no
                             err[i + 1] = x64[i + 1] - (0.0 if even_out else vals[odd])
                         elif even_out:
                             err[i + 1] = x64[i + 1]
-            sse = _sum_squares(err, lanes)
+            sse = sum_squares(err, lanes)
             if sse < best_sse[g]:
                 best_sse[g] = sse
                 best[g] = c
         s = scales[best[g], g]
         idx = best_idx[g]
         for j in range(t):  # the winner's codes, by the engine
-            _count_below(x64, midpoints[j] * s, tie_up[j], idx)
+            count_below(x64, midpoints[j] * s, tie_up[j], idx)
     return best_idx, best, best_sse
 
 
-def _index_py(xi, mids, tie_up):  # pragma: no cover - compiled by numba
+@njit(inline="always")
+def _index(xi, mids, tie_up):  # pragma: no cover - compiled by numba
     """Index of the sorted value that ``xi`` rounds to: the midpoints it lies above (engine rule)."""
     count = 0
     for j in range(mids.shape[0]):
         count += mids[j] < xi or (tie_up[j] and mids[j] == xi)
     return count
 
-
-if numba is not None:
-    _index = numba.njit(cache=True, inline="always")(_index_py)
-    _search = numba.njit(cache=True, nogil=True)(_search_py)

@@ -1,30 +1,46 @@
-"""Quantized tensors: ``quantize`` a weight matrix, dequantize it, save and load it bit-exactly."""
+"""Quantized tensors: ``quantize`` a weight matrix, read it through one door, save and load it.
+
+A :class:`QuantizedTensor` keeps the :class:`~hwlab.formats.Format` object it was quantized with
+(so an unregistered format, or one redefined later, still decodes with its own definition), its
+stored arrays and what is needed to read them. Consumers read it through
+:meth:`QuantizedTensor.unpacked` (one code per element, value tables, decoded scales),
+:attr:`QuantizedTensor.layout` (what each stored array is, bit for bit) and the format's
+:meth:`~hwlab.formats.Format.decomposition`.
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import warnings
 
 import numpy as np
 
 from .arrays import as_weight_matrix, is_torch_tensor
+from .base import Format
+from .define import format_from_definition
 from .metrics import error_metrics
 from .registry import get_format
+from .unpacked import Unpacked
 
-FILE_VERSION = 1  # bump when the stored layout changes
+FILE_VERSION = 2  # 2: the layout descriptors are stored; bump when the stored layout changes
 GRANULARITY_OPTION = "granularity"
+
+
+class FormatRebuiltWarning(UserWarning):
+    """A file's format was not registered here and was rebuilt from the definition stored in it."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # arrays compare element-wise: identity, not ==
 class QuantizedTensor:
-    """A quantized ``[N, K]`` weight matrix: stored arrays plus what is needed to read them.
+    """A quantized ``[N, K]`` weight matrix: its format, stored arrays and how to read them.
 
-    ``arrays`` holds everything stored (packed ``codes``, ``scales``, zero points, type ids,
+    ``arrays`` holds everything stored (packed codes, scales, zero points, type ids,
     second-level scales); ``bits_per_weight`` counts all of it. ``padded_cols`` is the K that
     was quantized (greater than ``shape[1]`` only when ``pad=True`` padded K with zeros).
     """
 
-    format_name: str
+    format: Format
     shape: tuple[int, int]
     group_size: int
     options: dict
@@ -33,14 +49,29 @@ class QuantizedTensor:
     device: str | None = None  # torch device of the input, where dequantize() returns to
 
     @property
-    def format(self):
-        """The :class:`~hwlab.formats.Format` of this tensor."""
-        return get_format(self.format_name)
+    def format_name(self) -> str:
+        """Name of this tensor's format."""
+        return self.format.name
 
     @property
     def codes(self) -> np.ndarray:
-        """Packed codes (``uint32`` words along K; layout in :mod:`hwlab.formats.packing`)."""
+        """Packed codes: ``uint32`` words along K (layout in :mod:`hwlab.formats.packing`).
+
+        Formats that store their codes otherwise (``mixed_2_4``'s two widths, ternary's
+        ``trit5`` bytes) raise ``ValueError`` naming their arrays; :meth:`unpacked` gives one
+        code per element for every format.
+        """
+        layout = self.layout.get("codes")
+        if layout is None or layout.packing != "bits":
+            raise ValueError(f"{self.format_name} does not store one packed 'codes' array of uint32 words: it stores "
+                             + ", ".join(f"{n!r} ({a.packing}, {a.dtype})" for n, a in self.layout.items())
+                             + "; use qt.arrays[name], or qt.unpacked().codes for one code per element")
         return self.arrays["codes"]
+
+    @property
+    def layout(self) -> dict:
+        """Name -> :class:`~hwlab.formats.layout.ArrayLayout` of every stored array."""
+        return self.format.array_layout(self.shape[0], self.padded_cols, self.group_size, self.options)
 
     @property
     def nbytes(self) -> int:
@@ -52,9 +83,13 @@ class QuantizedTensor:
         """Stored bits (codes, scales, zeros, type ids, everything) per weight of ``shape``."""
         return 8 * self.nbytes / (self.shape[0] * self.shape[1])
 
+    def unpacked(self) -> Unpacked:
+        """The self-describing unpacked view (:class:`~hwlab.formats.unpacked.Unpacked`)."""
+        return self.format.unpack(self.arrays, self.shape, self.padded_cols, self.group_size, self.options)
+
     def dequantize(self, device=None):
         """Float32 ``[N, K]``: a numpy array, or a torch tensor on ``device`` (default: the input's)."""
-        w = self._dequantize_numpy()
+        w = self.unpacked().dequantize()
         device = device if device is not None else self.device
         if device is None:
             return w
@@ -69,24 +104,22 @@ class QuantizedTensor:
             raise ValueError(f"W has shape {w.shape} but this tensor was quantized from {self.shape}")
         if is_torch_tensor(x):
             x = x.detach().float().cpu().numpy()
-        return error_metrics(w, self._dequantize_numpy(), x)
+        return error_metrics(w, self.unpacked().dequantize(), x)
 
-    def _dequantize_numpy(self) -> np.ndarray:
-        """Float32 numpy ``[N, K]`` (padding removed)."""
-        rows, cols = self.shape
-        w = self.format.dequantize_arrays(self.arrays, rows, self.padded_cols, self.group_size, self.options)
-        return w[:, :cols]
+    def metadata(self) -> dict:
+        """What :meth:`save` writes beside the arrays (JSON-able)."""
+        fmt = self.format
+        return {"version": FILE_VERSION, "format": fmt.name, "fingerprint": fmt.fingerprint(),
+                "definition": fmt.definition(), "shape": list(self.shape), "group_size": self.group_size,
+                "padded_cols": self.padded_cols, "options": _jsonable(self.options),
+                "layout": {name: a.to_json() for name, a in self.layout.items()}}
 
     def save(self, path) -> None:
         """Write a safetensors file (arrays + JSON metadata); :func:`load` restores it bit-exactly."""
         from safetensors.numpy import save_file
 
-        fmt = self.format
-        meta = {"version": FILE_VERSION, "format": fmt.name, "fingerprint": fmt.fingerprint(),
-                "definition": fmt.definition(), "shape": list(self.shape), "group_size": self.group_size,
-                "padded_cols": self.padded_cols, "options": _jsonable(self.options)}
         save_file({k: np.ascontiguousarray(v) for k, v in self.arrays.items()}, os.fspath(path),
-                  metadata={"hwlab": json.dumps(meta)})
+                  metadata={"hwlab": json.dumps(self.metadata())})
 
     def __repr__(self) -> str:
         return (f"QuantizedTensor({self.format_name!r}, shape={self.shape}, group_size={self.group_size}, "
@@ -101,7 +134,7 @@ def quantize(w, fmt, group_size: int | None = None, *, pad: bool = False, **opti
     w:
         ``[N, K]`` = (out_features, in_features), float16/bfloat16/float32/float64, finite.
     fmt:
-        A registered format name (``list_formats()``) or a ``Format``.
+        A registered format name (``list_formats()``) or a ``Format`` (registered or not).
     group_size:
         Elements per scale group along K; default the format's own (128 for most; fixed for
         microscaling formats). Must divide K unless ``pad=True``.
@@ -133,11 +166,16 @@ def quantize(w, fmt, group_size: int | None = None, *, pad: bool = False, **opti
         matrix = np.concatenate([matrix, np.zeros((rows, padded_cols - cols), matrix.dtype)], axis=1)
     arrays = fmt.quantize_arrays(matrix, group_size, opts)
     _check_arrays(arrays, fmt.array_specs(rows, padded_cols, group_size, opts), where=f"quantizer of {fmt.name}")
-    return QuantizedTensor(fmt.name, (rows, cols), group_size, opts, arrays, padded_cols, device)
+    return QuantizedTensor(fmt, (rows, cols), group_size, opts, arrays, padded_cols, device)
 
 
 def load(path) -> QuantizedTensor:
-    """Read a file written by :meth:`QuantizedTensor.save`, checking it is whole and consistent."""
+    """Read a file written by :meth:`QuantizedTensor.save`, checking it is whole and consistent.
+
+    A format that is not registered here (a colleague's ``define_lut``, ``define_minifloat`` or
+    ``define_mixture``) is rebuilt from the definition stored in the file, with a
+    :class:`FormatRebuiltWarning`; a registered format whose definition differs raises.
+    """
     from safetensors import SafetensorError, safe_open
 
     path = os.fspath(path)
@@ -156,22 +194,39 @@ def load(path) -> QuantizedTensor:
         version, name = meta["version"], meta["format"]
         rows, cols = (int(v) for v in meta["shape"])
         group_size, padded_cols = int(meta["group_size"]), int(meta["padded_cols"])
-        saved_options, fingerprint = meta["options"], meta["fingerprint"]
+        saved_options, fingerprint, definition = meta["options"], meta["fingerprint"], meta["definition"]
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: malformed hwlab metadata ({exc!r})") from None
     if version != FILE_VERSION:
         raise ValueError(f"{path} has file version {version}; this hwlab reads version {FILE_VERSION}")
+    fmt = _file_format(path, name, fingerprint, definition)
+    opts = fmt.option_values(_from_json(saved_options))
+    _check_arrays(arrays, fmt.array_specs(rows, padded_cols, group_size, opts), where=path)
+    return QuantizedTensor(fmt, (rows, cols), group_size, opts, arrays, padded_cols)
+
+
+def _file_format(path: str, name: str, fingerprint: str, definition: dict) -> Format:
+    """The registered format ``name`` if its fingerprint matches, else rebuilt from ``definition``."""
     try:
         fmt = get_format(name)
     except ValueError:
-        raise ValueError(f"{path} was saved with format {name!r}, which is not registered here; "
-                         "define (register) it before loading") from None
+        pass
+    else:
+        if fmt.fingerprint() != fingerprint:
+            raise ValueError(f"{path}: format {name!r} registered here differs from the one the file was "
+                             "saved with (its definition changed)")
+        return fmt
+    if not isinstance(definition, dict) or definition.get("name") != name:
+        stored = definition.get("name") if isinstance(definition, dict) else definition
+        raise ValueError(f"{path}: metadata names format {name!r} but its stored definition is of {stored!r} "
+                         "(corrupted or edited)")
+    fmt = format_from_definition(definition)
     if fmt.fingerprint() != fingerprint:
-        raise ValueError(f"{path}: format {name!r} registered here differs from the one the file was "
-                         "saved with (its definition changed)")
-    opts = fmt.option_values(_from_json(saved_options))
-    _check_arrays(arrays, fmt.array_specs(rows, padded_cols, group_size, opts), where=path)
-    return QuantizedTensor(name, (rows, cols), group_size, opts, arrays, padded_cols)
+        raise ValueError(f"{path}: the stored definition of format {name!r} does not match its fingerprint "
+                         "(corrupted or edited)")
+    warnings.warn(f"{path}: format {name!r} is not registered here; rebuilt it from the definition stored in "
+                  "the file", FormatRebuiltWarning, stacklevel=3)
+    return fmt
 
 
 def _check_arrays(arrays: dict, specs: dict, *, where: str) -> None:

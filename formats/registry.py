@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import difflib
 
-from .element import Format
+from .base import Format
 
 _REGISTRY: dict[str, Format] = {}
 _BUILTIN: set[str] = set()
@@ -13,6 +13,7 @@ def register_format(fmt: Format, *, overwrite: bool = False) -> Format:
     """Register ``fmt`` under ``fmt.name`` and return it.
 
     Re-registering a user name needs ``overwrite=True``; built-in names cannot be replaced.
+    Tensors quantized before keep the definition they were quantized with.
     """
     if not isinstance(fmt, Format):
         raise TypeError(f"register_format expects a Format, got {type(fmt).__name__}")
@@ -27,7 +28,8 @@ def register_format(fmt: Format, *, overwrite: bool = False) -> Format:
     return fmt
 
 
-def _register_builtin(fmt: Format) -> Format:
+def register_builtin(fmt: Format) -> Format:
+    """Register one of hwlab's own formats (its name can never be redefined)."""
     register_format(fmt)
     _BUILTIN.add(fmt.name)
     return fmt
@@ -51,8 +53,3 @@ def get_format(name) -> Format:
 def list_formats(family: str | None = None) -> list[str]:
     """Names of all registered formats (built-in first, in declaration order), optionally one family."""
     return [n for n, f in _REGISTRY.items() if family is None or f.family == family]
-
-
-def is_builtin(name: str) -> bool:
-    """Whether ``name`` is one of hwlab's own formats."""
-    return name in _BUILTIN

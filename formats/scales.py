@@ -22,19 +22,18 @@ import dataclasses
 
 import numpy as np
 
+from .encodings import minifloat_values
+from .rounding import RoundingTable
+
 SCALE_DTYPES = ("fp16", "bf16", "fp32", "e8m0", "e4m3", "int8")
 E8M0_BIAS = 127  # OCP MX v1.0, table 7
 E8M0_MIN_EXP, E8M0_MAX_EXP = -127, 127  # codes 0..254; 255 is NaN
 FP16_SMALLEST, FP16_LARGEST = 2.0**-24, 65504.0  # IEEE binary16 least subnormal, largest finite
 INT8_SCALE_MAX_CODE = 255  # positive scales use the whole unsigned byte; code 0 is never used
-
-
-
-def _e4m3():
-    """The registered ``fp8_e4m3`` (OCP E4M3), looked up late: element formats import this module."""
-    from .registry import get_format
-
-    return get_format("fp8_e4m3")
+# OCP E4M3 (OFP8 rev 1.0): the same definition as the element format fp8_e4m3 (code 0x7f is NaN).
+E4M3_VALUES = minifloat_values(4, 3, semantics="fn")
+E4M3_VALUES.setflags(write=False)
+_E4M3_TABLE = RoundingTable.build(E4M3_VALUES, np.isfinite(E4M3_VALUES), "nearest_even", "e4m3 scale")
 
 
 def round_to_significand(x: np.ndarray, significand_bits: int) -> np.ndarray:
@@ -60,6 +59,11 @@ class ScaleType:
     smallest: float  # least positive scale it can hold
     largest: float  # greatest finite scale it can hold
 
+    @property
+    def bits(self) -> int:
+        """Stored bits per scale (int8: the code; its row scale is counted apart)."""
+        return 8 * np.dtype(self.storage).itemsize
+
     def store(self, ideal: np.ndarray) -> StoredScales:
         """Round positive float64 ``ideal`` scales ``[..., rows, groups]`` and store them.
 
@@ -78,7 +82,7 @@ class ScaleType:
             exponent = exponent - (mantissa == 0.5)  # the least power of two >= ideal
             return StoredScales((np.clip(exponent, E8M0_MIN_EXP, E8M0_MAX_EXP) + E8M0_BIAS).astype(np.uint8))
         if self.name == "e4m3":
-            return StoredScales(_e4m3().encode(ideal))
+            return StoredScales(_E4M3_TABLE.encode(ideal))
         leading = tuple(range(ideal.ndim - 2)) + (ideal.ndim - 1,)
         row = np.max(ideal, axis=leading, keepdims=True) / INT8_SCALE_MAX_CODE
         # Kept inside fp16's range: a row whose scales are below 255 * 2**-24 gets the least
@@ -97,7 +101,7 @@ class ScaleType:
         if self.name == "e8m0":
             return np.ldexp(1.0, v.astype(np.int64) - E8M0_BIAS)
         if self.name == "e4m3":
-            return _e4m3().values[v]
+            return E4M3_VALUES[v]
         return v.astype(np.float64) * stored.row_scales.astype(np.float64).reshape(-1, 1)
 
 

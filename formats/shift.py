@@ -27,11 +27,13 @@ def shift_format(bits: int) -> ElementFormat:
     p = codes & (2 ** (bits - 1) - 1)
     values = np.where(codes >> (bits - 1), -1.0, 1.0) * np.ldexp(1.0, -p)
     return ElementFormat(f"shift{bits}", bits, values, family="shift",
-                         description=f"DenseShift: +-2^-p, p in 0..{2 ** (bits - 1) - 1}, no zero")
+                         description=f"DenseShift: +-2^-p, p in 0..{2 ** (bits - 1) - 1}, no zero",
+                         fields={"kind": "shift", "sign_bit": bits - 1, "exponent_bits": bits - 1})
 
 
 def ternary_format() -> ElementFormat:
     """BitNet b1.58 ternary weights with an absmean scale."""
     return ElementFormat("ternary", 2, [0.0, 1.0, np.nan, -1.0], family="ternary",
                          description="BitNet b1.58 ternary {-1, 0, 1}, absmean scale",
-                         scaling="absmean", defaults=TERNARY_DEFAULTS)
+                         scaling="absmean", defaults=TERNARY_DEFAULTS,
+                         fields={"kind": "integer", "bits": 2, "signed": True})

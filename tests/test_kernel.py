@@ -11,7 +11,7 @@ group lengths that are not a multiple of the kernel's 8 summation lanes.
 import numpy as np
 import pytest
 
-from hwlab.formats import get_format, group_kernel
+from hwlab.formats import get_format, group_kernel, jit
 from hwlab.formats.group_kernel import MemberTables, quantize_groups, quantize_groups_reference, sum_squares
 
 from formatting import element_reference_codes, mismatch_report
@@ -29,7 +29,7 @@ CLIP_RATIOS = (1.0, 0.9, 0.75, 0.5)
 def numba_kernel(monkeypatch):
     """``quantize_groups`` that always runs the numba kernel (``group_kernel._kernel``)."""
     assert hasattr(group_kernel._kernel, "py_func"), "the kernel is not numba-compiled"
-    monkeypatch.setattr(group_kernel, "USE_NUMBA", True)
+    monkeypatch.setattr(jit, "USE_NUMBA", True)
     return quantize_groups
 
 

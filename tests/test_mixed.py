@@ -185,7 +185,7 @@ def test_bad_options(rng, options, error, match):
 def test_inconsistent_group_bits_are_refused(rng):
     qt = hwlab.quantize(weights(rng, 3, 512, 128), "mixed_2_4")
     arrays = dict(qt.arrays, group_bits=qt.arrays["group_bits"] ^ np.uint32(1))
-    bad = type(qt)(qt.format_name, qt.shape, qt.group_size, qt.options, arrays, qt.padded_cols)
+    bad = type(qt)(qt.format, qt.shape, qt.group_size, qt.options, arrays, qt.padded_cols)
     with pytest.raises(ValueError, match="group_bits of row 0 mark .* groups as 4-bit, expected 2"):
         bad.dequantize()
 

@@ -18,8 +18,8 @@ def test_formats_work_without_optional_packages(tmp_path, rng):
         for name in {BLOCKED!r}:
             sys.modules[name] = None  # any import of it now raises ImportError
         import numpy as np
-        from hwlab.formats import quantize, get_format, group_kernel
-        assert not group_kernel.USE_NUMBA
+        from hwlab.formats import quantize, get_format, jit
+        assert not jit.USE_NUMBA
         w = np.load({str(tmp_path / "w.npy")!r})
         for name in ("int4", "nf4", "bitmod_fp4", "fp8_e4m3", "int3_asym"):
             np.save({str(tmp_path)!r} + "/" + name + ".npy", quantize(w, name).dequantize())

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import hwlab
-from hwlab.formats import get_format, group_kernel, list_formats, olive_kernel, unpack_codes
+from hwlab.formats import get_format, jit, list_formats, olive_kernel, unpack_codes
 from hwlab.formats.group_kernel import MemberTables
 from hwlab.formats.olive import OliveFormat
 
@@ -197,9 +197,9 @@ def both_paths(monkeypatch):
     assert hasattr(olive_kernel._search, "py_func"), "the olive kernel is not numba-compiled"
 
     def run(fn):
-        monkeypatch.setattr(group_kernel, "USE_NUMBA", True)
+        monkeypatch.setattr(jit, "USE_NUMBA", True)
         fast = fn()
-        monkeypatch.setattr(group_kernel, "USE_NUMBA", False)
+        monkeypatch.setattr(jit, "USE_NUMBA", False)
         return fast, fn()
     return run
 

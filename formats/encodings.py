@@ -1,0 +1,74 @@
+"""Bit-level encodings shared by several families: minifloat fields and sign-magnitude tables.
+
+Pure numpy (it imports only :mod:`~hwlab.formats.base`), so the scale types and the element
+constructors build from the same definitions without an import cycle: the E4M3 block scale of
+NVFP4 and the ``fp8_e4m3`` element format are both :func:`minifloat_values` ``(4, 3, "fn")``.
+
+Minifloats: sign, E exponent bits, M mantissa bits and an exponent bias.
+Code layout (sign-magnitude, as IEEE 754 and OCP): ``code = sign << (E + M) | exponent << M |
+mantissa``. Exponent field 0 is subnormal: ``(-1)**s * 2**(1 - bias) * mantissa / 2**M``;
+otherwise ``(-1)**s * 2**(exponent - bias) * (1 + mantissa / 2**M)``. The default bias is the
+standard ``2**(E-1) - 1``; LLM-FP4 searches it, so any integer is accepted.
+
+Semantics of the top exponent field (source: OCP 8-bit Floating Point Specification (OFP8)
+rev. 1.0, 2023, and OCP Microscaling Formats (MX) v1.0, 2023, section 5.3):
+
+``"finite"``  every code is a number (OCP FP6 E2M3/E3M2 and FP4 E2M1; also used for the
+              non-OCP splits E1M1, E2M0, E1M2, E3M0, E2M2, E3M1).
+``"fn"``      finite plus NaN at S.1111.111 only (OCP E4M3, ml_dtypes ``float8_e4m3fn``).
+``"ieee"``    top exponent is inf (mantissa 0) or NaN (OCP E5M2, ml_dtypes ``float8_e5m2``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import check_choice
+
+SEMANTICS = ("finite", "fn", "ieee")
+
+
+def standard_bias(exp_bits: int) -> int:
+    """The IEEE exponent bias ``2**(E-1) - 1``."""
+    return 2 ** (exp_bits - 1) - 1
+
+
+def minifloat_values(exp_bits: int, man_bits: int, bias: int | None = None,
+                     semantics: str = "finite") -> np.ndarray:
+    """Decoded float64 value of every code of a minifloat (index = code)."""
+    if exp_bits < 1 or man_bits < 0 or 1 + exp_bits + man_bits > 8:
+        raise ValueError("a minifloat needs exp_bits >= 1, man_bits >= 0 and "
+                         f"1 + exp_bits + man_bits <= 8 bits, got E{exp_bits}M{man_bits}")
+    check_choice("semantics", semantics, SEMANTICS)
+    if semantics != "finite" and (exp_bits < 2 or (semantics == "fn" and man_bits < 1)):
+        raise ValueError(f"semantics {semantics!r} needs at least 2 exponent bits"
+                         f"{' and 1 mantissa bit' if semantics == 'fn' else ''}, got E{exp_bits}M{man_bits}")
+    bias = standard_bias(exp_bits) if bias is None else int(bias)
+    codes = np.arange(2 ** (1 + exp_bits + man_bits))
+    sign = np.where(codes >> (exp_bits + man_bits), -1.0, 1.0)
+    exponent = (codes >> man_bits) & (2**exp_bits - 1)
+    mantissa = (codes & (2**man_bits - 1)).astype(np.float64)
+    subnormal = exponent == 0
+    magnitude = np.where(
+        subnormal,
+        np.ldexp(mantissa / 2**man_bits, 1 - bias),
+        np.ldexp(1 + mantissa / 2**man_bits, exponent - bias),
+    )
+    values = sign * magnitude
+    top = exponent == 2**exp_bits - 1
+    if semantics == "fn":
+        values[top & (mantissa == 2**man_bits - 1)] = np.nan
+    elif semantics == "ieee":
+        values[top] = np.where(mantissa[top] == 0, sign[top] * np.inf, np.nan)
+    return values
+
+
+def sign_magnitude_table(magnitudes, negative_zero=np.nan) -> np.ndarray:
+    """Values of a sign-magnitude code: ``magnitudes`` for sign 0, their negatives for sign 1.
+
+    The code of ``-0`` (sign 1, magnitude 0) decodes to ``negative_zero``: NaN (unused) by
+    default, or a repurposed special value (BitMoD).
+    """
+    mags = np.asarray(magnitudes, dtype=np.float64)
+    values = np.concatenate([mags, -mags])
+    values[mags.size] = negative_zero
+    return values

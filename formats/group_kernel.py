@@ -32,8 +32,8 @@ import dataclasses
 import numpy as np
 
 from . import jit
-from .jit import SSE_LANES, bucket_of, count_below, njit, prange, round_index, sum_squares as _sum_squares
-from .rounding import bucket_starts
+from .jit import SSE_LANES, bucket_of, count_below, njit, prange, round_index, sum_abs, sum_squares as _sum_squares, sum_values
+from .rounding import MIN_BUCKET_BITS, bucket_starts
 
 COUNT_LIMIT = 32  # tables with more midpoints than this are searched by bucket, not counted
 GROUPS_PER_TASK = 64  # groups one thread takes at a time (its scratch buffers are reused across them)
@@ -49,7 +49,8 @@ class MemberTables:
     codes: np.ndarray  # uint8 [M, T + 1]
     n_midpoints: np.ndarray  # int64 [M]
     negative_zero: np.ndarray  # int64 [M], -1 when the member has no -0 code
-    starts: np.ndarray  # int32 [M, 2**BUCKET_BITS] bucket starts of large tables ([M, 1] of zeros if none)
+    starts: np.ndarray  # [M, 2**bucket_bits] bucket starts of large tables ([M, 1] of zeros if none)
+    bucket_bits: int
 
     @classmethod
     def of(cls, members) -> "MemberTables":
@@ -64,14 +65,14 @@ class MemberTables:
             n = t.midpoints.size
             mids[i, :n], ties[i, :n] = t.midpoints, t.tie_up
             vals[i, :n + 1], codes[i, :n + 1] = t.sorted_values, t.sorted_codes
+        bits = max(t.bucket_bits for t in tables) if width > COUNT_LIMIT else MIN_BUCKET_BITS
         if width > COUNT_LIMIT:
-            starts = np.stack([t.bucket_starts if t.midpoints.size > COUNT_LIMIT else bucket_starts(t.midpoints)
-                               for t in tables])
+            starts = np.stack([bucket_starts(t.midpoints, bits).astype(np.int32) for t in tables])
         else:
             starts = np.zeros((len(tables), 1), dtype=np.int32)
         return cls(mids, ties, vals, codes,
                    np.array([t.midpoints.size for t in tables], dtype=np.int64),
-                   np.array([t.negative_zero_code for t in tables], dtype=np.int64), starts)
+                   np.array([t.negative_zero_code for t in tables], dtype=np.int64), starts, bits)
 
 
 def quantize_groups(x: np.ndarray, tables: MemberTables, member_of: np.ndarray,
@@ -85,7 +86,7 @@ def quantize_groups(x: np.ndarray, tables: MemberTables, member_of: np.ndarray,
             tables.n_midpoints, tables.negative_zero, np.ascontiguousarray(member_of, dtype=np.int64),
             np.ascontiguousarray(scales, dtype=np.float64), np.ascontiguousarray(offsets, dtype=np.float64))
     if jit.USE_NUMBA:
-        return _kernel(*args, tables.starts, args[0].dtype == np.float32)
+        return _kernel(*args, tables.starts, tables.bucket_bits, args[0].dtype == np.float32)
     return quantize_groups_reference(*args)
 
 
@@ -118,20 +119,81 @@ def quantize_groups_reference(x, midpoints, tie_up, values, codes, n_midpoints, 
 
 def sum_squares(err: np.ndarray) -> np.ndarray:
     """Row sums of ``err**2`` in the kernel's order: 8 interleaved sequential lanes, then a tree."""
-    n = err.shape[1]
+    return sum_lanes(err * err)
+
+
+def sum_lanes(v: np.ndarray) -> np.ndarray:
+    """Float64 row sums of ``v [G, n]`` in the kernels' order: lane ``k`` adds ``v[:, k::8]`` in
+    turn, then the 8 lanes are added in a tree (:func:`hwlab.formats.jit.sum_squares`)."""
+    v = np.asarray(v, dtype=np.float64)
+    n = v.shape[1]
     full = n - n % SSE_LANES
-    sq = err * err
-    lanes = np.zeros((err.shape[0], SSE_LANES))
+    lanes = np.zeros((v.shape[0], SSE_LANES))
     if full:
-        lanes = np.cumsum(sq[:, :full].reshape(err.shape[0], full // SSE_LANES, SSE_LANES), axis=1)[:, -1, :]
-    lanes[:, :n - full] += sq[:, full:]
+        lanes = np.cumsum(v[:, :full].reshape(v.shape[0], full // SSE_LANES, SSE_LANES), axis=1)[:, -1, :]
+    lanes[:, :n - full] += v[:, full:]
     return ((lanes[:, 0] + lanes[:, 1]) + (lanes[:, 2] + lanes[:, 3])) + \
         ((lanes[:, 4] + lanes[:, 5]) + (lanes[:, 6] + lanes[:, 7]))
 
 
+def group_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Float64 ``(max, min, sum of |x|)`` of every row of ``x [G, n]`` (sums in :func:`sum_lanes` order)."""
+    x = np.ascontiguousarray(x)
+    if jit.USE_NUMBA:
+        return _stats_kernel(x)
+    return x.max(axis=1).astype(np.float64), x.min(axis=1).astype(np.float64), sum_lanes(np.abs(x))
+
+
+def group_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 mean and standard deviation (Bessel's correction, as ``torch.std``) of every row of
+    ``x [G, n]``, ``n >= 2``; both sums in :func:`sum_lanes` order, the deviations from the mean."""
+    x = np.ascontiguousarray(x)
+    if jit.USE_NUMBA:
+        return _moments_kernel(x)
+    x64 = x.astype(np.float64)
+    mean = sum_lanes(x64) / x.shape[1]
+    dev = x64 - mean[:, None]
+    return mean, np.sqrt(sum_lanes(dev * dev) / (x.shape[1] - 1))
+
+
+@njit(parallel=True)
+def _moments_kernel(x):  # pragma: no cover - compiled by numba
+    groups, n = x.shape
+    mean, std = np.empty(groups), np.empty(groups)
+    tasks = (groups + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK
+    for task in prange(tasks):
+        lanes = np.empty(SSE_LANES)
+        dev = np.empty(n)
+        for g in range(task * GROUPS_PER_TASK, min(groups, (task + 1) * GROUPS_PER_TASK)):
+            m = sum_values(x[g], lanes) / n
+            for i in range(n):
+                dev[i] = np.float64(x[g, i]) - m
+            mean[g] = m
+            std[g] = np.sqrt(_sum_squares(dev, lanes) / (n - 1))
+    return mean, std
+
+
+@njit(parallel=True)
+def _stats_kernel(x):  # pragma: no cover - compiled by numba
+    groups, n = x.shape
+    high, low, total = np.empty(groups), np.empty(groups), np.empty(groups)
+    tasks = (groups + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK
+    for task in prange(tasks):
+        lanes = np.empty(SSE_LANES)
+        for g in range(task * GROUPS_PER_TASK, min(groups, (task + 1) * GROUPS_PER_TASK)):
+            row = x[g]
+            hi, lo = row[0], row[0]
+            for i in range(n):
+                hi = max(hi, row[i])
+                lo = min(lo, row[i])
+            high[g], low[g] = hi, lo
+            total[g] = sum_abs(row, lanes)
+    return high, low, total
+
+
 @njit(parallel=True)
 def _kernel(x, midpoints, tie_up, values, codes, n_midpoints, negative_zero,
-            member_of, scales, offsets, starts, narrow):  # pragma: no cover - compiled by numba
+            member_of, scales, offsets, starts, bucket_bits, narrow):  # pragma: no cover - compiled by numba
     """The numba twin of :func:`quantize_groups_reference`; ``narrow``: x is float32."""
     groups, n = x.shape
     out = np.zeros((groups, n), dtype=np.uint8)
@@ -139,13 +201,13 @@ def _kernel(x, midpoints, tie_up, values, codes, n_midpoints, negative_zero,
     tasks = (groups + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK
     for task in prange(tasks):
         _groups(x, midpoints, tie_up, values, codes, n_midpoints, negative_zero, member_of, scales, offsets,
-                starts, narrow, task * GROUPS_PER_TASK, min(groups, (task + 1) * GROUPS_PER_TASK), out, best)
+                starts, bucket_bits, narrow, task * GROUPS_PER_TASK, min(groups, (task + 1) * GROUPS_PER_TASK), out, best)
     return out, best
 
 
 @njit(nogil=True)
 def _groups(x, midpoints, tie_up, values, codes, n_midpoints, negative_zero, member_of, scales, offsets,
-            starts, narrow, first, last, out, best):  # pragma: no cover - compiled by numba
+            starts, bucket_bits, narrow, first, last, out, best):  # pragma: no cover - compiled by numba
     """Groups ``first..last-1`` of :func:`_kernel`, with scratch buffers of their own."""
     n = x.shape[1]
     candidates = member_of.shape[0]
@@ -169,7 +231,7 @@ def _groups(x, midpoints, tie_up, values, codes, n_midpoints, negative_zero, mem
             if t > COUNT_LIMIT and z == 0.0:  # large table: bucket of x / s, then exact compares
                 inv = 1.0 / s
                 for i in range(n):
-                    b = bucket_of(x64[i] * inv)
+                    b = bucket_of(x64[i] * inv, bucket_bits)
                     idx[i] = round_index(x64[i], midpoints[m, :t], tie_up[m, :t], s, starts[m, max(b - 1, 0)])
             else:
                 exact32 = narrow

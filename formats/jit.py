@@ -68,6 +68,34 @@ def sum_squares(err, lanes):  # pragma: no cover - compiled by numba
 
 
 @njit(inline="always")
+def sum_abs(x, lanes):  # pragma: no cover - compiled by numba
+    """Sum of ``|x|`` in float64, in the order of :func:`sum_squares`."""
+    lanes[:] = 0.0
+    n = x.shape[0]
+    full = n - n % SSE_LANES
+    for i in range(0, full, SSE_LANES):
+        for k in range(SSE_LANES):
+            lanes[k] += abs(np.float64(x[i + k]))
+    for i in range(full, n):
+        lanes[i - full] += abs(np.float64(x[i]))
+    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+
+
+@njit(inline="always")
+def sum_values(x, lanes):  # pragma: no cover - compiled by numba
+    """Sum of ``x`` in float64, in the order of :func:`sum_squares`."""
+    lanes[:] = 0.0
+    n = x.shape[0]
+    full = n - n % SSE_LANES
+    for i in range(0, full, SSE_LANES):
+        for k in range(SSE_LANES):
+            lanes[k] += np.float64(x[i + k])
+    for i in range(full, n):
+        lanes[i - full] += np.float64(x[i])
+    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+
+
+@njit(inline="always")
 def round_index(x, midpoints, tie_up, scale, start):  # pragma: no cover - compiled by numba
     """Index of the sorted value that ``x`` rounds to under ``scale``: ``start`` plus the midpoints
     from ``start`` on with ``midpoint * scale`` below ``x`` (or equal, where ties go up).
@@ -85,12 +113,13 @@ def round_index(x, midpoints, tie_up, scale, start):  # pragma: no cover - compi
     return idx
 
 
-BUCKET_BITS = 17  # sign, 11 exponent and 5 fraction bits of a float64: 1/32 of a binade per bucket
+MAX_BUCKET_BITS = 17  # sign, 11 exponent and 5 fraction bits of a float64: 1/32 of a binade per bucket
 
 
 @njit(inline="always")
-def bucket_of(x):  # pragma: no cover - compiled by numba
-    """Bucket index ``0 .. 2**BUCKET_BITS - 1`` of float64 ``x``, non-decreasing in ``x``."""
+def bucket_of(x, bucket_bits):  # pragma: no cover - compiled by numba
+    """Bucket index ``0 .. 2**bucket_bits - 1`` of float64 ``x`` (its sign, exponent and top
+    fraction bits, ``bucket_bits`` in all), non-decreasing in ``x``."""
     bits = np.int64(np.float64(x).view(np.int64))
     key = bits if bits >= 0 else -(bits & np.int64(0x7FFFFFFFFFFFFFFF)) - 1
-    return (key >> (64 - BUCKET_BITS)) + (1 << (BUCKET_BITS - 1))
+    return (key >> (64 - bucket_bits)) + (1 << (bucket_bits - 1))

@@ -148,9 +148,9 @@ class MixedFormat(Format):
                   "scales": plain("scales", np.uint8, (rows, groups), encoding="int8", **per_group),
                   "row_scales": plain("row_scales", np.float16, (rows, 1), applies_to="row", encoding="fp16")}
         for suffix, index, member, count in self._parts(groups, wide_count(groups, opts["frac_4bit"])):
-            layout["codes" + suffix] = packed("codes" + suffix, np.uint32, rows, count * group_size, member.bits,
+            layout["codes" + suffix] = packed("codes", np.uint32, rows, count * group_size, member.bits,
                                               applies_to="element", encoding=member.name, member=index)
-            layout["zeros" + suffix] = packed("zeros" + suffix, np.uint32, rows, count, member.bits,
+            layout["zeros" + suffix] = packed("zeros", np.uint32, rows, count, member.bits,
                                               encoding="uint", member=index, **per_group)
         return layout
 

@@ -55,7 +55,7 @@ from . import jit, olive_kernel
 from .base import Format, Option, check_codes
 from .element import ElementFormat
 from .encodings import sign_magnitude_table
-from .group_kernel import MemberTables, quantize_groups, sum_squares
+from .group_kernel import MemberTables, group_moments, quantize_groups, sum_squares
 from .integer import int_format
 from .layout import packed, plain
 from .packing import pack_codes, unpack_codes
@@ -182,35 +182,34 @@ class OliveFormat(Format):
             raise ValueError(f"{self.name} pairs adjacent elements along K; K must be even, got K={cols}")
         groups, length = self.grouping(rows, cols, group_size, opts)
         x = w.reshape(rows * groups, length)
-        x64 = x.astype(np.float64)
-        mean, std = x64.mean(axis=1), x64.std(axis=1, ddof=1)
+        mean, std = group_moments(x)
         x_max = np.maximum(np.abs(mean + X_MAX_STDS * std), np.abs(mean - X_MAX_STDS * std))
         ratios = np.array(ALPHA_PERCENTS, dtype=np.float64)[:, None] * 0.01
         ideal = (x_max * ratios / NORMAL_MAX).reshape(len(ALPHA_PERCENTS), rows, groups)
         candidates = ScaleCandidates.of(ideal, get_scale_type(opts["scale_dtype"]))
-        best_codes, best, _ = self._search(x, x64, candidates.decoded)
+        best_codes, best, _ = self._search(x, candidates.decoded)
         stored = candidates.winners(best)
         arrays = {"codes": pack_codes(best_codes.reshape(rows, cols), self.bits), "scales": stored.values}
         if stored.row_scales is not None:
             arrays["row_scales"] = stored.row_scales
         return arrays
 
-    def _search(self, x: np.ndarray, x64: np.ndarray, scales: np.ndarray):
+    def _search(self, x: np.ndarray, scales: np.ndarray):
         """Pair codes ``uint8 [G, n]``, winning candidate ``[G]`` and its squared error (float64
-        ``[G]``) of groups ``x`` (``x64``: the same in float64) under candidate scales ``scales``
+        ``[G]``) of groups ``x`` under candidate scales ``scales``
         float64 ``[C, G]``: the least squared error after the pair rule, summed by
         :func:`sum_squares` (strict ``<``: the earliest wins a tie).
         The numba kernel (:mod:`~hwlab.formats.olive_kernel`) when enabled, else the reference."""
         tables = self.union.rounding_tables
         if not jit.USE_NUMBA:
-            return self._search_reference(x, x64, tables, scales)
-        union = tables.codes[0]  # union code of each sorted value; 16 + c: outlier code c
-        indices, best, sse = olive_kernel.search(x, tables.midpoints[0], tables.tie_up[0],
-                                                 tables.values[0], union >= 16, scales)
-        return pair_codes(union[indices]), best, sse
+            return self._search_reference(x, tables, scales)
+        # union code of each sorted value (16 + c: outlier code c)
+        return olive_kernel.search(x, tables.midpoints[0], tables.tie_up[0], tables.values[0], tables.codes[0],
+                                   scales, VICTIM_CODE)
 
-    def _search_reference(self, x: np.ndarray, x64: np.ndarray, tables: MemberTables, scales: np.ndarray):
+    def _search_reference(self, x: np.ndarray, tables: MemberTables, scales: np.ndarray):
         """Numpy float64 definition of :meth:`_search`, one candidate at a time over all groups."""
+        x64 = x.astype(np.float64)
         member_of, no_offset = np.zeros(1, np.int64), np.zeros((1, x.shape[0]))
         best_sse = np.full(x.shape[0], np.inf)
         best = np.zeros(x.shape[0], dtype=np.intp)

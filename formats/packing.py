@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import jit
+from .jit import njit, prange
+
 WORD_BITS = 32
 CODES_PER_CHUNK = 8  # 8 codes of b bits are exactly b bytes, whatever b
 TRITS_PER_BYTE = 5  # 3**5 = 243 <= 256
@@ -39,6 +42,10 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= 2**bits):
         raise ValueError(f"code {int(codes.min() if codes.min() < 0 else codes.max())} does not fit in {bits} bits")
     words = packed_words(length, bits)
+    if jit.USE_NUMBA and codes.dtype == np.uint8:
+        out = np.empty((rows, words), dtype=np.uint32)
+        _pack_kernel(np.ascontiguousarray(codes), bits, out)
+        return out
     if 8 % bits == 0:  # whole codes per byte: shift them into byte lanes
         per_byte = 8 // bits
         padded = np.zeros((rows, words * 4 * per_byte), dtype=np.uint8)
@@ -122,3 +129,24 @@ def unpack_trits(packed: np.ndarray, length: int) -> np.ndarray:
         raise ValueError(f"byte {int(packed.max())} is not a valid 5-trit group (expected < 243)")
     digits = (packed[:, :, None] // (3 ** np.arange(TRITS_PER_BYTE, dtype=np.uint8))) % 3
     return _CODE_OF_TRIT[digits.reshape(packed.shape[0], -1)[:, :length]]
+
+
+@njit(parallel=True)
+def _pack_kernel(codes, bits, out):  # pragma: no cover - compiled by numba
+    """The bit stream of each row of ``codes`` (uint8) into ``out`` (uint32 words); as :func:`pack_codes`."""
+    rows, length = codes.shape
+    words = out.shape[1]
+    for r in prange(rows):
+        acc = np.uint64(0)
+        fill = 0
+        w = 0
+        for k in range(length):
+            acc |= np.uint64(codes[r, k]) << np.uint64(fill)
+            fill += bits
+            if fill >= 32:
+                out[r, w] = np.uint32(acc & np.uint64(0xFFFFFFFF))
+                acc >>= np.uint64(32)
+                fill -= 32
+                w += 1
+        if w < words:
+            out[r, w] = np.uint32(acc & np.uint64(0xFFFFFFFF))

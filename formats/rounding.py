@@ -6,9 +6,9 @@ when its tie goes up). The midpoints are exactly the comparator thresholds a har
 needs, and the group quantizer uses the same table scaled by each group's stored scale.
 
 :meth:`RoundingTable.encode` is compiled (numba) where numba is present: each input is placed in
-one of ``2**17`` buckets of the float64 order (sign, exponent and five fraction bits), whose
-first midpoint index is precomputed, and only the midpoints inside its bucket are compared,
-exactly, in float64. The numpy path (``searchsorted``) gives the same codes.
+one of up to ``2**17`` buckets of the float64 order (sign, exponent and the top fraction bits;
+the fewest bits that leave one midpoint per bucket), whose first midpoint index is precomputed,
+and only the midpoints inside its bucket are compared, exactly, in float64. The numpy path (``searchsorted``) gives the same codes.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import functools
 import numpy as np
 
 from . import jit
-from .jit import BUCKET_BITS, bucket_of, njit, prange, round_index
+from .jit import MAX_BUCKET_BITS, bucket_of, njit, prange, round_index
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -75,9 +75,31 @@ class RoundingTable:
         return table
 
     @functools.cached_property
+    def bucket_bits(self) -> int:
+        """The fewest bucket bits (12..17) that leave at most one midpoint in any bucket, else 17."""
+        for bits in range(MIN_BUCKET_BITS, MAX_BUCKET_BITS):
+            if bucket_width(bucket_starts(self.midpoints, bits), self.midpoints.size) <= 1:
+                return bits
+        return MAX_BUCKET_BITS
+
+    @functools.cached_property
     def bucket_starts(self) -> np.ndarray:
-        """int32 ``[2**BUCKET_BITS]``: midpoints strictly below the least float64 of each bucket."""
-        return bucket_starts(self.midpoints)
+        """``[2**bucket_bits]``: midpoints strictly below the least float64 of each bucket."""
+        return bucket_starts(self.midpoints, self.bucket_bits)
+
+    @functools.cached_property
+    def signed_codes(self) -> np.ndarray:
+        """uint8 ``[2, n]``: the code of each sorted value for a non-negative input (row 0) and for
+        a negative one (row 1: the ``-0`` code in place of zero's, where the format has one)."""
+        negative = self.sorted_codes.copy()
+        if self.negative_zero_code >= 0:
+            negative[self.sorted_values == 0] = self.negative_zero_code
+        return np.stack([self.sorted_codes, negative])
+
+    @property
+    def bucket_width(self) -> int:
+        """The most midpoints any bucket holds."""
+        return bucket_width(self.bucket_starts, self.midpoints.size)
 
     def encode(self, x: np.ndarray, *, what: str = "input to encode") -> np.ndarray:
         """Codes (``uint8``, shaped like ``x``) of float32 or float64 ``x``; NaN raises ``ValueError``."""
@@ -85,8 +107,13 @@ class RoundingTable:
         if jit.USE_NUMBA and x.dtype in (np.float32, np.float64):
             flat = np.ascontiguousarray(x).ravel()
             out = np.empty(flat.shape, dtype=np.uint8)
-            nans = _encode_kernel(flat, self.midpoints, self.tie_up, self.sorted_codes, self.sorted_values,
-                                  self.bucket_starts, self.negative_zero_code, out)
+            starts = self.bucket_starts
+            if self.bucket_width <= 1:  # at most one midpoint per bucket: one compare, no loop
+                nans = _encode_one_kernel(flat, np.append(self.midpoints, np.inf), np.append(self.tie_up, False),
+                                          self.signed_codes, starts, self.bucket_bits, out)
+            else:
+                nans = _encode_kernel(flat, self.midpoints, self.tie_up, self.sorted_codes, self.sorted_values,
+                                      starts, self.bucket_bits, self.negative_zero_code, out)
             if nans:
                 raise_on_nan(x, what=what)
             return out.reshape(x.shape)
@@ -114,31 +141,71 @@ def raise_on_nan(x: np.ndarray, *, what: str) -> None:
                          "NaN has no code (expected finite values)")
 
 
-def bucket_starts(midpoints: np.ndarray) -> np.ndarray:
+MIN_BUCKET_BITS = 12  # sign, 11 exponent bits: one binade per bucket
+
+
+def bucket_starts(midpoints: np.ndarray, bucket_bits: int = MAX_BUCKET_BITS) -> np.ndarray:
     """For every bucket of :func:`~hwlab.formats.jit.bucket_of`, the number of midpoints strictly
-    below the least float64 in it (buckets of NaN bit patterns: below or above everything)."""
-    half = 1 << (BUCKET_BITS - 1)
-    keys = (np.arange(1 << BUCKET_BITS, dtype=np.int64) - half) << (64 - BUCKET_BITS)
+    below the least float64 in it (buckets of NaN bit patterns: below or above everything).
+
+    ``uint8`` where that fits (every table of at most 256 values; the table stays in L1), else int32.
+    """
+    half = 1 << (bucket_bits - 1)
+    keys = (np.arange(1 << bucket_bits, dtype=np.int64) - half) << (64 - bucket_bits)
     bits = np.where(keys >= 0, keys, (-keys - 1) | np.int64(-2**63))
     low = bits.view(np.float64)
     low = np.where(np.isnan(low), np.where(keys >= 0, np.inf, -np.inf), low)
-    return np.searchsorted(midpoints, low, side="left").astype(np.int32)
+    starts = np.searchsorted(midpoints, low, side="left")
+    return starts.astype(np.uint8 if midpoints.size < 256 else np.int32)
+
+
+def bucket_width(starts: np.ndarray, n_midpoints: int) -> int:
+    """The most midpoints in any one bucket of ``starts``."""
+    return int(np.diff(np.append(starts.astype(np.int64), n_midpoints)).max())
+
+
+ENCODE_CHUNK = 1 << 16  # elements one thread encodes at a time
 
 
 @njit(parallel=True, nogil=True)
-def _encode_kernel(x, midpoints, tie_up, sorted_codes, sorted_values, starts, negative_zero,
+def _encode_kernel(x, midpoints, tie_up, sorted_codes, sorted_values, starts, bucket_bits, negative_zero,
                    out):  # pragma: no cover - compiled by numba
     """Codes of 1-D ``x`` into ``out``; returns the number of NaN inputs (their codes are 0)."""
-    nans = 0
-    for i in prange(x.shape[0]):
-        xi = np.float64(x[i])
-        if xi != xi:
-            nans += 1
-            out[i] = 0
-            continue
-        idx = round_index(xi, midpoints, tie_up, 1.0, starts[bucket_of(xi)])
-        code = sorted_codes[idx]
-        if negative_zero >= 0 and sorted_values[idx] == 0 and np.float64(xi).view(np.int64) < 0:
-            code = negative_zero
-        out[i] = code
-    return nans
+    chunks = (x.shape[0] + ENCODE_CHUNK - 1) // ENCODE_CHUNK
+    nans = np.zeros(chunks, dtype=np.int64)
+    for c in prange(chunks):
+        for i in range(c * ENCODE_CHUNK, min(x.shape[0], (c + 1) * ENCODE_CHUNK)):
+            xi = np.float64(x[i])
+            if xi != xi:
+                nans[c] += 1
+                out[i] = 0
+                continue
+            idx = round_index(xi, midpoints, tie_up, 1.0, np.int64(starts[bucket_of(xi, bucket_bits)]))
+            code = sorted_codes[idx]
+            if negative_zero >= 0 and sorted_values[idx] == 0 and np.float64(xi).view(np.int64) < 0:
+                code = negative_zero
+            out[i] = code
+    return nans.sum()
+
+
+@njit(parallel=True, nogil=True)
+def _encode_one_kernel(x, midpoints, tie_up, signed_codes, starts, bucket_bits, out):  # pragma: no cover
+    """:func:`_encode_kernel` for tables with at most one midpoint per bucket (``midpoints`` padded
+    with ``+inf``): the midpoint at the bucket start decides. ``signed_codes [2, n]``: the code of
+    each sorted value for a non-negative input (row 0) and a negative one (row 1: ``-0`` for zero)."""
+    chunks = (x.shape[0] + ENCODE_CHUNK - 1) // ENCODE_CHUNK
+    nans = np.zeros(chunks, dtype=np.int64)
+    for c in prange(chunks):
+        found = 0
+        for i in range(c * ENCODE_CHUNK, min(x.shape[0], (c + 1) * ENCODE_CHUNK)):
+            xi = np.float64(x[i])
+            found += xi != xi
+            idx = np.int64(starts[bucket_of(xi, bucket_bits)])
+            m = midpoints[idx]
+            if m == xi:
+                idx += tie_up[idx]
+            else:
+                idx += m < xi
+            out[i] = signed_codes[np.int64(np.float64(xi).view(np.int64) < 0), idx]
+        nans[c] = found
+    return nans.sum()

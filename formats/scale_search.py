@@ -14,11 +14,11 @@ error (ANT, OliVe and LLM-FP4 search their ranges in the same spirit).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import numbers
 
 import numpy as np
 
+from .group_kernel import group_stats
 from .scales import StoredScales
 
 SCALE_SEARCHES = ("absmax", "mse")
@@ -47,26 +47,12 @@ def search_ratios(opts: dict) -> tuple:
 
 
 class GroupStats:
-    """Per-group statistics of ``x [groups, n]``, each computed once and shared by all candidates."""
+    """Per-group statistics of ``x [groups, n]`` (float64, one pass, shared by all candidates)."""
 
     def __init__(self, x: np.ndarray):
-        self.x = x
-
-    @functools.cached_property
-    def high(self) -> np.ndarray:
-        return self.x.max(axis=1).astype(np.float64)
-
-    @functools.cached_property
-    def low(self) -> np.ndarray:
-        return self.x.min(axis=1).astype(np.float64)
-
-    @functools.cached_property
-    def absmax(self) -> np.ndarray:
-        return np.maximum(self.high, -self.low)
-
-    @functools.cached_property
-    def absmean(self) -> np.ndarray:
-        return np.abs(self.x).mean(axis=1, dtype=np.float64)
+        self.high, self.low, abs_sum = group_stats(x)
+        self.absmax = np.maximum(self.high, -self.low)
+        self.absmean = abs_sum / x.shape[1]
 
     def ideal_scale(self, member, ratio: float) -> tuple[np.ndarray, np.ndarray | None]:
         """Unrounded scale of each group (and, for affine formats, the clipped group minimum)."""

@@ -2,8 +2,8 @@
 
 ::
 
-    hwlab formats [--family F] [--json | --markdown]
-    hwlab quantize (FILE.npy | FILE.safetensors | --sample) --format NAME [--group-size G]
+    hwlab formats [NAME] [--family F] [--json | --markdown]
+    hwlab quantize (FILE.npy | FILE.safetensors | --sample) --format (NAME | QUANTIZED.safetensors) [--group-size G]
                    [--tensor NAME ...] [--scale-dtype D] [--granularity G] [--scale-search S]
                    [--option KEY=VALUE ...] [--pad] [--out OUT.safetensors] [--json]
     hwlab info FILE.safetensors [--json]
@@ -12,6 +12,10 @@
 
 ``--sample`` quantizes the real weights shipped with hwlab (two linear layers of
 all-MiniLM-L6-v2, see ``hwlab/data/README.md``); ``hwlab sample-path`` prints where that file is.
+``hwlab formats NAME`` shows one format: its facts, the options it takes (with their choices and
+defaults) and its hardware decomposition. ``--format`` also takes a file saved by
+``QuantizedTensor.save``: its format (rebuilt from the file where it is not registered here) is
+used, so a colleague's datatype works without ``--define``.
 
 Every error (a bad file, an unknown format or option, a group size that does not divide K, a bad
 argument) prints one line ``hwlab: error: ...`` on stderr and exits with status 2. ``--json``
@@ -28,13 +32,13 @@ import os
 import pathlib
 import runpy
 import sys
+import warnings
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
 import hwlab
-from hwlab.formats import SCALE_DTYPES, get_format, list_formats
-from hwlab.formats.scaled import GRANULARITIES, SCALE_SEARCHES
+from hwlab.formats import FormatRebuiltWarning, get_format, list_formats
 from hwlab.formats.scales import StoredScales, get_scale_type
 from hwlab.sample import sample_path
 
@@ -44,6 +48,7 @@ TABLE_SHAPE = (4096, 4096)
 TABLE_GROUP_SIZE = 128
 WEIGHT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors dtype names that read_weights accepts
 EXIT_ERROR = 2
+OPTION_FLAGS = {"--scale-dtype": "scale_dtype", "--granularity": "granularity", "--scale-search": "scale_search"}
 DEFINE_ENV = "HWLAB_DEFINE"  # user datatype definition files, run before every command
 
 
@@ -63,7 +68,14 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
         for path in _definition_files(args.define):
             _run_definitions(path)
-        args.run(args)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FormatRebuiltWarning)
+            args.run(args)
+        for warning in caught:
+            if issubclass(warning.category, FormatRebuiltWarning):
+                print(f"hwlab: note: {warning.message}", file=sys.stderr)
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     except SystemExit as exc:  # --help and --version
         return exc.code or 0
     except BrokenPipeError:  # the reader went away (`hwlab formats | head`): stop quietly
@@ -84,7 +96,8 @@ def _build_parser() -> argparse.ArgumentParser:
                              f"(repeatable; also ${DEFINE_ENV}, paths separated by {os.pathsep!r})")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("formats", help="table of every registered datatype")
+    p = commands.add_parser("formats", help="table of every registered datatype, or one datatype in detail")
+    p.add_argument("name", nargs="?", help="show this format: facts, options and hardware decomposition")
     p.add_argument("--family", help="only this family (integer, minifloat, lookup, bitmod, mixture, ...)")
     _add_output_flags(p, markdown=True)
     p.set_defaults(run=_cmd_formats)
@@ -92,13 +105,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("quantize", help="quantize the 2-D tensors of a .npy or .safetensors file")
     p.add_argument("file", nargs="?", help="a .npy file (one [N, K] matrix) or a .safetensors file")
     p.add_argument("--sample", action="store_true", help="use the sample weights shipped with hwlab")
-    p.add_argument("--format", required=True, dest="fmt", metavar="NAME", help="a name from `hwlab formats`")
+    p.add_argument("--format", required=True, dest="fmt", metavar="NAME",
+                   help="a name from `hwlab formats`, or a quantized .safetensors file whose format to use")
     p.add_argument("--group-size", type=int, help="elements per scale group along K (default: the format's)")
     p.add_argument("--tensor", action="append", help="safetensors tensor to quantize (repeatable; "
                                                      "default: every 2-D floating-point tensor)")
-    p.add_argument("--scale-dtype", help=f"one of {', '.join(SCALE_DTYPES)}")
-    p.add_argument("--granularity", help=f"one of {', '.join(GRANULARITIES)}")
-    p.add_argument("--scale-search", help=f"one of {', '.join(SCALE_SEARCHES)}")
+    for flag, option in OPTION_FLAGS.items():
+        p.add_argument(flag, dest=option, help=f"the format's {option} option (`hwlab formats NAME` lists its choices)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other format option, VALUE a Python literal (e.g. clip_ratios='(1.0, 0.9)')")
     p.add_argument("--pad", action="store_true", help="pad K with zeros to a multiple of the group size")
@@ -205,6 +218,11 @@ def _table_bits_per_weight(fmt, group_size: int, opts: dict) -> float | None:
 
 
 def _cmd_formats(args) -> None:
+    if args.name is not None:
+        if args.family or args.markdown:
+            raise UsageError("formats NAME shows one format; --family and --markdown apply to the table")
+        _show_format(get_format(args.name), as_json=args.json)
+        return
     names = list_formats(args.family)
     if not names:
         families = sorted({get_format(n).family for n in list_formats()})
@@ -220,6 +238,43 @@ def _cmd_formats(args) -> None:
           f"{TABLE_SHAPE[0]}x{TABLE_SHAPE[1]} matrix with default options; group: elements per scale "
           f"along K ({TABLE_GROUP_SIZE} unless marked *: the format's fixed block size), or the format's "
           "default per-channel/per-tensor scale. min, max, step: values before scaling.")
+
+
+def format_detail(fmt) -> dict:
+    """What ``hwlab formats NAME`` shows: the table's facts, the options, value table and decomposition."""
+    facts = format_facts(fmt.name)
+    d = fmt.decomposition()
+    facts["options"] = {name: {"default": o.default, "choices": o.choices, "help": o.help}
+                        for name, o in fmt.options.items()}
+    facts["values"] = fmt.member_table().tolist()
+    facts["decomposition"] = None if d is None else {
+        "fields": d.fields, "magnitude_bits": d.magnitude_bits, "exponent_range": list(d.exponent_range)}
+    return facts
+
+
+def _show_format(fmt, as_json: bool) -> None:
+    detail = format_detail(fmt)
+    if as_json:
+        _print_json(detail)
+        return
+    print(f"{fmt.name} ({fmt.family}, {fmt.bits}-bit): {detail['description']}")
+    print(f"values from {_cell(detail['min'])} to {_cell(detail['max'])}, least step {_cell(detail['smallest_step'])}, "
+          f"rounding {detail['rounding']}; {_cell(detail['bits_per_weight'])} bits per weight at "
+          f"{TABLE_SHAPE[0]}x{TABLE_SHAPE[1]}, group {_group_cell(detail)}")
+    for member, row in enumerate(detail["values"]):
+        label = f"member {member}" if len(detail["values"]) > 1 else "values"
+        print(f"{label}: " + " ".join("-" if math.isnan(v) else f"{v:g}" for v in row))
+    print("options:")
+    print(_render(["  option", "default", "choices", "meaning"],
+                  [[f"  {name}", repr(o["default"]), ", ".join(map(repr, o["choices"])) if o["choices"] else "-",
+                    o["help"]] for name, o in detail["options"].items()]))
+    d = detail["decomposition"]
+    if d is None:
+        print("decomposition: none (values are not sign x odd magnitude x 2^exponent with magnitudes of "
+              f"{fmt.bits} bits or fewer: a lookup-table datapath is needed)")
+    else:
+        print(f"decomposition: {d['fields']}; magnitudes of up to {d['magnitude_bits']} bits, exponents "
+              f"{d['exponent_range'][0]}..{d['exponent_range'][1]}")
 
 
 def _group_cell(facts: dict) -> str:
@@ -238,7 +293,7 @@ def _cmd_quantize(args) -> None:
     if args.sample == (args.file is not None):
         raise UsageError("give either a FILE or --sample (not both)" if args.sample
                          else "quantize needs a FILE (.npy or .safetensors) or --sample")
-    fmt = get_format(args.fmt)
+    fmt = hwlab.load(args.fmt).format if args.fmt.endswith(".safetensors") else get_format(args.fmt)
     options = _options(args)
     path = sample_path() if args.sample else pathlib.Path(args.file)
     weights = read_weights(path, args.tensor)
@@ -269,8 +324,7 @@ def _cmd_quantize(args) -> None:
 
 def _options(args) -> dict:
     """Format options given on the command line (only those given: the rest are the format's)."""
-    options = {key: value for key, value in (("scale_dtype", args.scale_dtype), ("granularity", args.granularity),
-                                             ("scale_search", args.scale_search)) if value is not None}
+    options = {key: getattr(args, key) for key in OPTION_FLAGS.values() if getattr(args, key) is not None}
     for item in args.option:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -338,8 +392,9 @@ def _read_tensor(path: pathlib.Path, name: str, dtype: str) -> np.ndarray:
 def _cmd_info(args) -> None:
     qt = hwlab.load(args.file)
     fmt = qt.format
-    arrays = {name: {"dtype": str(a.dtype), "shape": list(a.shape), "bytes": int(a.nbytes)}
-              for name, a in qt.arrays.items()}
+    layout = qt.layout
+    arrays = {name: {"dtype": str(a.dtype), "shape": list(a.shape), "bytes": int(a.nbytes),
+                     "layout": layout[name].to_json()} for name, a in qt.arrays.items()}
     report = {"file": args.file, "format": fmt.name, "family": fmt.family, "bits": fmt.bits,
               "description": getattr(fmt, "description", ""), "shape": list(qt.shape),
               "group_size": qt.group_size, "padded_cols": qt.padded_cols, "options": qt.options,
@@ -352,8 +407,16 @@ def _cmd_info(args) -> None:
     if qt.padded_cols != qt.shape[1]:
         print(f"K padded with zeros to {qt.padded_cols}")
     print("options: " + ", ".join(f"{k}={v!r}" for k, v in qt.options.items()))
-    print(_render(["array", "dtype", "shape", "bytes"],
-                  [[n, a["dtype"], "x".join(map(str, a["shape"])), str(a["bytes"])] for n, a in arrays.items()]))
+    print(_render(["array", "role", "dtype", "shape", "bytes", "packing", "bits", "entries/row", "one entry per",
+                   "encoding"],
+                  [[n, layout[n].role, a["dtype"], "x".join(map(str, a["shape"])), str(a["bytes"]), layout[n].packing,
+                    str(layout[n].bits), str(layout[n].entries), _applies(layout[n]), layout[n].encoding]
+                   for n, a in arrays.items()]))
+
+
+def _applies(a) -> str:
+    """What one entry of an array covers, for the info table."""
+    return f"group of {a.group_size}" if a.group_size else a.applies_to.replace("_", " ")
 
 
 def _grouping(qt) -> str:

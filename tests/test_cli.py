@@ -231,7 +231,11 @@ def test_info_describes_a_saved_tensor(capsys, tmp_path, gaussian_weights):
     assert report["format"] == "int4_asym" and report["shape"] == [64, 512] and report["group_size"] == 64
     assert report["bits_per_weight"] == qt.bits_per_weight and report["bytes"] == qt.nbytes
     assert set(report["arrays"]) == {"codes", "scales", "row_scales", "zeros"}
-    assert report["arrays"]["codes"] == {"dtype": "uint32", "shape": [64, 64], "bytes": 64 * 64 * 4}
+    assert report["arrays"]["codes"] == {"dtype": "uint32", "shape": [64, 64], "bytes": 64 * 64 * 4,
+                                         "layout": qt.layout["codes"].to_json()}
+    assert report["arrays"]["zeros"]["layout"] == {
+        "role": "zeros", "dtype": "uint32", "shape": [64, 1], "bits": 4, "packing": "bits", "entries": 8,
+        "applies_to": "group", "group_size": 64, "encoding": "uint", "member": None, "axis": 1}
     status, out, _ = run(capsys, "info", str(path))
     assert status == 0 and "int4_asym (integer, 4-bit) 64x512, group size 64" in out
 

@@ -247,7 +247,7 @@ def test_kernel_equals_reference_on_ties(rng, olive, both_paths, dtype):
     x = grid_groups(rng, olive, scales, length, dtype)
     x[0] = 0  # a zero group
     for c in [slice(None)] + [slice(c, c + 1) for c in range(len(scales))]:  # all, then each alone
-        fast, slow = both_paths(lambda: olive._search(x, x.astype(np.float64), scales[c]))
+        fast, slow = both_paths(lambda: olive._search(x, scales[c]))
         for name, f, r in zip(("codes", "candidate", "sum of squares"), fast, slow):
             np.testing.assert_array_equal(f, r, err_msg=f"{name}, candidates {c}")
         if c == slice(None):
@@ -266,7 +266,7 @@ def test_kernel_rounds_next_to_midpoints_exactly(olive, both_paths, dtype):
     scales = np.tile(s, 2 * mids.size)[None, :]
     x = np.array([0, 1, -2, 3, 4, -5, 6, 7], dtype) * scales.T.astype(dtype)
     x[:, 0] = np.concatenate([np.nextafter(on, dtype(-np.inf)), np.nextafter(on, dtype(np.inf))])
-    fast, slow = both_paths(lambda: olive._search(x, x.astype(np.float64), scales))
+    fast, slow = both_paths(lambda: olive._search(x, scales))
     for name, f, r in zip(("codes", "candidate", "sum of squares"), fast, slow):
         np.testing.assert_array_equal(f, r, err_msg=name)
 
@@ -275,7 +275,7 @@ def test_kernel_table_check(olive):
     tables = MemberTables.of([olive.union])
     with pytest.raises(ValueError, match="normal values to be the integers -k..k"):
         olive_kernel.search(np.zeros((1, 2), np.float32), tables.midpoints[0], tables.tie_up[0],
-                            tables.values[0] * 2, tables.codes[0] >= 16, np.ones((1, 1)))
+                            tables.values[0] * 2, tables.codes[0], np.ones((1, 1)), 8)
 
 
 def test_beats_int4_on_heavy_tails(rng):

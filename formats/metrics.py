@@ -9,7 +9,9 @@ def error_metrics(w: np.ndarray, w_hat: np.ndarray, x: np.ndarray | None = None)
 
     Returns ``mse``, ``sqnr_db`` (10 log10 of signal over error energy; inf when exact),
     ``max_abs_error``, ``rel_error`` (Frobenius ``||W - Wq|| / ||W||``) and, when activations
-    ``x [..., K]`` are given, ``output_rel_error`` = ``||x W^T - x Wq^T|| / ||x W^T||``.
+    ``x [..., K]`` are given, ``output_rel_error`` = ``||x W^T - x Wq^T|| / ||x W^T||``. A
+    relative error of an exact result is 0, even for an all-zero W; of a nonzero error against a
+    zero reference, inf.
     """
     w = np.asarray(w, dtype=np.float64)
     w_hat = np.asarray(w_hat, dtype=np.float64)
@@ -21,13 +23,18 @@ def error_metrics(w: np.ndarray, w_hat: np.ndarray, x: np.ndarray | None = None)
         "mse": noise / w.size,
         "sqnr_db": float("inf") if noise == 0 else (10 * np.log10(signal / noise) if signal else float("-inf")),
         "max_abs_error": float(np.abs(err).max()),
-        "rel_error": float(np.sqrt(noise / signal)) if signal else float(noise > 0) * float("inf"),
+        "rel_error": _ratio(np.sqrt(noise), np.sqrt(signal)),
     }
     if x is not None:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim < 1 or x.shape[-1] != w.shape[1]:
             raise ValueError(f"activations must have shape [..., K={w.shape[1]}], got {x.shape}")
-        ref = x @ w.T
-        ref_norm = np.linalg.norm(ref)
-        out["output_rel_error"] = float(np.linalg.norm(x @ err.T) / ref_norm) if ref_norm else float("nan")
+        out["output_rel_error"] = _ratio(np.linalg.norm(x @ err.T), np.linalg.norm(x @ w.T))
     return out
+
+
+def _ratio(error: float, reference: float) -> float:
+    """``error / reference``; 0 when both are 0 (an exact result), inf when only the reference is."""
+    if reference:
+        return float(error / reference)
+    return 0.0 if error == 0 else float("inf")

@@ -378,3 +378,50 @@ def test_define_errors_are_one_line(tmp_path, content, match):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hwlab: error:")
     assert re.search(match, lines[0]), lines[0]
+
+
+def test_a_saved_user_format_works_without_define(tmp_path):
+    """A colleague's file: `info` and `quantize --format FILE` rebuild its format, and say so."""
+    defs = _definitions_file(tmp_path)
+    w = np.random.default_rng(4).standard_normal((8, 256)).astype(np.float32)
+    np.save(tmp_path / "w.npy", w)
+    out, again = tmp_path / "q.safetensors", tmp_path / "again.safetensors"
+    subprocess.run([sys.executable, "-m", "hwlab.cli", "--define", str(defs), "quantize", str(tmp_path / "w.npy"),
+                    "--format", "cli_apot4", "--out", str(out)], capture_output=True, text=True, check=True)
+    bare = [sys.executable, "-m", "hwlab.cli"]
+    info = subprocess.run(bare + ["info", str(out)], capture_output=True, text=True)
+    assert info.returncode == 0 and "cli_apot4" in info.stdout
+    assert "hwlab: note:" in info.stderr and "rebuilt it from the definition stored in the file" in info.stderr
+    done = subprocess.run(bare + ["quantize", str(tmp_path / "w.npy"), "--format", str(out), "--out", str(again),
+                                  "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["format"] == "cli_apot4"
+    with pytest.warns(hwlab.formats.FormatRebuiltWarning):
+        first, second = hwlab.load(out), hwlab.load(again)
+    assert np.array_equal(first.dequantize(), second.dequantize())
+
+
+def test_formats_name_shows_options_values_and_decomposition(capsys):
+    status, out, _ = run(capsys, "formats", "olive4")
+    assert status == 0 and "olive4 (outlier_victim, 4-bit)" in out
+    assert re.search(r"granularity\s+'group'\s+'group', 'channel'", out) and "scale_search" not in out
+    detail = run_json(capsys, "formats", "fp4_e2m1")
+    assert set(detail["options"]) == set(get_format("fp4_e2m1").options)
+    assert detail["options"]["scale_dtype"]["choices"] == ["fp16", "bf16", "fp32", "e8m0", "e4m3", "int8"]
+    assert detail["values"] == [get_format("fp4_e2m1").values.tolist()]
+    assert detail["decomposition"]["fields"]["kind"] == "minifloat" and detail["decomposition"]["magnitude_bits"] == 2
+    assert run_json(capsys, "formats", "nf4")["decomposition"] is None
+    status, _, err = run(capsys, "formats", "nf4", "--family", "lookup")
+    assert status == 2 and "--family and --markdown apply to the table" in err
+
+
+@pytest.mark.parametrize("fmt, flag, value, message", [
+    ("olive4", "--scale-search", "mse", "unknown option 'scale_search' for format 'olive4'; expected one of "
+                                        r"\['granularity', 'scale_dtype'\]"),
+    ("mixed_2_4", "--granularity", "channel", "unknown option 'granularity' for format 'mixed_2_4'"),
+    ("mxfp4", "--scale-dtype", "fp16", "unknown option 'scale_dtype' for format 'mxfp4'"),
+    ("olive4", "--granularity", "tensor", r"olive4: granularity must be one of \('group', 'channel'\), got 'tensor'"),
+])
+def test_option_flags_follow_each_formats_declared_options(capsys, fmt, flag, value, message):
+    status, _, err = run(capsys, "quantize", "--sample", "--format", fmt, flag, value)
+    assert status == 2 and re.search(message, err), err

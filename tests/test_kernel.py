@@ -120,3 +120,48 @@ def test_sum_squares_order(length, rng):
             lanes[i % 8] += e * e
         want = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
         assert got == want
+
+
+@pytest.mark.parametrize("name", ["int4", "bitmod_fp4", "fp8_e4m3", "int8", "olive4", "mixed_2_4", "nf4", "ternary"])
+def test_quantization_does_not_depend_on_the_thread_count(name, rng):
+    import numba
+
+    import hwlab
+
+    w = rng.standard_normal((300, 512)).astype(np.float32) * 0.02
+    runs = {}
+    for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+        numba.set_num_threads(threads)
+        try:
+            runs[threads] = hwlab.quantize(w, name, 128).arrays
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    first, *others = runs.values()
+    for arrays in others:
+        for key in first:
+            np.testing.assert_array_equal(arrays[key], first[key], err_msg=f"{name}: {key}")
+
+
+ELEMENT_FORMATS = [n for n in ("int4", "int8", "int5_asym", "fp4_e2m1", "fp6_e3m2", "fp8_e4m3", "fp8_e5m2", "nf4",
+                               "flint4", "fp4_ea_neg", "shift4", "ternary")]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ELEMENT_FORMATS)
+def test_compiled_encode_equals_the_reference(name, dtype, rng):
+    fmt = get_format(name)
+    table = fmt.rounding_table
+    x = np.concatenate([rng.standard_normal(20000) * np.ldexp(1.0, rng.integers(-30, 30, 20000)),
+                        table.midpoints, np.nextafter(table.midpoints, np.inf), np.nextafter(table.midpoints, -np.inf),
+                        table.sorted_values, [0.0, -0.0, -1e-300, np.inf, -np.inf, 1e300, -1e300]])
+    with np.errstate(over="ignore"):  # huge float64 inputs are +-inf in float32: saturated the same
+        x = x.astype(dtype)
+    assert jit.USE_NUMBA
+    got = fmt.encode(x)
+    want = table.encode_reference(x.astype(np.float64))
+    assert np.array_equal(got, want), mismatch_report(fmt, x, got, want)
+
+
+def test_both_compiled_encoders_are_exercised():
+    widths = {name: get_format(name).rounding_table.bucket_width for name in ELEMENT_FORMATS}
+    assert max(widths.values()) > 1 and min(widths.values()) <= 1, widths

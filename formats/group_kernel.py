@@ -32,7 +32,8 @@ import dataclasses
 import numpy as np
 
 from . import jit
-from .jit import SSE_LANES, bucket_of, count_below, njit, prange, round_index, sum_abs, sum_squares as _sum_squares, sum_values
+from .jit import ABSOLUTE, PLAIN, SSE_LANES, bucket_of, count_below, lane_sum, njit, prange, round_index
+from .jit import sum_squares as _sum_squares
 from .rounding import MIN_BUCKET_BITS, bucket_starts
 
 COUNT_LIMIT = 32  # tables with more midpoints than this are searched by bucket, not counted
@@ -124,7 +125,7 @@ def sum_squares(err: np.ndarray) -> np.ndarray:
 
 def sum_lanes(v: np.ndarray) -> np.ndarray:
     """Float64 row sums of ``v [G, n]`` in the kernels' order: lane ``k`` adds ``v[:, k::8]`` in
-    turn, then the 8 lanes are added in a tree (:func:`hwlab.formats.jit.sum_squares`)."""
+    turn, then the 8 lanes are added in a tree (:func:`hwlab.formats.jit.lane_sum`)."""
     v = np.asarray(v, dtype=np.float64)
     n = v.shape[1]
     full = n - n % SSE_LANES
@@ -165,7 +166,7 @@ def _moments_kernel(x):  # pragma: no cover - compiled by numba
         lanes = np.empty(SSE_LANES)
         dev = np.empty(n)
         for g in range(task * GROUPS_PER_TASK, min(groups, (task + 1) * GROUPS_PER_TASK)):
-            m = sum_values(x[g], lanes) / n
+            m = lane_sum(x[g], lanes, PLAIN) / n
             for i in range(n):
                 dev[i] = np.float64(x[g, i]) - m
             mean[g] = m
@@ -187,7 +188,7 @@ def _stats_kernel(x):  # pragma: no cover - compiled by numba
                 hi = max(hi, row[i])
                 lo = min(lo, row[i])
             high[g], low[g] = hi, lo
-            total[g] = sum_abs(row, lanes)
+            total[g] = lane_sum(row, lanes, ABSOLUTE)
     return high, low, total
 
 

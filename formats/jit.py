@@ -50,49 +50,33 @@ def count_below(xs, mid, tie_up, idx):  # pragma: no cover - compiled by numba
             idx[i] += mid < xs[i]
 
 
-@njit(inline="always")
-def sum_squares(err, lanes):  # pragma: no cover - compiled by numba
-    """Sum of squares in a fixed order: lane k adds err[k::8] in turn, then the lanes in a tree.
+PLAIN, ABSOLUTE, SQUARED = 0, 1, 2  # what lane_sum adds up: x, |x| or x * x
 
-    The numpy twin is :func:`hwlab.formats.group_kernel.sum_squares` (row sums, same order).
+
+@njit(inline="always")
+def lane_sum(x, lanes, mode):  # pragma: no cover - compiled by numba
+    """Float64 sum of ``x`` (``mode`` PLAIN), ``|x|`` (ABSOLUTE) or ``x * x`` (SQUARED) in one fixed
+    order: lane k adds ``x[k::8]`` in turn, then the 8 lanes are added in a tree.
+
+    The numpy twin is :func:`hwlab.formats.group_kernel.sum_lanes` (row sums, same order).
     """
     lanes[:] = 0.0
-    n = err.shape[0]
-    full = n - n % SSE_LANES
-    for i in range(0, full, SSE_LANES):
-        for k in range(SSE_LANES):
-            lanes[k] += err[i + k] * err[i + k]
-    for i in range(full, n):
-        lanes[i - full] += err[i] * err[i]
-    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
-
-
-@njit(inline="always")
-def sum_abs(x, lanes):  # pragma: no cover - compiled by numba
-    """Sum of ``|x|`` in float64, in the order of :func:`sum_squares`."""
-    lanes[:] = 0.0
     n = x.shape[0]
     full = n - n % SSE_LANES
     for i in range(0, full, SSE_LANES):
         for k in range(SSE_LANES):
-            lanes[k] += abs(np.float64(x[i + k]))
+            v = np.float64(x[i + k])
+            lanes[k] += v * v if mode == SQUARED else (abs(v) if mode == ABSOLUTE else v)
     for i in range(full, n):
-        lanes[i - full] += abs(np.float64(x[i]))
+        v = np.float64(x[i])
+        lanes[i - full] += v * v if mode == SQUARED else (abs(v) if mode == ABSOLUTE else v)
     return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
 
 
 @njit(inline="always")
-def sum_values(x, lanes):  # pragma: no cover - compiled by numba
-    """Sum of ``x`` in float64, in the order of :func:`sum_squares`."""
-    lanes[:] = 0.0
-    n = x.shape[0]
-    full = n - n % SSE_LANES
-    for i in range(0, full, SSE_LANES):
-        for k in range(SSE_LANES):
-            lanes[k] += np.float64(x[i + k])
-    for i in range(full, n):
-        lanes[i - full] += np.float64(x[i])
-    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+def sum_squares(err, lanes):  # pragma: no cover - compiled by numba
+    """Sum of ``err * err`` in :func:`lane_sum` order (:func:`hwlab.formats.group_kernel.sum_squares`)."""
+    return lane_sum(err, lanes, SQUARED)
 
 
 @njit(inline="always")

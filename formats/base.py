@@ -20,6 +20,22 @@ import numpy as np
 from .decomposition import decompose
 
 
+def check_format_name(name) -> None:
+    """Format names are lower-case identifiers (letters, digits, ``_``): they key files and the registry."""
+    if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
+        raise ValueError(f"format names must be lower-case identifiers (letters, digits, _), got {name!r}")
+
+
+def canonical(value):
+    """An option value in the one form it is compared, stored and saved in: numpy scalars as Python
+    numbers, sequences (lists, tuples, arrays) as tuples."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return tuple(canonical(v) for v in value)
+    return value
+
+
 def check_choice(option: str, value, choices) -> None:
     """Raise ``ValueError`` unless option ``value`` is one of ``choices``."""
     if not any(isinstance(value, type(c)) and value == c for c in choices):
@@ -100,13 +116,22 @@ class Format:
     options: dict[str, Option] = {}  # quantizer options this format accepts
     defaults: dict = {}  # this format's own defaults for some of those options
 
+    def declare_options(self, options: dict) -> None:
+        """Set :attr:`options` to ``options`` with this format's own :attr:`defaults` applied, so that
+        each option's ``default`` is the value a quantization without it uses."""
+        unknown = sorted(set(self.defaults) - set(options))
+        if unknown:
+            raise ValueError(f"format {self.name!r}: defaults for undeclared options {unknown}")
+        self.options = {k: dataclasses.replace(o, default=canonical(self.defaults[k])) if k in self.defaults else o
+                        for k, o in options.items()}
+
     def option_values(self, user: dict) -> dict:
-        """Effective options: declared defaults, then this format's, then ``user``, each checked."""
+        """Effective options: the declared defaults, then ``user`` (canonical), each checked."""
         unknown = sorted(set(user) - set(self.options))
         if unknown:
             raise ValueError(f"unknown option {unknown[0]!r} for format {self.name!r}; "
                              f"expected one of {sorted(self.options)}")
-        opts = {**{k: o.default for k, o in self.options.items()}, **self.defaults, **user}
+        opts = {**{k: o.default for k, o in self.options.items()}, **{k: canonical(v) for k, v in user.items()}}
         for key, option in self.options.items():
             option.check(key, opts[key], self.name)
         self.check_options(opts)

@@ -10,7 +10,8 @@ magnitudes and do not, so :func:`decompose` returns ``None`` for them: such a fo
 lookup-table datapath, not shifts and adds.
 
 Codes that decode to NaN or inf (unused codes, the IEEE specials of ``fp8_e5m2``) are marked
-``defined = False`` with sign, magnitude and exponent 0; no quantizer emits them.
+``defined = False`` with magnitude and exponent 0 (and the sign of an infinity); no quantizer
+emits them, and :meth:`Decomposition.values` gives back their NaN or inf.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class Decomposition:
     exponent: np.ndarray
     defined: np.ndarray  # False where the code decodes to NaN or inf
     fields: dict
+    special: np.ndarray  # the NaN or +-inf of each undefined code (0 where defined)
 
     @property
     def magnitude_bits(self) -> int:
@@ -50,10 +52,10 @@ class Decomposition:
         return int(self.exponent[nonzero].min()), int(self.exponent[nonzero].max())
 
     def values(self) -> np.ndarray:
-        """The float64 values the fields encode (NaN where undefined): equals the source table."""
+        """The float64 values the fields encode (the NaN or inf where undefined): the source table."""
         v = np.ldexp(self.magnitude.astype(np.float64), self.exponent)
         v = np.where(self.sign == 1, -v, v)
-        return np.where(self.defined, v, np.nan)
+        return np.where(self.defined, v, self.special)
 
 
 def decompose(values, bits: int, fields: dict | None = None) -> Decomposition | None:
@@ -69,10 +71,11 @@ def decompose(values, bits: int, fields: dict | None = None) -> Decomposition | 
     exponent = np.where(mantissa > 0, exp2 - FLOAT64_FRACTION_BITS + trailing, 0).astype(np.int64)
     if magnitude.max(initial=0) >= 2**bits:
         return None
-    sign = (np.signbit(finite) & defined).astype(np.uint8)
-    for a in (sign, magnitude, exponent, defined):
+    sign = (np.signbit(values) & ~np.isnan(values)).astype(np.uint8)
+    special = np.where(defined, 0.0, values)
+    for a in (sign, magnitude, exponent, defined, special):
         a.setflags(write=False)
-    return Decomposition(sign, magnitude, exponent, defined, dict(fields or {"kind": "table"}))
+    return Decomposition(sign, magnitude, exponent, defined, dict(fields or {"kind": "table"}), special)
 
 
 def _trailing_zeros(m: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from .mixture import MixtureFormat
 from .registry import get_format, register_format
 
 REBUILT_DESCRIPTION = "rebuilt from the definition stored in a saved file"
+MAX_DEFAULT_TEXT = 1000  # characters of one stored option default (a Python literal) that a file may hold
 
 
 def define_lut(name: str, values, *, bits: int | None = None, rounding: str = "nearest_even",
@@ -44,22 +45,44 @@ def define_mixture(name: str, members, *, description: str | None = None, regist
     return register_format(fmt, overwrite=overwrite) if register else fmt
 
 
-def format_from_definition(definition: dict) -> Format:
+def format_from_definition(definition: dict, description: str = "") -> Format:
     """The element format or mixture that ``definition`` (:meth:`Format.definition`) describes.
 
     Raises ``ValueError`` for a definition that is not one of those, or that does not rebuild to
     a format with the same definition (a corrupted or hand-edited one).
     """
+    description = f"{description} ({REBUILT_DESCRIPTION})" if description else REBUILT_DESCRIPTION
     try:
-        if "members" in definition and definition.get("family") == "mixture":
-            fmt = MixtureFormat.from_definition(definition, REBUILT_DESCRIPTION)
-        elif "values" in definition and "encodable" in definition:
-            fmt = ElementFormat.from_definition(definition, REBUILT_DESCRIPTION)
+        check_definition(definition)
+        if definition["family"] == "mixture":
+            fmt = MixtureFormat.from_definition(definition, description)
         else:
-            raise ValueError("only element formats and mixtures can be rebuilt from a definition")
+            fmt = ElementFormat.from_definition(definition, description)
     except (KeyError, TypeError, ValueError, SyntaxError) as exc:
-        raise ValueError(f"cannot rebuild format {definition.get('name')!r} from its stored definition: {exc}") from None
+        name = definition.get("name") if isinstance(definition, dict) else None
+        raise ValueError(f"cannot rebuild format {name!r} from its stored definition: {exc}") from None
     if fmt.definition() != definition:
         raise ValueError(f"the stored definition of format {definition.get('name')!r} does not rebuild to itself "
                          "(corrupted or edited)")
     return fmt
+
+
+def check_definition(definition) -> None:
+    """``ValueError`` unless ``definition`` has the shape of an element format's or a mixture's."""
+    if not isinstance(definition, dict):
+        raise ValueError(f"a definition is a JSON object, got {type(definition).__name__}")
+    if definition.get("family") == "mixture":
+        members = definition.get("members")
+        if not isinstance(members, list) or not members:
+            raise ValueError("a mixture's definition lists its members")
+        for member in members:
+            check_definition(member)
+    elif not ("values" in definition and "encodable" in definition):
+        raise ValueError("only element formats and mixtures can be rebuilt from a definition")
+    defaults = definition.get("defaults")
+    if not isinstance(defaults, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and len(v) <= MAX_DEFAULT_TEXT for k, v in defaults.items()):
+        raise ValueError(f"'defaults' must map option names to Python literals of at most {MAX_DEFAULT_TEXT} "
+                         f"characters, got {defaults!r:.200}")
+    if "fields" in definition and not isinstance(definition["fields"], dict):
+        raise ValueError("'fields' must be a JSON object")

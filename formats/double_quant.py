@@ -138,9 +138,14 @@ class DoubleQuantFormat(ElementFormat):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.options = {**self.options, "double_quant": Option(
+        self.declare_options({**self.options, "double_quant": Option(
             False, "QLoRA double quantization: block absmax scales as 8-bit codes in blocks of 256",
-            validate=boolean("double_quant"))}
+            validate=boolean("double_quant"))})
+
+    def definition(self) -> dict:
+        return {**super().definition(), "double_quant": {
+            "map": [repr(float(v)) for v in dynamic_map()], "block": SECOND_LEVEL_BLOCK,
+            "decode": "float32(float32(map[code] * absmax of the code's block of 256) + offset)"}}
 
     def option_values(self, user: dict) -> dict:
         """Effective options; ``double_quant=True`` sets ``scale_dtype='fp32'`` (any other refused)."""
@@ -166,9 +171,10 @@ class DoubleQuantFormat(ElementFormat):
             check_block_size(group_size)
             blocks = rows * (cols // group_size)
             layout["scales"] = plain("scales", np.uint8, layout["scales"].shape, applies_to="group",
-                                     group_size=group_size, encoding=SECOND_LEVEL_ENCODING)
+                                     group_size=group_size, encoding=SECOND_LEVEL_ENCODING,
+                                     decode="dynamic8[scales] * scale_absmax + scale_offset")
             layout["scale_absmax"] = plain("scale_absmax", np.float32, (-(-blocks // SECOND_LEVEL_BLOCK), 1),
-                                           applies_to="scale_block", encoding="fp32")
+                                           applies_to="scale_block", group_size=SECOND_LEVEL_BLOCK, encoding="fp32")
             layout["scale_offset"] = plain("scale_offset", np.float32, (1, 1), applies_to="tensor", encoding="fp32")
         return layout
 

@@ -26,7 +26,7 @@ import ast
 
 import numpy as np
 
-from .base import Format, FormatInfo, check_choice, check_codes
+from .base import Format, FormatInfo, check_choice, check_codes, check_format_name
 from .rounding import RoundingTable
 from .scaled import TRIT_CODES, ScaledScheme, scaled_options
 
@@ -74,6 +74,7 @@ class ElementFormat(ScaledScheme, Format):
             raise ValueError(
                 f"format {name!r}: values must have 2**bits = {2**bits} entries (one per code), "
                 f"got shape {values.shape}")
+        check_format_name(name)
         check_choice("rounding", rounding, ROUNDING_RULES)
         check_choice("scaling", scaling, SCALINGS)
         self.name, self.bits, self.family, self.description = name, int(bits), family, description
@@ -93,7 +94,7 @@ class ElementFormat(ScaledScheme, Format):
         self.members = (self,)
         self.defaults = dict(defaults or {})
         trits = bits == 2 and set(np.flatnonzero(emit)) <= set(TRIT_CODES)
-        self.options = scaled_options(("bits", "trit5") if trits else ("bits",))
+        self.declare_options(scaled_options(("bits", "trit5") if trits else ("bits",)))
 
     def definition(self) -> dict:
         return {**super().definition(), "values": [repr(float(v)) for v in self.values],
@@ -104,6 +105,8 @@ class ElementFormat(ScaledScheme, Format):
     @classmethod
     def from_definition(cls, definition: dict, description: str) -> "ElementFormat":
         """The element format a :meth:`definition` describes (as saved in a file)."""
+        if not all(isinstance(v, str) for v in definition["values"]):
+            raise ValueError("'values' must be a list of number strings")
         values = np.array([float(v) for v in definition["values"]])
         encodable = np.asarray(definition["encodable"], dtype=bool)
         if encodable.shape != values.shape:

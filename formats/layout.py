@@ -14,7 +14,12 @@ Packings:
 
 ``applies_to`` says what one entry covers: an ``element`` of W, a ``group`` of ``group_size``
 consecutive elements along K, a ``row`` (all of K), the whole ``tensor``, or a ``scale_block``
-(NF4 double quantization: 256 consecutive group scales, row-major).
+(NF4 double quantization: ``group_size`` = 256 consecutive group scales, row-major).
+
+``decode``, where an entry needs other arrays to be read, is the formula (over the arrays' names)
+that gives its value: ``"scales * row_scales"`` for two-stage int8 scales, ``"e4m3(scales) *
+tensor_scale"`` for NVFP4, ``"dynamic8[scales] * scale_absmax + scale_offset"`` for NF4 double
+quantization (the 256-value map is in the format's stored definition).
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ class ArrayLayout:
     group_size: int | None  # elements along K one entry applies to, for applies_to == "group"
     encoding: str  # how an entry reads: a format name, a scale dtype, "uint" (an unsigned integer), ...
     member: int | None = None  # the member (row of the unpacked value table) these codes belong to
+    decode: str | None = None  # formula over other arrays, where an entry needs them (see the module)
 
     def __post_init__(self):
         if self.packing not in PACKINGS or self.applies_to not in APPLIES_TO:
@@ -60,6 +66,17 @@ class ArrayLayout:
         out["axis"] = self.axis
         return out
 
+    @classmethod
+    def from_json(cls, data: dict) -> "ArrayLayout":
+        """The descriptor :meth:`to_json` wrote (``ValueError`` for anything else)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or set(data) != fields | {"axis"}:
+            raise ValueError(f"not a layout descriptor: {data!r:.200}")
+        layout = cls(**{k: v for k, v in data.items() if k != "axis"})
+        if layout.to_json() != data:
+            raise ValueError(f"inconsistent layout descriptor: {data!r:.200}")
+        return layout
+
 
 def packed(role: str, dtype, rows: int, entries: int, bits: int, *, applies_to: str, encoding: str,
            group_size: int | None = None, member: int | None = None) -> ArrayLayout:
@@ -69,9 +86,9 @@ def packed(role: str, dtype, rows: int, entries: int, bits: int, *, applies_to: 
 
 
 def plain(role: str, dtype, shape: tuple, *, applies_to: str, encoding: str, bits: int | None = None,
-          group_size: int | None = None) -> ArrayLayout:
+          group_size: int | None = None, decode: str | None = None) -> ArrayLayout:
     """Layout of an array stored as is (one entry per element of ``dtype``)."""
     dtype = np.dtype(dtype)
     entries = int(shape[-1]) if len(shape) else 1
     return ArrayLayout(role, dtype.name, tuple(shape), bits or 8 * dtype.itemsize, "plain", entries,
-                       applies_to, group_size, encoding)
+                       applies_to, group_size, encoding, decode=decode)

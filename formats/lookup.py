@@ -34,7 +34,8 @@ def lut_format(name: str, values, *, bits: int | None = None, rounding: str = "n
     """An :class:`ElementFormat` from a list of values (code ``i`` decodes to ``values[i]``).
 
     ``bits`` defaults to the fewest that hold the table; spare codes decode to NaN and are
-    never emitted. NaN entries mark unused codes. ``fields``: see :class:`ElementFormat`.
+    never emitted. NaN entries mark unused codes; a ``-0`` beside ``+0`` is the code negative
+    inputs that round to zero get, as in a minifloat. ``fields``: see :class:`ElementFormat`.
     """
     table = np.asarray(values, dtype=np.float64).ravel()
     if not 2 <= table.size <= MAX_TABLE_CODES:
@@ -47,10 +48,12 @@ def lut_format(name: str, values, *, bits: int | None = None, rounding: str = "n
         raise ValueError(f"lookup table {name!r} has {table.size} values, which need {need} bits, got bits={bits}")
     padded = np.full(2**bits, np.nan)
     padded[:table.size] = table
-    finite = np.sort(table[np.isfinite(table)])
+    negative_zero = (table == 0) & np.signbit(table)  # one -0 code may sit beside +0, as in a minifloat
+    finite = np.sort(table[np.isfinite(table) & ~negative_zero])
     repeated = finite[1:][np.diff(finite) == 0]
-    if repeated.size:
-        raise ValueError(f"lookup table {name!r} repeats the value {repeated[0]}; values must be distinct")
+    if repeated.size or negative_zero.sum() > 1:
+        raise ValueError(f"lookup table {name!r} repeats the value {repeated[0] if repeated.size else -0.0}; "
+                         "values must be distinct (one -0 beside +0 is allowed)")
     return ElementFormat(name, bits, padded, family=family, rounding=rounding, defaults=defaults, fields=fields,
                          description=description or f"lookup table of {table.size} values")
 

@@ -134,7 +134,8 @@ class MicroscalingFormat(Format):
         layout = {"codes": packed("codes", np.uint32, rows, cols, self.bits, applies_to="element",
                                   encoding=self.element.name),
                   "scales": plain("scales", np.uint8, (rows, cols // self.block_size), applies_to="group",
-                                  group_size=self.block_size, encoding=self.scale_dtype)}
+                                  group_size=self.block_size, encoding=self.scale_dtype,
+                                  decode="e4m3(scales) * tensor_scale" if self.scale_dtype == "e4m3" else None)}
         if self.scale_dtype == "e4m3":
             layout["tensor_scale"] = plain("tensor_scale", np.float32, (1, 1), applies_to="tensor", encoding="fp32")
         return layout

@@ -64,13 +64,15 @@ from .integer import int_asym_format
 from .layout import packed, plain
 from .packing import pack_codes, unpack_codes
 from .scale_search import GroupStats, ScaleCandidates, search_ratios
-from .scaled import CLIP_RATIOS, SCALE_SEARCH
+from .scaled import CLIP_RATIOS, SCALE_SEARCH, TWO_STAGE_DECODE
 from .scales import StoredScales, get_scale_type
 from .unpacked import Unpacked
 
 ALIGN_ELEMENTS = 64  # 64 two-bit codes = 16 bytes, one aligned 16-byte (uint4 / LDG.128) load
 FRAC_4BIT_DEFAULT = 0.425  # 0.425 * 4 + 0.575 * 2 = 2.85 bits, the paper's average code width
 TWO_STAGE = {"scale_dtype": "int8", "scale_clamp": None}  # uint8 code x fp16 row scale (scales.py)
+GROUP_ORDER = ("codes4 and zeros4 hold a row's 4-bit groups (group_bits set) in ascending group order, codes2 and "
+               "zeros2 its 2-bit groups likewise; scales hold every group in group order")
 
 
 def wide_count(groups: int, frac_4bit: float) -> int:
@@ -119,7 +121,8 @@ class MixedFormat(Format):
 
     def definition(self) -> dict:
         return {**super().definition(), "members": [m.definition() for m in self.members],
-                "selection": "widest max-min range, ties to the lower group index", "scales": TWO_STAGE}
+                "selection": "widest max-min range, ties to the lower group index", "scales": TWO_STAGE,
+                "order": GROUP_ORDER}
 
     def member_table(self) -> np.ndarray:
         table = np.full((2, 2**self.bits), np.nan)
@@ -145,7 +148,8 @@ class MixedFormat(Format):
         per_group = {"applies_to": "group", "group_size": group_size}
         layout = {"group_bits": packed("group_bits", np.uint32, rows, groups, 1, encoding="flag: 1 = member 0 (4-bit)",
                                        **per_group),
-                  "scales": plain("scales", np.uint8, (rows, groups), encoding="int8", **per_group),
+                  "scales": plain("scales", np.uint8, (rows, groups), encoding="int8", decode=TWO_STAGE_DECODE,
+                                  **per_group),
                   "row_scales": plain("row_scales", np.float16, (rows, 1), applies_to="row", encoding="fp16")}
         for suffix, index, member, count in self._parts(groups, wide_count(groups, opts["frac_4bit"])):
             layout["codes" + suffix] = packed("codes", np.uint32, rows, count * group_size, member.bits,
@@ -168,7 +172,8 @@ class MixedFormat(Format):
             (s4, lo4), (s2, lo2) = (stats.ideal_scale(member, ratio) for member in self.members)
             ideal[c], low[c] = np.where(is_wide, s4, s2), np.where(is_wide, lo4, lo2)
         scale_type = get_scale_type(TWO_STAGE["scale_dtype"])
-        candidates = ScaleCandidates.of(ideal.reshape(len(ratios), rows, groups), scale_type, TWO_STAGE["scale_clamp"])
+        candidates = ScaleCandidates.of(ideal.reshape(len(ratios), rows, groups), scale_type, TWO_STAGE["scale_clamp"],
+                                        remedy=f"rescale W ({self.name}'s scales are 8-bit codes times an fp16 row scale)")
         best = np.zeros(rows * groups, dtype=np.int64)
         zeros = np.zeros(rows * groups, dtype=np.uint8)
         arrays = {"group_bits": pack_codes(wide.astype(np.uint8), 1)}

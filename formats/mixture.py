@@ -11,7 +11,7 @@ import ast
 
 import numpy as np
 
-from .base import Format, FormatInfo
+from .base import Format, FormatInfo, check_format_name
 from .element import ElementFormat
 from .scaled import ScaledScheme, scaled_options
 
@@ -20,6 +20,7 @@ class MixtureFormat(ScaledScheme, Format):
     """A datatype that picks one of ``members`` per group by least MSE."""
 
     def __init__(self, name: str, members, *, description: str | None = None, defaults: dict | None = None):
+        check_format_name(name)
         members = tuple(members)
         if len(members) < 2:
             raise ValueError(f"a mixture needs at least 2 members, got {len(members)}")
@@ -36,7 +37,7 @@ class MixtureFormat(ScaledScheme, Format):
         self.members = members
         self.description = description or f"per-group mixture of {', '.join(m.name for m in members)}"
         self.defaults = dict(defaults or {})
-        self.options = scaled_options()
+        self.declare_options(scaled_options())
 
     @property
     def values(self) -> np.ndarray:

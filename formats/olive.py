@@ -60,7 +60,7 @@ from .integer import int_format
 from .layout import packed, plain
 from .packing import pack_codes, unpack_codes
 from .scale_search import ScaleCandidates
-from .scaled import SCALE_DTYPE
+from .scaled import SCALE_DTYPE, TWO_STAGE_DECODE
 from .scales import StoredScales, get_scale_type
 from .unpacked import Unpacked
 
@@ -72,6 +72,8 @@ NORMAL_MAX = 7.0  # largest int4 value: the authors' scale is alpha / max(quant_
 X_MAX_STDS = 3.0  # search_mse: x_max = max(|mean +- 3 std|)
 ALPHA_PERCENTS = tuple(range(75, 250, 2))  # search_mse loop, --w_low=75 --w_up=250 (clm_run.sh)
 PAIR_GRANULARITIES = ("group", "channel")
+PAIR_RULE = ("elements (2k, 2k+1) along K pair up; an element whose partner holds victim_code reads "
+             "outlier_values[code] (both victim_code: the odd one is the victim), every other one values[code]")
 
 
 def _normal_values() -> np.ndarray:
@@ -116,6 +118,7 @@ class OliveFormat(Format):
     def definition(self) -> dict:
         return {**super().definition(), "values": [repr(float(v)) for v in self.values],
                 "outlier_values": [repr(float(v)) for v in self.outlier_values],
+                "pairs": PAIR_RULE, "victim_code": VICTIM_CODE,
                 "rounding": self.union.rounding, "alpha_percents": list(ALPHA_PERCENTS),
                 "x_max_stds": X_MAX_STDS, "normal_max": NORMAL_MAX}
 
@@ -170,7 +173,8 @@ class OliveFormat(Format):
         per = {"applies_to": "row", "group_size": None} if opts["granularity"] == "channel" else \
             {"applies_to": "group", "group_size": group_size}
         layout = {"codes": packed("codes", np.uint32, rows, cols, self.bits, applies_to="element", encoding=self.name),
-                  "scales": plain("scales", scale.storage, (rows, groups), encoding=scale.name, bits=scale.bits, **per)}
+                  "scales": plain("scales", scale.storage, (rows, groups), encoding=scale.name, bits=scale.bits,
+                                  decode=TWO_STAGE_DECODE if scale.name == "int8" else None, **per)}
         if scale.name == "int8":
             layout["row_scales"] = plain("row_scales", np.float16, (rows, 1), applies_to="row", encoding="fp16")
         return layout

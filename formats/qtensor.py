@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import types
 import warnings
 
 import numpy as np
@@ -47,6 +48,15 @@ class QuantizedTensor:
     arrays: dict
     padded_cols: int
     device: str | None = None  # torch device of the input, where dequantize() returns to
+
+    def __post_init__(self):
+        """The stored arrays are the tensor's own: read-only, in a read-only mapping."""
+        frozen = {}
+        for name, a in self.arrays.items():
+            a = a.view()
+            a.setflags(write=False)
+            frozen[name] = a
+        object.__setattr__(self, "arrays", types.MappingProxyType(frozen))
 
     @property
     def format_name(self) -> str:
@@ -110,16 +120,16 @@ class QuantizedTensor:
         """What :meth:`save` writes beside the arrays (JSON-able)."""
         fmt = self.format
         return {"version": FILE_VERSION, "format": fmt.name, "fingerprint": fmt.fingerprint(),
-                "definition": fmt.definition(), "shape": list(self.shape), "group_size": self.group_size,
-                "padded_cols": self.padded_cols, "options": _jsonable(self.options),
-                "layout": {name: a.to_json() for name, a in self.layout.items()}}
+                "definition": fmt.definition(), "description": getattr(fmt, "description", ""),
+                "shape": list(self.shape), "group_size": self.group_size, "padded_cols": self.padded_cols,
+                "options": _jsonable(self.options), "layout": {name: a.to_json() for name, a in self.layout.items()}}
 
     def save(self, path) -> None:
         """Write a safetensors file (arrays + JSON metadata); :func:`load` restores it bit-exactly."""
         from safetensors.numpy import save_file
 
         save_file({k: np.ascontiguousarray(v) for k, v in self.arrays.items()}, os.fspath(path),
-                  metadata={"hwlab": json.dumps(self.metadata())})
+                  metadata={"hwlab": json.dumps(self.metadata(), allow_nan=False)})
 
     def __repr__(self) -> str:
         return (f"QuantizedTensor({self.format_name!r}, shape={self.shape}, group_size={self.group_size}, "
@@ -169,12 +179,13 @@ def quantize(w, fmt, group_size: int | None = None, *, pad: bool = False, **opti
     return QuantizedTensor(fmt, (rows, cols), group_size, opts, arrays, padded_cols, device)
 
 
-def load(path) -> QuantizedTensor:
+def load(path, *, use_file_format: bool = False) -> QuantizedTensor:
     """Read a file written by :meth:`QuantizedTensor.save`, checking it is whole and consistent.
 
     A format that is not registered here (a colleague's ``define_lut``, ``define_minifloat`` or
     ``define_mixture``) is rebuilt from the definition stored in the file, with a
-    :class:`FormatRebuiltWarning`; a registered format whose definition differs raises.
+    :class:`FormatRebuiltWarning`; a registered format whose definition differs raises, unless
+    ``use_file_format=True`` asks for the file's own definition (element formats and mixtures).
     """
     from safetensors import SafetensorError, safe_open
 
@@ -199,33 +210,45 @@ def load(path) -> QuantizedTensor:
         raise ValueError(f"{path}: malformed hwlab metadata ({exc!r})") from None
     if version != FILE_VERSION:
         raise ValueError(f"{path} has file version {version}; this hwlab reads version {FILE_VERSION}")
-    fmt = _file_format(path, name, fingerprint, definition)
+    fmt = _file_format(path, name, fingerprint, definition, meta.get("description", ""), use_file_format)
     opts = fmt.option_values(_from_json(saved_options))
     _check_arrays(arrays, fmt.array_specs(rows, padded_cols, group_size, opts), where=path)
-    return QuantizedTensor(fmt, (rows, cols), group_size, opts, arrays, padded_cols)
+    qt = QuantizedTensor(fmt, (rows, cols), group_size, opts, arrays, padded_cols)
+    expected = {n: a.to_json() for n, a in qt.layout.items()}
+    stored = meta.get("layout")
+    if stored != expected:
+        wrong = sorted(set(expected) ^ set(stored)) if isinstance(stored, dict) else "all"
+        if isinstance(stored, dict) and not wrong:
+            wrong = [n for n in expected if stored[n] != expected[n]]
+        raise ValueError(f"{path}: the stored layout does not match the format's layout of these arrays "
+                         f"(differs for {wrong}); the metadata was corrupted or edited")
+    return qt
 
 
-def _file_format(path: str, name: str, fingerprint: str, definition: dict) -> Format:
+def _file_format(path: str, name: str, fingerprint: str, definition: dict, description: str,
+                 use_file_format: bool) -> Format:
     """The registered format ``name`` if its fingerprint matches, else rebuilt from ``definition``."""
     try:
         fmt = get_format(name)
     except ValueError:
         pass
     else:
-        if fmt.fingerprint() != fingerprint:
+        if fmt.fingerprint() == fingerprint:
+            return fmt
+        if not use_file_format:
             raise ValueError(f"{path}: format {name!r} registered here differs from the one the file was "
-                             "saved with (its definition changed)")
-        return fmt
+                             "saved with (it was redefined, or the file's was made with register=False under "
+                             "this name); load(path, use_file_format=True) decodes with the file's definition")
     if not isinstance(definition, dict) or definition.get("name") != name:
         stored = definition.get("name") if isinstance(definition, dict) else definition
         raise ValueError(f"{path}: metadata names format {name!r} but its stored definition is of {stored!r} "
                          "(corrupted or edited)")
-    fmt = format_from_definition(definition)
+    fmt = format_from_definition(definition, description if isinstance(description, str) else "")
     if fmt.fingerprint() != fingerprint:
         raise ValueError(f"{path}: the stored definition of format {name!r} does not match its fingerprint "
                          "(corrupted or edited)")
-    warnings.warn(f"{path}: format {name!r} is not registered here; rebuilt it from the definition stored in "
-                  "the file", FormatRebuiltWarning, stacklevel=3)
+    warnings.warn(f"{path}: format {name!r} {'differs from the registered one' if use_file_format else 'is not registered here'}; "
+                  "rebuilt it from the definition stored in the file", FormatRebuiltWarning, stacklevel=3)
     return fmt
 
 

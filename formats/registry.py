@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import difflib
 
-from .base import Format
+from .base import Format, check_format_name
 
 _REGISTRY: dict[str, Format] = {}
 _BUILTIN: set[str] = set()
@@ -18,8 +18,7 @@ def register_format(fmt: Format, *, overwrite: bool = False) -> Format:
     if not isinstance(fmt, Format):
         raise TypeError(f"register_format expects a Format, got {type(fmt).__name__}")
     name = fmt.name
-    if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
-        raise ValueError(f"format names must be lower-case identifiers (letters, digits, _), got {name!r}")
+    check_format_name(name)
     if name in _BUILTIN:
         raise ValueError(f"{name!r} is a built-in format and cannot be redefined; choose another name")
     if name in _REGISTRY and not overwrite:

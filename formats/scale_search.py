@@ -14,6 +14,7 @@ error (ANT, OliVe and LLM-FP4 search their ranges in the same spirit).
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 
 import numpy as np
@@ -22,6 +23,7 @@ from .group_kernel import group_stats
 from .scales import StoredScales
 
 SCALE_SEARCHES = ("absmax", "mse")
+WIDEST_SCALE_DTYPES = ("fp32", "bf16", "e8m0")  # nothing wider to suggest when these overflow
 # Clipping ratios of the MSE scale search: 1.0 down to 0.5 in steps of 0.05 (1.0 first, so an
 # absmax scale wins ties).
 DEFAULT_CLIP_RATIOS = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))
@@ -37,8 +39,9 @@ def check_clip_ratios(ratios) -> None:
 def check_scale_clamp(clamp) -> None:
     """``scale_clamp`` must be None or ``(low, high)`` with ``0 < low < high``."""
     if clamp is not None and not (isinstance(clamp, (tuple, list)) and len(clamp) == 2 and all(
-            isinstance(c, numbers.Real) and not isinstance(c, bool) for c in clamp) and 0 < clamp[0] < clamp[1]):
-        raise ValueError(f"scale_clamp must be None or (low, high) with 0 < low < high, got {clamp!r}")
+            isinstance(c, numbers.Real) and not isinstance(c, bool) and math.isfinite(c) for c in clamp)
+            and 0 < clamp[0] < clamp[1]):
+        raise ValueError(f"scale_clamp must be None or (low, high) with finite 0 < low < high, got {clamp!r}")
 
 
 def search_ratios(opts: dict) -> tuple:
@@ -64,17 +67,19 @@ class GroupStats:
         return (hi - lo) / (2**member.bits - 1), lo
 
 
-def bounded_scales(ideal: np.ndarray, scale_type, scale_clamp=None) -> np.ndarray:
+def bounded_scales(ideal: np.ndarray, scale_type, scale_clamp=None, remedy: str | None = None) -> np.ndarray:
     """Ideal scales made storable in ``scale_type``: raised to its least positive value (so an
     all-zero group, which any positive scale encodes exactly, gets the least scale and never sets
     a row's int8 base scale), clamped by ``scale_clamp`` (``(low, high)`` or None), and refused
-    where they overflow."""
+    where they overflow (the error suggests ``remedy``, or a wider scale dtype)."""
     ideal = np.maximum(ideal, scale_type.smallest)
     if scale_clamp is not None:
         ideal = np.clip(ideal, *scale_clamp)
     if ideal.max() > scale_type.largest:
+        if remedy is None:
+            remedy = "rescale W" if scale_type.name in WIDEST_SCALE_DTYPES else "use a wider scale_dtype or rescale W"
         raise ValueError(f"a group scale of {ideal.max():.6g} overflows scale_dtype={scale_type.name!r} "
-                         f"(largest {scale_type.largest:.6g}); use scale_dtype='fp32' or rescale W")
+                         f"(largest {scale_type.largest:.6g}); {remedy}")
     return ideal
 
 
@@ -87,9 +92,9 @@ class ScaleCandidates:
     decoded: np.ndarray
 
     @classmethod
-    def of(cls, ideal: np.ndarray, scale_type, scale_clamp=None) -> "ScaleCandidates":
+    def of(cls, ideal: np.ndarray, scale_type, scale_clamp=None, remedy: str | None = None) -> "ScaleCandidates":
         """Bound, store and decode ideal scales ``[C, rows, groups]`` (int8: one row scale for all C)."""
-        stored = scale_type.store(bounded_scales(ideal, scale_type, scale_clamp))
+        stored = scale_type.store(bounded_scales(ideal, scale_type, scale_clamp, remedy))
         return cls(stored, scale_type.load(stored).reshape(ideal.shape[0], -1))
 
     def winners(self, best: np.ndarray) -> StoredScales:

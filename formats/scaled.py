@@ -36,6 +36,7 @@ from .unpacked import Unpacked
 GRANULARITIES = ("group", "channel", "tensor")
 TRIT_CODES = (0, 1, 3)  # the 2-bit codes of 0, +1 and -1 that trit5 packing stores (packing.py)
 APPLIES_TO = {"group": "group", "channel": "row", "tensor": "tensor"}  # what one scale covers
+TWO_STAGE_DECODE = "scales * row_scales"  # int8 scale codes times the fp16 scale of their row
 
 GRANULARITY = Option("group", "one scale per group of group_size along K, per row, or per matrix",
                      choices=GRANULARITIES)
@@ -95,9 +96,10 @@ class ScaledScheme:
             layout = {"codes": packed("codes", np.uint32, rows, cols, self.bits, applies_to="element",
                                       encoding=self.name)}
         layout["scales"] = plain("scales", scale.storage, (scale_rows, groups), encoding=scale.name,
-                                 bits=scale.bits, **per)
+                                 bits=scale.bits, decode=TWO_STAGE_DECODE if scale.name == "int8" else None, **per)
         if scale.name == "int8":
-            layout["row_scales"] = plain("row_scales", np.float16, (scale_rows, 1), applies_to="row", encoding="fp16")
+            layout["row_scales"] = plain("row_scales", np.float16, (scale_rows, 1), encoding="fp16",
+                                         applies_to="tensor" if opts["granularity"] == "tensor" else "row")
         if self.members[0].scaling == "affine":
             layout["zeros"] = packed("zeros", np.uint32, scale_rows, groups, self.bits, encoding="uint", **per)
         if self.type_id_bits:

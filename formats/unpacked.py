@@ -36,8 +36,9 @@ class Unpacked:
     codes:
         ``uint8 [N, Kp]``: one element code per weight.
     values:
-        ``float64 [members, 2**bits]``: the value of every code of every member (NaN: a code no
-        quantizer emits). One member for plain formats; a mixture's members by type id;
+        ``float64 [members, 2**bits]``: the value of every code of every member (NaN: a code with
+        no value; some codes no quantizer emits have one, as int4's -8). One member for plain
+        formats; a mixture's members by type id;
         ``mixed_2_4``: INT4 then INT2 (padded with NaN); ``olive4``: normal then outlier values.
     member, member_scope:
         Which row of ``values`` each group (``member_scope="group"``, shaped like ``scales``)
@@ -78,6 +79,12 @@ class Unpacked:
     second_level: dict | None = None
 
     def __post_init__(self):
+        for field in ("codes", "values", "scales", "scale_codes", "member", "zeros", "row_scales"):
+            a = getattr(self, field)
+            if a is not None:  # a read-only view: the view is frozen, and so are the tensor's arrays
+                a = a.view()
+                a.setflags(write=False)
+                object.__setattr__(self, field, a)
         rows, cols = self.codes.shape
         if self.codes.dtype != np.uint8 or self.values.ndim != 2 or self.scales.ndim != 2:
             raise ValueError("Unpacked: codes must be uint8 [N, Kp], values and scales 2-D")
@@ -126,6 +133,5 @@ class Unpacked:
 
     def dequantize(self) -> np.ndarray:
         """The weights, float32 ``[N, K]``: the generic decode of the module docstring."""
-        w = self.element_values()
-        w *= self.expand(self.scales)
+        w = self.element_values() * self.expand(self.scales)
         return w[:, :self.shape[1]].astype(np.float32)

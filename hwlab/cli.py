@@ -15,7 +15,8 @@ all-MiniLM-L6-v2, see ``hwlab/data/README.md``); ``hwlab sample-path`` prints wh
 ``hwlab formats NAME`` shows one format: its facts, the options it takes (with their choices and
 defaults) and its hardware decomposition. ``--format`` also takes a file saved by
 ``QuantizedTensor.save``: its format (rebuilt from the file where it is not registered here) is
-used, so a colleague's datatype works without ``--define``.
+used with its group size and options (flags given override them), so a colleague's datatype works
+without ``--define``.
 
 Every error (a bad file, an unknown format or option, a group size that does not divide K, a bad
 argument) prints one line ``hwlab: error: ...`` on stderr and exits with status 2. ``--json``
@@ -130,9 +131,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _definition_files(cli_paths: list[str]) -> list[str]:
-    """Definition files to run: those in ``$HWLAB_DEFINE``, then those given with ``--define``."""
+    """Definition files to run: those in ``$HWLAB_DEFINE``, then those given with ``--define``, each once."""
     env = [p for p in os.environ.get(DEFINE_ENV, "").split(os.pathsep) if p]
-    return env + list(cli_paths)
+    seen, files = set(), []
+    for path in env + list(cli_paths):
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            files.append(path)
+    return files
 
 
 def _run_definitions(path: str) -> None:
@@ -141,7 +148,7 @@ def _run_definitions(path: str) -> None:
         raise UsageError(f"--define: no such file: {path}")
     try:
         runpy.run_path(path, run_name="__hwlab_define__")
-    except Exception as exc:  # anything the user's file raises is reported as one line
+    except (Exception, SystemExit) as exc:  # anything the user's file raises (or exits with) is one line
         raise UsageError(f"--define {path}: {type(exc).__name__}: {exc}") from None
 
 
@@ -293,8 +300,13 @@ def _cmd_quantize(args) -> None:
     if args.sample == (args.file is not None):
         raise UsageError("give either a FILE or --sample (not both)" if args.sample
                          else "quantize needs a FILE (.npy or .safetensors) or --sample")
-    fmt = hwlab.load(args.fmt).format if args.fmt.endswith(".safetensors") else get_format(args.fmt)
-    options = _options(args)
+    options, group_size = _options(args), args.group_size
+    if args.fmt.endswith(".safetensors"):  # quantize as that tensor was: its format, group size and options
+        like = hwlab.load(args.fmt)
+        fmt, options = like.format, {**like.options, **options}
+        group_size = like.group_size if group_size is None else group_size
+    else:
+        fmt = get_format(args.fmt)
     path = sample_path() if args.sample else pathlib.Path(args.file)
     weights = read_weights(path, args.tensor)
     if args.out and len(weights) > 1:
@@ -304,7 +316,7 @@ def _cmd_quantize(args) -> None:
         raise FileNotFoundError(f"--out {args.out}: directory {pathlib.Path(args.out).parent} does not exist")
     results = []
     for name, w in weights.items():
-        qt = hwlab.quantize(w, fmt, args.group_size, pad=args.pad, **options)
+        qt = hwlab.quantize(w, fmt, group_size, pad=args.pad, **options)
         results.append({"tensor": name, "shape": list(qt.shape), "bits_per_weight": qt.bits_per_weight,
                         **qt.error(w)})
         if args.out:

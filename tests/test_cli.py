@@ -228,7 +228,7 @@ def test_info_describes_a_saved_tensor(capsys, tmp_path, gaussian_weights):
                                          "layout": qt.layout["codes"].to_json()}
     assert report["arrays"]["zeros"]["layout"] == {
         "role": "zeros", "dtype": "uint32", "shape": [64, 1], "bits": 4, "packing": "bits", "entries": 8,
-        "applies_to": "group", "group_size": 64, "encoding": "uint", "member": None, "axis": 1}
+        "applies_to": "group", "group_size": 64, "encoding": "uint", "member": None, "decode": None, "axis": 1}
     status, out, _ = run(capsys, "info", str(path))
     assert status == 0 and "int4_asym (integer, 4-bit) 64x512, group size 64" in out
 
@@ -425,3 +425,28 @@ def test_formats_name_shows_options_values_and_decomposition(capsys):
 def test_option_flags_follow_each_formats_declared_options(capsys, fmt, flag, value, message):
     status, _, err = run(capsys, "quantize", "--sample", "--format", fmt, flag, value)
     assert status == 2 and re.search(message, err), err
+
+
+def test_define_files_that_exit_or_repeat(tmp_path):
+    exits = tmp_path / "exits.py"
+    exits.write_text("import sys\nsys.exit(0)\n")
+    done = subprocess.run([sys.executable, "-m", "hwlab.cli", "--define", str(exits), "formats"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip() == f"hwlab: error: --define {exits}: SystemExit: 0"
+    defs = _definitions_file(tmp_path)
+    twice = subprocess.run([sys.executable, "-m", "hwlab.cli", "--define", str(defs), "formats", "cli_apot4"],
+                           capture_output=True, text=True, env={**os.environ, "HWLAB_DEFINE": str(defs)})
+    assert twice.returncode == 0, twice.stderr
+
+
+def test_format_from_a_saved_file_brings_its_group_size_and_options(capsys, tmp_path, rng):
+    w = rng.standard_normal((8, 256)).astype(np.float32)
+    np.save(tmp_path / "w.npy", w)
+    like = tmp_path / "like.safetensors"
+    hwlab.quantize(w, "int4_asym", 64, scale_dtype="bf16", scale_search="mse").save(like)
+    report = run_json(capsys, "quantize", str(tmp_path / "w.npy"), "--format", str(like))
+    assert report["group_size"] == 64 and report["options"]["scale_dtype"] == "bf16"
+    assert report["options"]["scale_search"] == "mse"
+    report = run_json(capsys, "quantize", str(tmp_path / "w.npy"), "--format", str(like), "--group-size", "128",
+                      "--scale-dtype", "fp16")
+    assert report["group_size"] == 128 and report["options"]["scale_dtype"] == "fp16"

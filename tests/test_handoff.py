@@ -15,10 +15,7 @@ from safetensors import safe_open
 import hwlab
 from hwlab.formats import (Decomposition, ElementFormat, Unpacked, define_lut, define_minifloat, define_mixture,
                            get_format, list_formats)
-from hwlab.formats.double_quant import dynamic_map
 from hwlab.sample import sample_weights
-
-VICTIM = 0b1000  # OliVe: the code that marks the partner of an outlier (olive.py docstring)
 
 
 def group_size_for(fmt) -> int:
@@ -48,7 +45,7 @@ def read_trits(packed: np.ndarray, n: int) -> np.ndarray:
     return np.array([0, 1, 3])[digits.reshape(packed.shape[0], -1)[:, :n]]
 
 
-def read_scales(array: np.ndarray, encoding: str, arrays: dict) -> np.ndarray:
+def read_scales(array: np.ndarray, encoding: str, arrays: dict, definition: dict) -> np.ndarray:
     """Decoded float64 scales of a stored scale array, by the encoding its descriptor names."""
     if encoding in ("fp16", "fp32"):
         return array.astype(np.float64)
@@ -62,9 +59,28 @@ def read_scales(array: np.ndarray, encoding: str, arrays: dict) -> np.ndarray:
     if encoding == "int8":
         return array * arrays["row_scales"].astype(np.float64)
     if encoding == "dynamic8":  # bitsandbytes: map[code] * block absmax + offset, in float32
-        absmax = np.repeat(arrays["scale_absmax"].ravel(), 256)[:array.size].reshape(array.shape)
-        return (dynamic_map()[array] * absmax + arrays["scale_offset"][0, 0]).astype(np.float64)
+        table = np.array([float(v) for v in definition["double_quant"]["map"]], dtype=np.float32)
+        block = definition["double_quant"]["block"]
+        absmax = np.repeat(arrays["scale_absmax"].ravel(), block)[:array.size].reshape(array.shape)
+        return (table[array] * absmax + arrays["scale_offset"][0, 0]).astype(np.float64)
     raise AssertionError(f"unknown scale encoding {encoding}")
+
+
+def value_table(definition: dict) -> np.ndarray:
+    """``[members, 2**bits]`` values from a stored definition: its members', its own, or OliVe's two."""
+    def floats(values):
+        return np.array([float(v) for v in values])
+
+    width = 2 ** definition["bits"]
+    if "outlier_values" in definition:
+        rows = [floats(definition["values"]), floats(definition["outlier_values"])]
+    elif "members" in definition:
+        rows = [floats(m["values"]) for m in definition["members"]]
+    elif "element" in definition:  # microscaling: the element format's table
+        rows = [floats(definition["element"]["values"])]
+    else:
+        rows = [floats(definition["values"])]
+    return np.stack([np.concatenate([r, np.full(width - r.size, np.nan)]) for r in rows])
 
 
 def per_element(a: np.ndarray, layout: dict, rows: int, cols: int) -> np.ndarray:
@@ -79,17 +95,17 @@ def outside_decode(path) -> np.ndarray:
     with safe_open(path, framework="numpy") as fh:
         meta = json.loads(fh.metadata()["hwlab"])
         arrays = {k: fh.get_tensor(k) for k in fh.keys()}
-    layout, (rows, cols), kp = meta["layout"], meta["shape"], meta["padded_cols"]
-    fmt = hwlab.load(path).format
-    table = fmt.member_table()
+    layout, (rows, cols), kp, definition = meta["layout"], meta["shape"], meta["padded_cols"], meta["definition"]
+    table = value_table(definition)
     if "codes" in layout:
         c = layout["codes"]
         codes = read_trits(arrays["codes"], c["entries"]) if c["packing"] == "trit5" else read_bits(arrays["codes"], c)
-        if fmt.family == "outlier_victim":  # the pair rule: the partner of a victim code is an outlier
+        if "victim_code" in definition:  # OliVe's pair rule: the partner of a victim code is an outlier
+            victim = definition["victim_code"]
             even, odd = codes[:, 0::2], codes[:, 1::2]
             member = np.empty(codes.shape, dtype=np.int64)
-            member[:, 0::2] = odd == VICTIM
-            member[:, 1::2] = (even == VICTIM) & (odd != VICTIM)
+            member[:, 0::2] = odd == victim
+            member[:, 1::2] = (even == victim) & (odd != victim)
         elif "type_ids" in layout:
             member = per_element(read_bits(arrays["type_ids"], layout["type_ids"]), layout["type_ids"], rows, kp)
         else:
@@ -108,7 +124,7 @@ def outside_decode(path) -> np.ndarray:
             value[wide == flag] = (table[c["member"], codes] - zeros).reshape(-1, gs)
         value = value.reshape(rows, kp)
     s = layout["scales"]
-    scales = read_scales(arrays["scales"], s["encoding"], arrays)
+    scales = read_scales(arrays["scales"], s["encoding"], arrays, definition)
     if "tensor_scale" in layout:
         scales = scales * arrays["tensor_scale"].astype(np.float64)[0, 0]
     return (value * per_element(scales, s, rows, kp)).astype(np.float32)[:, :cols]
@@ -220,8 +236,8 @@ def check_decomposition(fmt):
     assert d.sign.shape == d.magnitude.shape == d.exponent.shape == table.shape
     assert np.array_equal(d.defined, np.isfinite(table))
     back = d.values()
-    assert np.array_equal(back[d.defined], table[d.defined]), fmt.name
-    assert np.array_equal(np.signbit(back[d.defined]), np.signbit(table[d.defined])), f"{fmt.name}: signs of zeros"
+    assert np.array_equal(back, table, equal_nan=True), fmt.name  # the NaN and inf codes too
+    assert np.array_equal(np.signbit(back), np.signbit(table)), f"{fmt.name}: signs of zeros and infinities"
     odd_or_zero = (d.magnitude % 2 == 1) | ((d.magnitude == 0) & (d.exponent == 0))
     assert odd_or_zero.all() and (d.magnitude < 2 ** fmt.bits).all()
     return d
@@ -293,14 +309,11 @@ def test_unregistered_format_works_end_to_end(rng, tmp_path):
     fmt = define_lut("never_registered", [0, 1, 2, 3, -1, -2, -3, 4], register=False)
     qt = hwlab.quantize(w, fmt, 32)
     assert qt.format is fmt and qt.unpacked().values[0, 7] == 4
-    assert np.array_equal(qt.dequantize(), outside_decode_saved(qt, tmp_path))
-
-
-def outside_decode_saved(qt, tmp_path):
     path = tmp_path / "q.safetensors"
     qt.save(path)
+    assert np.array_equal(qt.dequantize(), outside_decode(path))
     with pytest.warns(hwlab.formats.FormatRebuiltWarning):
-        return outside_decode(path)
+        assert np.array_equal(hwlab.load(path).dequantize(), qt.dequantize())
 
 
 def test_unregistered_format_with_a_registered_name_keeps_its_own_table(rng):
@@ -386,3 +399,121 @@ def test_error_metrics_of_two_zero_matrices_are_exact():
     z = np.zeros((3, 4), np.float32)
     m = hwlab.error_metrics(z, z)
     assert m["rel_error"] == 0.0 and m["mse"] == 0.0 and m["sqnr_db"] == float("inf")
+
+
+def test_ieee_specials_survive_the_decomposition():
+    d = get_format("fp8_e5m2").decomposition()
+    assert d.values()[124] == np.inf and d.values()[252] == -np.inf and d.sign[252] == 1
+    assert not d.defined[[124, 125, 252]].any()
+
+
+# ---- hostile-trial findings ---------------------------------------------------------------------
+
+def test_declared_defaults_are_the_effective_ones():
+    ternary = get_format("ternary")
+    assert ternary.options["granularity"].default == "tensor" == ternary.option_values({})["granularity"]
+    assert ternary.options["scale_clamp"].default == (1e-5, 65504.0)
+    for name in ("fp4_ea_pos", "bitmod_fp4", "bitmod_fp3"):
+        assert get_format(name).options["scale_clamp"].default == (1e-5, 1e4)
+    for name in list_formats():
+        fmt = get_format(name)
+        assert fmt.option_values({}) == {k: o.default for k, o in fmt.options.items()} or name == "nf4"
+
+
+def test_options_are_canonical_and_save_as_strict_json(rng, tmp_path):
+    w = rng.standard_normal((4, 128)).astype(np.float32)
+    qt = hwlab.quantize(w, "int4", 64, scale_search="mse", clip_ratios=[np.float32(0.75), 1.0],
+                        scale_clamp=(np.float64(1e-6), np.int64(100)))
+    assert qt.options["clip_ratios"] == (0.75, 1.0) and type(qt.options["scale_clamp"][1]) is int
+    qt.save(tmp_path / "t.safetensors")
+    assert hwlab.load(tmp_path / "t.safetensors").options == qt.options
+    with pytest.raises(ValueError, match=r"scale_clamp must be None or \(low, high\) with finite"):
+        hwlab.quantize(w, "int4", 64, scale_clamp=(1e-5, float("inf")))
+
+
+def test_stored_arrays_and_the_unpacked_view_are_read_only(rng):
+    qt = hwlab.quantize(rng.standard_normal((4, 128)).astype(np.float32), "int4", 64, scale_dtype="int8")
+    with pytest.raises(ValueError, match="read-only"):
+        qt.arrays["codes"][0, 0] = 1
+    with pytest.raises(TypeError):
+        qt.arrays["codes"] = np.zeros(1)
+    u = qt.unpacked()
+    for name in ("codes", "values", "scales", "scale_codes", "row_scales"):
+        with pytest.raises(ValueError, match="read-only"):
+            getattr(u, name)[...] = 0
+    with pytest.raises(ValueError, match="read-only"):
+        qt.codes[0, 0] = 1
+
+
+def test_row_scales_of_a_per_tensor_int8_scale_cover_the_tensor(rng):
+    qt = hwlab.quantize(rng.standard_normal((4, 128)).astype(np.float32), "int4", granularity="tensor",
+                        scale_dtype="int8")
+    assert qt.layout["row_scales"].applies_to == "tensor" and qt.layout["scales"].decode == "scales * row_scales"
+
+
+def test_a_stored_layout_that_does_not_match_is_refused(rng, tmp_path):
+    from safetensors.numpy import save_file
+
+    qt = hwlab.quantize(rng.standard_normal((4, 128)).astype(np.float32), "int4", 64)
+    path = tmp_path / "t.safetensors"
+    for edit in (lambda m: m.pop("layout"), lambda m: m.update(layout=None),
+                 lambda m: m["layout"]["codes"].update(bits=3), lambda m: m["layout"].pop("scales")):
+        meta = qt.metadata()
+        edit(meta)
+        save_file(dict(qt.arrays), str(path), metadata={"hwlab": json.dumps(meta)})
+        with pytest.raises(ValueError, match="stored layout does not match"):
+            hwlab.load(path)
+
+
+def test_crafted_definitions_give_clear_errors(isolated_registry, rng, tmp_path):
+    from safetensors.numpy import save_file
+
+    qt = hwlab.quantize(rng.standard_normal((4, 64)).astype(np.float32),
+                        define_lut("colleague", [0, 1, 2, 3, -1, -2, -3, -4]), 32)
+    isolated_registry._REGISTRY.pop("colleague")
+    path = tmp_path / "c.safetensors"
+    for key, value in (("defaults", []), ("defaults", {"scale_clamp": "-" * 20000 + "1"}), ("values", [1, 2]),
+                       ("fields", "x"), ("encodable", "x")):
+        meta = qt.metadata()
+        meta["definition"][key] = value
+        save_file(dict(qt.arrays), str(path), metadata={"hwlab": json.dumps(meta)})
+        with pytest.raises(ValueError, match="cannot rebuild format 'colleague'"):
+            hwlab.load(path)
+
+
+def test_format_names_are_checked_when_a_format_is_made():
+    for bad in (5, "Bad Name!", "", "x-y"):
+        with pytest.raises((ValueError, TypeError), match="lower-case identifiers"):
+            define_lut(bad, [0, 1, -1, 2], register=False)
+    with pytest.raises(ValueError, match="lower-case identifiers"):
+        define_mixture("Mix", ["fp4_e2m1", "flint4"], register=False)
+
+
+def test_a_file_made_under_a_registered_name_opens_with_its_own_definition(rng, tmp_path):
+    w = rng.standard_normal((8, 64)).astype(np.float32)
+    impostor = define_lut("int4", np.arange(16) - 8.0, register=False)
+    qt = hwlab.quantize(w, impostor, 32)
+    path = tmp_path / "i.safetensors"
+    qt.save(path)
+    with pytest.raises(ValueError, match=r"load\(path, use_file_format=True\) decodes with the file.s definition"):
+        hwlab.load(path)
+    with pytest.warns(hwlab.formats.FormatRebuiltWarning, match="differs from the registered one"):
+        loaded = hwlab.load(path, use_file_format=True)
+    assert np.array_equal(loaded.dequantize(), qt.dequantize()) and get_format("int4") is not loaded.format
+
+
+def test_a_rebuilt_format_keeps_its_description(isolated_registry, rng, tmp_path):
+    fmt = define_lut("colleague", [0, 1, 2, 3, -1, -2, -3, -4], description="APoT-ish, from Alice")
+    hwlab.quantize(rng.standard_normal((4, 64)).astype(np.float32), fmt, 32).save(tmp_path / "c.safetensors")
+    isolated_registry._REGISTRY.pop("colleague")
+    with pytest.warns(hwlab.formats.FormatRebuiltWarning):
+        assert hwlab.load(tmp_path / "c.safetensors").format.description.startswith("APoT-ish, from Alice")
+
+
+def test_a_lookup_table_may_hold_minus_zero_beside_zero(rng):
+    e2m1 = get_format("fp4_e2m1")
+    lut = define_lut("e2m1_as_table", e2m1.values, register=False)
+    x = rng.standard_normal(4000) * 3
+    assert np.array_equal(lut.encode(x), e2m1.encode(x)) and lut.encode([-0.1])[0] == 8
+    with pytest.raises(ValueError, match="repeats the value -0.0"):
+        define_lut("two_minus_zeros", [0.0, -0.0, -0.0, 1.0], register=False)

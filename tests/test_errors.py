@@ -87,7 +87,7 @@ QUANTIZE_CASES = [
     pytest.param(q(clip_ratios=0.9), ValueError, r"clip_ratios must be a non-empty sequence .* got 0.9", id="clip-ratios-scalar"),
     pytest.param(q(clip_ratios=(1.0, "a")), ValueError, r"clip_ratios must be a non-empty sequence .* got \(1.0, 'a'\)",
                  id="clip-ratios-not-numbers"),
-    pytest.param(q(scale_clamp=(1.0, 0.1)), ValueError, r"scale_clamp must be None or \(low, high\) with 0 < low < high",
+    pytest.param(q(scale_clamp=(1.0, 0.1)), ValueError, r"scale_clamp must be None or \(low, high\) with finite 0 < low < high",
                  id="scale-clamp-reversed"),
     pytest.param(q(scale_clamp=(0, 1)), ValueError, r"scale_clamp .* got \(0, 1\)", id="scale-clamp-zero-low"),
     pytest.param(q(scale_clamp=(1e-3,)), ValueError, r"scale_clamp .* got \(0.001,\)", id="scale-clamp-one-value"),

@@ -107,3 +107,10 @@ def bucket_of(x, bucket_bits):  # pragma: no cover - compiled by numba
     bits = np.int64(np.float64(x).view(np.int64))
     key = bits if bits >= 0 else -(bits & np.int64(0x7FFFFFFFFFFFFFFF)) - 1
     return (key >> (64 - bucket_bits)) + (1 << (bucket_bits - 1))
+
+
+@njit(inline="always")
+def bucket_of32(bits, bucket_bits):  # pragma: no cover - compiled by numba
+    """:func:`bucket_of` for a float32 given by its int32 ``bits`` (sign, 8 exponent, fraction bits)."""
+    key = bits if bits >= 0 else -(bits & np.int32(0x7FFFFFFF)) - np.int32(1)
+    return (key >> np.int32(32 - bucket_bits)) + np.int32(1 << (bucket_bits - 1))

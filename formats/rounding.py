@@ -18,7 +18,7 @@ import functools
 import numpy as np
 
 from . import jit
-from .jit import MAX_BUCKET_BITS, bucket_of, njit, prange, round_index
+from .jit import MAX_BUCKET_BITS, bucket_of, bucket_of32, njit, prange, round_index
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -88,6 +88,18 @@ class RoundingTable:
         return bucket_starts(self.midpoints, self.bucket_bits)
 
     @functools.cached_property
+    def float32_buckets(self) -> tuple[int, np.ndarray] | None:
+        """Bucket bits and starts over float32 keys with one midpoint per bucket at most, for float32
+        inputs; ``None`` where a midpoint is not a float32 (compares would round) or no width fits."""
+        if not np.array_equal(self.midpoints.astype(np.float32).astype(np.float64), self.midpoints):
+            return None
+        for bits in range(MIN_BUCKET_BITS32, MAX_BUCKET_BITS + 1):
+            starts = bucket_starts(self.midpoints, bits, word_bits=32)
+            if bucket_width(starts, self.midpoints.size) <= 1:
+                return bits, starts
+        return None
+
+    @functools.cached_property
     def signed_codes(self) -> np.ndarray:
         """uint8 ``[2, n]``: the code of each sorted value for a non-negative input (row 0) and for
         a negative one (row 1: the ``-0`` code in place of zero's, where the format has one)."""
@@ -108,7 +120,11 @@ class RoundingTable:
             flat = np.ascontiguousarray(x).ravel()
             out = np.empty(flat.shape, dtype=np.uint8)
             starts = self.bucket_starts
-            if self.bucket_width <= 1:  # at most one midpoint per bucket: one compare, no loop
+            if x.dtype == np.float32 and self.float32_buckets is not None:  # float32 keys and compares, exact
+                bits, starts32 = self.float32_buckets
+                nans = _encode_one_kernel32(flat, flat.view(np.int32), np.append(self.midpoints, np.inf).astype(np.float32),
+                                            np.append(self.tie_up, False), self.signed_codes, starts32, bits, out)
+            elif self.bucket_width <= 1:  # at most one midpoint per bucket: one compare, no loop
                 nans = _encode_one_kernel(flat, np.append(self.midpoints, np.inf), np.append(self.tie_up, False),
                                           self.signed_codes, starts, self.bucket_bits, out)
             else:
@@ -142,18 +158,24 @@ def raise_on_nan(x: np.ndarray, *, what: str) -> None:
 
 
 MIN_BUCKET_BITS = 12  # sign, 11 exponent bits: one binade per bucket
+MIN_BUCKET_BITS32 = 9  # sign, 8 exponent bits of a float32
 
 
-def bucket_starts(midpoints: np.ndarray, bucket_bits: int = MAX_BUCKET_BITS) -> np.ndarray:
-    """For every bucket of :func:`~hwlab.formats.jit.bucket_of`, the number of midpoints strictly
-    below the least float64 in it (buckets of NaN bit patterns: below or above everything).
+def bucket_starts(midpoints: np.ndarray, bucket_bits: int = MAX_BUCKET_BITS, word_bits: int = 64) -> np.ndarray:
+    """For every bucket of :func:`~hwlab.formats.jit.bucket_of` (``word_bits=64``, float64 keys) or
+    :func:`~hwlab.formats.jit.bucket_of32` (32, float32 keys), the number of midpoints strictly
+    below the least float in it (buckets of NaN bit patterns: below or above everything).
 
     ``uint8`` where that fits (every table of at most 256 values; the table stays in L1), else int32.
     """
     half = 1 << (bucket_bits - 1)
-    keys = (np.arange(1 << bucket_bits, dtype=np.int64) - half) << (64 - bucket_bits)
-    bits = np.where(keys >= 0, keys, (-keys - 1) | np.int64(-2**63))
-    low = bits.view(np.float64)
+    keys = (np.arange(1 << bucket_bits, dtype=np.int64) - half) << (word_bits - bucket_bits)
+    bits = np.where(keys >= 0, keys, (-keys - 1) | np.int64(-2 ** (word_bits - 1)))
+    if word_bits == 32:
+        with np.errstate(invalid="ignore"):  # NaN bit patterns among the keys: replaced below
+            low = (bits & 0xFFFFFFFF).astype(np.uint32).view(np.float32).astype(np.float64)
+    else:
+        low = bits.view(np.float64)
     low = np.where(np.isnan(low), np.where(keys >= 0, np.inf, -np.inf), low)
     starts = np.searchsorted(midpoints, low, side="left")
     return starts.astype(np.uint8 if midpoints.size < 256 else np.int32)
@@ -207,5 +229,27 @@ def _encode_one_kernel(x, midpoints, tie_up, signed_codes, starts, bucket_bits, 
             else:
                 idx += m < xi
             out[i] = signed_codes[np.int64(np.float64(xi).view(np.int64) < 0), idx]
+        nans[c] = found
+    return nans.sum()
+
+
+@njit(parallel=True, nogil=True)
+def _encode_one_kernel32(x, bits, midpoints, tie_up, signed_codes, starts, bucket_bits, out):  # pragma: no cover
+    """:func:`_encode_one_kernel` for float32 ``x`` (``bits``: its int32 view) against float32 midpoints
+    (each exactly a float32, padded with ``+inf``): no float64 conversion, keys from the float32 bits."""
+    chunks = (x.shape[0] + ENCODE_CHUNK - 1) // ENCODE_CHUNK
+    nans = np.zeros(chunks, dtype=np.int64)
+    for c in prange(chunks):
+        found = 0
+        for i in range(c * ENCODE_CHUNK, min(x.shape[0], (c + 1) * ENCODE_CHUNK)):
+            xi = x[i]
+            found += xi != xi
+            idx = np.int64(starts[bucket_of32(bits[i], bucket_bits)])
+            m = midpoints[idx]
+            if m == xi:
+                idx += tie_up[idx]
+            else:
+                idx += m < xi
+            out[i] = signed_codes[np.int64(bits[i] < 0), idx]
         nans[c] = found
     return nans.sum()

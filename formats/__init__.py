@@ -19,17 +19,18 @@ from .layout import ArrayLayout
 from .metrics import error_metrics
 from .mixture import MixtureFormat
 from .packing import pack_codes, pack_trits, unpack_codes, unpack_trits
-from .qtensor import FormatRebuiltWarning, QuantizedTensor, load, quantize
+from .qtensor import QuantizedTensor, load, quantize
 from .registry import get_format, list_formats, register_format
 from .rounding import RoundingTable
 from .scales import SCALE_DTYPES
+from .storage import FormatRebuiltWarning, StorageError
 from .unpacked import Unpacked
 
 declare_builtins()
 
 __all__ = [
     "ROUNDING_RULES", "SCALE_DTYPES", "ArrayLayout", "Decomposition", "ElementFormat", "Format", "FormatInfo",
-    "FormatRebuiltWarning", "MixtureFormat", "Option", "QuantizedTensor", "RoundingTable", "Unpacked",
+    "FormatRebuiltWarning", "MixtureFormat", "Option", "QuantizedTensor", "RoundingTable", "StorageError", "Unpacked",
     "define_lut", "define_minifloat", "define_mixture", "error_metrics", "format_from_definition", "get_format",
     "list_formats", "load", "pack_codes", "pack_trits", "quantize", "register_format", "unpack_codes",
     "unpack_trits",

@@ -150,9 +150,14 @@ class Format:
         return {"name": self.name, "bits": self.bits, "family": self.family}
 
     def fingerprint(self) -> str:
-        """Short hash of :meth:`definition`: a loaded file must match the registered format."""
-        text = json.dumps(self.definition(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """Short hash of :meth:`definition`: a loaded file must match the registered format.
+
+        Computed once: a format's definition never changes (a new definition is a new format)."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            text = json.dumps(self.definition(), sort_keys=True)
+            cached = self.__dict__["_fingerprint"] = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return cached
 
     def member_table(self) -> np.ndarray:
         """Decoded value of every code of every member, float64 ``[members, 2**bits]``."""
@@ -169,6 +174,15 @@ class Format:
         if table.shape[0] == 1:  # one member: shaped like ``values``
             table = table[0]
         return decompose(table, self.bits, self.encoding_fields())
+
+    def legal_codes(self) -> np.ndarray:
+        """Bool ``[members, 2**bits]``: the codes the quantizer can emit, per member (a loaded file's
+        codes are checked against it)."""
+        return np.isfinite(self.member_table())
+
+    def check_stored_structure(self, arrays: dict, layout: dict) -> None:
+        """Raise ``ValueError`` for stored arrays that are well-formed but impossible for this format
+        (a type id naming no member, say); :mod:`hwlab.formats.validate` checks codes and scales."""
 
     def encoding_fields(self) -> dict:
         """Family fields of the code layout that hardware uses (e.g. exponent and mantissa bits)."""

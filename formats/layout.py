@@ -61,7 +61,7 @@ class ArrayLayout:
 
     def to_json(self) -> dict:
         """The descriptor as JSON-able values (``shape`` a list), as stored in file metadata."""
-        out = dataclasses.asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["shape"] = list(self.shape)
         out["axis"] = self.axis
         return out

@@ -127,6 +127,9 @@ class MicroscalingFormat(Format):
     def member_table(self) -> np.ndarray:
         return self.element.values[None]
 
+    def legal_codes(self) -> np.ndarray:
+        return self.element.encodable[None]
+
     def encoding_fields(self) -> dict:
         return self.element.encoding_fields()
 

@@ -133,6 +133,14 @@ class MixedFormat(Format):
     def encoding_fields(self) -> dict:
         return {"kind": "mixture", "members": [m.encoding_fields() for m in self.members]}
 
+    def check_stored_structure(self, arrays: dict, layout: dict) -> None:
+        groups = layout["group_bits"].entries
+        n4 = layout["codes4"].entries // layout["scales"].group_size if groups else 0
+        counts = unpack_codes(arrays["group_bits"], 1, groups).sum(axis=1)
+        if (counts != n4).any():
+            row = int(np.flatnonzero(counts != n4)[0])
+            raise ValueError(f"array 'group_bits': row {row} marks {counts[row]} groups as 4-bit, expected {n4}")
+
     def check_group_size(self, group_size: int) -> None:
         super().check_group_size(group_size)
         if group_size % ALIGN_ELEMENTS:

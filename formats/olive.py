@@ -63,6 +63,7 @@ from .scale_search import ScaleCandidates
 from .scaled import SCALE_DTYPE, TWO_STAGE_DECODE
 from .scales import StoredScales, get_scale_type
 from .unpacked import Unpacked
+from .validate import check_codes
 
 VICTIM_CODE = 0b1000  # the int4 code of -8, never a normal value: marks the victim (OliVe, sec. 4)
 # Outlier magnitudes by 3-bit index (E << 1) | M: 2**(E+3) * (1 + M/2); index 0 unused.
@@ -125,6 +126,12 @@ class OliveFormat(Format):
     def member_table(self) -> np.ndarray:
         """Values of every code read as a normal element (member 0) and as an outlier (member 1)."""
         return np.stack([self.values, self.outlier_values])
+
+    def check_stored_structure(self, arrays: dict, layout: dict) -> None:
+        """No pair holds the victim code twice (the quantizer never writes one): read as a stream of
+        8-bit entries, byte k of a row is pair k (codes 2k, 2k+1), and none may be 0x88."""
+        check_codes(arrays["codes"], 8, layout["codes"].entries // 2, np.arange(256) != VICTIM_CODE * 0x11,
+                    "codes", f"{self.name} (a pair of two victim codes)")
 
     def encoding_fields(self) -> dict:
         return {"kind": "outlier_victim", "victim_code": VICTIM_CODE,

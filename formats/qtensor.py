@@ -10,26 +10,21 @@ stored arrays and what is needed to read them. Consumers read it through
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import os
 import types
-import warnings
 
 import numpy as np
 
+from . import storage
 from .arrays import as_weight_matrix, is_torch_tensor
 from .base import Format
-from .define import format_from_definition
 from .metrics import error_metrics
 from .registry import get_format
+from .storage import FormatRebuiltWarning, StorageError, check_arrays
 from .unpacked import Unpacked
 
-FILE_VERSION = 2  # 2: the layout descriptors are stored; bump when the stored layout changes
 GRANULARITY_OPTION = "granularity"
-
-
-class FormatRebuiltWarning(UserWarning):
-    """A file's format was not registered here and was rebuilt from the definition stored in it."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # arrays compare element-wise: identity, not ==
@@ -78,7 +73,7 @@ class QuantizedTensor:
                              + "; use qt.arrays[name], or qt.unpacked().codes for one code per element")
         return self.arrays["codes"]
 
-    @property
+    @functools.cached_property
     def layout(self) -> dict:
         """Name -> :class:`~hwlab.formats.layout.ArrayLayout` of every stored array."""
         return self.format.array_layout(self.shape[0], self.padded_cols, self.group_size, self.options)
@@ -117,19 +112,12 @@ class QuantizedTensor:
         return error_metrics(w, self.unpacked().dequantize(), x)
 
     def metadata(self) -> dict:
-        """What :meth:`save` writes beside the arrays (JSON-able)."""
-        fmt = self.format
-        return {"version": FILE_VERSION, "format": fmt.name, "fingerprint": fmt.fingerprint(),
-                "definition": fmt.definition(), "description": getattr(fmt, "description", ""),
-                "shape": list(self.shape), "group_size": self.group_size, "padded_cols": self.padded_cols,
-                "options": _jsonable(self.options), "layout": {name: a.to_json() for name, a in self.layout.items()}}
+        """What :meth:`save` writes beside the arrays (JSON-able; see :mod:`hwlab.formats.storage`)."""
+        return storage.metadata(self)
 
     def save(self, path) -> None:
         """Write a safetensors file (arrays + JSON metadata); :func:`load` restores it bit-exactly."""
-        from safetensors.numpy import save_file
-
-        save_file({k: np.ascontiguousarray(v) for k, v in self.arrays.items()}, os.fspath(path),
-                  metadata={"hwlab": json.dumps(self.metadata(), allow_nan=False)})
+        storage.save(self, path)
 
     def __repr__(self) -> str:
         return (f"QuantizedTensor({self.format_name!r}, shape={self.shape}, group_size={self.group_size}, "
@@ -175,97 +163,25 @@ def quantize(w, fmt, group_size: int | None = None, *, pad: bool = False, **opti
         padded_cols = -(-cols // group_size) * group_size
         matrix = np.concatenate([matrix, np.zeros((rows, padded_cols - cols), matrix.dtype)], axis=1)
     arrays = fmt.quantize_arrays(matrix, group_size, opts)
-    _check_arrays(arrays, fmt.array_specs(rows, padded_cols, group_size, opts), where=f"quantizer of {fmt.name}")
+    check_arrays(arrays, fmt.array_specs(rows, padded_cols, group_size, opts), where=f"quantizer of {fmt.name}")
     return QuantizedTensor(fmt, (rows, cols), group_size, opts, arrays, padded_cols, device)
 
 
 def load(path, *, use_file_format: bool = False) -> QuantizedTensor:
-    """Read a file written by :meth:`QuantizedTensor.save`, checking it is whole and consistent.
+    """Read a file written by :meth:`QuantizedTensor.save`: exactly what was saved, or a
+    :class:`~hwlab.formats.storage.StorageError` naming the file and what is wrong (every check
+    is listed in :mod:`hwlab.formats.storage`).
 
     A format that is not registered here (a colleague's ``define_lut``, ``define_minifloat`` or
     ``define_mixture``) is rebuilt from the definition stored in the file, with a
     :class:`FormatRebuiltWarning`; a registered format whose definition differs raises, unless
     ``use_file_format=True`` asks for the file's own definition (element formats and mixtures).
     """
-    from safetensors import SafetensorError, safe_open
-
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such file: {path}")
-    try:
-        with safe_open(path, framework="numpy") as fh:
-            raw = (fh.metadata() or {}).get("hwlab")
-            arrays = {k: fh.get_tensor(k) for k in fh.keys()}
-    except (SafetensorError, ValueError, OSError) as exc:
-        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupted?): {exc}") from None
-    if raw is None:
-        raise ValueError(f"{path} has no 'hwlab' metadata: it was not written by QuantizedTensor.save")
-    try:
-        meta = json.loads(raw)
-        version, name = meta["version"], meta["format"]
-        rows, cols = (int(v) for v in meta["shape"])
-        group_size, padded_cols = int(meta["group_size"]), int(meta["padded_cols"])
-        saved_options, fingerprint, definition = meta["options"], meta["fingerprint"], meta["definition"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: malformed hwlab metadata ({exc!r})") from None
-    if version != FILE_VERSION:
-        raise ValueError(f"{path} has file version {version}; this hwlab reads version {FILE_VERSION}")
-    fmt = _file_format(path, name, fingerprint, definition, meta.get("description", ""), use_file_format)
-    opts = fmt.option_values(_from_json(saved_options))
-    _check_arrays(arrays, fmt.array_specs(rows, padded_cols, group_size, opts), where=path)
+    meta, arrays = storage.read(path)
+    fmt, opts = storage.resolve(path, meta, use_file_format)
+    (rows, cols), group_size, padded_cols = meta["shape"], meta["group_size"], meta["padded_cols"]
+    check_arrays(arrays, fmt.array_specs(rows, padded_cols, group_size, opts), where=path, error=StorageError)
     qt = QuantizedTensor(fmt, (rows, cols), group_size, opts, arrays, padded_cols)
-    expected = {n: a.to_json() for n, a in qt.layout.items()}
-    stored = meta.get("layout")
-    if stored != expected:
-        wrong = sorted(set(expected) ^ set(stored)) if isinstance(stored, dict) else "all"
-        if isinstance(stored, dict) and not wrong:
-            wrong = [n for n in expected if stored[n] != expected[n]]
-        raise ValueError(f"{path}: the stored layout does not match the format's layout of these arrays "
-                         f"(differs for {wrong}); the metadata was corrupted or edited")
+    storage.check_loaded(path, meta, qt)
     return qt
-
-
-def _file_format(path: str, name: str, fingerprint: str, definition: dict, description: str,
-                 use_file_format: bool) -> Format:
-    """The registered format ``name`` if its fingerprint matches, else rebuilt from ``definition``."""
-    try:
-        fmt = get_format(name)
-    except ValueError:
-        pass
-    else:
-        if fmt.fingerprint() == fingerprint:
-            return fmt
-        if not use_file_format:
-            raise ValueError(f"{path}: format {name!r} registered here differs from the one the file was "
-                             "saved with (it was redefined, or the file's was made with register=False under "
-                             "this name); load(path, use_file_format=True) decodes with the file's definition")
-    if not isinstance(definition, dict) or definition.get("name") != name:
-        stored = definition.get("name") if isinstance(definition, dict) else definition
-        raise ValueError(f"{path}: metadata names format {name!r} but its stored definition is of {stored!r} "
-                         "(corrupted or edited)")
-    fmt = format_from_definition(definition, description if isinstance(description, str) else "")
-    if fmt.fingerprint() != fingerprint:
-        raise ValueError(f"{path}: the stored definition of format {name!r} does not match its fingerprint "
-                         "(corrupted or edited)")
-    warnings.warn(f"{path}: format {name!r} {'differs from the registered one' if use_file_format else 'is not registered here'}; "
-                  "rebuilt it from the definition stored in the file", FormatRebuiltWarning, stacklevel=3)
-    return fmt
-
-
-def _check_arrays(arrays: dict, specs: dict, *, where: str) -> None:
-    missing, extra = sorted(set(specs) - set(arrays)), sorted(set(arrays) - set(specs))
-    if missing or extra:
-        raise ValueError(f"{where}: stored arrays {sorted(arrays)} do not match the expected {sorted(specs)}")
-    for name, (dtype, shape) in specs.items():
-        a = arrays[name]
-        if a.dtype != np.dtype(dtype) or a.shape != tuple(shape):
-            raise ValueError(f"{where}: array {name!r} is {a.dtype}{list(a.shape)}, "
-                             f"expected {np.dtype(dtype)}{list(shape)}")
-
-
-def _jsonable(options: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
-
-
-def _from_json(options: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}

@@ -76,6 +76,18 @@ class ScaledScheme:
         """Decoded values ``[members, 2**bits]`` (row = type id)."""
         return np.stack([m.values for m in self.members])
 
+    def legal_codes(self) -> np.ndarray:
+        """The codes each member's encoder emits (``encodable``), ``[members, 2**bits]``."""
+        return np.stack([m.encodable for m in self.members])
+
+    def check_stored_structure(self, arrays: dict, layout: dict) -> None:
+        if self.type_id_bits:
+            ids = unpack_codes(arrays["type_ids"], self.type_id_bits, layout["type_ids"].entries)
+            if ids.max(initial=0) >= len(self.members):
+                row, col = np.argwhere(ids >= len(self.members))[0]
+                raise ValueError(f"array 'type_ids': type id {ids[row, col]} at [{row}, {col}] names no member of "
+                                 f"{self.name} (it has {len(self.members)})")
+
     def grouping(self, rows: int, cols: int, group_size: int, opts: dict) -> tuple[int, int, int]:
         """(scale rows, groups per scale row, elements per group) for a ``rows x cols`` matrix."""
         if opts["granularity"] == "tensor":

@@ -6,9 +6,9 @@
 >>> round(qt.bits_per_weight, 4)
 4.1406
 """
-from hwlab.formats import (QuantizedTensor, define_lut, define_minifloat, define_mixture, error_metrics,
-                           get_format, list_formats, load, quantize, register_format)
+from hwlab.formats import (QuantizedTensor, StorageError, define_lut, define_minifloat, define_mixture,
+                           error_metrics, get_format, list_formats, load, quantize, register_format)
 
 __version__ = "0.1.0"
-__all__ = ["QuantizedTensor", "define_lut", "define_minifloat", "define_mixture", "error_metrics",
+__all__ = ["QuantizedTensor", "StorageError", "define_lut", "define_minifloat", "define_mixture", "error_metrics",
            "get_format", "list_formats", "load", "quantize", "register_format", "__version__"]

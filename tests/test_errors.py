@@ -12,7 +12,8 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from hwlab.formats.qtensor import FILE_VERSION, FormatRebuiltWarning
+from hwlab.formats import storage
+from hwlab.formats.storage import FILE_VERSION, FormatRebuiltWarning
 
 import hwlab
 from hwlab.formats import (ElementFormat, define_lut, define_minifloat, define_mixture, error_metrics,
@@ -222,8 +223,9 @@ def saved_file(tmp_path, name="int4"):
     return path
 
 
-def rewrite(tmp_path, arrays=None, meta=None, drop_meta=False):
-    """A copy of a good file with its arrays and/or metadata changed."""
+def rewrite(tmp_path, arrays=None, meta=None, drop_meta=False, reseal=True):
+    """A copy of a good file with its arrays and/or metadata changed; ``reseal`` recomputes the
+    checksums and the digest (a consistent edit, which only the later checks can catch)."""
     good = saved_file(tmp_path)
     with safe_open(good, framework="numpy") as fh:
         stored = {k: fh.get_tensor(k) for k in fh.keys()}
@@ -231,6 +233,9 @@ def rewrite(tmp_path, arrays=None, meta=None, drop_meta=False):
     stored.update(arrays or {})
     stored = {k: v for k, v in stored.items() if v is not None}
     metadata.update(meta or {})
+    if reseal:
+        metadata["checksums"] = {k: storage.checksum(v) for k, v in stored.items()}
+        metadata["digest"] = storage.digest(metadata)
     path = tmp_path / "bad.safetensors"
     save_file(stored, path, metadata=None if drop_meta else {"hwlab": json.dumps(metadata)})
     return path
@@ -245,7 +250,7 @@ def damaged_bytes(tmp_path, cut):
 
 FILE_CASES = [
     pytest.param(lambda p: p / "missing.safetensors", FileNotFoundError, r"no such file: .*missing.safetensors", id="missing"),
-    pytest.param(lambda p: p, FileNotFoundError, r"no such file", id="directory"),
+    pytest.param(lambda p: p, IsADirectoryError, r"is a directory, not a saved tensor", id="directory"),
     pytest.param(lambda p: damaged_bytes(p, lambda d: b""), ValueError, r"not a readable safetensors file", id="empty"),
     pytest.param(lambda p: damaged_bytes(p, lambda d: d[: len(d) // 2]), ValueError,
                  r"not a readable safetensors file \(truncated or corrupted\?\)", id="truncated"),
@@ -255,7 +260,12 @@ FILE_CASES = [
                  id="garbage"),
     pytest.param(lambda p: rewrite(p, drop_meta=True), ValueError, r"has no 'hwlab' metadata: it was not written by",
                  id="no-metadata"),
-    pytest.param(lambda p: rewrite(p, meta={"shape": "wide"}), ValueError, r"malformed hwlab metadata", id="malformed-metadata"),
+    pytest.param(lambda p: rewrite(p, meta={"shape": "wide"}), ValueError,
+                 r"metadata field 'shape' must be two positive integers, got 'wide'", id="malformed-metadata"),
+    pytest.param(lambda p: rewrite(p, meta={"group_size": 16}, reseal=False), ValueError,
+                 r"the metadata does not match its digest \(corrupted or edited\)", id="edited-metadata"),
+    pytest.param(lambda p: rewrite(p, arrays={"codes": np.full((4, 8), 7, np.uint32)}, reseal=False), ValueError,
+                 r"array 'codes' does not match its checksum", id="edited-array"),
     pytest.param(lambda p: rewrite(p, meta={"version": 99}), ValueError, rf"has file version 99; this hwlab reads version {FILE_VERSION}",
                  id="future-version"),
     pytest.param(lambda p: rewrite(p, meta={"format": "int44"}), ValueError,

@@ -377,13 +377,24 @@ def test_a_corrupted_definition_is_not_rebuilt(isolated_registry, rng, tmp_path)
     isolated_registry._REGISTRY.pop("colleague")
     meta = qt.metadata()
     meta["definition"]["values"][3] = repr(7.0)  # the fingerprint no longer matches
-    save_file(qt.arrays, str(path), metadata={"hwlab": json.dumps(meta)})
+    resave(path, qt.arrays, meta)
     with pytest.raises(ValueError, match="stored definition of format 'colleague' does not match its fingerprint"):
         hwlab.load(path)
     meta["definition"] = {"name": "colleague", "family": "outlier_victim"}
-    save_file(qt.arrays, str(path), metadata={"hwlab": json.dumps(meta)})
+    resave(path, qt.arrays, meta)
     with pytest.raises(ValueError, match="cannot rebuild format 'colleague'"):
         hwlab.load(path)
+
+
+def resave(path, arrays: dict, meta: dict) -> None:
+    """Write ``arrays`` with ``meta`` as a consistent file: checksums and digest recomputed."""
+    from safetensors.numpy import save_file
+
+    from hwlab.formats import storage
+
+    meta = dict(meta, checksums={k: storage.checksum(v) for k, v in arrays.items()})
+    meta["digest"] = storage.digest(meta)
+    save_file(dict(arrays), str(path), metadata={"hwlab": json.dumps(meta)})
 
 
 # ---- small contracts --------------------------------------------------------------------------
@@ -456,12 +467,14 @@ def test_a_stored_layout_that_does_not_match_is_refused(rng, tmp_path):
 
     qt = hwlab.quantize(rng.standard_normal((4, 128)).astype(np.float32), "int4", 64)
     path = tmp_path / "t.safetensors"
-    for edit in (lambda m: m.pop("layout"), lambda m: m.update(layout=None),
-                 lambda m: m["layout"]["codes"].update(bits=3), lambda m: m["layout"].pop("scales")):
+    for edit, match in ((lambda m: m.pop("layout"), "metadata field 'layout' is missing"),
+                        (lambda m: m.update(layout=None), "metadata field 'layout' must be an object"),
+                        (lambda m: m["layout"]["codes"].update(bits=3), "stored layout does not match"),
+                        (lambda m: m["layout"].pop("scales"), "stored layout does not match")):
         meta = qt.metadata()
         edit(meta)
-        save_file(dict(qt.arrays), str(path), metadata={"hwlab": json.dumps(meta)})
-        with pytest.raises(ValueError, match="stored layout does not match"):
+        resave(path, qt.arrays, meta)
+        with pytest.raises(ValueError, match=match):
             hwlab.load(path)
 
 
@@ -476,7 +489,7 @@ def test_crafted_definitions_give_clear_errors(isolated_registry, rng, tmp_path)
                        ("fields", "x"), ("encodable", "x")):
         meta = qt.metadata()
         meta["definition"][key] = value
-        save_file(dict(qt.arrays), str(path), metadata={"hwlab": json.dumps(meta)})
+        resave(path, qt.arrays, meta)
         with pytest.raises(ValueError, match="cannot rebuild format 'colleague'"):
             hwlab.load(path)
 

@@ -1,0 +1,193 @@
+"""Every stored value of a quantized tensor is one its format can produce.
+
+:func:`check_stored` is run on every loaded file (after the checksums, which catch corruption;
+this catches arrays that a foreign writer or a hand edit made consistent but impossible) and
+raises ``ValueError`` naming the array and the offending entry:
+
+* element codes are codes the quantizer emits (no int4 code 8, no ternary code 2, no NaN code
+  of ``fp8_e4m3``, no OliVe pair of two victims); type ids name a member; ``mixed_2_4`` marks the
+  same number of 4-bit groups in every row;
+* scales decode to finite positive numbers (E8M0 code 255 is NaN; int8 scale codes are 1..255;
+  NVFP4's tensor scale and the row scales too); NF4 double quantization's second-level scales are
+  finite;
+* the zero bits that pad the last word of every packed row are zero, and the zero columns of a
+  ``pad=True`` tensor decode to zero.
+
+The code scan runs on the packed words (numba, parallel over rows, a word-wide has-zero-field
+test per forbidden code: :func:`first_forbidden_row`), so it costs a fraction of reading the file.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import jit
+from .jit import njit, prange
+from .packing import WORD_BITS, unpack_codes
+
+E8M0_NAN = 255  # OCP MX v1.0: the E8M0 code of NaN
+VICTIM_PAIR = 0x88  # OliVe: both codes of a pair the victim code 8 (never emitted), one byte of the stream
+
+
+def check_stored(qt) -> None:
+    """Raise ``ValueError`` unless every array of ``qt`` holds only values its format can produce."""
+    layout, arrays = qt.layout, qt.arrays
+    for name, a in layout.items():
+        if a.packing == "bits":
+            check_padding_bits(arrays[name], a.entries, a.bits, name)
+    fmt = qt.format
+    legal = fmt.legal_codes()
+    for name, a in layout.items():
+        if a.role == "codes" and a.packing == "bits":
+            member = a.member if a.member is not None else 0
+            # a mixture's codes: legal in some member here, in their own member below
+            check_codes(arrays[name], a.bits, a.entries, legal[member] if legal.shape[0] == 1 or a.member is not None
+                        else legal.any(axis=0), name, fmt.name)
+    if legal.shape[0] > 1 and "type_ids" in layout and not (legal == legal[0]).all():
+        u = qt.unpacked()  # members differ in what they emit: check each code against its own member
+        bad = ~legal[u.element_members(), u.codes]
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ValueError(f"array 'codes': code {u.codes[row, col]} at [{row}, {col}] is never emitted by member "
+                             f"{u.element_members()[row, col] if u.member is not None else 0} of {fmt.name}")
+    for name, a in layout.items():
+        if a.role in ("scales", "row_scales", "tensor_scale", "scale_absmax", "scale_offset"):
+            check_scale_array(arrays[name], a.encoding, name, arrays)
+    fmt.check_stored_structure(arrays, layout)
+    if qt.padded_cols > qt.shape[1]:
+        padding = qt.unpacked().element_values()[:, qt.shape[1]:]
+        if (padding != 0).any():
+            row, col = np.argwhere(padding != 0)[0]
+            raise ValueError(f"the zero padding past K={qt.shape[1]} holds {padding[row, col]} at row {row}, column "
+                             f"{qt.shape[1] + col} (a shape edited to drop columns?)")
+
+
+def check_padding_bits(words: np.ndarray, entries: int, bits: int, name: str) -> None:
+    """The bits past ``entries * bits`` in the last word of every row are zero."""
+    used = entries * bits % WORD_BITS
+    if used and words.shape[1]:
+        extra = words[:, -1] >> np.uint32(used)
+        if extra.any():
+            raise ValueError(f"array {name!r}: row {int(np.flatnonzero(extra)[0])} has nonzero padding bits past "
+                             f"its {entries} entries")
+
+
+def check_codes(words: np.ndarray, bits: int, entries: int, legal: np.ndarray, name: str, fmt_name: str) -> None:
+    """Every ``bits``-wide code of the packed rows is one ``legal`` (bool ``[2**bits]``) allows."""
+    forbidden = np.flatnonzero(~legal[:2**bits])
+    if forbidden.size == 0 or words.size == 0:
+        return
+    if jit.USE_NUMBA:
+        row = first_forbidden_row(words, bits, entries, forbidden)
+    else:
+        bad = np.isin(unpack_codes(words, bits, entries), forbidden)
+        row = int(np.flatnonzero(bad.any(axis=1))[0]) if bad.any() else -1
+    if row >= 0:
+        codes = unpack_codes(words[row:row + 1], bits, entries)[0]
+        col = int(np.flatnonzero(np.isin(codes, forbidden))[0])
+        raise ValueError(f"array {name!r}: code {codes[col]} at [{row}, {col}] is one {fmt_name} never emits "
+                         f"(forbidden codes {forbidden.tolist()})")
+
+
+# Stored bits of a positive finite scale lie in 1 .. limit - 1 (sign 0; zero, inf and NaN excluded).
+POSITIVE_FINITE_BELOW = {"fp16": (np.uint16, 0x7C00), "bf16": (np.uint16, 0x7F80), "fp32": (np.uint32, 0x7F800000),
+                         "e4m3": (np.uint8, 0x7F)}  # IEEE binary16/bfloat16/binary32 and OCP E4M3 (0x7F: NaN)
+
+
+def check_scale_array(stored: np.ndarray, encoding: str, name: str, arrays: dict) -> None:
+    """Stored scales of ``encoding`` decode to finite positive numbers (NF4 second level: finite),
+    tested on the stored bits."""
+    if name in ("scale_absmax", "scale_offset") or encoding == "dynamic8":
+        if stored.dtype.kind == "f" and not np.isfinite(stored).all():
+            raise ValueError(f"array {name!r} holds a non-finite value")
+        return
+    if encoding == "e8m0":
+        bad = stored == E8M0_NAN
+        why = "E8M0 code 255 (NaN)"
+    elif encoding == "int8" and name == "scales":
+        bad = stored == 0
+        why = "int8 scale code 0 (codes are 1..255)"
+    else:
+        dtype, limit = POSITIVE_FINITE_BELOW[encoding]
+        bits = stored.view(dtype)
+        bad = (bits == 0) | (bits >= limit)
+        why = "a scale that is not finite and positive"
+    if bad.any():
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"array {name!r} holds {why} at {list(at)}: {stored[at]!r}")
+
+
+def word_fields(bits: int):
+    """How codes of ``bits`` bits lie in the words of one block of the packed stream (a block is one
+    word when ``bits`` divides 32, else ``bits`` words of 32 codes): for each word, the shift to its
+    first whole code, the field pattern ``ones`` (a 1 at each whole code's lowest bit) and ``high``
+    (at its highest bit); and the (word, shift) of each code that spans two words."""
+    block_words = 1 if WORD_BITS % bits == 0 else bits
+    codes = block_words * WORD_BITS // bits
+    shifts, ones, high, straddlers = [], [], [], []
+    for i in range(block_words):
+        first = -(-i * WORD_BITS // bits)  # the first code starting in word i
+        shift = first * bits - i * WORD_BITS
+        count = (WORD_BITS - shift) // bits
+        pattern = sum(1 << (k * bits) for k in range(count))
+        shifts.append(shift)
+        ones.append(pattern)
+        high.append(pattern << (bits - 1))
+        last = first + count  # spans into word i + 1, unless the block ends here
+        if last < codes and last * bits < (i + 1) * WORD_BITS:
+            straddlers.append((i, last * bits - i * WORD_BITS))
+    as_u32 = lambda v: np.array(v, dtype=np.uint32)  # noqa: E731
+    spans = np.array(straddlers, dtype=np.int64).reshape(-1, 2)
+    return codes, as_u32(shifts), as_u32(ones), as_u32(high), spans
+
+
+def first_forbidden_row(words: np.ndarray, bits: int, entries: int, forbidden: np.ndarray) -> int:
+    """The first row of packed ``words`` holding one of the codes ``forbidden`` (-1: none)."""
+    codes_per_block, shifts, ones, high, spans = word_fields(bits)
+    is_forbidden = np.isin(np.arange(2**bits), forbidden)
+    patterns = (forbidden.astype(np.uint64)[:, None] * ones.astype(np.uint64)[None, :]).astype(np.uint32)
+    return _first_forbidden_row(words, bits, entries, codes_per_block, shifts, ones, high, spans, patterns,
+                                is_forbidden)
+
+
+@njit(parallel=True)
+def _first_forbidden_row(words, bits, entries, codes_per_block, shifts, ones, high, spans, patterns,
+                         is_forbidden):  # pragma: no cover - numba
+    """See :func:`first_forbidden_row`. Whole blocks are tested a word at a time: a code equal to
+    ``f`` is a zero field of ``word ^ f * ones`` (the has-zero-field test), codes spanning two words
+    one by one; the codes of the last, partial block one by one too (its padding is not a code)."""
+    rows = words.shape[0]
+    block_words = shifts.shape[0]
+    full_blocks = entries // codes_per_block
+    mask = np.uint32((1 << bits) - 1)
+    hit = np.zeros(rows, dtype=np.bool_)
+    for r in prange(rows):
+        acc = np.uint32(0)
+        found = False
+        for f in range(patterns.shape[0]):
+            if block_words == 1:  # codes never span words: one flat, vectorizable pass
+                pattern, one, top = patterns[f, 0], ones[0], high[0]
+                for w in range(full_blocks):
+                    t = words[r, w] ^ pattern
+                    acc |= (t - one) & ~t & top
+                continue
+            for b in range(full_blocks):
+                for i in range(block_words):
+                    t = (words[r, b * block_words + i] >> shifts[i]) ^ patterns[f, i]
+                    acc |= (t - ones[i]) & ~t & high[i]
+        for b in range(full_blocks):
+            for s in range(spans.shape[0]):
+                w, shift = b * block_words + spans[s, 0], spans[s, 1]
+                code = ((words[r, w] >> np.uint32(shift)) | (words[r, w + 1] << np.uint32(WORD_BITS - shift))) & mask
+                found |= is_forbidden[code]
+        for k in range(full_blocks * codes_per_block, entries):
+            bit = k * bits
+            w, shift = bit // WORD_BITS, bit % WORD_BITS
+            code = words[r, w] >> np.uint32(shift)
+            if shift + bits > WORD_BITS:
+                code |= words[r, w + 1] << np.uint32(WORD_BITS - shift)
+            found |= is_forbidden[code & mask]
+        hit[r] = found or acc != 0
+    for r in range(rows):
+        if hit[r]:
+            return r
+    return -1

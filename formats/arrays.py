@@ -9,23 +9,39 @@ def is_torch_tensor(x) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # dequantized weights are float32
+
+
 def as_weight_matrix(w, *, name: str = "W") -> tuple[np.ndarray, str | None]:
     """``w`` as a finite float32/float64 numpy matrix, and the torch device it came from.
 
-    float16 and bfloat16 are widened to float32 (exact); float64 stays float64. Integer and
-    bool inputs, wrong ranks, empty matrices and NaN/inf raise with what was expected.
+    Converted exactly: float16 and bfloat16 are widened to float32, a non-native byte order is
+    swapped, ``np.matrix`` and memory maps become plain arrays, long double becomes float64 when
+    every value survives the conversion. Refused with what was expected: masked arrays (a mask
+    cannot be honoured), integer, bool and complex inputs, wrong ranks, empty matrices, NaN or inf,
+    float64 values beyond the float32 range (the weights come back as float32), and torch tensors
+    that hold no plain data (meta device, sparse layouts); a torch negative view is resolved.
     """
     device = None
     if is_torch_tensor(w):
-        device = str(w.device)
-        w = w.detach().to("cpu")
-        if not w.dtype.is_floating_point:
-            raise TypeError(f"{name} must be a floating-point tensor, got {w.dtype}")
-        w = (w.float() if w.dtype.itemsize < 4 else w).numpy()
+        w, device = _torch_to_numpy(w, name)
+    elif isinstance(w, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array; a quantizer cannot honour its mask (pass w.filled(value) "
+                        "or the unmasked data)")
     elif not isinstance(w, np.ndarray):
         raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(w).__name__}")
+    w = np.asarray(w)  # np.matrix, memmap: plain ndarray views
     if w.dtype.kind != "f" and w.dtype.name != "bfloat16":
         raise TypeError(f"{name} must be a floating-point array (float16/32/64), got dtype {w.dtype}")
+    if not w.dtype.isnative:
+        w = w.astype(w.dtype.newbyteorder("="))  # exact
+    if w.dtype.itemsize > 8:  # long double
+        narrowed = w.astype(np.float64)
+        if not np.array_equal(narrowed.astype(w.dtype), w, equal_nan=True):
+            at = tuple(int(i) for i in np.argwhere(narrowed.astype(w.dtype) != w)[0])
+            raise ValueError(f"{name} is {w.dtype} and holds {w[at]!r} at index {at}, which float64 cannot hold "
+                             "exactly; convert it to float64 (or float32) yourself if that rounding is intended")
+        w = narrowed
     if w.dtype.itemsize < 4 or w.dtype.name == "bfloat16":
         w = w.astype(np.float32)
     if w.ndim != 2:
@@ -36,4 +52,23 @@ def as_weight_matrix(w, *, name: str = "W") -> tuple[np.ndarray, str | None]:
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"{name} contains {w[where]} at index {where}; expected finite values")
+    if w.dtype == np.float64:
+        big = np.abs(w) > FLOAT32_MAX
+        if big.any():
+            where = tuple(int(i) for i in np.argwhere(big)[0])
+            raise ValueError(f"{name} holds {float(w[where])!r} at index {where}, beyond the float32 range "
+                             f"(+-{FLOAT32_MAX:.8g}) that dequantized weights come back in; rescale W")
     return w, device
+
+
+def _torch_to_numpy(t, name: str) -> tuple[np.ndarray, str]:
+    """A torch tensor's data as a numpy array (on the CPU), and its device."""
+    device = str(t.device)
+    if t.device.type == "meta":
+        raise TypeError(f"{name} is on the meta device: it has a shape but no data to quantize")
+    if str(t.layout) != "torch.strided":  # sparse COO/CSR/..., whose .numpy() has no dense data
+        raise TypeError(f"{name} is a sparse tensor ({t.layout}); pass {name}.to_dense()")
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    t = t.detach().resolve_neg().resolve_conj().to("cpu")
+    return (t.float() if t.dtype.itemsize < 4 else t).numpy(), device

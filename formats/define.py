@@ -23,10 +23,11 @@ REBUILT_DESCRIPTION = "rebuilt from the definition stored in a saved file"
 MAX_DEFAULT_TEXT = 1000  # characters of one stored option default (a Python literal) that a file may hold
 
 
-def define_lut(name: str, values, *, bits: int | None = None, rounding: str = "nearest_even",
+def define_lut(name: str, values, *, bits: int | None = None, rounding: str = "nearest_even", unused_codes=(),
                description: str | None = None, register: bool = True, overwrite: bool = False):
-    """A lookup-table format (code ``i`` decodes to ``values[i]``; up to 256 values)."""
-    fmt = lut_format(name, values, bits=bits, rounding=rounding, description=description)
+    """A lookup-table format (code ``i`` decodes to ``values[i]``; 2..256 distinct finite values;
+    ``unused_codes``: codes never emitted; see :func:`~hwlab.formats.lookup.lut_format`)."""
+    fmt = lut_format(name, values, bits=bits, rounding=rounding, unused_codes=unused_codes, description=description)
     return register_format(fmt, overwrite=overwrite) if register else fmt
 
 

@@ -184,12 +184,13 @@ class DoubleQuantFormat(ElementFormat):
         check_block_size(group_size)
         rows, cols = w.shape
         x = w.reshape(-1, group_size)
-        absmax = np.abs(x).max(axis=1).astype(np.float32)
-        if not np.isfinite(absmax).all():
-            raise ValueError(f"a block absmax of {np.abs(x).max():.6g} overflows float32, which bitsandbytes "
-                             "double quantization stores; rescale W")
+        absmax = np.abs(x).max(axis=1).astype(np.float32)  # finite: inputs are within the float32 range
         arrays = compress_absmax(absmax.reshape(rows, -1))
-        s = decompress_absmax(arrays).ravel().astype(np.float64)
+        with np.errstate(over="ignore"):
+            s = decompress_absmax(arrays).ravel().astype(np.float64)
+        if not np.isfinite(s).all():
+            raise ValueError(f"double_quant: a block absmax of {absmax.max():.6g} decodes past the float32 range "
+                             "(map * absmax + offset, in float32, as bitsandbytes); rescale W or leave double_quant off")
         # value * s nearest to x  <=>  value * |s| nearest to sign(s) * x; s == 0 stores the code of 0
         scale = np.where(s == 0, ANY_POSITIVE_SCALE, np.abs(s))[None]
         signed = (x * np.sign(s)[:, None]).astype(x.dtype)  # exact: a factor of -1, 0 or 1

@@ -34,7 +34,14 @@ def standard_bias(exp_bits: int) -> int:
 
 def minifloat_values(exp_bits: int, man_bits: int, bias: int | None = None,
                      semantics: str = "finite") -> np.ndarray:
-    """Decoded float64 value of every code of a minifloat (index = code)."""
+    """Decoded float64 value of every code of a minifloat (index = code).
+
+    ``exp_bits``, ``man_bits`` and ``bias`` are integers; a bias so large or small that values
+    overflow float64, or underflow into one another, is refused.
+    """
+    for label, v in (("exp_bits", exp_bits), ("man_bits", man_bits), ("bias", bias)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+            raise TypeError(f"{label} must be an integer, got {v!r}")
     if exp_bits < 1 or man_bits < 0 or 1 + exp_bits + man_bits > 8:
         raise ValueError("a minifloat needs exp_bits >= 1, man_bits >= 0 and "
                          f"1 + exp_bits + man_bits <= 8 bits, got E{exp_bits}M{man_bits}")
@@ -48,11 +55,16 @@ def minifloat_values(exp_bits: int, man_bits: int, bias: int | None = None,
     exponent = (codes >> man_bits) & (2**exp_bits - 1)
     mantissa = (codes & (2**man_bits - 1)).astype(np.float64)
     subnormal = exponent == 0
-    magnitude = np.where(
-        subnormal,
-        np.ldexp(mantissa / 2**man_bits, 1 - bias),
-        np.ldexp(1 + mantissa / 2**man_bits, exponent - bias),
-    )
+    with np.errstate(over="ignore", under="ignore"):  # a bias that overflows or underflows is refused below
+        magnitude = np.where(
+            subnormal,
+            np.ldexp(mantissa / 2**man_bits, 1 - bias),
+            np.ldexp(1 + mantissa / 2**man_bits, exponent - bias),
+        )
+    positive = magnitude[:2 ** (exp_bits + man_bits)]
+    if not (np.isfinite(positive).all() and (np.diff(positive) > 0).all()):
+        raise ValueError(f"bias {bias} puts the values of E{exp_bits}M{man_bits} outside float64 (they overflow, "
+                         "or underflow into one another); choose a bias of smaller magnitude")
     values = sign * magnitude
     top = exponent == 2**exp_bits - 1
     if semantics == "fn":
@@ -62,11 +74,11 @@ def minifloat_values(exp_bits: int, man_bits: int, bias: int | None = None,
     return values
 
 
-def sign_magnitude_table(magnitudes, negative_zero=np.nan) -> np.ndarray:
+def sign_magnitude_table(magnitudes, negative_zero=-0.0) -> np.ndarray:
     """Values of a sign-magnitude code: ``magnitudes`` for sign 0, their negatives for sign 1.
 
-    The code of ``-0`` (sign 1, magnitude 0) decodes to ``negative_zero``: NaN (unused) by
-    default, or a repurposed special value (BitMoD).
+    The code of ``-0`` (sign 1, magnitude 0) decodes to ``negative_zero``: -0 by default, or a
+    repurposed special value (BitMoD).
     """
     mags = np.asarray(magnitudes, dtype=np.float64)
     values = np.concatenate([mags, -mags])

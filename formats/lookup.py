@@ -23,39 +23,52 @@ NF4_VALUES = (
 )
 
 # ANT (Guo et al., MICRO 2022), signed 4-bit flint: {0, +-1/4, +-1/2, +-3/4, +-1, +-3/2, +-2, +-4}
-# (clevercool/ANT-Quantization). Layout here: sign-magnitude, magnitude codes ascending,
-# the -0 code (0b1000) unused.
+# (clevercool/ANT-Quantization). Layout here: sign-magnitude, magnitude codes ascending; the -0
+# code (0b1000) decodes to -0 and is never emitted.
 FLINT4_MAGNITUDES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
 
 
 def lut_format(name: str, values, *, bits: int | None = None, rounding: str = "nearest_even",
-               family: str = "lookup", description: str | None = None,
+               unused_codes=(), family: str = "lookup", description: str | None = None,
                defaults: dict | None = None, fields: dict | None = None) -> ElementFormat:
     """An :class:`ElementFormat` from a list of values (code ``i`` decodes to ``values[i]``).
 
-    ``bits`` defaults to the fewest that hold the table; spare codes decode to NaN and are
-    never emitted. NaN entries mark unused codes; a ``-0`` beside ``+0`` is the code negative
-    inputs that round to zero get, as in a minifloat. ``fields``: see :class:`ElementFormat`.
+    ``values``: a 1-D sequence of 2..256 distinct finite numbers, at least one of them nonzero (a
+    ``-0`` beside ``+0`` is the code negative inputs that round to zero get, as in a minifloat).
+    ``bits`` defaults to the fewest that hold the table; spare codes past it decode to NaN and
+    are never emitted, and ``unused_codes`` keeps codes of the table from being emitted too.
+    ``fields``: see :class:`ElementFormat`.
     """
-    table = np.asarray(values, dtype=np.float64).ravel()
+    table = np.asarray(values)
+    if table.ndim != 1:
+        raise ValueError(f"lookup table {name!r} must be a 1-D sequence of values, got shape {table.shape}")
+    if table.dtype.kind not in "fiu":
+        raise TypeError(f"lookup table {name!r} must hold real numbers, got dtype {table.dtype}")
+    table = table.astype(np.float64)
     if not 2 <= table.size <= MAX_TABLE_CODES:
         raise ValueError(f"a lookup table needs 2..{MAX_TABLE_CODES} values, got {table.size}")
-    if np.isinf(table).any():
-        raise ValueError(f"lookup table {name!r} contains inf; expected finite values (NaN marks an unused code)")
+    if not np.isfinite(table).all():
+        bad = table[~np.isfinite(table)][0]
+        raise ValueError(f"lookup table {name!r} contains {bad}; expected finite values (to leave a code unused, "
+                         "pass unused_codes=...)")
+    if not (table != 0).any():
+        raise ValueError(f"lookup table {name!r} has no nonzero value; a scale cannot map weights onto it")
     need = max(1, math.ceil(math.log2(table.size)))
     bits = need if bits is None else bits
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+        raise TypeError(f"bits must be an integer, got {bits!r}")
     if bits < need:
         raise ValueError(f"lookup table {name!r} has {table.size} values, which need {need} bits, got bits={bits}")
     padded = np.full(2**bits, np.nan)
     padded[:table.size] = table
     negative_zero = (table == 0) & np.signbit(table)  # one -0 code may sit beside +0, as in a minifloat
-    finite = np.sort(table[np.isfinite(table) & ~negative_zero])
+    finite = np.sort(table[~negative_zero])
     repeated = finite[1:][np.diff(finite) == 0]
     if repeated.size or negative_zero.sum() > 1:
         raise ValueError(f"lookup table {name!r} repeats the value {repeated[0] if repeated.size else -0.0}; "
                          "values must be distinct (one -0 beside +0 is allowed)")
-    return ElementFormat(name, bits, padded, family=family, rounding=rounding, defaults=defaults, fields=fields,
-                         description=description or f"lookup table of {table.size} values")
+    return ElementFormat(name, bits, padded, family=family, rounding=rounding, unused_codes=unused_codes,
+                         defaults=defaults, fields=fields, description=description or f"lookup table of {table.size} values")
 
 
 def nf4_format() -> ElementFormat:
@@ -72,5 +85,5 @@ def nf4_format() -> ElementFormat:
 
 def flint4_format() -> ElementFormat:
     """ANT's signed 4-bit flint."""
-    return lut_format("flint4", sign_magnitude_table(FLINT4_MAGNITUDES),
+    return lut_format("flint4", sign_magnitude_table(FLINT4_MAGNITUDES), unused_codes=(8,),
                       description="ANT flint4: {0, +-1/4, +-1/2, +-3/4, +-1, +-3/2, +-2, +-4}")

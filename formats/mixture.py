@@ -16,6 +16,9 @@ from .element import ElementFormat
 from .scaled import ScaledScheme, scaled_options
 
 
+MAX_MEMBERS = 256  # type ids are packed codes of at most 8 bits
+
+
 class MixtureFormat(ScaledScheme, Format):
     """A datatype that picks one of ``members`` per group by least MSE."""
 
@@ -27,6 +30,15 @@ class MixtureFormat(ScaledScheme, Format):
         if not all(isinstance(m, ElementFormat) for m in members):
             raise TypeError("mixture members must be element formats (ElementFormat), got "
                             f"{[type(m).__name__ for m in members]}")
+        names = [m.name for m in members]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        tables = [m.values.tobytes() for m in members]
+        if repeated or len(set(tables)) < len(tables):
+            raise ValueError(f"mixture {name!r} repeats a member ({repeated or 'two members with the same values'}); "
+                             "members must differ")
+        if len(members) > MAX_MEMBERS:
+            raise ValueError(f"a mixture has at most {MAX_MEMBERS} members (type ids are stored in 8 bits), "
+                             f"got {len(members)}")
         widths = {m.bits for m in members}
         if len(widths) != 1:
             raise ValueError(f"mixture members must share one bit width, got {sorted(widths)}")

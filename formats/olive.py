@@ -63,7 +63,7 @@ from .scale_search import ScaleCandidates
 from .scaled import SCALE_DTYPE, TWO_STAGE_DECODE
 from .scales import StoredScales, get_scale_type
 from .unpacked import Unpacked
-from .validate import check_codes
+from .validate import check_packed_codes
 
 VICTIM_CODE = 0b1000  # the int4 code of -8, never a normal value: marks the victim (OliVe, sec. 4)
 # Outlier magnitudes by 3-bit index (E << 1) | M: 2**(E+3) * (1 + M/2); index 0 unused.
@@ -130,7 +130,7 @@ class OliveFormat(Format):
     def check_stored_structure(self, arrays: dict, layout: dict) -> None:
         """No pair holds the victim code twice (the quantizer never writes one): read as a stream of
         8-bit entries, byte k of a row is pair k (codes 2k, 2k+1), and none may be 0x88."""
-        check_codes(arrays["codes"], 8, layout["codes"].entries // 2, np.arange(256) != VICTIM_CODE * 0x11,
+        check_packed_codes(arrays["codes"], 8, layout["codes"].entries // 2, np.arange(256) != VICTIM_CODE * 0x11,
                     "codes", f"{self.name} (a pair of two victim codes)")
 
     def encoding_fields(self) -> dict:
@@ -197,7 +197,7 @@ class OliveFormat(Format):
         x_max = np.maximum(np.abs(mean + X_MAX_STDS * std), np.abs(mean - X_MAX_STDS * std))
         ratios = np.array(ALPHA_PERCENTS, dtype=np.float64)[:, None] * 0.01
         ideal = (x_max * ratios / NORMAL_MAX).reshape(len(ALPHA_PERCENTS), rows, groups)
-        candidates = ScaleCandidates.of(ideal, get_scale_type(opts["scale_dtype"]))
+        candidates = ScaleCandidates.of(ideal, get_scale_type(opts["scale_dtype"]), loss=0.5 / NORMAL_MAX)
         best_codes, best, _ = self._search(x, candidates.decoded)
         stored = candidates.winners(best)
         arrays = {"codes": pack_codes(best_codes.reshape(rows, cols), self.bits), "scales": stored.values}

@@ -161,6 +161,9 @@ def quantize(w, fmt, group_size: int | None = None, *, pad: bool = False, **opti
             raise ValueError(f"group_size must divide K={cols}, got {group_size} "
                              "(pass pad=True to pad K with zeros)")
         padded_cols = -(-cols // group_size) * group_size
+        if padded_cols - cols >= cols:
+            raise ValueError(f"pad=True would add {padded_cols - cols} zero columns to K={cols} (more than K itself) "
+                             f"for group_size={group_size}; choose a group size below K, or granularity='channel'")
         matrix = np.concatenate([matrix, np.zeros((rows, padded_cols - cols), matrix.dtype)], axis=1)
     arrays = fmt.quantize_arrays(matrix, group_size, opts)
     check_arrays(arrays, fmt.array_specs(rows, padded_cols, group_size, opts), where=f"quantizer of {fmt.name}")

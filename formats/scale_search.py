@@ -67,14 +67,36 @@ class GroupStats:
         return (hi - lo) / (2**member.bits - 1), lo
 
 
-def bounded_scales(ideal: np.ndarray, scale_type, scale_clamp=None, remedy: str | None = None) -> np.ndarray:
-    """Ideal scales made storable in ``scale_type``: raised to its least positive value (so an
+def loss_factor(member) -> float:
+    """A group of ``member`` whose ideal scale is below ``loss_factor * s`` loses every weight under a
+    stored scale ``s``: even its largest weight rounds to zero. Half the least nonzero magnitude
+    over the largest (absmax scaling; the affine step is ``1 / (2**bits - 1)`` of the span, the
+    absmean scale about the weights themselves)."""
+    if member.scaling == "affine":
+        return 0.5 / (2**member.bits - 1)
+    if member.scaling == "absmean":
+        return 0.5
+    values = np.abs(member.rounding_table.sorted_values)
+    return 0.5 * values[values > 0].min() / member.max_abs
+
+
+def bounded_scales(ideal: np.ndarray, scale_type, scale_clamp=None, remedy: str | None = None,
+                   loss=0.0) -> np.ndarray:
+    """Ideal scales ``[candidates, ...]`` made storable in ``scale_type``: clamped by
+    ``scale_clamp`` (``(low, high)`` or None), raised to the dtype's least positive value (so an
     all-zero group, which any positive scale encodes exactly, gets the least scale and never sets
-    a row's int8 base scale), clamped by ``scale_clamp`` (``(low, high)`` or None), and refused
-    where they overflow (the error suggests ``remedy``, or a wider scale dtype)."""
-    ideal = np.maximum(ideal, scale_type.smallest)
+    a row's int8 base scale), and refused where they overflow, or where even the least shrunk
+    candidate of a group holding weights is below ``loss`` (:func:`loss_factor`, broadcast like
+    ``ideal``) times the least scale the dtype holds, so that every weight of the group would
+    quantize to zero; the errors suggest ``remedy``, or a wider scale dtype."""
     if scale_clamp is not None:
-        ideal = np.clip(ideal, *scale_clamp)
+        ideal = np.where(ideal > 0, np.clip(ideal, *scale_clamp), 0.0)
+    lost = ((ideal > 0) & (ideal < np.asarray(loss) * scale_type.smallest)).all(axis=0) & (ideal.max(axis=0) > 0)
+    if lost.any():
+        raise ValueError(f"a group needs a scale of {ideal.max(axis=0)[lost].max():.6g}, so far below the least "
+                         f"scale_dtype={scale_type.name!r} holds ({scale_type.smallest:.6g}) that all its weights "
+                         f"would quantize to zero; {remedy or 'use a wider scale_dtype (bf16, fp32) or rescale W'}")
+    ideal = np.maximum(ideal, scale_type.smallest)
     if ideal.max() > scale_type.largest:
         if remedy is None:
             remedy = "rescale W" if scale_type.name in WIDEST_SCALE_DTYPES else "use a wider scale_dtype or rescale W"
@@ -92,9 +114,11 @@ class ScaleCandidates:
     decoded: np.ndarray
 
     @classmethod
-    def of(cls, ideal: np.ndarray, scale_type, scale_clamp=None, remedy: str | None = None) -> "ScaleCandidates":
-        """Bound, store and decode ideal scales ``[C, rows, groups]`` (int8: one row scale for all C)."""
-        stored = scale_type.store(bounded_scales(ideal, scale_type, scale_clamp, remedy))
+    def of(cls, ideal: np.ndarray, scale_type, scale_clamp=None, remedy: str | None = None,
+           loss=0.0) -> "ScaleCandidates":
+        """Bound, store and decode ideal scales ``[C, rows, groups]`` (int8: one row scale for all C);
+        ``loss``: see :func:`bounded_scales`."""
+        stored = scale_type.store(bounded_scales(ideal, scale_type, scale_clamp, remedy, loss))
         return cls(stored, scale_type.load(stored).reshape(ideal.shape[0], -1))
 
     def winners(self, best: np.ndarray) -> StoredScales:

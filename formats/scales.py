@@ -29,6 +29,7 @@ SCALE_DTYPES = ("fp16", "bf16", "fp32", "e8m0", "e4m3", "int8")
 E8M0_BIAS = 127  # OCP MX v1.0, table 7
 E8M0_MIN_EXP, E8M0_MAX_EXP = -127, 127  # codes 0..254; 255 is NaN
 FP16_SMALLEST, FP16_LARGEST = 2.0**-24, 65504.0  # IEEE binary16 least subnormal, largest finite
+BF16_LARGEST = (2 - 2.0**-7) * 2.0**127  # bfloat16: 8 significant bits, float32's exponent range: 3.3895e38
 INT8_SCALE_MAX_CODE = 255  # positive scales use the whole unsigned byte; code 0 is never used
 # OCP E4M3 (OFP8 rev 1.0): the same definition as the element format fp8_e4m3 (code 0x7f is NaN).
 E4M3_VALUES = minifloat_values(4, 3, semantics="fn")
@@ -107,7 +108,7 @@ class ScaleType:
 
 SCALE_TYPES = {
     "fp16": ScaleType("fp16", np.float16, FP16_SMALLEST, FP16_LARGEST),
-    "bf16": ScaleType("bf16", np.uint16, 2.0**-126, float(np.finfo(np.float32).max)),
+    "bf16": ScaleType("bf16", np.uint16, 2.0**-126, BF16_LARGEST),
     "fp32": ScaleType("fp32", np.float32, float(np.finfo(np.float32).smallest_subnormal), float(np.finfo(np.float32).max)),
     "e8m0": ScaleType("e8m0", np.uint8, 2.0**E8M0_MIN_EXP, 2.0**E8M0_MAX_EXP),
     "e4m3": ScaleType("e4m3", np.uint8, 2.0**-9, 448.0),

@@ -146,6 +146,9 @@ def file_format(path: str, name: str, fingerprint: str, definition: dict, descri
         pass
     else:
         if fmt.fingerprint() == fingerprint:
+            if fmt.definition() != definition:
+                raise ValueError(f"{path}: the stored definition does not match format {name!r}, whose fingerprint "
+                                 "the file names (corrupted or edited)")
             return fmt
         if not use_file_format:
             raise ValueError(f"{path}: format {name!r} registered here differs from the one the file was "

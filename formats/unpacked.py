@@ -10,7 +10,7 @@ tensor scales. The simulators and kernels read tensors only through it (and thro
 
 with ``member``, ``zero`` and ``scale`` those of the group holding ``(n, k)`` (``member`` per
 element where the format decides per element), computed in float64 (exact for every built-in
-format) and rounded once to float32.
+format) and rounded once to float32, saturating at the float32 range.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import numpy as np
 from .decomposition import Decomposition, decompose
 
 MEMBER_SCOPES = ("group", "element")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -132,6 +133,10 @@ class Unpacked:
         return v
 
     def dequantize(self) -> np.ndarray:
-        """The weights, float32 ``[N, K]``: the generic decode of the module docstring."""
+        """The weights, float32 ``[N, K]``: the generic decode of the module docstring.
+
+        A value past the float32 range (only a group at the very edge of it, such as an affine
+        group spanning -max..max) saturates to +-float32 max: finite in, finite out."""
         w = self.element_values() * self.expand(self.scales)
+        np.clip(w, -FLOAT32_MAX, FLOAT32_MAX, out=w)
         return w[:, :self.shape[1]].astype(np.float32)

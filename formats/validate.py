@@ -40,7 +40,7 @@ def check_stored(qt) -> None:
         if a.role == "codes" and a.packing == "bits":
             member = a.member if a.member is not None else 0
             # a mixture's codes: legal in some member here, in their own member below
-            check_codes(arrays[name], a.bits, a.entries, legal[member] if legal.shape[0] == 1 or a.member is not None
+            check_packed_codes(arrays[name], a.bits, a.entries, legal[member] if legal.shape[0] == 1 or a.member is not None
                         else legal.any(axis=0), name, fmt.name)
     if legal.shape[0] > 1 and "type_ids" in layout and not (legal == legal[0]).all():
         u = qt.unpacked()  # members differ in what they emit: check each code against its own member
@@ -71,7 +71,7 @@ def check_padding_bits(words: np.ndarray, entries: int, bits: int, name: str) ->
                              f"its {entries} entries")
 
 
-def check_codes(words: np.ndarray, bits: int, entries: int, legal: np.ndarray, name: str, fmt_name: str) -> None:
+def check_packed_codes(words: np.ndarray, bits: int, entries: int, legal: np.ndarray, name: str, fmt_name: str) -> None:
     """Every ``bits``-wide code of the packed rows is one ``legal`` (bool ``[2**bits]``) allows."""
     forbidden = np.flatnonzero(~legal[:2**bits])
     if forbidden.size == 0 or words.size == 0:

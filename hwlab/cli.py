@@ -33,6 +33,7 @@ import os
 import pathlib
 import runpy
 import sys
+import tempfile
 import warnings
 
 import numpy as np
@@ -50,6 +51,7 @@ TABLE_GROUP_SIZE = 128
 WEIGHT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors dtype names that read_weights accepts
 EXIT_ERROR = 2
 OPTION_FLAGS = {"--scale-dtype": "scale_dtype", "--granularity": "granularity", "--scale-search": "scale_search"}
+QUANTIZE_ARGUMENTS = {"group_size": "--group-size", "pad": "--pad"}  # arguments of quantize() itself, not options
 DEFINE_ENV = "HWLAB_DEFINE"  # user datatype definition files, run before every command
 
 
@@ -82,6 +84,10 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # the reader went away (`hwlab formats | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise
         return 1
+    except MemoryError:
+        print("hwlab: error: out of memory (the matrix, or the padding or group size asked for, is too large)",
+              file=sys.stderr)
+        return EXIT_ERROR
     except (UsageError, ValueError, TypeError, KeyError, OSError, SafetensorError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"hwlab: error: {' '.join(str(message).split())}", file=sys.stderr)
@@ -116,7 +122,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other format option, VALUE a Python literal (e.g. clip_ratios='(1.0, 0.9)')")
     p.add_argument("--pad", action="store_true", help="pad K with zeros to a multiple of the group size")
-    p.add_argument("--out", help="write the quantized tensor here (safetensors; one tensor only)")
+    p.add_argument("--out", help="write the quantized tensor here (a new .safetensors file; one tensor only)")
+    p.add_argument("--force", action="store_true", help="let --out replace an existing file (never an input)")
     _add_output_flags(p)
     p.set_defaults(run=_cmd_quantize)
 
@@ -312,15 +319,16 @@ def _cmd_quantize(args) -> None:
     if args.out and len(weights) > 1:
         raise ValueError(f"--out writes one quantized tensor, but {len(weights)} are selected "
                          f"({', '.join(weights)}); choose one with --tensor")
-    if args.out and not pathlib.Path(args.out).resolve().parent.is_dir():
-        raise FileNotFoundError(f"--out {args.out}: directory {pathlib.Path(args.out).parent} does not exist")
+    if args.out:
+        _check_out(pathlib.Path(args.out), [path] + ([pathlib.Path(args.fmt)] if args.fmt.endswith(".safetensors")
+                                                     else []), args.force)
     results = []
     for name, w in weights.items():
         qt = hwlab.quantize(w, fmt, group_size, pad=args.pad, **options)
         results.append({"tensor": name, "shape": list(qt.shape), "bits_per_weight": qt.bits_per_weight,
                         **qt.error(w)})
         if args.out:
-            qt.save(args.out)
+            _save_atomically(qt, pathlib.Path(args.out))
     report = {"file": str(path), "format": fmt.name, "group_size": qt.group_size, "options": qt.options,
               "tensors": results, "out": args.out}
     if args.json:
@@ -334,6 +342,32 @@ def _cmd_quantize(args) -> None:
         print(f"wrote {args.out}")
 
 
+def _check_out(out: pathlib.Path, inputs: list[pathlib.Path], force: bool) -> None:
+    """``--out`` may not overwrite an input, nor (without ``--force``) any file; it writes safetensors."""
+    if out.suffix != ".safetensors":
+        raise UsageError(f"--out {out}: a quantized tensor is written as safetensors; name the file *.safetensors")
+    if not out.resolve().parent.is_dir():
+        raise FileNotFoundError(f"--out {out}: directory {out.parent} does not exist")
+    if any(out.exists() and p.exists() and out.samefile(p) for p in inputs):
+        raise UsageError(f"--out {out} is an input of this command; it is never overwritten")
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a directory")
+    if out.exists() and not force:
+        raise UsageError(f"--out {out} exists; pass --force to replace it")
+
+
+def _save_atomically(qt, out: pathlib.Path) -> None:
+    """Write to a temporary file beside ``out``, then rename it: an interrupted run leaves no partial file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.resolve().parent)
+    os.close(fd)
+    try:
+        qt.save(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def _options(args) -> dict:
     """Format options given on the command line (only those given: the rest are the format's)."""
     options = {key: getattr(args, key) for key in OPTION_FLAGS.values() if getattr(args, key) is not None}
@@ -343,6 +377,8 @@ def _options(args) -> dict:
             raise UsageError(f"--option expects KEY=VALUE, got {item!r}")
         if key in options:
             raise UsageError(f"option {key!r} is given twice")
+        if key in QUANTIZE_ARGUMENTS:
+            raise UsageError(f"{key} is not a format option; use {QUANTIZE_ARGUMENTS[key]}")
         try:
             options[key] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
@@ -357,12 +393,17 @@ def read_weights(path: pathlib.Path, tensors: list[str] | None = None) -> dict[s
     or F64 tensor); BF16 is widened to float32 exactly. A file written by
     :meth:`~hwlab.QuantizedTensor.save` is refused (it holds codes, not weights).
     """
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; expected a .npy or .safetensors file")
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     if path.suffix == ".npy":
         if tensors:
             raise UsageError("--tensor applies to .safetensors files; a .npy file holds one matrix")
-        return {path.stem: np.load(path, allow_pickle=False)}
+        try:
+            return {path.stem: np.load(path, allow_pickle=False)}
+        except (ValueError, EOFError) as exc:  # empty, truncated, pickled or not a .npy at all
+            raise ValueError(f"{path} is not a readable .npy array: {exc}") from None
     if path.suffix != ".safetensors":
         raise ValueError(f"expected a .npy or .safetensors file, got {path.name!r}")
     try:

@@ -224,12 +224,13 @@ def test_other_options_and_ragged_k_are_refused(rng):
         hwlab.quantize(rng.standard_normal((2, 40)), "mxfp4")
 
 
-def test_overflowing_inputs_raise():
+@pytest.mark.parametrize("name", ["mxfp4", "nvfp4", "mxint8"])
+def test_overflowing_inputs_raise(name):
     huge = np.full((1, 32), 1e300)
-    with pytest.raises(ValueError, match="past the E8M0 maximum 127"):
-        hwlab.quantize(huge, "mxfp4")
-    with pytest.raises(ValueError, match="float32 tensor scale overflow"):
-        hwlab.quantize(huge, "nvfp4")
+    with pytest.raises(ValueError, match=r"W holds 1e\+300 at index \(0, 0\), beyond the float32 range"):
+        hwlab.quantize(huge, name)
+    top = np.full((1, 32), np.finfo(np.float32).max, np.float32)
+    assert np.isfinite(hwlab.quantize(top, name).dequantize()).all()  # the largest float32 still works
 
 
 def test_constructor_checks_the_scale_rule():

@@ -21,7 +21,7 @@ from .arrays import as_weight_matrix, is_torch_tensor
 from .base import Format
 from .metrics import error_metrics
 from .registry import get_format
-from .storage import FormatRebuiltWarning, StorageError, check_arrays
+from .storage import StorageError, check_arrays
 from .unpacked import Unpacked
 
 GRANULARITY_OPTION = "granularity"

@@ -111,7 +111,7 @@ def resolve(path: str, meta: dict, use_file_format: bool):
         opts = fmt.option_values(options_from_json(meta["options"]))
     except (ValueError, TypeError) as exc:
         raise StorageError(str(exc) if str(exc).startswith(path) else f"{path}: {exc}") from None
-    (rows, cols), group_size, padded_cols = meta["shape"], meta["group_size"], meta["padded_cols"]
+    (_, cols), group_size, padded_cols = meta["shape"], meta["group_size"], meta["padded_cols"]
     try:
         fmt.check_group_size(group_size)
     except ValueError as exc:

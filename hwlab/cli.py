@@ -42,6 +42,8 @@ from safetensors import SafetensorError, safe_open
 import hwlab
 from hwlab.formats import FormatRebuiltWarning, get_format, list_formats
 from hwlab.formats.scales import StoredScales, get_scale_type
+from hwlab import sim_command
+from hwlab.output import UsageError, cell, print_json, render
 from hwlab.sample import sample_path
 
 # `hwlab formats` reports bits per weight for a 4096 x 4096 matrix (a Llama-2-7B attention
@@ -53,10 +55,6 @@ EXIT_ERROR = 2
 OPTION_FLAGS = {"--scale-dtype": "scale_dtype", "--granularity": "granularity", "--scale-search": "scale_search"}
 QUANTIZE_ARGUMENTS = {"group_size": "--group-size", "pad": "--pad"}  # arguments of quantize() itself, not options
 DEFINE_ENV = "HWLAB_DEFINE"  # user datatype definition files, run before every command
-
-
-class UsageError(Exception):
-    """A bad command line (raised instead of argparse's multi-line usage message)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -134,6 +132,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("sample-path", help="print the path of the sample weights shipped with hwlab")
     p.set_defaults(run=lambda args: print(sample_path()))
+    sim_command.add_parser(commands, _add_output_flags)
     return parser
 
 
@@ -243,10 +242,10 @@ def _cmd_formats(args) -> None:
         raise ValueError(f"no format of family {args.family!r}; families: {', '.join(families)}")
     facts = [format_facts(n) for n in names]
     if args.json:
-        _print_json(facts)
+        print_json(facts)
         return
-    rows = [[_cell(f[key] if key != "group" else _group_cell(f)) for key, _ in FORMAT_COLUMNS] for f in facts]
-    print(_render([title for _, title in FORMAT_COLUMNS], rows, markdown=args.markdown))
+    rows = [[cell(f[key] if key != "group" else _groupcell(f)) for key, _ in FORMAT_COLUMNS] for f in facts]
+    print(render([title for _, title in FORMAT_COLUMNS], rows, markdown=args.markdown))
     print()
     print(f"bits/w: every stored bit (codes, scales, zeros, type ids) per weight of a "
           f"{TABLE_SHAPE[0]}x{TABLE_SHAPE[1]} matrix with default options; group: elements per scale "
@@ -269,17 +268,17 @@ def format_detail(fmt) -> dict:
 def _show_format(fmt, as_json: bool) -> None:
     detail = format_detail(fmt)
     if as_json:
-        _print_json(detail)
+        print_json(detail)
         return
     print(f"{fmt.name} ({fmt.family}, {fmt.bits}-bit): {detail['description']}")
-    print(f"values from {_cell(detail['min'])} to {_cell(detail['max'])}, least step {_cell(detail['smallest_step'])}, "
-          f"rounding {detail['rounding']}; {_cell(detail['bits_per_weight'])} bits per weight at "
-          f"{TABLE_SHAPE[0]}x{TABLE_SHAPE[1]}, group {_group_cell(detail)}")
+    print(f"values from {cell(detail['min'])} to {cell(detail['max'])}, least step {cell(detail['smallest_step'])}, "
+          f"rounding {detail['rounding']}; {cell(detail['bits_per_weight'])} bits per weight at "
+          f"{TABLE_SHAPE[0]}x{TABLE_SHAPE[1]}, group {_groupcell(detail)}")
     for member, row in enumerate(detail["values"]):
         label = f"member {member}" if len(detail["values"]) > 1 else "values"
         print(f"{label}: " + " ".join("-" if math.isnan(v) else f"{v:g}" for v in row))
     print("options:")
-    print(_render(["  option", "default", "choices", "meaning"],
+    print(render(["  option", "default", "choices", "meaning"],
                   [[f"  {name}", repr(o["default"]), ", ".join(map(repr, o["choices"])) if o["choices"] else "-",
                     o["help"]] for name, o in detail["options"].items()]))
     d = detail["decomposition"]
@@ -291,7 +290,7 @@ def _show_format(fmt, as_json: bool) -> None:
               f"{d['exponent_range'][0]}..{d['exponent_range'][1]}")
 
 
-def _group_cell(facts: dict) -> str:
+def _groupcell(facts: dict) -> str:
     if facts["granularity"] != "group":
         return facts["granularity"]
     return f"{facts['group_size']}*" if facts["fixed_group"] else str(facts["group_size"])
@@ -332,12 +331,12 @@ def _cmd_quantize(args) -> None:
     report = {"file": str(path), "format": fmt.name, "group_size": qt.group_size, "options": qt.options,
               "tensors": results, "out": args.out}
     if args.json:
-        _print_json(report)
+        print_json(report)
         return
     print(f"{path}: format {fmt.name}, {_grouping(qt)}" + "".join(f", {k}={v!r}" for k, v in options.items()))
-    rows = [[r["tensor"], "x".join(map(str, r["shape"]))] + [_cell(r[key]) for key, _ in METRIC_COLUMNS]
+    rows = [[r["tensor"], "x".join(map(str, r["shape"]))] + [cell(r[key]) for key, _ in METRIC_COLUMNS]
             for r in results]
-    print(_render(["tensor", "shape"] + [title for _, title in METRIC_COLUMNS], rows))
+    print(render(["tensor", "shape"] + [title for _, title in METRIC_COLUMNS], rows))
     if args.out:
         print(f"wrote {args.out}")
 
@@ -453,14 +452,14 @@ def _cmd_info(args) -> None:
               "group_size": qt.group_size, "padded_cols": qt.padded_cols, "options": qt.options,
               "arrays": arrays, "bytes": qt.nbytes, "bits_per_weight": qt.bits_per_weight}
     if args.json:
-        _print_json(report)
+        print_json(report)
         return
     print(f"{args.file}: {fmt.name} ({fmt.family}, {fmt.bits}-bit) {qt.shape[0]}x{qt.shape[1]}, "
-          f"{_grouping(qt)}, {_cell(qt.bits_per_weight)} bits per weight")
+          f"{_grouping(qt)}, {cell(qt.bits_per_weight)} bits per weight")
     if qt.padded_cols != qt.shape[1]:
         print(f"K padded with zeros to {qt.padded_cols}")
     print("options: " + ", ".join(f"{k}={v!r}" for k, v in qt.options.items()))
-    print(_render(["array", "role", "dtype", "shape", "bytes", "packing", "bits", "entries/row", "one entry per",
+    print(render(["array", "role", "dtype", "shape", "bytes", "packing", "bits", "entries/row", "one entry per",
                    "encoding"],
                   [[n, layout[n].role, a["dtype"], "x".join(map(str, a["shape"])), str(a["bytes"]), layout[n].packing,
                     str(layout[n].bits), str(layout[n].entries), _applies(layout[n]), layout[n].encoding]
@@ -476,43 +475,6 @@ def _grouping(qt) -> str:
     """How ``qt`` shares its scales: a group size, or one scale per channel or tensor."""
     granularity = qt.options.get("granularity", "group")
     return f"group size {qt.group_size}" if granularity == "group" else f"one scale per {granularity}"
-
-
-# ---- output ----------------------------------------------------------------------------------
-
-def _cell(value) -> str:
-    """A table cell: ``-`` for unknown, reals to 7 significant digits (4.140625 bits stays exact)."""
-    if value is None:
-        return "-"
-    if isinstance(value, (bool, str, int, np.integer)):
-        return str(value)
-    return f"{value:.7g}"
-
-
-def _render(header: list[str], rows: list[list[str]], markdown: bool = False) -> str:
-    """An aligned plain-text table, or a markdown table."""
-    if markdown:
-        lines = [header, ["---"] * len(header)] + rows
-        return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows)
-
-
-def _print_json(obj) -> None:
-    print(json.dumps(_strict(obj), indent=2, allow_nan=False))
-
-
-def _strict(obj):
-    """``obj`` with tuples as lists, numpy scalars as Python numbers and inf/NaN as strings."""
-    if isinstance(obj, dict):
-        return {str(k): _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    return obj
 
 
 if __name__ == "__main__":

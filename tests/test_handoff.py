@@ -368,7 +368,6 @@ def test_a_colleagues_format_is_rebuilt_from_the_file(kind, isolated_registry, r
 
 
 def test_a_corrupted_definition_is_not_rebuilt(isolated_registry, rng, tmp_path):
-    from safetensors.numpy import save_file
 
     qt = hwlab.quantize(rng.standard_normal((4, 64)).astype(np.float32),
                         define_lut("colleague", [0, 1, 2, 3, -1, -2, -3, -4]), 32)
@@ -463,7 +462,6 @@ def test_row_scales_of_a_per_tensor_int8_scale_cover_the_tensor(rng):
 
 
 def test_a_stored_layout_that_does_not_match_is_refused(rng, tmp_path):
-    from safetensors.numpy import save_file
 
     qt = hwlab.quantize(rng.standard_normal((4, 128)).astype(np.float32), "int4", 64)
     path = tmp_path / "t.safetensors"
@@ -479,7 +477,6 @@ def test_a_stored_layout_that_does_not_match_is_refused(rng, tmp_path):
 
 
 def test_crafted_definitions_give_clear_errors(isolated_registry, rng, tmp_path):
-    from safetensors.numpy import save_file
 
     qt = hwlab.quantize(rng.standard_normal((4, 64)).astype(np.float32),
                         define_lut("colleague", [0, 1, 2, 3, -1, -2, -3, -4]), 32)

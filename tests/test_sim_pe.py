@@ -1,0 +1,156 @@
+"""The functional PE engine: numba equals the numpy golden model bit for bit; the output is within the
+stated error bound of float64 ``x @ W_hat.T``; cycles counted from the terms processed."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import hwlab
+from hwlab.sample import sample_weights
+from hwlab.sim import PEError, get_preset, run_pe
+from hwlab.sim import pe
+
+FORMATS = ["int2", "int3", "int4", "int6", "int8", "fp4_e2m1", "fp3_e2m0", "fp4_e3m0", "fp6_e2m3", "fp8_e4m3",
+           "fp8_e5m2", "flint4", "bitmod_fp3", "bitmod_fp4", "fp4_ea_pos", "fp4_er_neg", "shift3", "ternary", "olive4",
+           "mxfp4", "mxint8", "nvfp4"]
+SCALES = ["fp16", "bf16", "fp32", "e8m0", "e4m3", "int8"]
+
+
+def activations(rng, m, k, kind):
+    """FP16 activations with wide exponent ranges, zeros and subnormals."""
+    x = rng.standard_normal((m, k)) * np.exp2(rng.integers(-20, 12, (m, k)) if kind == "wide" else 0)
+    if kind != "plain":
+        x[rng.random((m, k)) < 0.15] = 0.0
+        tiny = rng.random((m, k)) < 0.1  # FP16 subnormals and the smallest normals
+        x[tiny] = rng.choice([6e-8, -6e-8, 3e-6, -1e-5, 6e-5], int(tiny.sum()))
+    return np.clip(x, -60000, 60000).astype(np.float16)
+
+
+def same_bits(a, b) -> bool:
+    return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+@pytest.mark.slow
+@settings(max_examples=1000, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_numba_engine_equals_the_golden_model(data):
+    fmt = data.draw(st.sampled_from(FORMATS))
+    f = hwlab.get_format(fmt)
+    fixed = f.default_group_size if fmt in ("mxfp4", "mxint8", "nvfp4") else None
+    group = fixed or data.draw(st.sampled_from([4, 8, 13, 16, 32, 64]))
+    options = {}
+    if fixed is None and fmt not in ("olive4",):
+        options["scale_dtype"] = data.draw(st.sampled_from(SCALES))
+        options["granularity"] = data.draw(st.sampled_from(["group", "group", "channel", "tensor"]))
+    if fmt == "olive4" and group % 2:
+        group += 1
+    m = data.draw(st.integers(1, 3))
+    n = data.draw(st.integers(1, 9))
+    k = data.draw(st.integers(1, 4)) * group - data.draw(st.integers(0, group - 1))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    w = rng.standard_normal((n, k)) * np.exp2(rng.integers(-12, 2))
+    w[rng.random((n, k)) < 0.1] = 0
+    try:
+        qt = hwlab.quantize(w.astype(np.float32), fmt, group, pad=True, **options)
+    except ValueError:  # an option this format refuses, or a scale the dtype cannot hold
+        return
+    x = activations(rng, m, k, data.draw(st.sampled_from(["plain", "wide", "sparse"])))
+    ops = pe.operands(x, qt)
+    assert same_bits(pe.engine(ops), pe.golden(ops))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_engine_equals_golden_on_real_weights(fmt, rng):
+    w = sample_weights()["encoder.layer.0.attention.self.query.weight"][:48]
+    qt = hwlab.quantize(w, fmt, hwlab.get_format(fmt).default_group_size if fmt.startswith(("mx", "nv")) else 64)
+    x = activations(rng, 2, 384, "wide")
+    ops = pe.operands(x, qt)
+    out = pe.engine(ops)
+    assert same_bits(out, pe.golden(ops))
+    result = run_pe(x, qt)
+    assert same_bits(result.output, out)
+    assert (np.abs(result.output - result.reference) <= result.bound).all()
+
+
+@pytest.mark.parametrize("fmt", ["int4", "bitmod_fp4", "int8", "fp8_e4m3", "ternary", "olive4"])
+def test_output_within_the_derived_bound_of_the_float64_result(fmt, rng):
+    w = rng.standard_normal((40, 512)).astype(np.float32) * 0.02
+    qt = hwlab.quantize(w, fmt, 128)
+    x = activations(rng, 3, 512, "wide")
+    r = run_pe(x, qt)
+    assert (np.abs(r.output - r.reference) <= r.bound).all()
+    assert r.rel_error < 0.01  # the 15-bit accumulator keeps about 3 decimal digits
+
+
+def test_exact_where_nothing_is_truncated():
+    """Powers of two, one per group: no alignment or accumulator truncation, the result is exact."""
+    w = np.zeros((4, 128), np.float32)
+    w[:, ::32] = [1.0, -2.0, 4.0, 0.5]
+    qt = hwlab.quantize(w, "fp4_e2m1", 32)
+    x = np.full((1, 128), 1.5, np.float16)
+    r = run_pe(x, qt)
+    assert np.array_equal(r.output.astype(np.float64), r.reference)
+
+
+# ---- cycles ----------------------------------------------------------------------------------
+
+def one_pe():
+    return get_preset("bitmod").replace(rows_decode=1, cols_decode=1)
+
+
+@pytest.mark.parametrize("fmt, per_tile", [("int4", 2), ("fp4_e2m1", 2), ("bitmod_fp4", 2), ("int3", 2),
+                                           ("bitmod_fp3", 2), ("int6", 3), ("int8", 4), ("ternary", 1)])
+def test_fixed_rule_cycles_of_one_group_on_one_pe(fmt, per_tile, rng):
+    qt = hwlab.quantize(rng.standard_normal((1, 128)).astype(np.float32), fmt, 128)
+    r = run_pe(np.ones((1, 128), np.float16), qt, one_pe())
+    assert r.report.compute_cycles == 32 * per_tile  # int4 / fp4: a W4 group of 128 in 64 cycles
+
+
+def test_term_skipping_never_takes_longer_and_skips_zeros(rng):
+    w = rng.standard_normal((64, 512)).astype(np.float32)
+    w[:, 256:] = 0  # half the weights have no terms at all
+    qt = hwlab.quantize(w, "int8", 128)
+    x = np.ones((1, 512), np.float16)
+    fixed = run_pe(x, qt, one_pe()).report.compute_cycles
+    skipping = run_pe(x, qt, one_pe(), term_skipping=True).report.compute_cycles
+    assert skipping < fixed and skipping >= 64 * 128  # each of 64 rows x 128 steps takes at least a cycle
+    assert same_bits(run_pe(x, qt, term_skipping=True).output, run_pe(x, qt).output)  # cycles only
+
+
+def test_report_of_a_functional_run(rng):
+    qt = hwlab.quantize(rng.standard_normal((128, 256)).astype(np.float32), "bitmod_fp4", 128)
+    r = run_pe(np.ones((1, 256), np.float16), qt)
+    assert r.report.macs == 128 * 256 and r.report.total_cycles >= r.report.compute_cycles
+    assert r.report.compute_cycles == (256 // 4) * 2 * 2  # 64 steps x 2 cycles x 2 blocks of 64 rows
+
+
+# ---- refusals ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt, match", [
+    ("nf4", r"nf4 has no exact sign/magnitude/exponent decomposition .* a lookup-table PE would"),
+    ("int4_asym", r"int4_asym is affine \(zero points\): the BitMoD PE has no activation-sum path"),
+    ("mixed_2_4", r"mixed_2_4 is affine"),
+])
+def test_formats_the_pe_cannot_run_are_refused(fmt, match, rng):
+    qt = hwlab.quantize(rng.standard_normal((4, 128)).astype(np.float32), fmt, 64)
+    with pytest.raises(PEError, match=match):
+        run_pe(np.ones((1, 128), np.float16), qt)
+
+
+@pytest.mark.parametrize("x, match", [
+    (np.ones((1, 64), np.float16), r"activations must be \[M, K=128\], got shape \(1, 64\)"),
+    (np.full((1, 128), np.inf, np.float32), r"activations must be finite"),
+    (np.full((1, 128), 1e6, np.float32), r"within the FP16 range"),
+    (np.ones((1, 128), np.int32), r"activations must be floating point"),
+])
+def test_bad_activations(x, match, rng):
+    qt = hwlab.quantize(rng.standard_normal((4, 128)).astype(np.float32), "int4", 64)
+    with pytest.raises(PEError, match=match):
+        run_pe(x, qt)
+
+
+def test_booth_terms():
+    for width in (2, 3, 4, 6, 8):
+        for v in range(-(2 ** (width - 1)), 2 ** (width - 1)):
+            terms = pe.booth_terms(v, width)
+            assert sum((-1) ** s * 2**sh for s, sh in terms) == v and len(terms) <= -(-width // 2)

@@ -433,7 +433,8 @@ class PEResult:
         return float(err / ref) if ref else float(err > 0) * float("inf")
 
 
-def run_pe(x, qt, preset_or_config="bitmod", *, term_skipping: bool = False, phase: str | None = None) -> PEResult:
+def run_pe(x, qt, preset_or_config="bitmod", *, term_skipping: bool = False, phase: str | None = None,
+           device: str = "cpu") -> PEResult:
     """Run ``y = x @ dequant(qt)^T`` through the PE arithmetic (module docstring).
 
     ``x``: activations ``[M, K]`` (float16, or float32/64 rounded to FP16 first; numpy or torch).
@@ -441,11 +442,19 @@ def run_pe(x, qt, preset_or_config="bitmod", *, term_skipping: bool = False, pha
     decomposition. ``phase``: which of the configuration's arrays runs it (default decode for one
     token, prefill for more). Returns a :class:`PEResult` with the output, the float64 reference,
     the error bound and the cycle :class:`~hwlab.sim.report.Report` (memory and energy from the
-    analytical model of the same op, compute cycles counted here).
+    analytical model of the same op, compute cycles counted here). ``device="cuda"`` runs the same
+    arithmetic on a GPU through numba.cuda (:mod:`hwlab.sim.pe_cuda`), bit-identical.
     """
     cfg = preset_or_config if isinstance(preset_or_config, HWConfig) else get_preset(preset_or_config)
+    if device not in ("cpu", "cuda"):
+        raise PEError(f"device must be 'cpu' or 'cuda', got {device!r}")
     ops = operands(x, qt)
-    output = engine(ops)
+    if device == "cuda":
+        from .pe_cuda import engine_cuda  # imports numba.cuda: only when asked for
+
+        output = engine_cuda(ops)
+    else:
+        output = engine(ops)
     w_hat = qt.dequantize()
     reference = ops.x_values @ w_hat.astype(np.float64).T
     m, n = output.shape

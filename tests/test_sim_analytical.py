@@ -5,6 +5,7 @@ Expected cycle counts and energies are those the authors' simulator prints
 """
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -220,3 +221,48 @@ def test_sram_energy_outside_the_cacti_table_is_interpolated():
     low, high = access_energy(256), access_energy(288)
     mid = access_energy(272)
     assert low[0] < mid[0] < high[0] and np.isfinite(access_energy(4096)).all()
+
+
+# ---- the command line ------------------------------------------------------------------------
+
+def sim_cli(capsys, *argv):
+    from hwlab.cli import main
+
+    status = main(["sim", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_sim_command_json_has_totals_and_layers(capsys):
+    status, out, err = sim_cli(capsys, "--preset", "bitmod", "--model", "llama2-7b", "--phase", "decode", "--wbits", 3,
+                               "--baseline", "fp16", "--json")
+    data = json.loads(out)
+    assert status == 0 and data["total_cycles"] == 81344464 and round(data["speedup"], 2) == 5.13
+    assert len(data["layers"]) == 32 * 7 + 1 + 64 and {"name", "cycles", "energy_dram_pj"} <= set(data["layers"][0])
+
+
+def test_sim_command_text_config_and_csv(capsys, tmp_path):
+    get_preset("ant").replace(rows_decode=128).save(tmp_path / "a.toml")
+    status, out, _ = sim_cli(capsys, "--config", tmp_path / "a.toml", "--model", "opt-1.3b", "--csv", tmp_path / "r.csv")
+    assert status == 0 and "total cycles" in out and "gate_proj" not in out and "fc1" in out
+    assert (tmp_path / "r.csv").read_text().startswith("name,kind")
+    status, _, err = sim_cli(capsys, "--model", "opt-1.3b", "--csv", tmp_path / "r.csv")
+    assert status == 2 and "exists; pass --force" in err
+
+
+def test_sim_paper_table(capsys):
+    status, out, _ = sim_cli(capsys, "--paper-table")
+    assert status == 0 and "mean of 12" in out and "1.727" in out and "1.69" in out
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--model", "gpt5"], r"unknown model 'gpt5'"),
+    (["--paper-table", "--model", "llama2-7b"], r"--paper-table runs its own six models"),
+    ([], r"sim needs --model"),
+    (["--model", "llama2-7b", "--wbits", "40"], r"wbits must be a number of bits in 1..32, got 40"),
+    (["--model", "llama2-7b", "--preset", "tpu"], r"unknown preset 'tpu'"),
+    (["--model", "llama2-7b", "--batch", "0"], r"batch must be a positive integer, got 0"),
+])
+def test_sim_command_errors_are_one_line(capsys, argv, match):
+    status, _, err = sim_cli(capsys, *argv)
+    assert status == 2 and len(err.strip().splitlines()) == 1 and re.search(match, err), err

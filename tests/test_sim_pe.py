@@ -154,3 +154,27 @@ def test_booth_terms():
         for v in range(-(2 ** (width - 1)), 2 ** (width - 1)):
             terms = pe.booth_terms(v, width)
             assert sum((-1) ** s * 2**sh for s, sh in terms) == v and len(terms) <= -(-width // 2)
+
+
+def test_the_cuda_engine_equals_the_cpu_engine_in_numbas_simulator():
+    """The numba.cuda kernel, run by numba's CUDA simulator (no GPU needed), on small layers."""
+    import subprocess
+    import sys
+
+    code = '''
+import numpy as np, hwlab
+from hwlab.sim import pe, run_pe
+rng = np.random.default_rng(5)
+for name, group, options in (("bitmod_fp4", 13, {}), ("int8", 8, {"granularity": "tensor"}), ("olive4", 8, {}),
+                             ("nvfp4", 16, {}), ("fp8_e5m2", 16, {"scale_dtype": "e8m0"})):
+    w = (rng.standard_normal((9, 40)) * 0.02).astype(np.float32)
+    x = (rng.standard_normal((2, 40))).astype(np.float16)
+    x[0, 3] = 0
+    qt = hwlab.quantize(w, name, group, pad=True, **options)
+    cpu, gpu = run_pe(x, qt).output, run_pe(x, qt, device="cuda").output
+    assert np.array_equal(cpu.view(np.uint32), gpu.view(np.uint32)), name
+print("ok")
+'''
+    env = {**__import__("os").environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -26,6 +26,12 @@ def check_format_name(name) -> None:
         raise ValueError(f"format names must be lower-case identifiers (letters, digits, _), got {name!r}")
 
 
+def check_description(description) -> None:
+    """A format's description is a string (it is saved in files and shown by the CLI)."""
+    if not isinstance(description, str):
+        raise TypeError(f"a format's description must be a string, got {description!r:.100}")
+
+
 def canonical(value):
     """An option value in the one form it is compared, stored and saved in: numpy scalars as Python
     numbers, sequences (lists, tuples, arrays) as tuples."""

@@ -41,7 +41,11 @@ def define_minifloat(name: str, exp_bits: int, man_bits: int, *, bias: int | Non
 
 def define_mixture(name: str, members, *, description: str | None = None, register: bool = True,
                    overwrite: bool = False):
-    """A per-group least-MSE mixture of element formats (registered names or format objects)."""
+    """A per-group least-MSE mixture of element formats (registered names or format objects), in order:
+    a member's position is its stored type id."""
+    if isinstance(members, (str, bytes, set, frozenset, dict)) or not hasattr(members, "__iter__"):
+        raise TypeError(f"mixture members must be an ordered sequence (list or tuple) of formats, whose order is "
+                        f"their type ids; got {type(members).__name__} {members!r:.100}")
     fmt = MixtureFormat(name, [get_format(m) for m in members], description=description)
     return register_format(fmt, overwrite=overwrite) if register else fmt
 

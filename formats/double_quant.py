@@ -48,6 +48,7 @@ from .element import ElementFormat
 from .group_kernel import MemberTables, quantize_groups
 from .layout import plain
 from .packing import pack_codes
+from .scale_search import check_blocks_kept, zero_threshold
 from .unpacked import Unpacked
 
 ANY_POSITIVE_SCALE = 1.0  # all-zero blocks encode exactly under any positive scale (kernel input only)
@@ -133,7 +134,7 @@ def check_block_size(group_size: int) -> None:
                          f"{BLOCK_SIZES[0]}..{BLOCK_SIZES[-1]} (bitsandbytes), got {group_size}")
 
 
-class DoubleQuantFormat(ElementFormat):
+class DoubleQuantFormat(ElementFormat, extends_definition="double_quant"):
     """An absmax-scaled element format with bitsandbytes' ``double_quant`` option (see module)."""
 
     def __init__(self, *args, **kwargs):
@@ -184,13 +185,18 @@ class DoubleQuantFormat(ElementFormat):
         check_block_size(group_size)
         rows, cols = w.shape
         x = w.reshape(-1, group_size)
-        absmax = np.abs(x).max(axis=1).astype(np.float32)  # finite: inputs are within the float32 range
+        block_absmax = np.abs(x).max(axis=1).astype(np.float64)
+        absmax = block_absmax.astype(np.float32)  # finite: inputs are within the float32 range
         arrays = compress_absmax(absmax.reshape(rows, -1))
         with np.errstate(over="ignore"):
             s = decompress_absmax(arrays).ravel().astype(np.float64)
         if not np.isfinite(s).all():
             raise ValueError(f"double_quant: a block absmax of {absmax.max():.6g} decodes past the float32 range "
                              "(map * absmax + offset, in float32, as bitsandbytes); rescale W or leave double_quant off")
+        check_blocks_kept(block_absmax, s, zero_threshold(self), (rows, cols // group_size), "double_quant: block",
+                          "double quantization keeps its absmax as float32 compressed to 8 bits beside the other "
+                          f"blocks' (offset {float(arrays['scale_offset'][0, 0]):.6g}), too coarse for it; leave "
+                          "double_quant off, or rescale W (or the blocks that differ this much)")
         # value * s nearest to x  <=>  value * |s| nearest to sign(s) * x; s == 0 stores the code of 0
         scale = np.where(s == 0, ANY_POSITIVE_SCALE, np.abs(s))[None]
         signed = (x * np.sign(s)[:, None]).astype(x.dtype)  # exact: a factor of -1, 0 or 1

@@ -26,13 +26,61 @@ import ast
 
 import numpy as np
 
-from .base import Format, FormatInfo, check_choice, check_codes, check_format_name
+from .base import Format, FormatInfo, check_choice, check_codes, check_description, check_format_name
+from .encodings import check_fields
 from .rounding import RoundingTable
 from .scaled import TRIT_CODES, ScaledScheme, scaled_options
 
 ROUNDING_RULES = ("nearest_even", "nearest_down")
 SCALINGS = ("absmax", "affine", "absmean")
+ELEMENT_FAMILIES = ("integer", "minifloat", "lookup", "bitmod", "shift", "ternary", "outlier_victim")
 MAX_TABLE_CODES = 256  # codes are stored in uint8
+_EXTENDED_BY: dict[str, type] = {}  # definition key -> the ElementFormat subclass that writes it (__init_subclass__)
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # weights are dequantized to float32
+# No float32 weight (>= 2**-149) reaches a table whose largest magnitude is below this under a scale
+# that a scale dtype holds (fp32, the widest, stops at FLOAT32_MAX).
+LEAST_USABLE_MAX = float(np.finfo(np.float32).smallest_subnormal) / FLOAT32_MAX
+
+
+def check_element_bits(bits) -> int:
+    """``bits`` as an int in 1..8 (an element code is stored in a byte), else ``ValueError``."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
+        raise ValueError(f"bits must be an integer in 1..8 for an element format, got {bits!r}")
+    return int(bits)
+
+
+def _unused_code_list(name: str, unused_codes, bits: int) -> list[int]:
+    """``unused_codes`` as a list of codes in ``0..2**bits-1`` (``TypeError``/``ValueError`` otherwise)."""
+    try:
+        codes = list(unused_codes)
+    except TypeError:
+        raise TypeError(f"format {name!r}: unused_codes must be a sequence of integer codes, got {unused_codes!r:.100}") \
+            from None
+    for code in codes:
+        if isinstance(code, bool) or not isinstance(code, (int, np.integer)):
+            raise TypeError(f"format {name!r}: unused code {code!r:.50} is not an integer code")
+        if not 0 <= code < 2**bits:
+            raise ValueError(f"format {name!r}: unused code {code} is not in 0..{2**bits - 1}")
+    return [int(c) for c in codes]
+
+
+def _check_usable(name: str, values: np.ndarray, emit: np.ndarray) -> None:
+    """Refuse a table that no scale can map float32 weights onto: values beyond the float32 range
+    (they decode to inf), no nonzero encodable value, or a largest magnitude so small that every
+    scale would overflow (:data:`LEAST_USABLE_MAX`)."""
+    finite = values[np.isfinite(values)]
+    if (np.abs(finite) > FLOAT32_MAX).any():
+        raise ValueError(f"format {name!r}: value {finite[np.abs(finite) > FLOAT32_MAX][0]:.6g} is beyond the float32 "
+                         f"range (+-{FLOAT32_MAX:.6g}) that weights are decoded in; scale the table down (a minifloat: "
+                         "a larger bias)")
+    usable = np.abs(values[emit])
+    if usable.size and not (usable > 0).any():  # no encodable value at all: the rounding table says so
+        raise ValueError(f"format {name!r} can emit only zero (its encodable values are {sorted(set(values[emit].tolist()))}); "
+                         "a scale cannot map weights onto it: leave a nonzero code out of unused_codes")
+    if usable.size and usable.max() < LEAST_USABLE_MAX:
+        raise ValueError(f"format {name!r}: its largest magnitude, {usable.max():.6g}, is so small that no float32 weight "
+                         f"can be mapped onto it (the scale would pass {FLOAT32_MAX:.6g}, the largest any scale dtype "
+                         "holds); scale the table up (a minifloat: a smaller bias)")
 
 
 class ElementFormat(ScaledScheme, Format):
@@ -67,34 +115,47 @@ class ElementFormat(ScaledScheme, Format):
     def __init__(self, name: str, bits: int, values, *, family: str, description: str,
                  rounding: str = "nearest_even", unused_codes=(), scaling: str = "absmax",
                  defaults: dict | None = None, fields: dict | None = None):
-        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
-            raise ValueError(f"bits must be an integer in 1..8 for an element format, got {bits!r}")
+        bits = check_element_bits(bits)
         values = np.array(values, dtype=np.float64)
         if values.shape != (2**bits,):
             raise ValueError(
                 f"format {name!r}: values must have 2**bits = {2**bits} entries (one per code), "
                 f"got shape {values.shape}")
         check_format_name(name)
+        check_description(description)
+        check_choice("family", family, ELEMENT_FAMILIES)
         check_choice("rounding", rounding, ROUNDING_RULES)
         check_choice("scaling", scaling, SCALINGS)
-        self.name, self.bits, self.family, self.description = name, int(bits), family, description
+        self.name, self.bits, self.family, self.description = name, bits, family, description
         self.rounding, self.scaling = rounding, scaling
         values.setflags(write=False)
         self.values = values
         emit = np.isfinite(values)
-        for code in unused_codes:
-            if not 0 <= code < 2**bits:
-                raise ValueError(f"format {name!r}: unused code {code} is not in 0..{2**bits - 1}")
-            emit[code] = False
+        emit[_unused_code_list(name, unused_codes, bits)] = False
         emit.setflags(write=False)
+        _check_usable(name, values, emit)
         self.rounding_table = RoundingTable.build(values, emit, rounding, name)
         self.encodable = emit
-        self.fields = dict(fields or {"kind": "table"})
+        fields = {"kind": "table"} if fields is None or fields == {} else fields
+        if isinstance(fields, dict):  # numpy scalars (np.int64 widths) as the Python numbers files store
+            fields = {k: v.item() if isinstance(v, np.generic) else v for k, v in fields.items()}
+        self.fields = fields
+        try:
+            check_fields(self.fields, bits, values)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"format {name!r}: {exc}") from None
         self.info = self._make_info()
         self.members = (self,)
         self.defaults = dict(defaults or {})
         trits = bits == 2 and set(np.flatnonzero(emit)) <= set(TRIT_CODES)
         self.declare_options(scaled_options(("bits", "trit5") if trits else ("bits",)))
+
+    def __init_subclass__(cls, extends_definition: str | None = None, **kwargs):
+        """A subclass whose :meth:`definition` adds the key ``extends_definition`` is the class that
+        :meth:`from_definition` rebuilds a definition holding that key with."""
+        super().__init_subclass__(**kwargs)
+        if extends_definition is not None:
+            _EXTENDED_BY[extends_definition] = cls
 
     def definition(self) -> dict:
         return {**super().definition(), "values": [repr(float(v)) for v in self.values],
@@ -111,6 +172,7 @@ class ElementFormat(ScaledScheme, Format):
         encodable = np.asarray(definition["encodable"], dtype=bool)
         if encodable.shape != values.shape:
             raise ValueError("definition: 'encodable' and 'values' differ in length")
+        cls = next((sub for key, sub in _EXTENDED_BY.items() if key in definition), cls)  # nf4: double_quant
         return cls(definition["name"], definition["bits"], values, family=definition["family"],
                    description=description, rounding=definition["rounding"],
                    unused_codes=np.flatnonzero(np.isfinite(values) & ~encodable), scaling=definition["scaling"],

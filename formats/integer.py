@@ -10,13 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from .element import ElementFormat
+from .encodings import twos_complement_values
 
 
 def int_format(bits: int) -> ElementFormat:
     """Symmetric two's-complement integer of ``bits`` bits, range +-(2**(bits-1) - 1)."""
-    codes = np.arange(2**bits)
-    values = np.where(codes >= 2 ** (bits - 1), codes - 2**bits, codes)
-    return ElementFormat(f"int{bits}", bits, values, family="integer",
+    return ElementFormat(f"int{bits}", bits, twos_complement_values(bits), family="integer",
                          description=f"symmetric INT{bits}, two's complement, range +-{2 ** (bits - 1) - 1}",
                          unused_codes=(2 ** (bits - 1),), fields={"kind": "integer", "bits": bits, "signed": True})
 

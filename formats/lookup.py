@@ -10,7 +10,8 @@ import math
 import numpy as np
 
 from .double_quant import DoubleQuantFormat
-from .element import MAX_TABLE_CODES, ElementFormat
+from .arrays import exact_float64, refuse_masked
+from .element import MAX_TABLE_CODES, ElementFormat, check_element_bits
 from .encodings import sign_magnitude_table
 
 # bitsandbytes `get_4bit_type("nf4")` (bitsandbytes/functional.py), float32 constants in code
@@ -39,12 +40,13 @@ def lut_format(name: str, values, *, bits: int | None = None, rounding: str = "n
     are never emitted, and ``unused_codes`` keeps codes of the table from being emitted too.
     ``fields``: see :class:`ElementFormat`.
     """
+    refuse_masked(values, f"lookup table {name!r}")
     table = np.asarray(values)
     if table.ndim != 1:
         raise ValueError(f"lookup table {name!r} must be a 1-D sequence of values, got shape {table.shape}")
     if table.dtype.kind not in "fiu":
         raise TypeError(f"lookup table {name!r} must hold real numbers, got dtype {table.dtype}")
-    table = table.astype(np.float64)
+    table = exact_float64(table, f"lookup table {name!r}")
     if not 2 <= table.size <= MAX_TABLE_CODES:
         raise ValueError(f"a lookup table needs 2..{MAX_TABLE_CODES} values, got {table.size}")
     if not np.isfinite(table).all():
@@ -59,6 +61,7 @@ def lut_format(name: str, values, *, bits: int | None = None, rounding: str = "n
         raise TypeError(f"bits must be an integer, got {bits!r}")
     if bits < need:
         raise ValueError(f"lookup table {name!r} has {table.size} values, which need {need} bits, got bits={bits}")
+    bits = check_element_bits(bits)  # before a table of 2**bits codes is made
     padded = np.full(2**bits, np.nan)
     padded[:table.size] = table
     negative_zero = (table == 0) & np.signbit(table)  # one -0 code may sit beside +0, as in a minifloat

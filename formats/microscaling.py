@@ -35,6 +35,7 @@ from .integer import int_format
 from .layout import packed, plain
 from .packing import pack_codes, unpack_codes
 from .registry import get_format
+from .scale_search import check_blocks_kept, zero_threshold
 from .scales import E8M0_BIAS, E8M0_MIN_EXP, StoredScales, get_scale_type
 from .unpacked import Unpacked
 
@@ -149,10 +150,17 @@ class MicroscalingFormat(Format):
         absmax = np.abs(blocks).max(axis=1).astype(np.float64)
         if self.scale_dtype == "e8m0":
             arrays = {"scales": self._shared_exponents(absmax)}
+            remedy = (f"OCP MX flushes a block below the least E8M0 scale 2**{E8M0_MIN_EXP} to zero; rescale W "
+                      "(multiply it by a power of two and fold the inverse into the layer)")
         else:
             arrays = _nvfp4_scales(absmax, float(absmax.max()))
+            remedy = (f"its E4M3 block scale cannot go below 2**-9 of the tensor scale absmax(W) / {E2M1_MAX * E4M3_MAX:g}, "
+                      "so a block about 5.5e6 times below the tensor's largest weight is lost; use a format with "
+                      "E8M0 block scales (mxfp4) or quantize such rows apart")
         arrays["scales"] = arrays["scales"].reshape(rows, -1)
         scales = self._block_scales(arrays)
+        check_blocks_kept(absmax, scales, zero_threshold(self.element), (rows, cols // self.block_size),
+                          f"{self.name}: block", remedy)
         codes, _ = quantize_groups(blocks, self.element.rounding_tables, np.zeros(1, dtype=np.int64),
                                    scales[None, :], np.zeros((1, scales.size)))
         arrays["codes"] = pack_codes(codes.reshape(rows, cols), self.bits)
@@ -184,7 +192,11 @@ def _nvfp4_scales(absmax: np.ndarray, tensor_absmax: float) -> dict:
     g = tensor_absmax / (E2M1_MAX * E4M3_MAX) if tensor_absmax > 0 else 1.0  # finite: float32 input
     g = max(np.float32(g), np.finfo(np.float32).smallest_subnormal)  # absmax(W) < ~4e-42 would round g to 0
     e4m3 = get_scale_type("e4m3")
-    ideal = np.clip(absmax / E2M1_MAX / np.float64(g), e4m3.smallest, e4m3.largest)
+    ideal = absmax / E2M1_MAX / np.float64(g)
+    if ideal.max() > e4m3.largest * (1 + 1 / (2 * E2M1_MAX)):  # float32 rounded g down (a subnormal tensor scale)
+        raise ValueError(f"nvfp4: the largest weight, {tensor_absmax:.6g}, is so small that the float32 tensor scale "
+                         f"rounds to {float(g):.6g} and its block would clip past rounding; rescale W")
+    ideal = np.clip(ideal, e4m3.smallest, e4m3.largest)
     return {"scales": e4m3.store(ideal).values, "tensor_scale": np.full((1, 1), g, dtype=np.float32)}
 
 

@@ -63,7 +63,7 @@ from .group_kernel import quantize_groups
 from .integer import int_asym_format
 from .layout import packed, plain
 from .packing import pack_codes, unpack_codes
-from .scale_search import GroupStats, ScaleCandidates, loss_factor, search_ratios
+from .scale_search import GroupLimits, GroupStats, ScaleCandidates, search_ratios, zero_threshold
 from .scaled import CLIP_RATIOS, SCALE_SEARCH, TWO_STAGE_DECODE
 from .scales import StoredScales, get_scale_type
 from .unpacked import Unpacked
@@ -180,10 +180,11 @@ class MixedFormat(Format):
             (s4, lo4), (s2, lo2) = (stats.ideal_scale(member, ratio) for member in self.members)
             ideal[c], low[c] = np.where(is_wide, s4, s2), np.where(is_wide, lo4, lo2)
         scale_type = get_scale_type(TWO_STAGE["scale_dtype"])
-        loss = np.where(wide, loss_factor(self.wide), loss_factor(self.narrow))[None]
+        limits = GroupLimits(stats.absmax.reshape(1, rows, groups),
+                             np.where(wide, zero_threshold(self.wide), zero_threshold(self.narrow))[None])
         candidates = ScaleCandidates.of(ideal.reshape(len(ratios), rows, groups), scale_type, TWO_STAGE["scale_clamp"],
                                         remedy=f"rescale W ({self.name}'s scales are 8-bit codes times an fp16 row scale)",
-                                        loss=loss)
+                                        limits=limits)
         best = np.zeros(rows * groups, dtype=np.int64)
         zeros = np.zeros(rows * groups, dtype=np.uint8)
         arrays = {"group_bits": pack_codes(wide.astype(np.uint8), 1)}

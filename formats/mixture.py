@@ -11,7 +11,7 @@ import ast
 
 import numpy as np
 
-from .base import Format, FormatInfo, check_format_name
+from .base import Format, FormatInfo, check_description, check_format_name
 from .element import ElementFormat
 from .scaled import ScaledScheme, scaled_options
 
@@ -48,6 +48,7 @@ class MixtureFormat(ScaledScheme, Format):
         self.name, self.bits, self.family = name, widths.pop(), "mixture"
         self.members = members
         self.description = description or f"per-group mixture of {', '.join(m.name for m in members)}"
+        check_description(self.description)
         self.defaults = dict(defaults or {})
         self.declare_options(scaled_options())
 

@@ -59,7 +59,7 @@ from .group_kernel import MemberTables, group_moments, quantize_groups, sum_squa
 from .integer import int_format
 from .layout import packed, plain
 from .packing import pack_codes, unpack_codes
-from .scale_search import ScaleCandidates
+from .scale_search import GroupLimits, ScaleCandidates, zero_threshold
 from .scaled import SCALE_DTYPE, TWO_STAGE_DECODE
 from .scales import StoredScales, get_scale_type
 from .unpacked import Unpacked
@@ -197,7 +197,9 @@ class OliveFormat(Format):
         x_max = np.maximum(np.abs(mean + X_MAX_STDS * std), np.abs(mean - X_MAX_STDS * std))
         ratios = np.array(ALPHA_PERCENTS, dtype=np.float64)[:, None] * 0.01
         ideal = (x_max * ratios / NORMAL_MAX).reshape(len(ALPHA_PERCENTS), rows, groups)
-        candidates = ScaleCandidates.of(ideal, get_scale_type(opts["scale_dtype"]), loss=0.5 / NORMAL_MAX)
+        absmax = np.abs(x).max(axis=1).astype(np.float64).reshape(1, rows, groups)
+        limits = GroupLimits(absmax, zero_threshold(self.union))
+        candidates = ScaleCandidates.of(ideal, get_scale_type(opts["scale_dtype"]), limits=limits)
         best_codes, best, _ = self._search(x, candidates.decoded)
         stored = candidates.winners(best)
         arrays = {"codes": pack_codes(best_codes.reshape(rows, cols), self.bits), "scales": stored.values}

@@ -100,7 +100,26 @@ class QuantizedTensor:
             return w
         import torch  # only when asked for a torch tensor
 
-        return torch.from_numpy(np.ascontiguousarray(w)).to(device)
+        try:
+            target = torch.device(device)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise ValueError(f"device {device!r} is not a torch device (expected e.g. 'cpu' or 'cuda'): {exc}") from None
+        if target.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but torch finds no CUDA device here (use 'cpu')")
+        try:
+            return torch.from_numpy(np.ascontiguousarray(w)).to(target)
+        except (RuntimeError, AssertionError) as exc:  # e.g. a device index this machine lacks
+            raise ValueError(f"cannot move the weights to device {device!r}: {exc}") from None
+
+    def to(self, device):
+        """The stored arrays copied once to torch ``device`` (``"cuda"``): a
+        :class:`hwlab.kernels.DeviceTensor`, what :func:`hwlab.kernels.matmul` multiplies by.
+
+        Needs torch (the ``gpu`` extra); hwlab.kernels is imported here, when it is asked for,
+        never when hwlab.formats is."""
+        import importlib
+
+        return importlib.import_module("hwlab.kernels.device").DeviceTensor.from_quantized(self, device)
 
     def error(self, w, x=None) -> dict:
         """Error metrics of this tensor against the original ``w`` (see :func:`error_metrics`)."""
@@ -184,7 +203,8 @@ def load(path, *, use_file_format: bool = False) -> QuantizedTensor:
     meta, arrays = storage.read(path)
     fmt, opts = storage.resolve(path, meta, use_file_format)
     (rows, cols), group_size, padded_cols = meta["shape"], meta["group_size"], meta["padded_cols"]
-    check_arrays(arrays, fmt.array_specs(rows, padded_cols, group_size, opts), where=path, error=StorageError)
-    qt = QuantizedTensor(fmt, (rows, cols), group_size, opts, arrays, padded_cols)
-    storage.check_loaded(path, meta, qt)
+    with storage.naming(path):  # every check below raises a StorageError naming the file
+        check_arrays(arrays, fmt.array_specs(rows, padded_cols, group_size, opts), where=path, error=StorageError)
+        qt = QuantizedTensor(fmt, (rows, cols), group_size, opts, arrays, padded_cols)
+        storage.check_loaded(path, meta, qt)
     return qt

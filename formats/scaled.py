@@ -28,8 +28,8 @@ from .base import Option
 from .group_kernel import MemberTables, quantize_groups
 from .layout import ArrayLayout, packed, plain
 from .packing import TRITS_PER_BYTE, pack_codes, pack_trits, unpack_codes, unpack_trits
-from .scale_search import (DEFAULT_CLIP_RATIOS, SCALE_SEARCHES, GroupStats, ScaleCandidates, check_clip_ratios,
-                           check_scale_clamp, loss_factor, search_ratios)
+from .scale_search import (DEFAULT_CLIP_RATIOS, SCALE_SEARCHES, GroupLimits, GroupStats, ScaleCandidates,
+                           check_clip_ratios, check_scale_clamp, search_ratios)
 from .scales import SCALE_DTYPES, StoredScales, get_scale_type
 from .unpacked import Unpacked
 
@@ -128,9 +128,9 @@ class ScaledScheme:
         member_of = np.repeat(np.arange(len(self.members)), len(ratios))
         stats = GroupStats(x)
         ideal, low = zip(*(stats.ideal_scale(member, ratio) for member in self.members for ratio in ratios))
-        loss = np.array([loss_factor(self.members[m]) for m in member_of])[:, None, None]
+        limits = GroupLimits.of([self.members[m] for m in member_of], stats.absmax.reshape(scale_rows, groups))
         candidates = ScaleCandidates.of(np.stack(ideal).reshape(len(member_of), scale_rows, groups),
-                                        get_scale_type(opts["scale_dtype"]), opts["scale_clamp"], loss=loss)
+                                        get_scale_type(opts["scale_dtype"]), opts["scale_clamp"], limits=limits)
         scales = candidates.decoded
         affine = self.members[0].scaling == "affine"
         offsets = np.clip(np.rint(-np.stack(low) / scales), 0, 2**self.bits - 1) if affine else np.zeros_like(scales)

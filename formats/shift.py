@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .element import ElementFormat
+from .encodings import shift_values
 
 # BitNet b1.58 reference code clamps mean|W| at 1e-5 before dividing, and scales per tensor.
 TERNARY_SCALE_FLOOR = 1e-5
@@ -23,10 +24,7 @@ def shift_format(bits: int) -> ElementFormat:
     """DenseShift zero-free power-of-two format of ``bits`` bits."""
     if bits < 2:
         raise ValueError(f"a shift format needs at least 2 bits (sign + exponent), got {bits}")
-    codes = np.arange(2**bits)
-    p = codes & (2 ** (bits - 1) - 1)
-    values = np.where(codes >> (bits - 1), -1.0, 1.0) * np.ldexp(1.0, -p)
-    return ElementFormat(f"shift{bits}", bits, values, family="shift",
+    return ElementFormat(f"shift{bits}", bits, shift_values(bits), family="shift",
                          description=f"DenseShift: +-2^-p, p in 0..{2 ** (bits - 1) - 1}, no zero",
                          fields={"kind": "shift", "sign_bit": bits - 1, "exponent_bits": bits - 1})
 

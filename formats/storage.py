@@ -19,7 +19,7 @@ JSON object (strict JSON, no NaN or infinities) with
 
 :func:`~hwlab.formats.qtensor.load` checks, in this order, and raises :class:`StorageError` (a ``ValueError``) naming the
 file and what is wrong: the file reads as safetensors; the metadata is a JSON object whose every
-field has the right type; the digest; every array's checksum; the format (registered, or rebuilt
+field has the right type (strict JSON: no NaN, infinities or repeated keys); the digest; every array's checksum; the format (registered, or rebuilt
 from the stored definition); the options; that ``shape``, ``padded_cols``, ``group_size`` and
 the granularity agree with each other; every array's dtype and shape derived from them; the
 stored layout; and every stored value (:mod:`hwlab.formats.validate`: codes the quantizer can
@@ -27,7 +27,9 @@ emit, finite positive scales, zero padding).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import warnings
 
@@ -76,10 +78,20 @@ def metadata(qt) -> dict:
 
 def save(qt, path) -> None:
     """Write ``qt`` to ``path`` (safetensors); :func:`load` restores it bit-exactly."""
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
-    save_file({k: np.ascontiguousarray(v) for k, v in qt.arrays.items()}, os.fspath(path),
-              metadata={METADATA_KEY: json.dumps(metadata(qt), allow_nan=False)})
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot save to {path}: it is a directory (name a file, e.g. q.safetensors)")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot save to {path}: directory {folder} does not exist")
+    text = json.dumps(metadata(qt), allow_nan=False)
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in qt.arrays.items()}, path, metadata={METADATA_KEY: text})
+    except SafetensorError as exc:  # names a temporary file of its own, not the path asked for
+        raise OSError(f"cannot save to {path}: {str(exc).split(' at path ')[0]}") from None
 
 
 def read(path) -> tuple[dict, dict]:
@@ -93,7 +105,9 @@ def read(path) -> tuple[dict, dict]:
         raise StorageError(f"{path} is not a regular file")
     raw, arrays = _read(path)
     meta = _parse(path, raw)
-    if digest(meta) != meta["digest"]:
+    with naming(path):
+        matches = digest(meta) == meta["digest"]
+    if not matches:
         raise StorageError(f"{path}: the metadata does not match its digest (corrupted or edited)")
     if set(meta["checksums"]) != set(arrays):
         raise StorageError(f"{path}: checksums name arrays {sorted(meta['checksums'])}, the file holds {sorted(arrays)}")
@@ -105,17 +119,13 @@ def read(path) -> tuple[dict, dict]:
 
 def resolve(path: str, meta: dict, use_file_format: bool):
     """The format and effective options of a file (registered, or rebuilt from its definition)."""
-    try:
+    with naming(path):
         fmt = file_format(path, meta["format"], meta["fingerprint"], meta["definition"], meta["description"],
                           use_file_format)
         opts = fmt.option_values(options_from_json(meta["options"]))
-    except (ValueError, TypeError) as exc:
-        raise StorageError(str(exc) if str(exc).startswith(path) else f"{path}: {exc}") from None
     (_, cols), group_size, padded_cols = meta["shape"], meta["group_size"], meta["padded_cols"]
-    try:
+    with naming(path + ": field 'group_size'"):
         fmt.check_group_size(group_size)
-    except ValueError as exc:
-        raise StorageError(f"{path}: field 'group_size': {exc}") from None
     grouped = opts.get("granularity", "group") == "group"
     expected_cols = -(-cols // group_size) * group_size if grouped else cols
     if padded_cols != expected_cols:
@@ -131,10 +141,8 @@ def check_loaded(path: str, meta: dict, qt) -> None:
         wrong = sorted(set(expected) ^ set(meta["layout"])) or [n for n in expected if meta["layout"][n] != expected[n]]
         raise StorageError(f"{path}: the stored layout does not match the format's layout of these arrays "
                            f"(differs for {wrong}); the metadata was corrupted or edited")
-    try:
+    with naming(path):
         check_stored(qt)
-    except ValueError as exc:
-        raise StorageError(f"{path}: {exc}") from None
 
 
 def file_format(path: str, name: str, fingerprint: str, definition: dict, description: str,
@@ -210,9 +218,11 @@ FIELDS = {
 def _parse(path: str, raw: str) -> dict:
     """The metadata object, every field checked for its type (``StorageError`` naming the field)."""
     try:
-        meta = json.loads(raw)
+        meta = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float,
+                          object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as exc:
-        raise StorageError(f"{path}: the {METADATA_KEY!r} metadata is not valid JSON ({type(exc).__name__})") from None
+        why = str(exc) if isinstance(exc, _StrictJSONError) else type(exc).__name__
+        raise StorageError(f"{path}: the {METADATA_KEY!r} metadata is not valid JSON ({why})") from None
     if not isinstance(meta, dict):
         raise StorageError(f"{path}: the {METADATA_KEY!r} metadata must be a JSON object, got {type(meta).__name__}")
     if "version" in meta and meta["version"] != FILE_VERSION:
@@ -223,6 +233,40 @@ def _parse(path: str, raw: str) -> dict:
         if not ok(meta[field]):
             raise StorageError(f"{path}: metadata field {field!r} must be {what}, got {meta[field]!r:.100}")
     return meta
+
+
+class _StrictJSONError(ValueError):
+    """What strict JSON refuses that Python's json module accepts."""
+
+
+def _refuse_constant(name: str):
+    raise _StrictJSONError(f"{name} is not a JSON number; the metadata is strict JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _StrictJSONError(f"the number {text[:40]} overflows a float")
+    return value
+
+
+def _unique_keys(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise _StrictJSONError(f"key {next(k for k in keys if keys.count(k) > 1)!r:.60} appears twice in one object")
+    return dict(pairs)
+
+
+@contextlib.contextmanager
+def naming(path: str):
+    """Turn any error a check of ``path`` raises into a :class:`StorageError` naming the file."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except (ValueError, TypeError, ArithmeticError, LookupError, RecursionError) as exc:
+        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise StorageError(text if text.startswith(path) else f"{path}: {text}") from None
 
 
 def check_arrays(arrays: dict, specs: dict, *, where: str, error=ValueError) -> None:

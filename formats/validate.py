@@ -10,8 +10,10 @@ raises ``ValueError`` naming the array and the offending entry:
 * scales decode to finite positive numbers (E8M0 code 255 is NaN; int8 scale codes are 1..255;
   NVFP4's tensor scale and the row scales too); NF4 double quantization's second-level scales are
   finite;
-* the zero bits that pad the last word of every packed row are zero, and the zero columns of a
-  ``pad=True`` tensor decode to zero.
+* the zero bits that pad the last word of every packed row are zero (``trit5``: every byte a group
+  of 5 trits, the padding trits zero), and the zero columns of a ``pad=True`` tensor decode to zero;
+* NF4 double quantization's ``scale_absmax`` and ``scale_offset`` are not negative, and scales
+  quantized under a ``scale_clamp`` lie within it.
 
 The code scan runs on the packed words (numba, parallel over rows, a word-wide has-zero-field
 test per forbidden code: :func:`first_forbidden_row`), so it costs a fraction of reading the file.
@@ -22,7 +24,9 @@ import numpy as np
 
 from . import jit
 from .jit import njit, prange
-from .packing import WORD_BITS, unpack_codes
+from .packing import TRITS_PER_BYTE, WORD_BITS, unpack_codes
+from .scale_search import clamp_bounds
+from .scales import SCALE_TYPES, StoredScales, get_scale_type
 
 E8M0_NAN = 255  # OCP MX v1.0: the E8M0 code of NaN
 VICTIM_PAIR = 0x88  # OliVe: both codes of a pair the victim code 8 (never emitted), one byte of the stream
@@ -34,6 +38,8 @@ def check_stored(qt) -> None:
     for name, a in layout.items():
         if a.packing == "bits":
             check_padding_bits(arrays[name], a.entries, a.bits, name)
+        elif a.packing == "trit5":
+            check_trit_bytes(arrays[name], a.entries, name)
     fmt = qt.format
     legal = fmt.legal_codes()
     for name, a in layout.items():
@@ -53,6 +59,9 @@ def check_stored(qt) -> None:
         if a.role in ("scales", "row_scales", "tensor_scale", "scale_absmax", "scale_offset"):
             check_scale_array(arrays[name], a.encoding, name, arrays)
     fmt.check_stored_structure(arrays, layout)
+    clamp = qt.options.get("scale_clamp")
+    if clamp is not None and layout["scales"].encoding in SCALE_TYPES:
+        check_scales_within_clamp(arrays["scales"], arrays.get("row_scales"), layout["scales"].encoding, clamp)
     if qt.padded_cols > qt.shape[1]:
         padding = qt.unpacked().element_values()[:, qt.shape[1]:]
         if (padding != 0).any():
@@ -69,6 +78,36 @@ def check_padding_bits(words: np.ndarray, entries: int, bits: int, name: str) ->
         if extra.any():
             raise ValueError(f"array {name!r}: row {int(np.flatnonzero(extra)[0])} has nonzero padding bits past "
                              f"its {entries} entries")
+
+
+def check_trit_bytes(packed: np.ndarray, entries: int, name: str) -> None:
+    """Every byte of a ``trit5`` row is a 5-trit group (below ``3**5``), and the trits past ``entries``
+    in the last byte of every row (padding) are zero."""
+    if packed.size and packed.max() >= 3**TRITS_PER_BYTE:
+        row, col = (int(i) for i in np.argwhere(packed >= 3**TRITS_PER_BYTE)[0])
+        raise ValueError(f"array {name!r}: byte {packed[row, col]} at [{row}, {col}] is not a group of 5 trits "
+                         f"(expected < {3**TRITS_PER_BYTE})")
+    used = entries % TRITS_PER_BYTE
+    if used and packed.shape[1]:
+        extra = packed[:, -1] // np.uint8(3**used)
+        if extra.any():
+            raise ValueError(f"array {name!r}: row {int(np.flatnonzero(extra)[0])} has nonzero padding trits past "
+                             f"its {entries} entries")
+
+
+def check_scales_within_clamp(stored: np.ndarray, row_scales, encoding: str, clamp) -> None:
+    """Stored ``scales`` of scale dtype ``encoding`` decode to where a quantizer with
+    ``scale_clamp=clamp`` puts them (:func:`~hwlab.formats.scale_search.clamp_bounds`; an all-zero
+    group's least scale too)."""
+    scale_type = get_scale_type(encoding)
+    scales = scale_type.load(StoredScales(stored, row_scales))
+    low, high, floor = clamp_bounds(scale_type, clamp, row_scales)
+    bad = ~(((scales >= low) & (scales <= high)) | (scales == floor))
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"array 'scales': the scale {scales[row, col]:.6g} at [{row}, {col}] lies outside "
+                         f"scale_clamp={tuple(clamp)}, which the quantizer keeps every scale within "
+                         f"({float(low.min()):.6g} .. {float(high.max()):.6g} as stored)")
 
 
 def check_packed_codes(words: np.ndarray, bits: int, entries: int, legal: np.ndarray, name: str, fmt_name: str) -> None:
@@ -99,6 +138,11 @@ def check_scale_array(stored: np.ndarray, encoding: str, name: str, arrays: dict
     if name in ("scale_absmax", "scale_offset") or encoding == "dynamic8":
         if stored.dtype.kind == "f" and not np.isfinite(stored).all():
             raise ValueError(f"array {name!r} holds a non-finite value")
+        if name in ("scale_absmax", "scale_offset") and np.signbit(stored).any():  # an absmax, a mean of absmaxes
+            at = [int(i) for i in np.argwhere(np.signbit(stored))[0]]
+            raise ValueError(f"array {name!r} holds the negative value {float(stored[tuple(at)]):.6g} at {at}; it is "
+                             f"{'an absolute maximum' if name == 'scale_absmax' else 'a mean of absolute maxima'}, "
+                             "never negative")
         return
     if encoding == "e8m0":
         bad = stored == E8M0_NAN

@@ -39,10 +39,27 @@ def add_parser(commands, add_output_flags) -> None:
     p.set_defaults(run=run)
 
 
-def _machine(name: str):
+def _machine(name: str, flag: str = "--preset"):
+    """The accelerator ``name`` names: a preset, or a ``.toml`` file (always a file for ``--config``)."""
     from hwlab.sim import get_preset, load_config
 
-    return load_config(name) if name.endswith(".toml") else get_preset(name)
+    if flag == "--config" or name.endswith(".toml"):
+        if not name.endswith(".toml"):
+            raise UsageError(f"{flag} {name}: expected an accelerator configuration file *.toml "
+                             "(a preset is given with --preset)")
+        if not os.path.isfile(name):
+            raise FileNotFoundError(f"{flag} {name}: " + ("is a directory, not a file" if os.path.isdir(name)
+                                                          else "no such file"))
+        return load_config(name)
+    return get_preset(name)
+
+
+def _counted(report):
+    """``report``, unless its cycle total passes the int64 range the engine counts in (it would wrap)."""
+    if sum(int(c) for c in report.rows["cycles"]) >= 2**63:
+        raise ValueError(f"{report.machine}: the cycle count of {report.workload} passes the int64 range the "
+                         "simulator counts in; reduce batch or context")
+    return report
 
 
 def run(args) -> None:
@@ -60,16 +77,20 @@ def run(args) -> None:
         return
     if not args.model:
         raise UsageError("sim needs --model (a built-in name or a config.json), or --paper-table")
-    config = _machine(args.config or args.preset or "bitmod")
+    if args.csv == "":
+        raise UsageError("--csv is empty; name the file *.csv")
+    config = _machine(args.config, "--config") if args.config is not None else _machine(args.preset or "bitmod")
     workload = Workload.for_model(args.model, args.phase, args.batch, args.context)
-    report = simulate(workload, config, args.wbits, kv_bits=args.kv_bits)
+    report = _counted(simulate(workload, config, args.wbits, kv_bits=args.kv_bits))
     out = report.summary()
     if args.baseline:
-        base = simulate(workload, _machine(args.baseline), kv_bits=None)
+        base = _counted(simulate(workload, _machine(args.baseline, "--baseline"), kv_bits=None))
         out["baseline"] = {"machine": base.machine, "total_cycles": base.total_cycles, "energy_pj": base.energy_pj}
         out["speedup"] = report.speedup_over(base)
         out["energy_saving"] = base.energy_pj / report.energy_pj
-    if args.csv:
+    if args.csv is not None:
+        if os.path.isdir(args.csv):
+            raise IsADirectoryError(f"--csv {args.csv} is a directory; name a file")
         if os.path.exists(args.csv) and not args.force:
             raise UsageError(f"--csv {args.csv} exists; pass --force to replace it")
         report.to_csv(args.csv)

@@ -13,6 +13,11 @@ import json
 import os
 
 FAMILIES = ("llama", "opt", "phi")
+# Bounds far past any real transformer (the largest have ~100k hidden/FFN widths, ~200 layers and
+# vocabularies of a few 100k), so an absurd config.json is refused before its layers are listed.
+MAX_DIMENSION = 2**20  # hidden, heads, kv_heads, ffn
+MAX_LAYERS = 4096
+MAX_VOCAB = 2**24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +38,11 @@ class ModelSpec:
         for field in ("hidden", "layers", "heads", "kv_heads", "ffn", "vocab"):
             v = getattr(self, field)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"model {self.name!r}: {field} must be a positive integer, got {v!r}")
+                raise ValueError(f"model {self.name!r}: {field} must be a positive integer, got {v!r:.60}")
+            limit = MAX_LAYERS if field == "layers" else MAX_VOCAB if field == "vocab" else MAX_DIMENSION
+            if v > limit:
+                raise ValueError(f"model {self.name!r}: {field} = {v} is past any transformer this simulator "
+                                 f"models (at most {limit})")
         if self.hidden % self.heads or self.heads % self.kv_heads:
             raise ValueError(f"model {self.name!r}: hidden ({self.hidden}) must divide into heads ({self.heads}) "
                              f"and heads into kv_heads ({self.kv_heads})")
@@ -91,6 +100,8 @@ def from_hf_config(path) -> ModelSpec:
             cfg = json.load(fh)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable JSON config ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not a readable JSON config (nested too deeply)") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: a config.json holds a JSON object")
     model_type = str(cfg.get("model_type", "")).lower()

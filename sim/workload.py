@@ -20,6 +20,14 @@ from .models import ModelSpec, get_model
 
 PHASES = ("decode", "prefill")
 KINDS = ("linear", "attn_qk", "attn_v")
+MAX_BATCH = 2**20  # sequences
+MAX_CONTEXT = 2**24  # tokens (16M)
+# The engines count cycles, bytes and energy in int64 and float64: a workload of more multiply-
+# accumulates than this could pass the int64 range (cycles can exceed MACs a few times over).
+MAX_MACS = 2**60
+# The memory model streams one operand once per tile of the other (refetch): the product of an op's
+# weight and input elements bounds that traffic.
+MAX_OPERAND_PRODUCT = 2**80
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +73,16 @@ class Workload:
         if not self.ops:
             raise ValueError("a workload needs at least one op")
         object.__setattr__(self, "ops", tuple(self.ops))
+        if self.macs > MAX_MACS:
+            raise ValueError(f"the workload ({self.model} {self.phase}, batch {self.batch}, context {self.context}) has "
+                             f"{self.macs:.3g} multiply-accumulates, more than the 2**60 the simulator counts exactly; "
+                             "reduce batch or context")
+        for op in self.ops:
+            weights, inputs = op.weight_batch * op.cout * op.cin, op.batch * op.tokens * op.cin
+            if weights * inputs > MAX_OPERAND_PRODUCT:
+                raise ValueError(f"op {op.name!r} has {weights:.3g} weight and {inputs:.3g} input elements, whose "
+                                 "refetched traffic passes what the simulator counts exactly (2**80 for their "
+                                 "product); reduce batch or context")
 
     @property
     def macs(self) -> int:
@@ -74,9 +92,11 @@ class Workload:
     def for_model(cls, model, phase: str = "decode", batch: int = 1, context: int = 256) -> "Workload":
         """The linear layers and attention of ``model`` (a name, :class:`ModelSpec` or config.json path)."""
         spec: ModelSpec = get_model(model)
-        for label, v in (("batch", batch), ("context", context)):
+        for label, v, limit in (("batch", batch, MAX_BATCH), ("context", context, MAX_CONTEXT)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{label} must be a positive integer, got {v!r}")
+                raise ValueError(f"{label} must be a positive integer, got {v!r:.60}")
+            if v > limit:
+                raise ValueError(f"{label} = {v} is past what the simulator models (at most {limit})")
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
         decode = phase == "decode"

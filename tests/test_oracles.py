@@ -269,8 +269,13 @@ def bitmod_test_matrix(rng, bits):
     """Weights like an LLM layer plus groups that exercise clamping, saturation and exact ties."""
     w = rng.standard_normal((12, 4 * BITMOD_GROUP)) * 0.02
     w[rng.integers(0, 12, 10), rng.integers(0, w.shape[1], 10)] *= 15  # outliers
-    w[1] *= 1e-5  # absmax / max|grid| below 1e-5: the scale clamps up
-    w[2] *= 1e7  # above 1e4: the scale clamps down and weights saturate
+    # absmax / max|grid| below 1e-5: the scale clamps up (a group whose weights would all round to zero
+    # under the clamped scale is refused, so these keep their largest weights)
+    w[1] = rng.standard_normal(w.shape[1]) * 5e-6
+    # just above 1e4 for the ER members (max|grid| 6 or 2): the scale clamps down and the largest weights
+    # saturate, by less than rounding (more is refused); the EA members need no clamp
+    groups = w[2].reshape(-1, BITMOD_GROUP)
+    w[2] = (groups / np.abs(groups).max(axis=1, keepdims=True) * 1.05e4 * (6 if bits == 4 else 2)).ravel()
     w[3, :BITMOD_GROUP] = 0  # an all-zero group
     s0 = 11 / 1024  # exact in fp16
     for row, member in ((4, f"fp{bits}_er_pos"), (5, f"fp{bits}_ea_pos"), (6, f"fp{bits}_ea_neg")):

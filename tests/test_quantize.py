@@ -187,11 +187,17 @@ def test_mse_scale_search_matches_reference(rng):
 
 
 def test_scale_clamp_bounds_stored_scales(rng):
-    w = llm_like(rng) * np.exp2(rng.integers(-8, 8, (8, 1)))
-    qt = hwlab.quantize(w, "int4", 32, scale_clamp=(1e-3, 1e-2))
+    # Rows whose scales the clamp raises (their largest weights survive: a group the clamp would zero, or
+    # clip by more than rounding, is refused), and one row whose groups it lowers by 3% (saturating the
+    # largest weight of each, within rounding).
+    w = llm_like(rng) * np.exp2(rng.integers(-6, 0, (8, 1)))
+    groups = w[7].reshape(-1, 32)
+    w[7] = (groups / np.abs(groups).max(axis=1, keepdims=True) * 7 * 0.103).ravel()
+    qt = hwlab.quantize(w, "int4", 32, scale_clamp=(1e-3, 0.1))
     scales = decode_scales(qt.arrays, "fp16")
-    assert scales.min() >= np.float16(1e-3) and scales.max() <= np.float16(1e-2)
-    assert np.array_equal(qt.dequantize(), reference_quantize(w, "int4", 32, clamp=(1e-3, 1e-2))[3])
+    assert scales.min() >= np.float16(1e-3) and scales.max() <= np.float16(0.1)
+    assert (scales == np.float16(1e-3)).any() and (scales == np.float16(0.1)).any()
+    assert np.array_equal(qt.dequantize(), reference_quantize(w, "int4", 32, clamp=(1e-3, 0.1))[3])
 
 
 def test_ternary_matches_bitnet_formula(rng):
@@ -262,7 +268,7 @@ def test_save_load_bit_exact_for_every_format(name, tmp_path, rng):
     ("int4", {"scale_dtype": "int8"}), ("bitmod_fp4", {"scale_dtype": "e8m0", "scale_search": "mse"}),
     ("ternary", {"packing": "trit5"}), ("int4_asym", {"scale_dtype": "bf16", "granularity": "channel"}),
     ("fp4_e2m1", {"granularity": "tensor", "clip_ratios": (1.0, 0.75), "scale_search": "mse"}),
-    ("nf4", {"scale_clamp": (1e-4, 1.0), "scale_dtype": "e4m3"}),
+    ("nf4", {"scale_clamp": (1e-4, 100.0), "scale_dtype": "e4m3"}),  # (1e-4, 1.0) clipped these weights: refused
 ], ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.values())))
 def test_save_load_with_options(name, options, tmp_path, rng):
     w = llm_like(rng, 8, 200) * 30

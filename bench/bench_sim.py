@@ -97,7 +97,7 @@ def main(argv=None) -> dict:
         result["layer_4096x11008"] = {"runs": [{k: v for k, v in r.items() if k != "output"} for r in runs],
                                       "golden_seconds": golden_s, "bit_exact": exact,
                                       "speedup_over_golden_2_threads": golden_s / runs[1]["seconds"]}
-        print(f"layer 4096x11008 bitmod_fp4 batch 1: " + ", ".join(
+        print("layer 4096x11008 bitmod_fp4 batch 1: " + ", ".join(
             f"{r['threads']} thread(s) {r['seconds']:.3f} s ({r['mmacs_per_s']:.0f} MMAC/s)" for r in runs)
             + f"; golden {golden_s:.2f} s; {golden_s / runs[1]['seconds']:.1f}x; bit-exact {exact}", flush=True)
         result["decode_step_cpu"] = decode_step("llama2-7b", "cpu", "bitmod_fp3")

@@ -42,7 +42,7 @@ from safetensors import SafetensorError, safe_open
 import hwlab
 from hwlab.formats import FormatRebuiltWarning, get_format, list_formats
 from hwlab.formats.scales import StoredScales, get_scale_type
-from hwlab import sim_command
+from hwlab import edge_command, sim_command
 from hwlab.output import UsageError, cell, print_json, render
 from hwlab.sample import sample_path
 
@@ -52,6 +52,7 @@ TABLE_SHAPE = (4096, 4096)
 TABLE_GROUP_SIZE = 128
 WEIGHT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors dtype names that read_weights accepts
 EXIT_ERROR = 2
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (numpy.lib.format)
 OPTION_FLAGS = {"--scale-dtype": "scale_dtype", "--granularity": "granularity", "--scale-search": "scale_search"}
 QUANTIZE_ARGUMENTS = {"group_size": "--group-size", "pad": "--pad"}  # arguments of quantize() itself, not options
 DEFINE_ENV = "HWLAB_DEFINE"  # user datatype definition files, run before every command
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
         print("hwlab: error: out of memory (the matrix, or the padding or group size asked for, is too large)",
               file=sys.stderr)
         return EXIT_ERROR
-    except (UsageError, ValueError, TypeError, KeyError, OSError, SafetensorError) as exc:
+    except (UsageError, ValueError, TypeError, KeyError, OSError, SafetensorError, ArithmeticError, RecursionError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"hwlab: error: {' '.join(str(message).split())}", file=sys.stderr)
         return EXIT_ERROR
@@ -133,6 +134,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("sample-path", help="print the path of the sample weights shipped with hwlab")
     p.set_defaults(run=lambda args: print(sample_path()))
     sim_command.add_parser(commands, _add_output_flags)
+    edge_command.add_parser(commands, _add_output_flags)
     return parser
 
 
@@ -306,6 +308,10 @@ def _cmd_quantize(args) -> None:
     if args.sample == (args.file is not None):
         raise UsageError("give either a FILE or --sample (not both)" if args.sample
                          else "quantize needs a FILE (.npy or .safetensors) or --sample")
+    if args.file == "":
+        raise UsageError("quantize: FILE is empty; name a .npy or .safetensors file")
+    if args.out == "":
+        raise UsageError("--out is empty; name the file *.safetensors")
     options, group_size = _options(args), args.group_size
     if args.fmt.endswith(".safetensors"):  # quantize as that tensor was: its format, group size and options
         like = hwlab.load(args.fmt)
@@ -315,10 +321,10 @@ def _cmd_quantize(args) -> None:
         fmt = get_format(args.fmt)
     path = sample_path() if args.sample else pathlib.Path(args.file)
     weights = read_weights(path, args.tensor)
-    if args.out and len(weights) > 1:
+    if args.out is not None and len(weights) > 1:
         raise ValueError(f"--out writes one quantized tensor, but {len(weights)} are selected "
                          f"({', '.join(weights)}); choose one with --tensor")
-    if args.out:
+    if args.out is not None:
         _check_out(pathlib.Path(args.out), [path] + ([pathlib.Path(args.fmt)] if args.fmt.endswith(".safetensors")
                                                      else []), args.force)
     results = []
@@ -326,7 +332,7 @@ def _cmd_quantize(args) -> None:
         qt = hwlab.quantize(w, fmt, group_size, pad=args.pad, **options)
         results.append({"tensor": name, "shape": list(qt.shape), "bits_per_weight": qt.bits_per_weight,
                         **qt.error(w)})
-        if args.out:
+        if args.out is not None:
             _save_atomically(qt, pathlib.Path(args.out))
     report = {"file": str(path), "format": fmt.name, "group_size": qt.group_size, "options": qt.options,
               "tensors": results, "out": args.out}
@@ -337,7 +343,7 @@ def _cmd_quantize(args) -> None:
     rows = [[r["tensor"], "x".join(map(str, r["shape"]))] + [cell(r[key]) for key, _ in METRIC_COLUMNS]
             for r in results]
     print(render(["tensor", "shape"] + [title for _, title in METRIC_COLUMNS], rows))
-    if args.out:
+    if args.out is not None:
         print(f"wrote {args.out}")
 
 
@@ -357,13 +363,18 @@ def _check_out(out: pathlib.Path, inputs: list[pathlib.Path], force: bool) -> No
 
 def _save_atomically(qt, out: pathlib.Path) -> None:
     """Write to a temporary file beside ``out``, then rename it: an interrupted run leaves no partial file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.resolve().parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.resolve().parent)
+    except OSError as exc:  # name --out, not the temporary file
+        raise OSError(f"--out {out}: cannot write in {out.resolve().parent} ({exc.strerror or exc})") from None
     os.close(fd)
     try:
         qt.save(tmp)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise OSError(f"--out {out}: cannot write the file ({exc.strerror or exc})") from None
         raise
 
 
@@ -394,15 +405,14 @@ def read_weights(path: pathlib.Path, tensors: list[str] | None = None) -> dict[s
     """
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; expected a .npy or .safetensors file")
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a regular file (a device or a pipe?); expected a .npy or .safetensors file")
     if path.suffix == ".npy":
         if tensors:
             raise UsageError("--tensor applies to .safetensors files; a .npy file holds one matrix")
-        try:
-            return {path.stem: np.load(path, allow_pickle=False)}
-        except (ValueError, EOFError) as exc:  # empty, truncated, pickled or not a .npy at all
-            raise ValueError(f"{path} is not a readable .npy array: {exc}") from None
+        return {path.stem: _read_npy(path)}
     if path.suffix != ".safetensors":
         raise ValueError(f"expected a .npy or .safetensors file, got {path.name!r}")
     try:
@@ -423,6 +433,25 @@ def read_weights(path: pathlib.Path, tensors: list[str] | None = None) -> dict[s
         if dtypes[name] not in WEIGHT_DTYPES:
             raise TypeError(f"tensor {name!r} has dtype {dtypes[name]}; expected one of {WEIGHT_DTYPES}")
     return {name: _read_tensor(path, name, dtypes[name]) for name in tensors}
+
+
+def _read_npy(path: pathlib.Path) -> np.ndarray:
+    """The one array of a ``.npy`` file; a file that is not one (text, an ``.npz`` zip) says so."""
+    with open(path, "rb") as fh:
+        head = fh.read(len(NPY_MAGIC))
+    if head != NPY_MAGIC:
+        what = ("it is empty" if not head else "it is a zip archive (an .npz? save one array with np.save)"
+                if head.startswith(b"PK") else "it does not begin with the .npy magic string (a text file?)")
+        raise ValueError(f"{path} is not a readable .npy array: {what}")
+    try:
+        w = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError) as exc:  # truncated, pickled, a bad header
+        raise ValueError(f"{path} is not a readable .npy array: {exc}") from None
+    if w.dtype.kind == "V":
+        raise TypeError(f"{path} holds raw {w.dtype.itemsize}-byte values (dtype {w.dtype.str}): numpy stores ml_dtypes "
+                        "types such as bfloat16 this way and cannot read them back as numbers; save the weights as "
+                        "float32 (w.astype(np.float32)) or in a .safetensors file (BF16)")
+    return w
 
 
 def _read_tensor(path: pathlib.Path, name: str, dtype: str) -> np.ndarray:

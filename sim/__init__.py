@@ -8,6 +8,8 @@
 * :func:`run_pe`: the functional engine (a quantized layer through the BitMoD PE's arithmetic, bit
   for bit, numba; :mod:`hwlab.sim.pe` states the arithmetic) with its cycles.
 * :class:`Report`: per-layer and total cycles, stalls, bytes and energy; CSV, JSON, plots.
+* :mod:`hwlab.sim.gpu`: the GPU model (presets ``h200``, ``h100``) of hwlab's matmul kernels:
+  predicted time from bytes, copy bandwidth, launches and decode instructions.
 """
 from .analytical import simulate
 from .config import PRESETS, ConfigError, HWConfig, get_preset, load_config

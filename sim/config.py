@@ -136,7 +136,7 @@ class HWConfig:
         path = os.fspath(path)
         if os.path.exists(path) and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        lines = [f"{k} = {_toml_value(v)}" for k, v in self.to_dict().items() if v is not None]
+        lines = [f"{k} = {toml_value(v)}" for k, v in self.to_dict().items() if v is not None]
         with open(path, "w") as fh:
             fh.write("\n".join(lines) + "\n")
 
@@ -155,7 +155,8 @@ def _checked_number(name: str, value):
     return value
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """``v`` written as a TOML value (booleans, strings escaped, numbers by repr)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):

@@ -1,6 +1,11 @@
-"""Shared fixtures: seeded random generators and weight matrices."""
+"""Shared fixtures: seeded random generators and weight matrices; Triton's interpreter without a GPU."""
+import os
+
 import numpy as np
 import pytest
+
+if "TRITON_INTERPRET" not in os.environ and not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0")):
+    os.environ["TRITON_INTERPRET"] = "1"  # no GPU (CI): Triton kernels run in its interpreter on CPU tensors
 
 
 @pytest.fixture
@@ -25,3 +30,17 @@ def isolated_registry(monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.setattr(registry, "_BUILTIN", set(registry._BUILTIN))
     return registry
+
+
+@pytest.fixture(scope="session")
+def kernel_device():
+    """Where kernel tests run: the GPU when there is one, else the CPU through Triton's interpreter."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    pytest.importorskip("triton", reason="triton is not installed")
+    from hwlab.kernels.dispatch import interpreted
+
+    if torch.cuda.is_available() and not interpreted():
+        return "cuda"
+    if interpreted():
+        return "cpu"
+    pytest.skip("no CUDA GPU, and TRITON_INTERPRET=1 was not set before hwlab.kernels was imported")

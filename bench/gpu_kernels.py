@@ -1,0 +1,357 @@
+"""GPU benchmark: hwlab's matmul for every format family beside cuBLAS fp16, tinygemm, bitsandbytes and gemlite.
+
+One process, one GPU: the device copy bandwidth, then for every shape (K, N) and batch M the
+median time (CUDA events, ``triton.testing.do_bench``) of ``y = x @ W^T``, with enough weight copies
+rotated (>= 256 MB) that the L2 cannot serve them, and again inside a CUDA graph of 20 calls
+(what a decode loop captured in a graph pays). Beside each hwlab measurement: the GPU model's
+prediction (:mod:`hwlab.sim.gpu`). Writes ``gpu_kernels.json`` (GPU, versions, commit, date,
+every row) after every section, so an interrupted run keeps what it measured.
+
+    python bench/gpu_kernels.py --out bench/results               # on the GPU machine
+    python bench/gpu_kernels.py --plot bench/results/gpu_kernels_h200.json   # anywhere: the roofline PNG
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import traceback
+
+import numpy as np
+
+SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (8192, 28672)]  # (K, N): Llama-2-7B and -70B layers
+BATCHES = [1, 16, 64]
+FORMATS = ["int4", "int4_asym", "int2", "int3", "int8", "nf4", "fp4_e2m1", "fp4_e1m2", "fp4_e3m0", "flint4",
+           "bitmod_fp4", "bitmod_fp3", "shift4", "ternary", "mxfp4", "nvfp4", "mixed_2_4", "olive4", "fp8_e4m3"]
+ROTATE_BYTES = 256 * 2**20  # > 4x the H200's 60 MB L2
+GRAPH_CALLS = 20
+QUANTIZED_ROWS = 256  # rows quantized for real; the benchmark layer repeats them (timing does not depend on values)
+
+
+def bench_ms(fn) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def graph_us(calls) -> float | None:
+    """Microseconds a call inside one CUDA graph of ``calls`` (None where capture fails)."""
+    import torch
+
+    try:
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            for c in calls[:3]:
+                c()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            for c in calls:
+                c()
+        torch.cuda.synchronize()
+        return bench_ms(graph.replay) * 1e3 / len(calls)
+    except Exception as e:  # a peer that cannot be captured
+        print(f"   (no CUDA graph: {type(e).__name__}: {str(e)[:80]})", flush=True)
+        return None
+
+
+class Run:
+    """The results document, written after every section."""
+
+    def __init__(self, out_dir: str):
+        self.path = os.path.join(out_dir, "gpu_kernels.json")
+        self.doc = {"env": {}, "rows": []}
+
+    def save(self):
+        with open(self.path, "w") as f:
+            json.dump(self.doc, f, indent=1)
+
+    def add(self, row: dict):
+        copy = self.doc["env"]["copy_GBps"]
+        row["GBps"] = row["bytes"] / (row["us"] * 1e-6) / 1e9
+        row["frac_of_copy"] = row["GBps"] / copy
+        if row.get("us_graph"):
+            row["frac_of_copy_graph"] = row["bytes"] / (row["us_graph"] * 1e-6) / 1e9 / copy
+        self.doc["rows"].append(row)
+        pred = f" model {row['predicted_us']:7.1f} us ({row['predicted_bound']})" if "predicted_us" in row else ""
+        graph = f" graph {row['us_graph']:7.1f} us" if row.get("us_graph") else ""
+        print(f"{row['name']:22s} M={row['M']:3d} K={row['K']:5d} N={row['N']:5d} {row['us']:8.1f} us{graph} "
+              f"{row['frac_of_copy']:5.2f} of copy{pred}", flush=True)
+
+
+def environment(run: Run):
+    import torch
+    import triton
+
+    p = torch.cuda.get_device_properties(0)
+    env = dict(gpu=torch.cuda.get_device_name(), sms=p.multi_processor_count, torch=torch.__version__,
+               triton=triton.__version__, cuda=torch.version.cuda, date=datetime.datetime.now().isoformat(timespec="seconds"),
+               commit=os.environ.get("HWLAB_COMMIT") or _git_commit())
+    for module in ("bitsandbytes", "gemlite", "numpy"):
+        try:
+            env[module] = getattr(__import__(module), "__version__", "?")
+        except Exception as e:
+            env[module] = f"missing: {type(e).__name__}"
+    run.doc["env"].update(env)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def copy_bandwidth(run: Run):
+    import torch
+
+    a = torch.randn(2 * 2**30 // 4, device="cuda")
+    b = torch.empty_like(a)
+    run.doc["env"]["copy_GBps"] = 2 * a.numel() * 4 / (bench_ms(lambda: b.copy_(a)) * 1e-3) / 1e9
+    print(f"device copy {run.doc['env']['copy_GBps']:.0f} GB/s", flush=True)
+
+
+def rotating(call, items):
+    state = [0]
+
+    def step():
+        state[0] = (state[0] + 1) % len(items)
+        return call(items[state[0]])
+    return step
+
+
+def timed(run: Run, name: str, m: int, k: int, n: int, call, items, wbytes: float, **extra):
+    us = bench_ms(rotating(call, items)) * 1e3
+    calls = [(lambda item=items[i % len(items)]: call(item)) for i in range(GRAPH_CALLS)]
+    run.add(dict(name=name, M=m, K=k, N=n, us=us, us_graph=graph_us(calls), bytes=wbytes + 2 * m * k + 2 * m * n,
+                 **extra))
+
+
+def copies_for(nbytes: int) -> int:
+    return max(2, math.ceil(ROTATE_BYTES / nbytes))
+
+
+def tiled_tensor(fmt: str, k: int, n: int, rng):
+    """A quantized [n, k] tensor: QUANTIZED_ROWS rows quantized from Gaussian weights, repeated."""
+    import hwlab.formats as F
+    from hwlab.kernels.testing import repeat_rows
+
+    return repeat_rows(F.quantize((rng.standard_normal((QUANTIZED_ROWS, k)) * 0.02).astype(np.float32), fmt), n)
+
+
+def hwlab_formats(run: Run, formats, shapes, batches, gpu_model: str):
+    import torch
+
+    from hwlab.kernels import dispatch, matmul
+    from hwlab.kernels.testing import clone
+    from hwlab.sim.gpu import predict
+
+    rng = np.random.default_rng(0)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for fmt in formats:
+        for k, n in shapes:
+            try:
+                qt = tiled_tensor(fmt, k, n, rng)
+                first = qt.to("cuda")
+                items = [first] + [clone(first) for _ in range(copies_for(first.nbytes) - 1)]
+                for m in batches:
+                    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+                    out = torch.empty(m, n, device="cuda", dtype=torch.float16)
+                    launch = dispatch.choose(first.plan, m, sms)
+                    extra = dict(format=fmt, bits_per_weight=qt.bits_per_weight, kernel=launch.describe())
+                    try:
+                        p = predict(gpu_model, fmt, m, k, n, bits_per_weight=qt.bits_per_weight, launch=launch)
+                        extra.update(predicted_us=p.us, predicted_bound=p.bound, predicted=p.to_json())
+                    except ValueError as e:
+                        extra["predicted_error"] = str(e)
+                    timed(run, f"hwlab_{fmt}", m, k, n, lambda w: matmul(x, w, out=out), items, first.nbytes, **extra)
+                del items, first
+                torch.cuda.empty_cache()
+            except Exception:
+                print(f"== hwlab {fmt} K={k} N={n} FAILED")
+                traceback.print_exc(limit=4)
+        run.save()
+
+
+def _compile_formats(formats, shapes, batches) -> int:
+    """Run every launch the benchmark will time once, so Triton compiles it into its on-disk cache."""
+    import torch
+
+    from hwlab.kernels import matmul
+
+    rng = np.random.default_rng(0)
+    for fmt in formats:
+        for k, n in shapes:
+            dev = tiled_tensor(fmt, k, n, rng).to("cuda")
+            for m in batches:
+                matmul(torch.zeros(m, k, device="cuda", dtype=torch.float16), dev)
+    torch.cuda.synchronize()
+    return len(formats)
+
+
+def warm_cache(formats, shapes, batches, workers: int) -> None:
+    """Compile every kernel specialization in ``workers`` processes at once (Triton compiles on the
+    host, one kernel at a time per process); the timing process then finds them in the cache."""
+    import concurrent.futures
+    import multiprocessing
+
+    chunks = [formats[i::workers] for i in range(min(workers, len(formats)))]
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(len(chunks), mp_context=context) as pool:
+        done = sum(pool.map(_compile_formats, chunks, [shapes] * len(chunks), [batches] * len(chunks)))
+    print(f"compiled the kernels of {done} formats in {len(chunks)} processes", flush=True)
+
+
+def cublas(run: Run, shapes, batches):
+    import torch
+
+    for k, n in shapes:
+        w = [torch.randn(n, k, device="cuda", dtype=torch.float16) for _ in range(copies_for(n * k * 2))]
+        for m in batches:
+            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            timed(run, "cublas_fp16", m, k, n, lambda t: torch.nn.functional.linear(x, t), w, n * k * 2)
+        del w
+        torch.cuda.empty_cache()
+
+
+def tinygemm(run: Run, shapes, batches):
+    import torch
+
+    group = 128
+    for k, n in shapes:
+        def make():
+            q = torch.randint(0, 16, (n, k), device="cuda", dtype=torch.int32)
+            packed = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
+            return (torch.ops.aten._convert_weight_to_int4pack(packed, 8),
+                    torch.randn(k // group, n, 2, device="cuda", dtype=torch.bfloat16))
+        wbytes = n * k // 2 + n * k // group * 4
+        w = [make() for _ in range(copies_for(wbytes))]
+        for m in batches:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            timed(run, "tinygemm_w4g128", m, k, n, lambda t: torch.ops.aten._weight_int4pack_mm(x, t[0], group, t[1]),
+                  w, wbytes)
+        del w
+        torch.cuda.empty_cache()
+
+
+def bitsandbytes_nf4(run: Run, shapes, batches):
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as BF
+    import torch
+
+    for k, n in shapes:
+        wbytes = n * k // 2 + n * k // 64 * 4
+        w = [BF.quantize_4bit(torch.randn(n, k, device="cuda", dtype=torch.float16), quant_type="nf4", blocksize=64)
+             for _ in range(copies_for(wbytes))]
+        for m in batches:
+            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            timed(run, "bnb_nf4_b64", m, k, n, lambda t: bnb.matmul_4bit(x, t[0].t(), quant_state=t[1]), w, wbytes)
+        del w
+        torch.cuda.empty_cache()
+
+
+def gemlite(run: Run, shapes, batches):
+    import torch
+    from gemlite import DType, GemLiteLinear
+
+    group = 128
+    for bits in (4, 2):
+        for k, n in shapes:
+            def make():
+                q = torch.randint(0, 2**bits, (n, k), device="cuda", dtype=torch.uint8)
+                s = torch.rand(n, k // group, device="cuda", dtype=torch.float16) * 0.01 + 0.001
+                z = torch.full((n, k // group), (2**bits - 1) / 2, device="cuda", dtype=torch.float16)
+                lin = GemLiteLinear(bits, group_size=group, in_features=k, out_features=n,
+                                    input_dtype=DType.FP16, output_dtype=DType.FP16)
+                lin.pack(q, s, z, None)
+                return lin
+            wbytes = n * k * bits // 8 + n * k // group * 4
+            w = [make() for _ in range(copies_for(wbytes))]
+            for m in batches:
+                x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+                timed(run, f"gemlite_w{bits}g{group}", m, k, n, lambda lin: lin(x), w, wbytes)
+            del w
+            torch.cuda.empty_cache()
+
+
+def plot(path: str, out: str | None = None) -> str:
+    """Achieved GB/s of every measurement against bytes moved, the copy ceiling drawn: a PNG beside ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(path) as f:
+        doc = json.load(f)
+    copy = doc["env"]["copy_GBps"]
+    batches = sorted({r["M"] for r in doc["rows"]})
+    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 5), sharey=True, squeeze=False)
+    for ax, m in zip(axes[0], batches):
+        rows = [r for r in doc["rows"] if r["M"] == m]
+        for peer in sorted({r["name"] for r in rows if not r["name"].startswith("hwlab_")}):
+            pr = [r for r in rows if r["name"] == peer]
+            ax.scatter([r["bytes"] / 1e6 for r in pr], [r["GBps"] for r in pr], marker="x", s=50, label=peer)
+        ours = [r for r in rows if r["name"].startswith("hwlab_")]
+        ax.scatter([r["bytes"] / 1e6 for r in ours], [r["GBps"] for r in ours], s=14, c="k", alpha=0.6,
+                   label="hwlab (every format)")
+        ax.axhline(copy, color="r", lw=1, ls="--", label=f"device copy {copy:.0f} GB/s")
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes moved per call (MB)")
+        ax.set_title(f"M = {m}")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("achieved GB/s (do_bench median, weights past L2)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{doc['env'].get('gpu', '')}: weight-only matmul against the copy ceiling")
+    out = out or os.path.splitext(path)[0] + "_roofline.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for gpu_kernels.json")
+    parser.add_argument("--formats", nargs="*", default=FORMATS)
+    parser.add_argument("--batches", nargs="*", type=int, default=BATCHES)
+    parser.add_argument("--quick", action="store_true", help="only the largest and the smallest shape")
+    parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--gpu-model", default="h200", help="hwlab.sim.gpu preset for the predictions")
+    parser.add_argument("--plot", metavar="JSON", help="only draw the roofline of a finished run (no GPU)")
+    parser.add_argument("--compile-workers", type=int, default=0,
+                        help="compile every kernel first in this many processes (0: compile as they run)")
+    args = parser.parse_args(argv)
+    if args.plot:
+        print(plot(args.plot))
+        return 0
+    shapes = [SHAPES[0], SHAPES[-1]] if args.quick else SHAPES
+    run = Run(args.out)
+    sections = [("env", lambda: environment(run))]
+    if args.compile_workers:
+        sections.append(("compile", lambda: warm_cache(args.formats, shapes, args.batches, args.compile_workers)))
+    sections += [("copy", lambda: copy_bandwidth(run)),
+                ("hwlab", lambda: hwlab_formats(run, args.formats, shapes, args.batches, args.gpu_model))]
+    if not args.skip_peers:
+        sections += [("cublas", lambda: cublas(run, shapes, args.batches)),
+                     ("tinygemm", lambda: tinygemm(run, shapes, args.batches)),
+                     ("bitsandbytes", lambda: bitsandbytes_nf4(run, shapes, args.batches)),
+                     ("gemlite", lambda: gemlite(run, shapes, args.batches))]
+    for name, section in sections:
+        start = time.time()
+        try:
+            section()
+        except Exception:
+            print(f"== {name} FAILED")
+            traceback.print_exc(limit=4)
+        print(f"== {name} {time.time() - start:.1f}s", flush=True)
+        run.save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""``hwlab.kernels.matmul(x, qt)`` and its dispatch: ``y = x @ dequant(W)^T`` for any quantized tensor, on the GPU.
+
+:func:`choose` picks a kernel of :mod:`hwlab.kernels.triton_kernels` and its launch from the
+tensor's plan and M (:func:`explain` prints it):
+
+* M = 1 and codes in whole words (1, 2, 4, 8 bits) with groups of whole words: ``gemv_words``;
+* M = 1, ``mixed_2_4`` with groups of a power of two >= 16: ``gemv_mixed``;
+* M = 1 otherwise: ``tile`` on CUDA cores;
+* M > 1 with groups of a multiple of 16 elements: ``tile`` with ``tl.dot`` (tensor cores);
+* otherwise (M > 1, groups such as 100): the weights are dequantized by ``dequantize_kernel``
+  and multiplied in float32 by torch, the one path that materialises them.
+
+Split-K is chosen so that about ``WAVES`` programs run per SM; its float32 partial sums go to a
+zeroed buffer and are cast once. Outputs saturate at the output dtype's largest finite value.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+from hwlab.formats.scales import BF16_LARGEST, FP16_LARGEST
+
+from .device import DeviceTensor
+from .plan import KernelPlan
+
+PACK_IDS = {"words": 0, "bits": 1, "trit5": 2, "mixed": 3}
+DECODE_IDS = {"int": 0, "float": 1, "lut": 2}
+MEMBER_IDS = {"none": 0, "group": 1, "pairs": 2}
+SCALE_IDS = {"float": 0, "bf16": 1, "table": 2}
+X_DTYPES = ("float16", "bfloat16")
+OUT_MAX = {"float16": FP16_LARGEST, "bfloat16": BF16_LARGEST, "float32": 3.4028234663852886e38}
+WORDS_PER_STEP = 16  # gemv_words: uint32 words of a row per step (four 16-byte loads)
+GEMV_BN, TILE_BN = 128, 64  # rows per program
+KS_MAX, DOT_MIN = 128, 16  # tile steps: at most 128 elements; tl.dot needs 16 on every side
+WAVES = 4  # programs per SM that split-K aims for
+# gemv_words gathers from a table held in registers up to this many entries (all members); a larger one
+# (8-bit tables: 791 instructions a code, static SASS) is read from memory instead
+REGISTER_TABLE_MAX = 64
+FP32_ONE_BITS = 0x3F800000  # IEEE binary32 1.0 (gemv_words_kernel's run-time one_bits)
+NUM_WARPS, DOT_STAGES = 4, 3
+# tile_dot by batch tile BM: rows per program and warps (static SASS counts for sm_90, triton 3.6: BM=16 with
+# 128 rows spends 9.1 instructions a code against 10.4 with 64; BM=64 spills registers with 4 warps, not with 8)
+DOT_BN = {16: 128, 32: 64, 64: 64}
+DOT_WARPS = {16: 4, 32: 8, 64: 8}
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """One kernel launch: which kernel, its tile (rows ``bn``, batch rows ``bm``, K step ``ks``),
+    split-K (``split`` programs along K, ``steps`` steps each) and the decode it uses."""
+
+    kernel: str  # gemv_words, tile, tile_dot, dequantize_then_torch
+    bn: int
+    bm: int
+    ks: int
+    split: int
+    steps: int
+    decode: str  # the plan's decode, or "lut" (every plan has a table)
+    warps: int = 4
+
+    def describe(self) -> str:
+        return (f"{self.kernel}: BN={self.bn} BM={self.bm} KS={self.ks}, split-K {self.split} x {self.steps} steps, "
+                f"{self.decode} decode, {self.warps} warps")
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _kernels():
+    from . import triton_kernels  # triton only when a kernel runs
+
+    return triton_kernels
+
+
+def interpreted() -> bool:
+    """Whether the Triton kernels run in Triton's interpreter (``TRITON_INTERPRET=1`` at import)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_kernels().tile_kernel, InterpretedFunction)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return _torch().cuda.get_device_properties(index).multi_processor_count
+
+
+def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
+    """The launch for ``m`` rows of activations on a GPU of ``sms`` multiprocessors."""
+    n, kp = plan.shape[0], plan.padded_cols
+    epg = plan.elements_per_group
+    step_of_group = min(KS_MAX, epg & -epg)  # the largest power of two <= 128 dividing the group
+    per_word = 32 // plan.bits if plan.packing == "words" else 0
+    decode, warps = plan.decode, NUM_WARPS
+    if m == 1 and plan.packing == "mixed" and epg >= 16 and epg & (epg - 1) == 0:
+        kernel, bn, bm, ks = "gemv_mixed", GEMV_BN, 1, epg
+    elif m == 1 and per_word and epg % per_word == 0:
+        kernel, bn, bm, ks = "gemv_words", GEMV_BN, 1, WORDS_PER_STEP * per_word
+        if decode == "float" and plan.lut.size <= REGISTER_TABLE_MAX:
+            decode = "lut"  # a gather from a small table in registers costs fewer instructions
+    elif m == 1:
+        kernel, bn, bm, ks = "tile", TILE_BN, 1, step_of_group
+    elif step_of_group >= DOT_MIN:
+        bm = 16 if m <= 16 else 32 if m <= 32 else 64
+        kernel, bn, ks = "tile_dot", DOT_BN[bm], step_of_group
+        warps = DOT_WARPS[bm]
+    else:
+        return Launch("dequantize_then_torch", 0, 0, step_of_group, 1, 0, plan.decode)
+    bn = min(bn, max(16, _next_power_of_two(n)))
+    tiles = math.ceil(n / bn) * math.ceil(m / bm)
+    total = math.ceil(kp / ks)
+    split = min(total, max(1, math.ceil(WAVES * sms / tiles)))
+    steps = math.ceil(total / split)
+    return Launch(kernel, bn, bm, ks, math.ceil(total / steps), steps, decode, warps)
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def explain(qt: DeviceTensor, m: int = 1) -> str:
+    """How :func:`matmul` multiplies ``m`` activation rows by ``qt``: its plan and its launch."""
+    return f"{qt.plan.describe()}\n{choose(qt.plan, m, _sms(qt.device)).describe()}"
+
+
+def _sms(device) -> int:
+    return _sm_count(device.index or 0) if device.type == "cuda" else 1
+
+
+def check_tensor(qt) -> DeviceTensor:
+    """``qt`` if it is a :class:`DeviceTensor`, else a ``TypeError`` that says how to make one."""
+    if isinstance(qt, DeviceTensor):
+        return qt
+    if hasattr(qt, "unpacked") and hasattr(qt, "arrays"):
+        raise TypeError("matmul needs the quantized tensor on the GPU: move it once with qt.to('cuda') "
+                        "(kernels never copy weights behind your back)")
+    raise TypeError(f"expected a quantized tensor on a device (qt.to('cuda')), got {type(qt).__name__}")
+
+
+def _check_runnable(device) -> None:
+    if device.type == "cpu" and not interpreted():
+        raise RuntimeError("hwlab kernels run on CUDA tensors, or on CPU tensors in Triton's interpreter "
+                           "(set TRITON_INTERPRET=1 before importing hwlab.kernels)")
+    if device.type not in ("cpu", "cuda"):
+        raise RuntimeError(f"hwlab kernels run on CUDA devices, not {device.type!r}")
+
+
+def matmul(x, qt: DeviceTensor, *, out=None):
+    """``x @ dequant(qt)^T`` in ``x``'s dtype, like ``torch.nn.functional.linear(x, W)``.
+
+    ``x``: float16 or bfloat16 ``[..., K]``, contiguous, on ``qt``'s device. ``out``: optional
+    contiguous tensor ``[..., N]`` of ``x``'s dtype to write into. Accumulation is float32; the
+    result saturates at the dtype's largest finite value.
+    """
+    torch = _torch()
+    qt = check_tensor(qt)
+    n, k = qt.shape
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    dtype = str(x.dtype).removeprefix("torch.")
+    if dtype not in X_DTYPES:
+        raise TypeError(f"x must be float16 or bfloat16, got {x.dtype} (cast with x.half() or x.bfloat16())")
+    if x.ndim == 0 or x.shape[-1] != k:
+        raise ValueError(f"x has shape {tuple(x.shape)}: its last dimension must be K={k} of the {n}x{k} weights")
+    if x.device != qt.device:
+        raise ValueError(f"x is on {x.device} but the weights are on {qt.device}: move one of them "
+                         "(kernels never copy weights behind your back)")
+    if not x.is_contiguous():
+        raise ValueError(f"x must be contiguous (strides {tuple(x.stride())}); call x.contiguous()")
+    _check_runnable(x.device)
+    lead = tuple(x.shape[:-1])
+    if out is None:
+        out = torch.empty(lead + (n,), dtype=x.dtype, device=x.device)
+    elif (not isinstance(out, torch.Tensor) or tuple(out.shape) != lead + (n,) or out.dtype != x.dtype
+          or out.device != x.device or not out.is_contiguous()):
+        raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {lead + (n,)} on {x.device}")
+    m = math.prod(lead)
+    if m == 0:
+        return out
+    run(x.view(m, k), qt, out.view(m, n), choose(qt.plan, m, _sms(x.device)))
+    return out
+
+
+def run(x2, qt: DeviceTensor, out2, launch: Launch) -> None:
+    """Launch ``launch`` for ``x2 [M, K]`` into ``out2 [M, N]`` (checked by :func:`matmul`)."""
+    torch = _torch()
+    m, n = out2.shape
+    if launch.kernel == "dequantize_then_torch":
+        w = dequantize(qt)
+        y = x2.float() @ w.T
+        limit = OUT_MAX[str(out2.dtype).removeprefix("torch.")]
+        out2.copy_(y.clamp_(-limit, limit))
+        return
+    atomic = launch.split > 1
+    target = torch.zeros((m, n), dtype=torch.float32, device=x2.device) if atomic else out2
+    math_dtype = str(x2.dtype).removeprefix("torch.") if launch.kernel == "tile_dot" else "float32"
+    ops, sizes, flags = _operands(qt, launch.decode, math_dtype)
+    out_max = OUT_MAX[str(target.dtype).removeprefix("torch.")]
+    kern = _kernels()
+    common = dict(flags, ATOMIC=atomic, OUT_MAX=out_max, num_warps=launch.warps)
+    if launch.kernel == "gemv_words":
+        grid = (math.ceil(n / launch.bn), launch.split)
+        kern.gemv_words_kernel[grid](
+            x2, ops["codes"], ops["zeros"], ops["members"], ops["lut"], ops["scales"], ops["scale_table"],
+            ops["absmax"], ops["row_scales"], target,
+            n, qt.shape[1], sizes["row_words"], sizes["zero_words"], sizes["member_words"], sizes["s_row_stride"],
+            sizes["groups"], launch.steps, math.ceil(qt.plan.padded_cols / launch.ks),
+            sizes["value_scale"], sizes["zero_unit"], sizes["dq_offset"], FP32_ONE_BITS,
+            KS=launch.ks, BN=launch.bn, GROUP_STEP=qt.plan.elements_per_group % launch.ks == 0,
+            EVEN=n % launch.bn == 0 and qt.shape[1] == qt.plan.padded_cols and qt.plan.padded_cols % launch.ks == 0,
+            FLIP_WORD=_flip_word(qt.plan), TROWS=qt.plan.lut.shape[0],
+            REGISTER_TABLE=qt.plan.lut.size <= REGISTER_TABLE_MAX, **_without(common, "PACK", "B2", "ZB2"))
+    elif launch.kernel == "gemv_mixed":
+        grid = (math.ceil(n / launch.bn), launch.split)
+        kern.gemv_mixed_kernel[grid](
+            x2, ops["codes"], ops["codes2"], ops["group_bits"], ops["zeros"], ops["zeros2"], ops["scales"],
+            ops["scale_table"], ops["row_scales"], target, n, qt.shape[1], sizes["row_words"], sizes["row_words2"],
+            sizes["flag_words"], sizes["zero_words"], sizes["zero_words2"], sizes["groups"], launch.steps,
+            FP32_ONE_BITS, sizes["value_scale"], G=launch.ks, BN=launch.bn, ZB4=flags["ZB"], ZB2=flags["ZB2"],
+            EVEN=n % launch.bn == 0 and qt.shape[1] == qt.plan.padded_cols, ATOMIC=atomic, OUT_MAX=out_max,
+            num_warps=launch.warps)
+    else:
+        grid = (math.ceil(n / launch.bn), math.ceil(m / launch.bm), launch.split)
+        kern.tile_kernel[grid](
+            x2, *_tile_pointers(ops), target, m, n, qt.shape[1], qt.plan.padded_cols, *_tile_sizes(sizes),
+            launch.steps, sizes["value_scale"], sizes["zero_unit"], sizes["dq_offset"],
+            KS=launch.ks, BN=launch.bn, BM=launch.bm, DOT=launch.kernel == "tile_dot", EXACT_DOT=interpreted(),
+            **({"num_stages": DOT_STAGES} if launch.kernel == "tile_dot" else {}),
+            **dict(common, PACK=_tile_packing(qt.plan, launch.ks)))
+    if atomic:
+        limit = OUT_MAX[str(out2.dtype).removeprefix("torch.")]
+        out2.copy_(target.clamp_(-limit, limit))
+
+
+def dequantize(qt: DeviceTensor):
+    """float32 ``[N, K]`` weights of ``qt`` on its device, decoded on the device.
+
+    Equal bit for bit to ``qt.source.dequantize()`` (the float64 generic decode rounded once),
+    except with NF4 double quantization, whose float32 second-level scales round twice."""
+    torch = _torch()
+    qt = check_tensor(qt)
+    _check_runnable(qt.device)
+    n, k = qt.shape
+    out = torch.empty((n, k), dtype=torch.float32, device=qt.device)
+    plan = qt.plan
+    epg = plan.elements_per_group
+    ks = min(KS_MAX, epg & -epg)
+    bn = min(32, max(16, _next_power_of_two(n)))
+    ops, sizes, flags = _operands(qt, plan.decode, "float32")
+    grid = (math.ceil(n / bn), math.ceil(plan.padded_cols / ks))
+    _kernels().dequantize_kernel[grid](
+        *_tile_pointers(ops), out, n, k, plan.padded_cols, *_tile_sizes(sizes),
+        sizes["value_scale"], sizes["zero_unit"], sizes["dq_offset"], KS=ks, BN=bn, num_warps=NUM_WARPS,
+        **dict(flags, PACK=_tile_packing(plan, ks)))
+    return out
+
+
+def _without(d: dict, *keys) -> dict:
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+def _tile_pointers(ops: dict) -> tuple:
+    return (ops["codes"], ops["codes2"], ops["group_bits"], ops["zeros"], ops["zeros2"], ops["members"], ops["lut"],
+            ops["scales"], ops["scale_table"], ops["absmax"], ops["row_scales"])
+
+
+def _tile_sizes(sizes: dict) -> tuple:
+    return (sizes["row_words"], sizes["row_words2"], sizes["flag_words"], sizes["zero_words"], sizes["zero_words2"],
+            sizes["member_words"], sizes["s_row_stride"], sizes["groups"])
+
+
+def _flip_word(plan: KernelPlan) -> int:
+    """The sign flip of every code of a word (two's complement codes), as a signed int32."""
+    word = sum(plan.flip << (j * plan.bits) for j in range(32 // plan.bits)) if plan.flip else 0
+    return word - (1 << 32) if word >= 1 << 31 else word
+
+
+def _tile_packing(plan: KernelPlan, ks: int) -> int:
+    """The tile kernels read whole words only when a step holds whole words; else the bit stream."""
+    if plan.packing == "words" and ks % (32 // plan.bits):
+        return PACK_IDS["bits"]
+    return PACK_IDS[plan.packing]
+
+
+def _operands(qt: DeviceTensor, decode: str, math_dtype: str) -> tuple[dict, dict, dict]:
+    """Kernel pointers, run-time sizes and constexpr flags of ``qt`` read with ``decode``; a table
+    decode reads the value table rounded to ``math_dtype``, the dtype the values are multiplied in.
+    Kept on the tensor: a decode step calls the same layers again and again."""
+    key = (decode, math_dtype)
+    cached = qt.launch_cache.get(key)
+    if cached is None:
+        cached = qt.launch_cache[key] = _build_operands(qt, decode, math_dtype)
+    return cached
+
+
+def _build_operands(qt: DeviceTensor, decode: str, math_dtype: str) -> tuple[dict, dict, dict]:
+    plan, arrays = qt.plan, qt.arrays
+    stored = {op: arrays[name] for op, name in plan.arrays.items()}
+    codes = stored["codes"]
+    lut = qt.tables[f"lut_{math_dtype}"]
+    ops = {op: stored[op] if op in stored and stored[op].numel() else codes  # a pointer is never to nothing
+           for op in ("codes", "codes2", "group_bits", "zeros", "zeros2", "members", "scales", "absmax", "row_scales")}
+    ops.update(lut=lut, scale_table=qt.tables["scale_table"])
+    width = {op: (stored[op].shape[1] if op in stored else 0) for op in ("codes2", "group_bits", "zeros", "zeros2",
+                                                                        "members")}
+    unit = plan.lut_scale if decode == "lut" else plan.decode_scale
+    sizes = dict(row_words=plan.row_words, row_words2=width["codes2"], flag_words=width["group_bits"],
+                 zero_words=width["zeros"], zero_words2=width["zeros2"], member_words=width["members"],
+                 s_row_stride=plan.groups if plan.scale_rows > 1 else 0, groups=plan.groups,
+                 value_scale=plan.value_scale(decode), zero_unit=1.0 / unit, dq_offset=plan.double_quant_offset)
+    mixed = plan.packing == "mixed"
+    flags = dict(B=plan.bits, B2=qt.layout["codes2"].bits if mixed else 1, EPG=plan.elements_per_group,
+                 PACK=PACK_IDS[plan.packing], DECODE=DECODE_IDS[decode], FLIP=plan.flip, MBITS=plan.mbits,
+                 TSIZE=plan.table_size, MEMBERS=MEMBER_IDS[plan.member_rule], MEMBER_BITS=max(plan.member_bits, 1),
+                 VICTIM=plan.victim_code, ZB=plan.zero_bits, ZB2=qt.layout["zeros2"].bits if mixed else 0,
+                 SCALE=SCALE_IDS[plan.scale_kind], DQB=plan.double_quant_block, ROW=plan.has_row_scales)
+    return ops, sizes, flags

@@ -1,0 +1,39 @@
+"""Helpers for kernel tests and benchmarks: large tensors from small quantizations, weight copies, tolerances."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .device import DeviceTensor
+
+UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
+FAST_DECODE_ERROR = 2.0**-11  # gemv_words' float32 placement: a product may lose 2**-12 of |x| * scale
+
+
+def repeat_rows(qt, rows: int):
+    """``qt`` with its rows repeated to ``rows`` (a multiple of its own): a benchmark-sized layer
+    quantized for real, whose timing does not depend on the values. Per-row arrays repeat; the
+    tensor-level ones (NVFP4's tensor scale) stay; NF4 double quantization's blocks repeat with them."""
+    own = qt.shape[0]
+    if rows % own:
+        raise ValueError(f"rows={rows} is not a multiple of the tensor's {own} rows")
+    arrays = {name: np.tile(a, (rows // own, 1)) if a.shape[0] == own or qt.layout[name].applies_to == "scale_block"
+              else a for name, a in qt.arrays.items()}
+    return dataclasses.replace(qt, shape=(rows, qt.shape[1]), arrays=arrays)
+
+
+def clone(dev: DeviceTensor) -> DeviceTensor:
+    """Another copy of the stored arrays on the same device (tables shared: they are not weights)."""
+    return DeviceTensor(dev.source, dev.plan, {name: t.clone() for name, t in dev.arrays.items()}, dev.tables)
+
+
+def matmul_tolerance(x, weights, scale_bound, reference):
+    """Elementwise bound on ``|matmul(x, W) - reference|`` (torch float64 tensors on one device).
+
+    One rounding of the output and of a table value to x's dtype, relative to ``|y| + |x| @ |W|^T``,
+    plus the fast decode's placement error relative to ``|x| @ scale_bound^T`` (``scale_bound``:
+    per-element scale times the largest table magnitude)."""
+    u = UNIT_ROUNDOFF[str(x.dtype).removeprefix("torch.")]
+    ax = x.double().abs()
+    return 2 * u * (reference.abs() + ax @ weights.abs().T) + FAST_DECODE_ERROR * (ax @ scale_bound.T) + 1e-30

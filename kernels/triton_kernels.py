@@ -1,0 +1,445 @@
+"""Triton kernels that multiply by a quantized weight matrix: ``y = x @ dequant(W)^T``.
+
+Every kernel reads the stored arrays of a tensor as its :class:`~hwlab.kernels.plan.KernelPlan`
+says (constexpr switches below) and decodes codes with the plan's decode, so one kernel serves
+every datatype of a family, built-in or user-defined:
+
+``gemv_words_kernel``
+    M = 1, codes in whole uint32 words (1, 2, 4 or 8 bits). A program owns ``BN`` rows and a
+    run of K steps (split-K); each step loads ``KS / (32 / bits)`` words per row and decodes
+    code ``j`` of every word at once. Integer codes use no int-to-float conversion: the code is
+    moved into the upper mantissa of an fp32 ``1.0`` (``1 + q * 2**-bits``) and the activation
+    is pre-multiplied by ``2**bits``, so one shift, one logic op and one FMA handle a code; the
+    ``2**bits * sum(x)`` this adds is subtracted once per word. Other decodes read the plan's
+    table (one cached load per code). Scales, zero points and type ids are read once per step
+    when a step lies in one group, else once per word.
+``gemv_mixed_kernel``
+    M = 1 for ``mixed_2_4``: each row reads its 4-bit or 2-bit stream group by group (a running
+    rank per row), both decoded as in ``gemv_words_kernel``.
+``tile_kernel``
+    Any M and every packing (3, 5, 6, 7-bit streams, trit5 bytes, ``mixed_2_4``). A step is one
+    ``[BN, KS]`` tile of codes inside one group, decoded to values, then multiplied with
+    ``tl.dot`` (M > 1: tensor cores, fp32 accumulation, the scale applied after each step's dot)
+    or summed on CUDA cores (M = 1).
+``dequantize_kernel``
+    The weights themselves, float32 ``[N, K]``: ``(value * scale) * value_scale``, the same
+    product, rounded once, as :meth:`~hwlab.formats.Unpacked.dequantize` for every format but
+    NF4 double quantization (whose float32 second level rounds twice, as bitsandbytes does).
+
+Split-K programs add float32 partial sums into a zeroed buffer (``ATOMIC``); a program that owns
+all of K stores its rows, saturated at ``OUT_MAX`` (finite in, finite out). Loop bounds are run
+time values; all shapes of ``tl.arange`` are powers of two. Nothing here runs at import.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+FP32_ONE_BITS = tl.constexpr(0x3F800000)  # IEEE binary32 1.0
+FP32_2_23_BITS = tl.constexpr(0x4B000000)  # IEEE binary32 2**23: its ulp is 1, so 2**23 | q = 2**23 + q for q < 2**23
+FP32_MAX = tl.constexpr(3.4028234663852886e38)  # largest finite IEEE binary32
+
+
+@triton.jit
+def _all(mask, condition):
+    """``mask & condition`` for a scalar ``condition`` (the interpreter's ``&`` of a tensor and a
+    scalar mask gives int32, which a load refuses as its mask)."""
+    return (mask.to(tl.int32) & condition.to(tl.int32)) != 0
+
+
+@triton.jit
+def _field(ptr, row_len, rows, idx, mask, BITS: tl.constexpr):
+    """Entries ``idx`` of a little-endian stream of ``BITS``-bit fields, ``row_len`` int32 words a row."""
+    bit = idx * BITS
+    word = bit // 32
+    shift = (bit % 32).to(tl.uint32)
+    lo = tl.load(ptr + rows * row_len + word, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    v = lo >> shift
+    if 32 % BITS != 0:  # a field may straddle two words
+        spill = _all(mask, shift + BITS > 32)
+        hi = tl.load(ptr + rows * row_len + word + 1, mask=spill, other=0).to(tl.uint32, bitcast=True)
+        v = v | ((hi << 1) << (31 - shift))  # two shifts: never a shift by 32
+    return v & ((1 << BITS) - 1)
+
+
+@triton.jit
+def _popcount(v):
+    """Set bits of every uint32 lane (SWAR: no intrinsic, so it also runs in the interpreter)."""
+    v = v - ((v >> 1) & 0x55555555)
+    v = (v & 0x33333333) + ((v >> 2) & 0x33333333)
+    v = (v + (v >> 4)) & 0x0F0F0F0F
+    return (v * 0x01010101) >> 24
+
+
+@triton.jit
+def _decode(q, member, lut_ptr, B: tl.constexpr, DECODE: tl.constexpr, FLIP: tl.constexpr,
+            MBITS: tl.constexpr, TSIZE: tl.constexpr):
+    """float32 values of uint32 codes ``q``: int, float (binary16 placement) or table decode."""
+    if DECODE == 0:
+        v = (q ^ (FP32_2_23_BITS | FLIP)).to(tl.float32, bitcast=True) - (8388608.0 + FLIP)
+    elif DECODE == 1:
+        half = (((q >> (B - 1)) & 1) << 15) | ((q & ((1 << (B - 1)) - 1)) << (10 - MBITS))
+        v = half.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+    else:
+        v = tl.load(lut_ptr + member * TSIZE + q.to(tl.int32))
+    return v
+
+
+@triton.jit
+def _pair_member(q, partner, odd, VICTIM: tl.constexpr):
+    """OliVe: an element is an outlier (member 1) when its partner holds the victim code;
+    with both victims the even one is the outlier."""
+    partner_victim = partner == VICTIM
+    return tl.where(odd, partner_victim & (q != VICTIM), partner_victim).to(tl.int32)
+
+
+@triton.jit
+def _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, n, g, mask, s_row_stride, NG, dq_offset,
+           SCALE: tl.constexpr, DQB: tl.constexpr, ROW: tl.constexpr):
+    """float32 scale of group ``g`` of row ``n``: stored float, raw bf16 or 8-bit code looked up,
+    then NF4 double quantization's block absmax and offset, then the int8 row scale."""
+    idx = n * s_row_stride + g
+    if SCALE == 0:
+        s = tl.load(scales_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    elif SCALE == 1:
+        raw = tl.load(scales_ptr + idx, mask=mask, other=0).to(tl.int32) & 0xFFFF
+        s = (raw << 16).to(tl.float32, bitcast=True)
+    else:
+        code = tl.load(scales_ptr + idx, mask=mask, other=0).to(tl.int32)
+        s = tl.load(stable_ptr + code)
+    if DQB > 0:
+        s = s * tl.load(absmax_ptr + (n * NG + g) // DQB, mask=mask, other=0.0) + dq_offset
+    if ROW:
+        s = s * tl.load(rows_ptr + n, mask=mask, other=0.0).to(tl.float32)
+    return s
+
+
+@triton.jit
+def _saturate(y, OUT_MAX: tl.constexpr):
+    return tl.minimum(tl.maximum(y, -OUT_MAX), OUT_MAX)
+
+
+@triton.jit
+def _placed(u, xj, j: tl.constexpr, B: tl.constexpr, one):
+    """Code ``j`` of every uint32 word ``u`` as ``f = 1 + q * 2**(t-23)`` (no int-to-float conversion)
+    and ``xj`` scaled to match, ``xj * 2**(23-t)``, so that ``f * x' = x * 2**(23-t) + q * x``.
+
+    The code sits at bit ``j*B``; it moves to a bit ``t`` in [12, 23-B] (1 + q 2**(t-23) keeps |q x|
+    above 2**-12 of the ``x * 2**(23-t)`` it rides on; float32 keeps 24 bits), chosen so that codes
+    whose bits differ by a multiple of the window share one shifted copy of the word. ``one`` is the
+    bits of 1.0 in a register: the AND with the code's mask and the OR fuse into one LOP3."""
+    LO: tl.constexpr = 12
+    SPAN: tl.constexpr = 23 - B - LO + 1
+    t = LO + (j * B - LO) % SPAN  # = j * B when that is in the window
+    if t > j * B:
+        moved = u << (t - j * B)
+    elif t < j * B:
+        moved = u >> (j * B - t)
+    else:
+        moved = u
+    f = ((moved & (((1 << B) - 1) << t)) | one).to(tl.float32, bitcast=True)
+    return f, xj * (1 << (23 - t))
+
+
+@triton.jit
+def gemv_words_kernel(
+        x_ptr, codes_ptr, zeros_ptr, members_ptr, lut_ptr, scales_ptr, stable_ptr, absmax_ptr, rows_ptr, out_ptr,
+        N, K, row_words, zero_words, member_words, s_row_stride, NG, steps_per_program, n_steps,
+        value_scale, zero_unit, dq_offset, one_bits,
+        B: tl.constexpr, EPG: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr, GROUP_STEP: tl.constexpr,
+        EVEN: tl.constexpr,
+        DECODE: tl.constexpr, FLIP: tl.constexpr, FLIP_WORD: tl.constexpr, MBITS: tl.constexpr,
+        TSIZE: tl.constexpr, TROWS: tl.constexpr, REGISTER_TABLE: tl.constexpr, MEMBERS: tl.constexpr,
+        MEMBER_BITS: tl.constexpr,
+        VICTIM: tl.constexpr, ZB: tl.constexpr, SCALE: tl.constexpr, DQB: tl.constexpr, ROW: tl.constexpr,
+        ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr):
+    """M = 1 with codes in whole words (module docstring). ``out``: [N] (float32 when ``ATOMIC``).
+    ``one_bits``: FP32_ONE_BITS, passed at run time so that it lives in a register (:func:`_placed`)."""
+    E: tl.constexpr = 32 // B
+    P: tl.constexpr = KS // E
+    MASK: tl.constexpr = (1 << B) - 1
+    rn = tl.program_id(0) * BN + tl.arange(0, BN)
+    nmask = rn < N
+    one = one_bits.to(tl.uint32, bitcast=True)
+    acc = tl.zeros((BN, P), tl.float32)
+    first = tl.program_id(1) * steps_per_program
+    for step in range(first, tl.minimum(first + steps_per_program, n_steps)):
+        k0 = step * KS
+        cw = k0 // E + tl.arange(0, P)
+        if EVEN:  # whole tiles: no masks
+            wmask = (rn < N)[:, None]  # true; for the per-word entries below
+            raw = tl.load(codes_ptr + rn[:, None] * row_words + cw[None, :], eviction_policy="evict_first")
+        else:
+            wmask = nmask[:, None] & (cw < row_words)[None, :]
+            raw = tl.load(codes_ptr + rn[:, None] * row_words + cw[None, :], mask=wmask, other=0,
+                          eviction_policy="evict_first")
+        if DECODE == 0:
+            u = (raw ^ FLIP_WORD).to(tl.uint32, bitcast=True)  # every sign bit flipped at once
+        else:
+            u = raw.to(tl.uint32, bitcast=True)
+        if GROUP_STEP:  # the step lies in one group: one entry per row
+            gn = rn
+            gg = k0 // EPG
+            gmask = nmask
+        else:  # one entry per word
+            gn = rn[:, None]
+            gg = ((cw * E) // EPG)[None, :]
+            gmask = wmask
+        member = 0
+        if MEMBERS == 1:
+            member = _field(members_ptr, member_words, gn, gg, gmask, MEMBER_BITS).to(tl.int32)
+            if GROUP_STEP:
+                member = member[:, None]
+        if DECODE == 2 and REGISTER_TABLE:  # every row's table (its group's member), or all members' tables
+            if MEMBERS == 1 and GROUP_STEP:
+                table = tl.load(lut_ptr + member * TSIZE + tl.arange(0, TSIZE)[None, :])
+                member = 0
+            else:
+                table = tl.broadcast_to(tl.load(lut_ptr + tl.arange(0, TROWS * TSIZE))[None, :], (BN, TROWS * TSIZE))
+        part = tl.zeros((BN, P), tl.float32)
+        xsum = tl.zeros((P,), tl.float32)
+        xone = tl.zeros((P,), tl.float32)
+        for j in tl.static_range(E):
+            kk = cw * E + j
+            if EVEN:
+                xj = tl.load(x_ptr + kk, eviction_policy="evict_last").to(tl.float32)
+            else:
+                xj = tl.load(x_ptr + kk, mask=kk < K, other=0.0, eviction_policy="evict_last").to(tl.float32)
+            if DECODE == 0:
+                f, xh = _placed(u, xj, j, B, one)  # f = 1 + (q ^ FLIP) 2**(t-23)
+                part += f * xh[None, :]
+                xone += xh
+            else:
+                q = (raw >> (j * B)) & MASK  # int32: a gather index as it is
+                m = member
+                if MEMBERS == 2:
+                    partner = (raw >> ((j ^ 1) * B)) & MASK
+                    m = _pair_member(q, partner, j % 2 == 1, VICTIM)
+                if DECODE == 2 and REGISTER_TABLE:  # the table from registers: no memory access per code
+                    v = tl.gather(table, m * TSIZE + q, axis=1)
+                else:
+                    v = _decode(q, m, lut_ptr, B, DECODE, FLIP, MBITS, TSIZE)
+                part += v * xj[None, :]
+            xsum += xj
+        if DECODE == 0:  # remove the 1.0 of the placement and the FLIP of the sign flip
+            part -= (xone + FLIP * xsum)[None, :]
+        if ZB > 0:
+            z = _field(zeros_ptr, zero_words, gn, gg, gmask, ZB).to(tl.float32)
+            if GROUP_STEP:
+                z = z[:, None]
+            part -= z * zero_unit * xsum[None, :]
+        sc = _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, gn, gg, gmask, s_row_stride, NG, dq_offset,
+                    SCALE, DQB, ROW)
+        if GROUP_STEP:
+            sc = sc[:, None]
+        acc += part * sc
+    y = tl.sum(acc, axis=1) * value_scale
+    if ATOMIC:
+        tl.atomic_add(out_ptr + rn, y, mask=nmask, sem="relaxed")
+    else:
+        tl.store(out_ptr + rn, _saturate(y, OUT_MAX).to(out_ptr.dtype.element_ty), mask=nmask)
+
+
+@triton.jit
+def _stream_sum(codes_ptr, row_words, rn, offset, mask, x_ptr, k0, K, one, B: tl.constexpr, G: tl.constexpr,
+                EVEN: tl.constexpr):
+    """``sum_k q_k x_k`` per row over one group of unsigned ``B``-bit codes starting at word ``offset``
+    of each row (rows where ``mask`` is false read nothing), and ``sum_k x_k``."""
+    E: tl.constexpr = 32 // B
+    P: tl.constexpr = G // E
+    w = tl.arange(0, P)
+    u = tl.load(codes_ptr + (rn * row_words + offset)[:, None] + w[None, :], mask=mask[:, None], other=0,
+                eviction_policy="evict_first").to(tl.uint32, bitcast=True)
+    part = tl.zeros(u.shape, tl.float32)
+    xone = tl.zeros((P,), tl.float32)
+    xsum = tl.zeros((P,), tl.float32)
+    for j in tl.static_range(E):
+        kk = k0 + w * E + j
+        if EVEN:
+            xj = tl.load(x_ptr + kk, eviction_policy="evict_last").to(tl.float32)
+        else:
+            xj = tl.load(x_ptr + kk, mask=kk < K, other=0.0, eviction_policy="evict_last").to(tl.float32)
+        f, xh = _placed(u, xj, j, B, one)
+        part += f * xh[None, :]
+        xone += xh
+        xsum += xj
+    return tl.sum(part - xone[None, :], axis=1), tl.sum(xsum, axis=0)
+
+
+@triton.jit
+def gemv_mixed_kernel(
+        x_ptr, codes4_ptr, codes2_ptr, flags_ptr, zeros4_ptr, zeros2_ptr, scales_ptr, stable_ptr, rows_ptr, out_ptr,
+        N, K, row_words4, row_words2, flag_words, zero_words4, zero_words2, NG, steps_per_program, one_bits,
+        value_scale, G: tl.constexpr, BN: tl.constexpr, ZB4: tl.constexpr, ZB2: tl.constexpr, EVEN: tl.constexpr,
+        ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr):
+    """M = 1 for ``mixed_2_4``: a step is one group; each row reads its 4-bit or its 2-bit stream (a
+    flag per group), at the rank its earlier groups of that width give (a running count per row).
+    Both streams decode as :func:`_placed` unsigned codes; zero points and int8 scale codes times the
+    row scale are applied once per group."""
+    rn = tl.program_id(0) * BN + tl.arange(0, BN)
+    nmask = rn < N
+    one = one_bits.to(tl.uint32, bitcast=True)
+    first = tl.program_id(1) * steps_per_program
+    last = tl.minimum(first + steps_per_program, NG)
+    rank = tl.zeros((BN,), tl.int32)  # 4-bit groups of the row before group `first`
+    for i in range(0, first // 32):
+        rank += _popcount(tl.load(flags_ptr + rn * flag_words + i, mask=nmask, other=0).to(tl.uint32, bitcast=True)).to(tl.int32)
+    below = tl.load(flags_ptr + rn * flag_words + first // 32, mask=nmask, other=0).to(tl.uint32, bitcast=True)
+    rank += _popcount(below & ((tl.full((), 1, tl.uint32) << (first % 32).to(tl.uint32)) - 1)).to(tl.int32)
+    acc = tl.zeros((BN,), tl.float32)
+    for g in range(first, last):
+        flags = tl.load(flags_ptr + rn * flag_words + g // 32, mask=nmask, other=0).to(tl.uint32, bitcast=True)
+        wide = (((flags >> (g % 32)) & 1) == 1) & nmask
+        narrow = (~wide) & nmask
+        k0 = g * G
+        s4, xs = _stream_sum(codes4_ptr, row_words4, rn, rank * (G * 4 // 32), wide, x_ptr, k0, K, one, 4, G, EVEN)
+        s2, _ = _stream_sum(codes2_ptr, row_words2, rn, (g - rank) * (G * 2 // 32), narrow, x_ptr, k0, K, one, 2, G,
+                            EVEN)
+        z4 = _field(zeros4_ptr, zero_words4, rn, rank, wide, ZB4).to(tl.float32)
+        z2 = _field(zeros2_ptr, zero_words2, rn, g - rank, narrow, ZB2).to(tl.float32)
+        dot = tl.where(wide, s4 - z4 * xs, s2 - z2 * xs)
+        code = tl.load(scales_ptr + rn * NG + g, mask=nmask, other=0).to(tl.int32)
+        acc += dot * tl.load(stable_ptr + code)
+        rank += wide.to(tl.int32)
+    y = acc * tl.load(rows_ptr + rn, mask=nmask, other=0.0).to(tl.float32) * value_scale
+    if ATOMIC:
+        tl.atomic_add(out_ptr + rn, y, mask=nmask, sem="relaxed")
+    else:
+        tl.store(out_ptr + rn, _saturate(y, OUT_MAX).to(out_ptr.dtype.element_ty), mask=nmask)
+
+
+@triton.jit
+def _tile_values(codes_ptr, codes2_ptr, flags_ptr, zeros_ptr, zeros2_ptr, members_ptr, lut_ptr,
+                 row_words, row_words2, flag_words, zero_words, zero_words2, member_words, zero_unit,
+                 rn, nmask, k0, g, Kp,
+                 B: tl.constexpr, EPG: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr, PACK: tl.constexpr, DECODE: tl.constexpr,
+                 FLIP: tl.constexpr, MBITS: tl.constexpr, TSIZE: tl.constexpr, MEMBERS: tl.constexpr,
+                 MEMBER_BITS: tl.constexpr, VICTIM: tl.constexpr, ZB: tl.constexpr, ZB2: tl.constexpr,
+                 B2: tl.constexpr):
+    """float32 ``[BN, KS]`` values minus zero points of elements ``k0 ..`` (all in group ``g``) of rows ``rn``."""
+    k = k0 + tl.arange(0, KS)
+    mask = nmask[:, None] & (k < Kp)[None, :]
+    rows = rn[:, None]
+    member = 0
+    if PACK == 3:  # mixed_2_4: a flag per group picks the 4-bit or the 2-bit stream; rank = earlier 4-bit groups
+        flags = tl.load(flags_ptr + rn * flag_words + g // 32, mask=nmask, other=0).to(tl.uint32, bitcast=True)
+        shift = (g % 32).to(tl.uint32)
+        rank = _popcount(flags & ((tl.full((), 1, tl.uint32) << shift) - 1))
+        for i in range(0, g // 32):
+            rank += _popcount(tl.load(flags_ptr + rn * flag_words + i, mask=nmask, other=0).to(tl.uint32, bitcast=True))
+        wide = ((flags >> shift) & 1) == 1
+        rank = rank.to(tl.int32)
+        within = (k - g * EPG)[None, :]
+        q4 = _field(codes_ptr, row_words, rows, rank[:, None] * EPG + within, mask & wide[:, None], B)
+        q2 = _field(codes2_ptr, row_words2, rows, (g - rank)[:, None] * EPG + within, mask & ~wide[:, None], B2)
+        q = tl.where(wide[:, None], q4, q2)
+        member = tl.where(wide, 0, 1)[:, None]
+        z4 = _field(zeros_ptr, zero_words, rn, rank, nmask & wide, ZB)
+        z2 = _field(zeros2_ptr, zero_words2, rn, g - rank, nmask & ~wide, ZB2)
+        zero = tl.where(wide, z4, z2).to(tl.float32)[:, None]
+    else:
+        if PACK == 2:  # trit5: five base-3 digits a byte
+            byte = tl.load(codes_ptr + rows * row_words + (k // 5)[None, :], mask=mask, other=0).to(tl.int32)
+            digit = k % 5
+            power = tl.where(digit == 0, 1, tl.where(digit == 1, 3, tl.where(digit == 2, 9, tl.where(digit == 3, 27, 81))))
+            q = ((byte // power[None, :]) % 3).to(tl.uint32)
+        elif PACK == 0:  # whole words: load them contiguously, then every code of a word
+            E: tl.constexpr = 32 // B
+            cw = k0 // E + tl.arange(0, KS // E)
+            wmask = nmask[:, None] & (cw < row_words)[None, :]
+            u = tl.load(codes_ptr + rows * row_words + cw[None, :], mask=wmask, other=0,
+                        eviction_policy="evict_first").to(tl.uint32, bitcast=True)
+            shifts = (tl.arange(0, E) * B).to(tl.uint32)
+            q = tl.reshape((u[:, :, None] >> shifts[None, None, :]) & ((1 << B) - 1), (BN, KS))
+            if MEMBERS == 2:
+                partner_shifts = ((tl.arange(0, E) ^ 1) * B).to(tl.uint32)
+                partner = tl.reshape((u[:, :, None] >> partner_shifts[None, None, :]) & ((1 << B) - 1), (BN, KS))
+        else:
+            q = _field(codes_ptr, row_words, rows, k[None, :], mask, B)
+            if MEMBERS == 2:
+                partner = _field(codes_ptr, row_words, rows, (k ^ 1)[None, :], mask, B)
+        if MEMBERS == 1:
+            member = _field(members_ptr, member_words, rn, g, nmask, MEMBER_BITS).to(tl.int32)[:, None]
+        if MEMBERS == 2:
+            member = _pair_member(q, partner, (k % 2 == 1)[None, :], VICTIM)
+        if ZB > 0:
+            zero = _field(zeros_ptr, zero_words, rn, g, nmask, ZB).to(tl.float32)[:, None]
+    v = _decode(q, member, lut_ptr, B, DECODE, FLIP, MBITS, TSIZE)
+    if ZB > 0:
+        v = v - zero * zero_unit
+    return v
+
+
+@triton.jit
+def tile_kernel(
+        x_ptr, codes_ptr, codes2_ptr, flags_ptr, zeros_ptr, zeros2_ptr, members_ptr, lut_ptr,
+        scales_ptr, stable_ptr, absmax_ptr, rows_ptr, out_ptr,
+        M, N, K, Kp, row_words, row_words2, flag_words, zero_words, zero_words2, member_words, s_row_stride, NG,
+        steps_per_program, value_scale, zero_unit, dq_offset,
+        B: tl.constexpr, B2: tl.constexpr, EPG: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
+        PACK: tl.constexpr, DECODE: tl.constexpr, FLIP: tl.constexpr, MBITS: tl.constexpr, TSIZE: tl.constexpr,
+        MEMBERS: tl.constexpr, MEMBER_BITS: tl.constexpr, VICTIM: tl.constexpr, ZB: tl.constexpr, ZB2: tl.constexpr,
+        SCALE: tl.constexpr, DQB: tl.constexpr, ROW: tl.constexpr,
+        DOT: tl.constexpr, EXACT_DOT: tl.constexpr, ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr):
+    """Any M, any packing (module docstring). ``out``: [M, N] (float32 when ``ATOMIC``).
+
+    ``EXACT_DOT`` (the interpreter) multiplies the same operands in float32 IEEE arithmetic, as the
+    interpreter's bfloat16 arithmetic is not faithful."""
+    rn = tl.program_id(0) * BN + tl.arange(0, BN)
+    rm = tl.program_id(1) * BM + tl.arange(0, BM)
+    nmask = rn < N
+    mmask = rm < M
+    acc = tl.zeros((BM, BN), tl.float32)
+    for step in range(steps_per_program):
+        k0 = (tl.program_id(2) * steps_per_program + step) * KS
+        k = k0 + tl.arange(0, KS)
+        g = k0 // EPG
+        v = _tile_values(codes_ptr, codes2_ptr, flags_ptr, zeros_ptr, zeros2_ptr, members_ptr, lut_ptr,
+                         row_words, row_words2, flag_words, zero_words, zero_words2, member_words, zero_unit,
+                         rn, nmask, k0, g, Kp, B, EPG, KS, BN, PACK, DECODE, FLIP, MBITS, TSIZE, MEMBERS,
+                         MEMBER_BITS, VICTIM, ZB, ZB2, B2)
+        sc = _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, rn, g, _all(nmask, k0 < Kp), s_row_stride, NG,
+                    dq_offset, SCALE, DQB, ROW)
+        xt = tl.load(x_ptr + rm[:, None] * K + k[None, :], mask=mmask[:, None] & (k < K)[None, :], other=0.0)
+        if DOT:
+            w = v.to(x_ptr.dtype.element_ty)  # exact: values (tables rounded to x's dtype by the plan)
+            if EXACT_DOT:
+                d = tl.dot(xt.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
+            else:
+                d = tl.dot(xt, tl.trans(w))
+        else:
+            d = tl.sum(v * xt.to(tl.float32), axis=1)[None, :]
+        acc += d * sc[None, :]
+    y = acc * value_scale
+    ptrs = out_ptr + rm[:, None] * N + rn[None, :]
+    omask = mmask[:, None] & nmask[None, :]
+    if ATOMIC:
+        tl.atomic_add(ptrs, y, mask=omask, sem="relaxed")
+    else:
+        tl.store(ptrs, _saturate(y, OUT_MAX).to(out_ptr.dtype.element_ty), mask=omask)
+
+
+@triton.jit
+def dequantize_kernel(
+        codes_ptr, codes2_ptr, flags_ptr, zeros_ptr, zeros2_ptr, members_ptr, lut_ptr,
+        scales_ptr, stable_ptr, absmax_ptr, rows_ptr, out_ptr,
+        N, K, Kp, row_words, row_words2, flag_words, zero_words, zero_words2, member_words, s_row_stride, NG,
+        value_scale, zero_unit, dq_offset,
+        B: tl.constexpr, B2: tl.constexpr, EPG: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr,
+        PACK: tl.constexpr, DECODE: tl.constexpr, FLIP: tl.constexpr, MBITS: tl.constexpr, TSIZE: tl.constexpr,
+        MEMBERS: tl.constexpr, MEMBER_BITS: tl.constexpr, VICTIM: tl.constexpr, ZB: tl.constexpr, ZB2: tl.constexpr,
+        SCALE: tl.constexpr, DQB: tl.constexpr, ROW: tl.constexpr):
+    """float32 weights ``out[N, K]``, one ``[BN, KS]`` tile (inside one group) a program."""
+    rn = tl.program_id(0) * BN + tl.arange(0, BN)
+    k0 = tl.program_id(1) * KS
+    k = k0 + tl.arange(0, KS)
+    g = k0 // EPG
+    nmask = rn < N
+    v = _tile_values(codes_ptr, codes2_ptr, flags_ptr, zeros_ptr, zeros2_ptr, members_ptr, lut_ptr,
+                     row_words, row_words2, flag_words, zero_words, zero_words2, member_words, zero_unit,
+                     rn, nmask, k0, g, Kp, B, EPG, KS, BN, PACK, DECODE, FLIP, MBITS, TSIZE, MEMBERS,
+                     MEMBER_BITS, VICTIM, ZB, ZB2, B2)
+    sc = _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, rn, g, nmask, s_row_stride, NG, dq_offset,
+                SCALE, DQB, ROW)
+    w = _saturate((v * sc[:, None]) * value_scale, FP32_MAX)
+    tl.store(out_ptr + rn[:, None] * K + k[None, :], w, mask=nmask[:, None] & (k < K)[None, :])

@@ -1,0 +1,121 @@
+"""A GPU model of weight-only quantized matmul: time from bytes, bandwidth, launches and decode work.
+
+``predict(gpu, fmt, m, k, n)`` estimates what one ``hwlab.kernels.matmul`` call costs:
+
+* memory: every stored byte of W (codes, scales, zero points, type ids: ``bits_per_weight``),
+  x and y, at ``copy_GBps * stream_fraction`` (the fraction of the device copy rate a Triton
+  kernel that only streams packed words reaches);
+* decode work: the SASS instructions per code of the kernel that runs (counted statically by
+  ``bench/kernel_instructions.py``, kept in ``sim/data/kernel_instructions.json``), times the codes
+  decoded (``N * K`` once per batch tile of ``BM`` rows), over the issue rate of the SMs
+  (``sms * 4 schedulers * 32 lanes * clock * issue_efficiency``);
+* the two overlap: the kernel takes the larger, plus ``kernel_us`` (start and tail), plus the
+  zero fill and the cast of split-K's float32 buffer;
+* a call cannot return faster than the host launches it: ``host_launch_us`` per kernel.
+
+Presets ``h200`` and ``h100`` give every constant with its source. The benchmark script prints
+the prediction beside each measurement (``bench/gpu_kernels.py``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+
+DATA = os.path.join(os.path.dirname(__file__), "data", "kernel_instructions.json")
+LANES, SCHEDULERS = 32, 4  # threads a warp; warp schedulers per SM (Hopper, NVIDIA H100 white paper)
+
+
+@dataclasses.dataclass(frozen=True)
+class GPUConfig:
+    """Constants of one GPU (units in the names)."""
+
+    name: str
+    sms: int
+    clock_ghz: float
+    copy_gbps: float  # device-to-device copy, read + write bytes over time
+    stream_fraction: float  # of copy_gbps, reached by a Triton kernel that only streams packed words
+    issue_efficiency: float  # of the peak warp-instruction issue rate, reached by a decode-bound loop
+    l2_mb: float
+    kernel_us: float  # a kernel's start and tail on the device
+    host_launch_us: float  # host time to launch one Triton kernel from Python
+
+    def issue_rate(self) -> float:
+        """Thread-instructions per microsecond at ``issue_efficiency``."""
+        return self.sms * SCHEDULERS * LANES * self.clock_ghz * 1e3 * self.issue_efficiency
+
+
+PRESETS = {
+    # H200 SXM: 132 SMs, 1.98 GHz boost, 60 MB L2 (NVIDIA H200 datasheet); copy 4270 GB/s and the
+    # streaming kernel's 0.74 of it measured on the lent H200 (shared/REFERENCES.md, GPU limits);
+    # issue efficiency 0.6 and launch costs measured there in an earlier session's CUDA-core GEMV
+    # sweeps (49 us at 4.3 instructions a code; 10.2 us do_bench against 5.7 us in a CUDA graph).
+    "h200": GPUConfig("h200", 132, 1.98, 4270.0, 0.74, 0.60, 60.0, 3.0, 5.0),
+    # H100 SXM 80GB: 132 SMs, 1.98 GHz, 50 MB L2 (NVIDIA H100 white paper); copy 3020 GB/s measured
+    # with the same peers script (shared/REFERENCES.md); the other constants as on the H200.
+    "h100": GPUConfig("h100", 132, 1.98, 3020.0, 0.74, 0.60, 50.0, 3.0, 5.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPUPrediction:
+    """Predicted time of one matmul call and its terms, microseconds."""
+
+    us: float
+    memory_us: float
+    decode_us: float
+    overhead_us: float
+    bound: str  # memory, decode or launch
+    kernel: str
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def get_gpu(name) -> GPUConfig:
+    """A preset by name (``h200``, ``h100``) or a :class:`GPUConfig` as it is."""
+    if isinstance(name, GPUConfig):
+        return name
+    try:
+        return PRESETS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown GPU preset {name!r}; expected one of {sorted(PRESETS)}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def instruction_table() -> dict:
+    """``(format, kernel) -> instructions per code`` from ``sim/data/kernel_instructions.json``."""
+    with open(DATA) as f:
+        rows = json.load(f)["rows"]
+    return {(r["format"], r["kernel"], r["bm"]): r["instructions_per_code"] for r in rows}
+
+
+def instructions_per_code(fmt: str, kernel: str, bm: int) -> float:
+    """Decode instructions per code of ``kernel`` for format ``fmt`` (``ValueError`` if not counted)."""
+    table = instruction_table()
+    if (fmt, kernel, bm) not in table:
+        counted = sorted({f for f, _, _ in table})
+        raise ValueError(f"no instruction count for {fmt} in {kernel} (BM={bm}); counted formats: {counted} "
+                         "(run bench/kernel_instructions.py --formats ...)")
+    return table[(fmt, kernel, bm)]
+
+
+def predict(gpu, fmt: str, m: int, k: int, n: int, *, bits_per_weight: float, launch) -> GPUPrediction:
+    """Predicted time of ``y[m, n] = x[m, k] @ W^T`` for a tensor of ``fmt`` stored at
+    ``bits_per_weight``, run as ``launch`` (a :class:`hwlab.kernels.dispatch.Launch`)."""
+    gpu = get_gpu(gpu)
+    moved = n * k * bits_per_weight / 8 + 2 * m * k + 2 * m * n  # bytes: W as stored, fp16 x and y
+    launches = 1
+    if launch.split > 1:
+        moved += 2 * 4 * m * n + 2 * m * n  # float32 partial sums written and read, then the cast
+        launches = 3  # zero fill, kernel, cast
+    memory = moved / (gpu.copy_gbps * 1e3 * gpu.stream_fraction)
+    decoded = n * k * math.ceil(m / max(launch.bm, 1))
+    decode = decoded * instructions_per_code(fmt, launch.kernel, launch.bm) / gpu.issue_rate()
+    device = max(memory, decode) + gpu.kernel_us * launches
+    host = gpu.host_launch_us * launches
+    us = max(device, host)
+    bound = "launch" if host >= device else "memory" if memory >= decode else "decode"
+    return GPUPrediction(us, memory, decode, gpu.kernel_us * launches, bound, launch.kernel)

@@ -1,0 +1,256 @@
+"""Triton kernels against the float64 reference of the one door (``qt.unpacked()``).
+
+On a machine without a GPU (CI) every kernel runs in Triton's interpreter on CPU tensors; on the
+GPU machine the same tests run compiled on CUDA. Outputs are poisoned (NaN) before each run.
+"""
+import dataclasses
+
+import numpy as np
+import pytest
+
+import hwlab.formats as F
+from hwlab.formats.packing import pack_codes
+
+torch = pytest.importorskip("torch", reason="torch is not installed")
+pytest.importorskip("triton", reason="triton is not installed")
+
+from hwlab import kernels  # noqa: E402
+from hwlab.kernels import dispatch  # noqa: E402
+from hwlab.kernels.reference import reference_matmul, reference_weights  # noqa: E402
+from hwlab.kernels.testing import matmul_tolerance  # noqa: E402
+
+ALL_FORMATS = F.list_formats()
+def poisoned(shape, dtype, device):
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+def scale_bound(qt):
+    """Per-element |scale| times the largest table value: what the fast decode's error scales with."""
+    u = qt.unpacked()
+    largest = max(1.0, np.abs(u.values[np.isfinite(u.values)]).max())
+    return np.abs(u.expand(u.scales))[:, :qt.shape[1]] * largest
+
+
+def check_matmul(x, qt, dev, launch=None):
+    """Run matmul (or one launch) into a poisoned output; compare with the float64 reference of the
+    unpacked view within :func:`hwlab.kernels.testing.matmul_tolerance`."""
+    n = qt.shape[0]
+    out = poisoned(tuple(x.shape[:-1]) + (n,), x.dtype, dev.device)
+    if launch is None:
+        kernels.matmul(x, dev, out=out)
+    else:
+        dispatch.run(x.view(-1, x.shape[-1]), dev, out.view(-1, n), launch)
+    got = out.double().cpu()
+    assert torch.isfinite(got).all(), "a poisoned output was not overwritten"
+    ref = torch.from_numpy(reference_matmul(x, qt))
+    tol = matmul_tolerance(x.cpu(), torch.from_numpy(reference_weights(qt)), torch.from_numpy(scale_bound(qt)), ref)
+    worst = float(((got - ref).abs() / tol).max())
+    assert worst <= 1.0, f"{qt.format_name}: error {worst:.3g} x tolerance"
+    return got
+
+
+@pytest.fixture
+def weights(rng):
+    return (rng.standard_normal((40, 512)) * 0.02).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ALL_FORMATS)
+def test_device_dequantize_is_bit_exact(name, rng, kernel_device):
+    qt = F.quantize((rng.standard_normal((37, 256)) * 0.02).astype(np.float32), name)
+    w = kernels.dequantize(qt.to(kernel_device)).cpu().numpy()
+    np.testing.assert_array_equal(w, qt.dequantize())
+
+
+@pytest.mark.parametrize("name", ALL_FORMATS)
+def test_matmul_every_format(name, weights, kernel_device):
+    qt = F.quantize(weights, name)
+    dev = qt.to(kernel_device)
+    gen = torch.Generator().manual_seed(3)
+    for m, dtype in ((1, torch.float16), (5, torch.bfloat16)):
+        x = torch.randn(m, weights.shape[1], generator=gen).to(dtype).to(kernel_device)
+        check_matmul(x, qt, dev)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["int4", "int3", "int2_asym", "nf4", "bitmod_fp4", "olive4", "mixed_2_4", "nvfp4",
+                                  "fp8_e5m2", "ternary"])
+@pytest.mark.parametrize("m", [1, 2, 17, 33, 70])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_matmul_batch_sizes(name, m, dtype, rng, kernel_device):
+    qt = F.quantize((rng.standard_normal((45, 384)) * 0.02).astype(np.float32), name,
+                    **({"group_size": 128} if name not in ("nf4", "nvfp4", "ternary") else {}))
+    x = torch.from_numpy(rng.standard_normal((m, 384))).to(dtype).to(kernel_device)
+    check_matmul(x, qt, qt.to(kernel_device))
+
+
+@pytest.mark.parametrize("name", ["int4", "int8_asym", "nf4", "int3", "mixed_2_4", "bitmod_fp3"])
+def test_split_k_partial_sums(name, weights, kernel_device):
+    """Many programs along K add float32 partial sums (atomics into a zeroed buffer)."""
+    qt = F.quantize(weights, name)
+    dev = qt.to(kernel_device)
+    for m in (1, 20):
+        launch = dispatch.choose(dev.plan, m, sms=64)
+        assert launch.split > 1
+        x = torch.randn(m, weights.shape[1]).half().to(kernel_device)
+        check_matmul(x, qt, dev, launch)
+
+
+@pytest.mark.parametrize("options", [
+    dict(fmt="nf4", double_quant=True), dict(fmt="int4", scale_dtype="bf16"), dict(fmt="int4", scale_dtype="e8m0"),
+    dict(fmt="int4", scale_dtype="e4m3"), dict(fmt="int4", scale_dtype="int8"), dict(fmt="int4", scale_dtype="fp32"),
+    dict(fmt="int8", granularity="channel"), dict(fmt="fp4_e2m1", granularity="tensor"),
+    dict(fmt="ternary", packing="trit5"), dict(fmt="int4", group_size=100), dict(fmt="int3", group_size=32),
+    dict(fmt="nf4", group_size=32), dict(fmt="mixed_2_4", frac_4bit=0.0), dict(fmt="mixed_2_4", frac_4bit=1.0),
+    dict(fmt="bitmod_fp4", group_size=64)], ids=lambda o: "-".join(f"{v}" for v in o.values()))
+def test_matmul_options(options, rng, kernel_device):
+    options = dict(options)
+    qt = F.quantize((rng.standard_normal((24, 3200)) * 0.02).astype(np.float32), options.pop("fmt"), **options)
+    dev = qt.to(kernel_device)
+    for m in (1, 9):
+        check_matmul(torch.from_numpy(rng.standard_normal((m, 3200))).half().to(kernel_device), qt, dev)
+    np.testing.assert_allclose(kernels.dequantize(dev).cpu().numpy(), qt.dequantize(),
+                               rtol=2.0**-22 if options.get("double_quant") else 0, atol=0)
+
+
+def test_padded_k_and_odd_shapes(rng, kernel_device):
+    qt = F.quantize((rng.standard_normal((7, 300)) * 0.02).astype(np.float32), "int4", pad=True)
+    assert qt.padded_cols == 384
+    check_matmul(torch.randn(3, 1, 300).half().to(kernel_device), qt, qt.to(kernel_device))
+
+
+def test_odd_group_sizes_use_the_dequantize_path(rng, kernel_device):
+    qt = F.quantize((rng.standard_normal((20, 300)) * 0.02).astype(np.float32), "int4", group_size=100)
+    dev = qt.to(kernel_device)
+    assert dispatch.choose(dev.plan, 8).kernel == "dequantize_then_torch"
+    assert dispatch.choose(dev.plan, 1).kernel == "tile"
+    assert "dequantize_then_torch" in kernels.explain(dev, 8)
+    check_matmul(torch.randn(8, 300).half().to(kernel_device), qt, dev)
+
+
+@pytest.mark.parametrize("name", ["fp4_e2m1", "fp8_e4m3", "int4", "int2_asym"])
+def test_every_decode_of_the_fast_gemv(name, weights, kernel_device):
+    """gemv_words reads int codes arithmetically, minifloats by binary16 placement, both through the table."""
+    qt = F.quantize(weights, name)
+    dev = qt.to(kernel_device)
+    launch = dispatch.choose(dev.plan, 1)
+    assert launch.kernel == "gemv_words"
+    x = torch.randn(1, weights.shape[1]).half().to(kernel_device)
+    for decode in {dev.plan.decode, "lut"}:
+        check_matmul(x, qt, dev, dataclasses.replace(launch, decode=decode))
+
+
+def exhaustive_tensor(name):
+    """A tensor whose codes run through every legal code of every member (type ids set per row)."""
+    fmt = F.get_format(name)
+    legal = fmt.legal_codes()
+    rows_per_member = 2
+    qt = F.quantize(np.linspace(-1, 1, legal.shape[0] * rows_per_member * 512, dtype=np.float32).reshape(-1, 512), name)
+    codes = np.zeros((qt.shape[0], qt.padded_cols), np.int64)
+    for row in range(qt.shape[0]):
+        choices = np.flatnonzero(legal[row // rows_per_member])
+        codes[row] = np.resize(np.roll(choices, row), qt.padded_cols)
+    arrays = dict(qt.arrays, codes=pack_codes(codes, fmt.bits))
+    if "type_ids" in arrays:
+        ids = np.repeat(np.arange(legal.shape[0]), rows_per_member)[:, None]
+        ids = ids * np.ones((1, qt.layout["type_ids"].entries), np.int64)
+        arrays["type_ids"] = pack_codes(ids, qt.layout["type_ids"].bits)
+    return dataclasses.replace(qt, arrays=arrays)
+
+
+EXHAUSTIVE = [n for n in ALL_FORMATS if F.get_format(n).bits <= 8 and n not in ("olive4", "mixed_2_4", "nvfp4")
+              and "codes" in F.quantize(np.ones((1, 128), np.float32), n).layout
+              and F.quantize(np.ones((1, 128), np.float32), n).layout["codes"].packing == "bits"]
+
+
+@pytest.mark.parametrize("name", EXHAUSTIVE)
+def test_every_code_of_every_member(name, kernel_device):
+    qt = exhaustive_tensor(name)
+    dev = qt.to(kernel_device)
+    np.testing.assert_array_equal(kernels.dequantize(dev).cpu().numpy(), qt.dequantize())
+    check_matmul(torch.randn(1, qt.shape[1]).half().to(kernel_device), qt, dev)
+    check_matmul(torch.randn(16, qt.shape[1]).bfloat16().to(kernel_device), qt, dev)
+
+
+def test_olive_every_pair(kernel_device):
+    qt = F.quantize(np.ones((2, 512), np.float32), "olive4")
+    pairs = [(a, b) for a in range(16) for b in range(16) if (a, b) != (8, 8)]
+    codes = np.array([c for pair in pairs for c in pair] + [0, 0], np.int64)
+    codes = np.stack([codes, np.roll(codes, 2)])
+    qt = dataclasses.replace(qt, arrays=dict(qt.arrays, codes=pack_codes(codes, 4)))
+    dev = qt.to(kernel_device)
+    np.testing.assert_array_equal(kernels.dequantize(dev).cpu().numpy(), qt.dequantize())
+    for m in (1, 16):
+        check_matmul(torch.randn(m, 512).half().to(kernel_device), qt, dev)
+
+
+def test_user_defined_formats_need_no_kernel_code(isolated_registry, rng, kernel_device):
+    lut = F.define_lut("my_lut4", [-3.5, -2, -1.25, -0.5, -0.125, 0, 0.25, 0.75, 1, 1.5, 2.25, 3, 4, 5, 6, 8])
+    mini = F.define_minifloat("my_e3m2", 3, 2, bias=2)
+    w = (rng.standard_normal((16, 256)) * 0.02).astype(np.float32)
+    for fmt in (lut, mini):
+        qt = F.quantize(w, fmt)
+        dev = qt.to(kernel_device)
+        assert dev.plan.decode == ("lut" if fmt is lut else "float")
+        np.testing.assert_array_equal(kernels.dequantize(dev).cpu().numpy(), qt.dequantize())
+        for m in (1, 4):
+            check_matmul(torch.randn(m, 256).half().to(kernel_device), qt, dev)
+
+
+def test_device_tensor_holds_the_stored_bits(weights, kernel_device):
+    qt = F.quantize(weights, "bitmod_fp4")
+    dev = qt.to(kernel_device)
+    for name, a in qt.arrays.items():
+        np.testing.assert_array_equal(dev.arrays[name].cpu().numpy().view(a.dtype), a)
+    assert dev.to(kernel_device) is dev
+    assert dev.nbytes == qt.nbytes and dev.shape == qt.shape and "bitmod_fp4" in repr(dev)
+
+
+def test_bad_inputs_are_refused(weights, kernel_device):
+    qt = F.quantize(weights, "int4")
+    dev = qt.to(kernel_device)
+    x = torch.randn(2, 512).half().to(kernel_device)
+    with pytest.raises(TypeError, match=r"qt.to\('cuda'\)"):
+        kernels.matmul(x, qt)
+    with pytest.raises(TypeError, match="float16 or bfloat16"):
+        kernels.matmul(x.float(), dev)
+    with pytest.raises(ValueError, match="K=512"):
+        kernels.matmul(x[:, :256].contiguous(), dev)
+    with pytest.raises(ValueError, match="contiguous"):
+        kernels.matmul(torch.randn(512, 2).half().to(kernel_device).T, dev)
+    with pytest.raises(ValueError, match="out must be"):
+        kernels.matmul(x, dev, out=torch.empty(2, 41, dtype=torch.float16, device=kernel_device))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        kernels.matmul(np.zeros((2, 512)), dev)
+    with pytest.raises(TypeError, match="DeviceTensor"):
+        kernels.QuantLinear(qt)
+    assert kernels.matmul(torch.empty(0, 512).half().to(kernel_device), dev).shape == (0, 40)
+
+
+def test_outputs_saturate(kernel_device):
+    qt = F.quantize(np.full((4, 256), 60000.0, np.float32), "int8")
+    y = kernels.matmul(torch.full((1, 256), 60000.0).half().to(kernel_device), qt.to(kernel_device))
+    assert torch.isfinite(y).all() and float(y.max()) == 65504.0
+
+
+def test_quant_linear_is_the_dequantized_linear(rng, kernel_device):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 128), torch.nn.GELU(), torch.nn.Linear(128, 64, bias=False))
+    reference = [F.quantize(m.weight.detach().numpy(), "nf4") for m in (model[0], model[2])]
+    replaced = kernels.quantize_linears(model, "nf4")
+    assert replaced == ["0", "2"] and isinstance(model[0], kernels.QuantLinear)
+    model = model.to(kernel_device).half()  # the cast leaves the stored arrays as they are
+    assert model[0].weight_quantized.arrays["scales"].dtype == torch.float16
+    assert model[0].stored_codes.dtype == torch.int32
+    x = torch.randn(3, 256).half().to(kernel_device)
+    got = model(x).double().cpu().numpy()
+    h = reference_matmul(x, reference[0]) + model[0].bias.double().cpu().numpy()
+    h = torch.nn.functional.gelu(torch.from_numpy(h).half().double()).numpy()
+    want = reference_matmul(torch.from_numpy(h).half(), reference[1])
+    np.testing.assert_allclose(got, want, rtol=0.02, atol=2e-3 * np.abs(want).max())
+    assert "format='nf4'" in repr(model[0]) and "0.stored_codes" in model.state_dict()
+
+
+def test_quantize_linears_skips_by_name():
+    model = torch.nn.ModuleDict({"body": torch.nn.Linear(128, 32), "lm_head": torch.nn.Linear(32, 16)})
+    assert kernels.quantize_linears(model, "int4", skip="lm_head") == ["body"]
+    assert isinstance(model["lm_head"], torch.nn.Linear)

@@ -213,6 +213,19 @@ def git_commit() -> str:
         return "unknown"
 
 
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second (every result file's ``date``)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_result(result: dict, out: str | None) -> dict:
+    """Write ``result`` as indented JSON to ``out`` (when given) and return it."""
+    if out:
+        with open(out, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return result
+
+
 def versions(torch) -> dict:
     out = {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
            "torch": torch.__version__, "hwlab": hwlab.__version__}
@@ -244,13 +257,9 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "quantize_cpu", "shape": [args.rows, args.cols], "group_size": args.group_size,
         "repeats": args.repeats, "runs": runs, "cpu": cpu_name(), "cores_available": os.cpu_count(),
-        **versions(torch), "commit": git_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **versions(torch), "commit": git_commit(), "date": utc_now(),
     }
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=2)
-    return result
+    return write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -5,26 +5,31 @@
 
 * One 4096 x 11008 layer (``bitmod_fp4``, group 128) at batch 1 through :func:`hwlab.sim.run_pe`'s
   engine on 1 and 2 threads: weight-MACs per second, beside the numpy golden model
-  (:func:`hwlab.sim.pe.golden`) on the same layer, bit-identical.
+  (:func:`hwlab.sim.pe.golden`) on the same layer, bit-identical; and where the time goes
+  (``pe.operands``: the hand-off; ``pe.pack_terms``: the K-major term streams; the arithmetic).
 * One whole Llama-2-7B-shaped decode step: every linear layer (32 blocks of q, k, v, o, gate, up,
   down, and lm_head; random ``bitmod_fp3`` weights at its shapes: one random tensor per projection,
   a fresh random activation for each of the 225 layers) through the engine. The time excludes
   quantizing the random weights (reported apart) and includes everything else: the hand-off
   (``qt.unpacked()``), the term packing, the engine.
 * The analytical engine on Llama-2-7B decode and prefill for the four presets.
+* Term skipping on the same 4096 x 11008 layer (batch 1) for a few formats: the compute cycles of
+  the authors' fixed rule (``ceil(bits / 2)`` cycles, or the format's most terms, per tile step)
+  and with ``term_skipping=True`` (a step lasts as long as the slowest of its weights), on the
+  ``bitmod`` preset's decode array (64 rows in lock step) and on narrower arrays (16, 4, 1 rows).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import platform
 import time
 
 import numba
 import numpy as np
 
 import hwlab
-from bench_quantize import cpu_name, git_commit
+from bench_quantize import cpu_name, git_commit, utc_now, write_result
 from hwlab.sim import Workload, get_model, simulate
 from hwlab.sim import pe
 
@@ -42,7 +47,18 @@ def layer_speed(threads: int) -> dict:
         out = pe.engine(pe.operands(x, qt))
         times.append(time.perf_counter() - start)
     seconds = float(np.median(times))
-    return {"threads": threads, "seconds": seconds, "mmacs_per_s": 4096 * 11008 / seconds / 1e6, "output": out}
+    parts = {}  # where the time goes: the hand-off and operands, the term packing, the arithmetic
+    for name, fn in (("operands", lambda: pe.operands(x, qt)), ("pack_terms", lambda: pe.pack_terms(ops)),
+                     ("engine_given_operands", lambda: pe.engine(ops))):
+        part = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            part.append(time.perf_counter() - start)
+        parts[f"{name}_seconds"] = float(np.median(part))
+    parts["arithmetic_seconds"] = parts["engine_given_operands_seconds"] - parts["pack_terms_seconds"]
+    return {"threads": threads, "seconds": seconds, "mmacs_per_s": 4096 * 11008 / seconds / 1e6,
+            "arithmetic_mmacs_per_s": 4096 * 11008 / parts["arithmetic_seconds"] / 1e6, **parts, "output": out}
 
 
 def decode_step(model: str, device: str, fmt: str) -> dict:
@@ -77,6 +93,25 @@ def analytical_speed() -> dict:
     return {"llama2_7b_decode_and_prefill_four_presets_seconds": time.perf_counter() - start}
 
 
+def term_skipping(formats=("bitmod_fp4", "bitmod_fp3", "int4", "int8"), rows=(16, 4, 1)) -> list[dict]:
+    from hwlab.sim.config import get_preset
+
+    preset_rows = get_preset("bitmod").array("decode")[0]
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((11008, 4096)) * 0.02).astype(np.float32)
+    x = rng.standard_normal((1, 4096)).astype(np.float16)
+    out = []
+    for fmt in formats:
+        ops = pe.operands(x, hwlab.quantize(w, fmt, 128))
+        for r in (preset_rows, *rows):
+            fixed, skipping = pe.tile_step_cycles(ops, r, False), pe.tile_step_cycles(ops, r, True)
+            out.append({"format": fmt, "array_rows": r, "fixed_cycles": fixed, "term_skipping_cycles": skipping,
+                        "speedup": fixed / skipping})
+        print(f"term skipping {fmt}: " + ", ".join(f"{o['array_rows']} rows {o['speedup']:.3f}x"
+                                                   for o in out if o["format"] == fmt), flush=True)
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cuda", action="store_true", help="also time the numba.cuda engine")
@@ -84,7 +119,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     result = {"benchmark": "sim", "cpu": cpu_name(), "cores": os.cpu_count(), "numba": numba.__version__,
-              "commit": git_commit()}
+              "numpy": np.__version__, "python": platform.python_version(), "hwlab": hwlab.__version__,
+              "commit": git_commit(), "date": utc_now(),
+              "loadavg_before": os.getloadavg()}
     if not args.skip_cpu:
         runs = [layer_speed(t) for t in (1, 2)]
         ops = pe.operands(np.random.default_rng(0).standard_normal((1, 4096)).astype(np.float16),
@@ -104,6 +141,7 @@ def main(argv=None) -> dict:
         print(f"Llama-2-7B decode step, CPU: {result['decode_step_cpu']['seconds']:.1f} s", flush=True)
         result["analytical"] = analytical_speed()
         print(f"analytical: {result['analytical']}")
+        result["term_skipping"] = term_skipping()
     if args.cuda:
         from numba import cuda
 
@@ -112,10 +150,8 @@ def main(argv=None) -> dict:
         decode_step("opt-1.3b", "cuda", "bitmod_fp3")  # compile
         result["decode_step_cuda"] = decode_step("llama2-7b", "cuda", "bitmod_fp3")
         print(f"Llama-2-7B decode step, numba.cuda: {result['decode_step_cuda']['seconds']:.2f} s", flush=True)
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=2)
-    return result
+    result["loadavg_after"] = os.getloadavg()
+    return write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import traceback
 
 import numpy as np
 
+from hwlab.kernels.testing import clone
+
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (8192, 28672)]  # (K, N): Llama-2-7B and -70B layers
 BATCHES = [1, 16, 64]
 FORMATS = ["int4", "int4_asym", "int2", "int3", "int8", "nf4", "fp4_e2m1", "fp4_e1m2", "fp4_e3m0", "flint4",
@@ -78,6 +80,7 @@ class Run:
         if row.get("us_graph"):
             row["frac_of_copy_graph"] = row["bytes"] / (row["us_graph"] * 1e-6) / 1e9 / copy
         self.doc["rows"].append(row)
+        self.save()  # every row: a section cut short by a time limit keeps what it measured
         pred = f" model {row['predicted_us']:7.1f} us ({row['predicted_bound']})" if "predicted_us" in row else ""
         graph = f" graph {row['us_graph']:7.1f} us" if row.get("us_graph") else ""
         print(f"{row['name']:22s} M={row['M']:3d} K={row['K']:5d} N={row['N']:5d} {row['us']:8.1f} us{graph} "
@@ -91,7 +94,8 @@ def environment(run: Run):
     p = torch.cuda.get_device_properties(0)
     env = dict(gpu=torch.cuda.get_device_name(), sms=p.multi_processor_count, torch=torch.__version__,
                triton=triton.__version__, cuda=torch.version.cuda, date=datetime.datetime.now().isoformat(timespec="seconds"),
-               commit=os.environ.get("HWLAB_COMMIT") or _git_commit())
+               commit=os.environ.get("HWLAB_COMMIT") or _git_commit(),
+               source_sha=os.environ.get("HWLAB_SOURCE_SHA", "unknown"))
     for module in ("bitsandbytes", "gemlite", "numpy"):
         try:
             env[module] = getattr(__import__(module), "__version__", "?")
@@ -149,8 +153,6 @@ def hwlab_formats(run: Run, formats, shapes, batches, gpu_model: str):
     import torch
 
     from hwlab.kernels import dispatch, matmul
-    from hwlab.kernels.testing import clone
-    from hwlab.sim.gpu import predict
 
     rng = np.random.default_rng(0)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -164,12 +166,8 @@ def hwlab_formats(run: Run, formats, shapes, batches, gpu_model: str):
                     x = torch.randn(m, k, device="cuda", dtype=torch.float16)
                     out = torch.empty(m, n, device="cuda", dtype=torch.float16)
                     launch = dispatch.choose(first.plan, m, sms)
-                    extra = dict(format=fmt, bits_per_weight=qt.bits_per_weight, kernel=launch.describe())
-                    try:
-                        p = predict(gpu_model, fmt, m, k, n, bits_per_weight=qt.bits_per_weight, launch=launch)
-                        extra.update(predicted_us=p.us, predicted_bound=p.bound, predicted=p.to_json())
-                    except ValueError as e:
-                        extra["predicted_error"] = str(e)
+                    extra = dict(format=fmt, bits_per_weight=qt.bits_per_weight, kernel=launch.describe(),
+                                 **prediction(gpu_model, fmt, m, k, n, qt.bits_per_weight, launch))
                     timed(run, f"hwlab_{fmt}", m, k, n, lambda w: matmul(x, w, out=out), items, first.nbytes, **extra)
                 del items, first
                 torch.cuda.empty_cache()
@@ -177,6 +175,17 @@ def hwlab_formats(run: Run, formats, shapes, batches, gpu_model: str):
                 print(f"== hwlab {fmt} K={k} N={n} FAILED")
                 traceback.print_exc(limit=4)
         run.save()
+
+
+def prediction(gpu_model: str, fmt: str, m: int, k: int, n: int, bits_per_weight: float, launch) -> dict:
+    """The GPU model's prediction of one launch (:func:`hwlab.sim.gpu.predict`) as row fields."""
+    from hwlab.sim.gpu import predict
+
+    try:
+        p = predict(gpu_model, fmt, m, k, n, bits_per_weight=bits_per_weight, launch=launch)
+        return dict(predicted_us=p.us, predicted_graph_us=p.graph_us, predicted_bound=p.bound, predicted=p.to_json())
+    except ValueError as e:
+        return dict(predicted_error=str(e))
 
 
 def _compile_formats(formats, shapes, batches) -> int:
@@ -280,6 +289,101 @@ def gemlite(run: Run, shapes, batches):
             torch.cuda.empty_cache()
 
 
+def _cupy_ready() -> str | None:
+    """None when CuPy can run kernels here, else why not."""
+    try:
+        import cupy
+
+        cupy.cuda.runtime.getDeviceCount()
+        return None
+    except Exception as e:
+        return f"{type(e).__name__}: {str(e)[:80]}"
+
+
+def async_mixed(run: Run, shapes, batches, gpu_model: str):
+    """mixed_2_4: the synchronous two-stage kernel (hwlab.kernels.matmul), the asynchronous Triton
+    kernels and the CuPy cp.async GEMV, each checked against the synchronous output first."""
+    import torch
+
+    from hwlab.kernels import dispatch
+    from hwlab.kernels.async_mixed import async_launch, mixed_matmul
+
+    rng = np.random.default_rng(1)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    modes = ["sync", "async"] + (["cupy"] if _cupy_ready() is None else [])
+    if "cupy" not in modes:
+        print(f"   (no CuPy: {_cupy_ready()})", flush=True)
+    for k, n in shapes:
+        qt = tiled_tensor("mixed_2_4", k, n, rng)
+        first = qt.to("cuda")
+        items = [first] + [clone(first) for _ in range(copies_for(first.nbytes) - 1)]
+        for m in [b for b in batches if b <= 16]:
+            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            sync = mixed_matmul(x, first, mode="sync").float()
+            for mode in modes:
+                if mode == "cupy" and m > 1:
+                    continue
+                out = torch.empty(m, n, device="cuda", dtype=torch.float16)
+                try:
+                    got = mixed_matmul(x, first, mode=mode, out=out).float()
+                    diff = float(((got - sync).abs() / (sync.abs() + 1e-3)).max())
+                    launch = (dispatch.choose(first.plan, m, sms) if mode == "sync" else
+                              async_launch(first, m, sms) if mode == "async" else None)
+                    model = prediction(gpu_model, "mixed_2_4", m, k, n, qt.bits_per_weight, launch) if launch else {}
+                    timed(run, f"mixed_{mode}", m, k, n, lambda w, mode=mode, out=out: mixed_matmul(x, w, mode=mode, out=out),
+                          items, first.nbytes, format="mixed_2_4", mode=mode, bits_per_weight=qt.bits_per_weight,
+                          max_rel_diff_vs_sync=diff, **model)
+                except Exception:
+                    print(f"== mixed {mode} M={m} K={k} N={n} FAILED")
+                    traceback.print_exc(limit=4)
+        del items, first
+        torch.cuda.empty_cache()
+        run.save()
+
+
+def trip(run: Run, shapes, batches, gpu_model: str):
+    """TRIP W4A8 and W4A4: int8 activation codes times packed int4 weights, exact int32, then the
+    float32 output scale; Triton (int8 tensor cores) and CuPy (dp4a). Weights are random words
+    (timing does not depend on values; bit-exactness is tests/test_async_trip.py's)."""
+    import torch
+
+    from hwlab.kernels.trip import TripWeights, trip_accumulate, trip_launch, trip_matmul
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    backends = ["triton"] + (["cupy"] if _cupy_ready() is None else [])
+    for k, n in shapes:
+        def make():
+            words = torch.randint(-2**31, 2**31 - 1, (n, k // 8), device="cuda", dtype=torch.int32)
+            return TripWeights(words, torch.rand(n, device="cuda") * 1e-2, torch.ones(k, device="cuda"), 0.05, 127,
+                               (n, k))
+        w = [make() for _ in range(copies_for(n * k // 2))]
+        for m in sorted(set([b for b in batches if b <= 16] + [4])):
+            for act_bits in (8, 4):
+                limit = 2 ** (act_bits - 1) - 1
+                x = torch.randint(-limit, limit + 1, (m, k), device="cuda", dtype=torch.int8)
+                reference = trip_accumulate(x, w[0], backend="triton")  # cupy checked against it
+                for backend in backends:
+                    try:
+                        same = bool(torch.equal(trip_accumulate(x, w[0], backend=backend), reference))
+                        model = (prediction(gpu_model, "trip_w4a8", m, k, n, 4 + 32 / k, trip_launch(m, n, k, sms))
+                                 if backend == "triton" else {})
+                        timed(run, f"trip_w4a{act_bits}_{backend}", m, k, n,
+                              lambda t, backend=backend: trip_matmul(x, t, backend=backend), w, w[0].nbytes,
+                              format=f"trip_w4a{act_bits}", backend=backend, bits_per_weight=4 + 32 / k,
+                              equal_to_triton=same, **model)
+                    except Exception:
+                        print(f"== trip {backend} M={m} K={k} N={n} FAILED")
+                        traceback.print_exc(limit=4)
+        if 4 not in batches:  # cuBLAS at M=4, the baseline of TRIP's middle batch
+            wf = [torch.randn(n, k, device="cuda", dtype=torch.float16) for _ in range(copies_for(n * k * 2))]
+            x4 = torch.randn(4, k, device="cuda", dtype=torch.float16)
+            timed(run, "cublas_fp16", 4, k, n, lambda t: torch.nn.functional.linear(x4, t), wf, n * k * 2)
+            del wf
+        del w
+        torch.cuda.empty_cache()
+        run.save()
+
+
 def plot(path: str, out: str | None = None) -> str:
     """Achieved GB/s of every measurement against bytes moved, the copy ceiling drawn: a PNG beside ``path``."""
     import matplotlib
@@ -314,6 +418,33 @@ def plot(path: str, out: str | None = None) -> str:
     return out
 
 
+def table(path: str, k: int = 8192, n: int = 28672) -> str:
+    """Markdown: every measurement of one shape (do_bench and CUDA-graph microseconds, fraction of
+    the copy rate, the model's graph-time prediction), one column per batch size M."""
+    with open(path) as f:
+        doc = json.load(f)
+    rows = [r for r in doc["rows"] if r["K"] == k and r["N"] == n]
+    batches = sorted({r["M"] for r in rows})
+    cell = {(r["name"], r["M"]): r for r in rows}
+    head = "| kernel | " + " | ".join(f"M={m}: us (graph) / of copy / model" for m in batches) + " |"
+    lines = [head, "|" + " --- |" * (len(batches) + 1)]
+    for name in dict.fromkeys(r["name"] for r in rows):
+        parts = []
+        for m in batches:
+            r = cell.get((name, m))
+            if r is None:
+                parts.append("")
+                continue
+            graph = f" ({r['us_graph']:.1f})" if r.get("us_graph") else ""
+            model = f" / {r['predicted_graph_us']:.0f}" if "predicted_graph_us" in r else ""
+            parts.append(f"{r['us']:.1f}{graph} / {r['frac_of_copy']:.2f}{model}")
+        lines.append(f"| {name} | " + " | ".join(parts) + " |")
+    env = doc["env"]
+    lines.append(f"\n{env['gpu']}, torch {env['torch']}, triton {env['triton']}, {env['date']}, commit {env['commit']}, "
+                 f"K={k}, N={n}, device copy {env['copy_GBps']:.0f} GB/s")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for gpu_kernels.json")
@@ -321,26 +452,36 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", nargs="*", type=int, default=BATCHES)
     parser.add_argument("--quick", action="store_true", help="only the largest and the smallest shape")
     parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--peers", nargs="*", default=["cublas", "tinygemm", "bitsandbytes", "gemlite"],
+                        choices=["cublas", "tinygemm", "bitsandbytes", "gemlite"], help="which peers to time")
+    parser.add_argument("--skip-formats", action="store_true", help="no hwlab_<format> rows (async and TRIP only)")
     parser.add_argument("--gpu-model", default="h200", help="hwlab.sim.gpu preset for the predictions")
     parser.add_argument("--plot", metavar="JSON", help="only draw the roofline of a finished run (no GPU)")
+    parser.add_argument("--table", metavar="JSON", help="only print a finished run's Markdown table (no GPU)")
+    parser.add_argument("--shape", nargs=2, type=int, default=[8192, 28672], metavar=("K", "N"),
+                        help="the layer --table shows")
     parser.add_argument("--compile-workers", type=int, default=0,
                         help="compile every kernel first in this many processes (0: compile as they run)")
     args = parser.parse_args(argv)
     if args.plot:
         print(plot(args.plot))
         return 0
+    if args.table:
+        print(table(args.table, *args.shape))
+        return 0
     shapes = [SHAPES[0], SHAPES[-1]] if args.quick else SHAPES
     run = Run(args.out)
     sections = [("env", lambda: environment(run))]
-    if args.compile_workers:
+    if args.compile_workers and not args.skip_formats:
         sections.append(("compile", lambda: warm_cache(args.formats, shapes, args.batches, args.compile_workers)))
-    sections += [("copy", lambda: copy_bandwidth(run)),
-                ("hwlab", lambda: hwlab_formats(run, args.formats, shapes, args.batches, args.gpu_model))]
-    if not args.skip_peers:
-        sections += [("cublas", lambda: cublas(run, shapes, args.batches)),
-                     ("tinygemm", lambda: tinygemm(run, shapes, args.batches)),
-                     ("bitsandbytes", lambda: bitsandbytes_nf4(run, shapes, args.batches)),
-                     ("gemlite", lambda: gemlite(run, shapes, args.batches))]
+    sections += [("copy", lambda: copy_bandwidth(run))]
+    if not args.skip_formats:
+        sections.append(("hwlab", lambda: hwlab_formats(run, args.formats, shapes, args.batches, args.gpu_model)))
+    sections += [("async_mixed", lambda: async_mixed(run, shapes, args.batches, args.gpu_model)),
+                 ("trip", lambda: trip(run, shapes, args.batches, args.gpu_model))]
+    peers = {"cublas": cublas, "tinygemm": tinygemm, "bitsandbytes": bitsandbytes_nf4, "gemlite": gemlite}
+    for name in ([] if args.skip_peers else args.peers):
+        sections.append((name, lambda peer=peers[name]: peer(run, shapes, args.batches)))
     for name, section in sections:
         start = time.time()
         try:

@@ -6,6 +6,8 @@ set -u
 OUT=${OUT:-bench/results/session}
 mkdir -p "$OUT"
 export HWLAB_COMMIT=${1:-unknown}
+# what was measured, whatever the commit says: one digest of the kernel and model sources (BENCHMARKS.md)
+export HWLAB_SOURCE_SHA=$(cat kernels/*.py kernels/cuda/*.cu sim/gpu.py | sha256sum | cut -c1-16)
 start=$(date +%s)
 step() { echo "== $1 at $(( $(date +%s) - start ))s" | tee -a "$OUT/session.log"; }
 
@@ -14,19 +16,28 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
     >>"$OUT/session.log" 2>&1
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/hwlab . \
     >>"$OUT/session.log" 2>&1
-export PYTHONPATH=/tmp/hwlab:/tmp/site:bench
+# The device image's numba-cuda still registers numpy.row_stack, which numpy 2.5 removed: give it the
+# alias it expects (vstack, numpy's own definition of row_stack) for this session's processes only.
+mkdir -p /tmp/shim
+printf 'import numpy\nif not hasattr(numpy, "row_stack"):\n    numpy.row_stack = numpy.vstack\n' >/tmp/shim/sitecustomize.py
+export PYTHONPATH=/tmp/shim:/tmp/hwlab:/tmp/site:bench
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv >"$OUT/nvidia-smi.csv" 2>&1
 
 step kernels-benchmark
-timeout "${BENCH_S:-300}" python3 bench/gpu_kernels.py --out "$OUT" --compile-workers 12 >"$OUT/gpu_kernels.log" 2>&1
+timeout "${BENCH_S:-300}" python3 -P bench/gpu_kernels.py --out "$OUT" --compile-workers 12 ${BENCH_ARGS:-} >"$OUT/gpu_kernels.log" 2>&1
 tail -n 3 "$OUT/gpu_kernels.log"
 
 step gpu-tests
-timeout "${TESTS_S:-150}" python3 -m pytest -m gpu -q -p no:cacheprovider --rootdir . -o addopts="--strict-markers -ra" \
-    tests/test_gpu_kernels.py tests/test_gpu.py tests/test_gpu_sim.py >"$OUT/gpu_tests.log" 2>&1
+# -P: the checkout's hwlab/ folder must not shadow the installed package (its subpackages live elsewhere).
+# First every test of the asynchronous, TRIP and CuPy kernels compiled on the GPU, then the gpu-marked rest.
+pytest() { python3 -P -m pytest -q -p no:cacheprovider --rootdir . -o addopts="--strict-markers -ra" "$@"; }
+timeout "${TESTS_S:-150}" pytest tests/test_async_trip.py tests/test_cupy_kernels.py >"$OUT/gpu_tests.log" 2>&1
+tail -n 3 "$OUT/gpu_tests.log"
+timeout "${TESTS_S:-150}" pytest -m gpu tests/test_gpu_kernels.py tests/test_gpu.py tests/test_gpu_sim.py \
+    >>"$OUT/gpu_tests.log" 2>&1
 tail -n 3 "$OUT/gpu_tests.log"
 
 step simulator-cuda
-timeout "${SIM_S:-90}" python3 bench/bench_sim.py --cuda --skip-cpu --out "$OUT/sim_cuda.json" >"$OUT/sim_cuda.log" 2>&1
+timeout "${SIM_S:-90}" python3 -P bench/bench_sim.py --cuda --skip-cpu --out "$OUT/sim_cuda.json" >"$OUT/sim_cuda.log" 2>&1
 tail -n 3 "$OUT/sim_cuda.log"
 step done

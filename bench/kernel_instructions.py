@@ -3,8 +3,10 @@
 For every benchmark format and batch kind (M = 1, 16, 64) this compiles the kernel that
 ``hwlab.kernels.matmul`` would launch for a K=8192, N=28672 layer (``triton.compile`` with the
 ptxas and cuobjdump that ship in the triton wheel), counts the SASS instructions of its main
-loop and divides by the codes the loop decodes per thread: the "dequantization work" term of
-the GPU model in :mod:`hwlab.sim.gpu`. Writes ``sim/data/kernel_instructions.json``.
+loop by opcode and divides by the codes the loop decodes per thread (``instructions_per_code``),
+and weighs them by the pipe each opcode issues to (``weighted_per_code``: issue slots a code costs
+on the busiest pipe, :data:`PIPES`): the "dequantization work" term of the GPU model in
+:mod:`hwlab.sim.gpu`. Writes ``sim/data/kernel_instructions.json``.
 
     python bench/kernel_instructions.py            # about two minutes on 2 cores
 """
@@ -29,8 +31,39 @@ BATCHES = (1, 16, 64)
 K, N = 8192, 28672  # the largest benchmark layer (Llama-3-70B-like MLP)
 SM90 = ("cuda", 90, 32)
 TORCH_TYPES = {"float16": "*fp16", "bfloat16": "*bf16", "float32": "*fp32", "int32": "*i32", "int16": "*i16",
-               "uint8": "*u8"}
+               "uint8": "*u8", "int8": "*i8"}
 SASS_LINE = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)(.*)")
+
+
+# Issue rates of sm_90 in warp instructions per clock per SM, by the pipe an opcode goes to: the
+# results per clock per SM of the NVIDIA CUDA C++ Programming Guide's arithmetic-instruction
+# throughput table, compute capability 9.0 (32-bit float add/multiply/fma 128; 16-bit half2 256 results,
+# 128 lanes; 32-bit integer add/multiply/compare/bitwise/shift 64; warp shuffle 32; conversions and
+# special functions 16), divided by the 32 lanes of a warp; the issue limit is one warp instruction per
+# clock per scheduler, 4 per SM (NVIDIA H100 white paper). Shared and global memory instructions go
+# through the MIO/LSU queue at one warp instruction a clock (32 banks x 4 bytes a clock, the guide's
+# shared-memory section); HMMA m16n8k16 at about one a clock per SM (989 dense fp16 TFLOPS, H100 SXM
+# datasheet: ~1900 FMA per clock per SM, 2048 per HMMA).
+ISSUE_RATE = 4.0
+PIPES = {
+    "fma": (4.0, ("FFMA", "FADD", "FMUL", "FMNMX", "HADD2", "HFMA2", "HMUL2", "HMNMX2", "FSEL", "FSETP")),
+    "alu": (2.0, ("LOP3", "SHF", "IADD3", "ISETP", "SEL", "LEA", "PRMT", "SGXT", "IMNMX", "VIADD", "VIMNMX", "IMAD",
+                  "IABS", "PLOP3", "LOP", "IADD", "SHL", "SHR", "BMSK", "FLO", "POPC", "BREV", "P2R", "R2P", "ICMP")),
+    "shfl": (1.0, ("SHFL",)),
+    "mio": (1.0, ("LDS", "STS", "LDSM", "LDG", "STG", "LDGSTS", "LDL", "STL", "ATOM", "ATOMS", "RED", "ATOMG", "BAR",
+                  "LDC", "LD", "ST")),
+    "xu": (0.5, ("F2F", "F2I", "I2F", "F2FP", "I2FP", "MUFU", "FRND")),
+    "tensor": (1.0, ("HMMA",)),
+}
+
+
+def weighted_cycles(opcodes: dict) -> tuple[float, dict]:
+    """Clocks per SM of one warp's loop iteration: the busiest of the issue slot and the pipes
+    (``count / rate`` each, :data:`PIPES`), and every pipe's clocks."""
+    pipes = {"issue": sum(opcodes.values()) / ISSUE_RATE}
+    for pipe, (rate, ops) in PIPES.items():
+        pipes[pipe] = sum(n for op, n in opcodes.items() if op in ops) / rate
+    return max(pipes.values()), {k: round(v, 2) for k, v in pipes.items()}
 
 
 def loop_instructions(sass: str) -> tuple[int, dict]:
@@ -45,7 +78,7 @@ def loop_instructions(sass: str) -> tuple[int, dict]:
         return 0, {}
     lo, hi = max(loops, key=lambda t: t[1] - t[0])
     body = [op for address, op, _ in ins if lo <= address <= hi]
-    return len(body), dict(collections.Counter(body).most_common(8))
+    return len(body), dict(collections.Counter(body).most_common())
 
 
 class Recorder:
@@ -53,6 +86,7 @@ class Recorder:
 
     def __init__(self, fn, results):
         self.fn, self.results = fn, results
+        self.arg_names = fn.arg_names
 
     def __getitem__(self, grid):
         def call(*args, **kwargs):
@@ -88,7 +122,8 @@ class Recorder:
             count, ops = loop_instructions(sass)
             registers = re.search(r"REG:(\d+)", usage)
             self.results.append(dict(loop_instructions=count, opcodes=ops, registers=int(registers.group(1)),
-                                     spills="LDL" in ops or "STL" in ops, warps=options.get("num_warps", 4)))
+                                     spills="LDL" in ops or "STL" in ops, warps=options.get("num_warps", 4),
+                                     shared_bytes=compiled.metadata.shared))
         return call
 
 
@@ -115,14 +150,51 @@ def count(formats=FORMATS, batches=BATCHES) -> list[dict]:
             dispatch.run(x, dev, torch.empty(m, 256, dtype=torch.float16), launch)
             if len(results) == before:
                 continue
-            r = results[-1]
-            threads = 32 * r["warps"]
-            codes = launch.bn * launch.ks / threads  # codes one thread decodes per loop iteration
-            rows.append(dict(format=name, m=m, kernel=launch.kernel, decode=launch.decode, bn=launch.bn,
-                             bm=launch.bm, ks=launch.ks, instructions_per_code=round(r["loop_instructions"] / codes, 3),
-                             **r))
-            print(f"{name:12s} M={m:3d} {launch.kernel:10s} {r['loop_instructions']:5d} instr/iter "
-                  f"{rows[-1]['instructions_per_code']:6.2f}/code  regs {r['registers']}", flush=True)
+            rows.append(_row(name, m, launch.kernel, launch.decode, launch.bn, launch.bm, launch.ks, results[-1]))
+    return rows
+
+
+def _row(name: str, m: int, kernel: str, decode: str, bn: int, bm: int, ks: int, r: dict) -> dict:
+    """One table row: counts of a compiled loop ``r`` (:class:`Recorder`) per code one thread decodes."""
+    codes = bn * ks / (32 * r["warps"])  # codes one thread decodes per loop iteration
+    cycles, pipes = weighted_cycles(r["opcodes"])
+    row = dict(format=name, m=m, kernel=kernel, decode=decode, bn=bn, bm=bm, ks=ks,
+               instructions_per_code=round(r["loop_instructions"] / codes, 3),
+               weighted_per_code=round(ISSUE_RATE * cycles / codes, 3), pipe_clocks=pipes, **r)
+    print(f"{name:12s} M={m:3d} {kernel:16s} {decode:5s} {r['loop_instructions']:5d} instr/iter {row['instructions_per_code']:6.2f}"
+          f"/code weighted {row['weighted_per_code']:6.2f}  regs {r['registers']}{' SPILLS' if r['spills'] else ''}",
+          flush=True)
+    return row
+
+
+def count_async_and_trip(batches=BATCHES) -> list[dict]:
+    """The asynchronous mixed_2_4 kernels (hwlab.kernels.async_mixed) and TRIP's int8 kernel
+    (hwlab.kernels.trip), launched as at K=8192 N=28672; rows named ``mixed_gemv_async``,
+    ``mixed_tile_async`` (format mixed_2_4) and ``trip_int8`` (format ``trip_w4a8``)."""
+    import torch
+
+    import hwlab.formats as F
+    from hwlab.kernels import async_mixed, dispatch, mixed_async_kernels, trip, trip_kernels
+    from hwlab.sim.trip import trip_quantize
+
+    dispatch.interpreted = lambda: False
+    dispatch.check_runnable = lambda device: None
+    results, rows = [], []
+    for module, names in ((mixed_async_kernels, ("mixed_gemv_async_kernel", "mixed_tile_async_kernel")),
+                          (trip_kernels, ("trip_int8_kernel",))):
+        for name in names:
+            setattr(module, name, Recorder(getattr(module, name), results))
+    rng = np.random.default_rng(0)
+    dev = F.quantize((rng.standard_normal((256, K)) * 0.02).astype(np.float32), "mixed_2_4").to("cpu")
+    layer = trip.TripWeights.from_layer(trip_quantize(rng.standard_normal((256, K)), rng.standard_normal((4, K))),
+                                        "cpu")
+    for m in batches:
+        async_mixed.mixed_matmul(torch.zeros(m, K, dtype=torch.float16), dev)
+        bn, bm = (async_mixed.GEMV_BN, 1) if m == 1 else (async_mixed.TILE_BN, async_mixed.TILE_BM)
+        rows.append(_row("mixed_2_4", m, "mixed_gemv_async" if m == 1 else "mixed_tile_async", "int", bn, bm,
+                         dev.group_size, results[-1]))
+        trip.trip_accumulate(torch.zeros(m, K, dtype=torch.int8), layer)
+        rows.append(_row("trip_w4a8", m, "trip_int8", "int", trip.TRIP_BN, trip.TRIP_BM, trip.TRIP_KS, results[-1]))
     return rows
 
 
@@ -131,10 +203,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "sim", "data",
                                                       "kernel_instructions.json"))
     parser.add_argument("--formats", nargs="*", default=FORMATS)
+    parser.add_argument("--batches", nargs="*", type=int, default=BATCHES)
     args = parser.parse_args(argv)
     import triton
 
-    rows = count(args.formats)
+    rows = count(args.formats, args.batches) + count_async_and_trip(args.batches)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     doc = {"source": "bench/kernel_instructions.py: static SASS of the main loop, sm_90, K=8192 N=28672 launch",
            "triton": triton.__version__, "date": datetime.date.today().isoformat(), "commit": commit, "rows": rows}

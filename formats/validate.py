@@ -15,15 +15,17 @@ raises ``ValueError`` naming the array and the offending entry:
 * NF4 double quantization's ``scale_absmax`` and ``scale_offset`` are not negative, and scales
   quantized under a ``scale_clamp`` lie within it.
 
-The code scan runs on the packed words (numba, parallel over rows, a word-wide has-zero-field
-test per forbidden code: :func:`first_forbidden_row`), so it costs a fraction of reading the file.
+The code scan runs on the packed words (numba, one thread, a word-wide has-zero-field test for
+each set of forbidden codes that agree on some bits, such as all of a minifloat's NaN codes, over
+64-bit windows where codes span words: :func:`first_forbidden_row`), so it costs a fraction of
+reading the file.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import jit
-from .jit import njit, prange
+from .jit import njit
 from .packing import TRITS_PER_BYTE, WORD_BITS, unpack_codes
 from .scale_search import clamp_bounds
 from .scales import SCALE_TYPES, StoredScales, get_scale_type
@@ -160,78 +162,130 @@ def check_scale_array(stored: np.ndarray, encoding: str, name: str, arrays: dict
         raise ValueError(f"array {name!r} holds {why} at {list(at)}: {stored[at]!r}")
 
 
-def word_fields(bits: int):
+def word_windows(bits: int):
     """How codes of ``bits`` bits lie in the words of one block of the packed stream (a block is one
-    word when ``bits`` divides 32, else ``bits`` words of 32 codes): for each word, the shift to its
-    first whole code, the field pattern ``ones`` (a 1 at each whole code's lowest bit) and ``high``
-    (at its highest bit); and the (word, shift) of each code that spans two words."""
+    word when ``bits`` divides 32, else ``bits`` words of 32 codes): the codes in a block and, for
+    each word of it, the shift to the first code that starts in it and the field patterns ``ones``
+    (a 1 at the lowest bit of every code that starts in the word) and ``high`` (at its highest bit),
+    over a 64-bit window of the word and the next one, so that a code spanning two words is whole."""
     block_words = 1 if WORD_BITS % bits == 0 else bits
     codes = block_words * WORD_BITS // bits
-    shifts, ones, high, straddlers = [], [], [], []
+    shifts, ones, high = [], [], []
     for i in range(block_words):
-        first = -(-i * WORD_BITS // bits)  # the first code starting in word i
-        shift = first * bits - i * WORD_BITS
-        count = (WORD_BITS - shift) // bits
-        pattern = sum(1 << (k * bits) for k in range(count))
-        shifts.append(shift)
+        first = -(-i * WORD_BITS // bits)  # codes first .. last - 1 start in word i
+        last = -(-(i + 1) * WORD_BITS // bits)
+        pattern = sum(1 << (k * bits) for k in range(last - first))
+        shifts.append(first * bits - i * WORD_BITS)
         ones.append(pattern)
         high.append(pattern << (bits - 1))
-        last = first + count  # spans into word i + 1, unless the block ends here
-        if last < codes and last * bits < (i + 1) * WORD_BITS:
-            straddlers.append((i, last * bits - i * WORD_BITS))
-    as_u32 = lambda v: np.array(v, dtype=np.uint32)  # noqa: E731
-    spans = np.array(straddlers, dtype=np.int64).reshape(-1, 2)
-    return codes, as_u32(shifts), as_u32(ones), as_u32(high), spans
+    as_u64 = lambda v: np.array(v, dtype=np.uint64)  # noqa: E731
+    return codes, as_u64(shifts), as_u64(ones), as_u64(high)
+
+
+def forbidden_cubes(forbidden: np.ndarray, bits: int) -> np.ndarray:
+    """``(mask, value)`` pairs (uint64 ``[P, 2]``) whose codes ``c & mask == value`` are exactly the
+    codes ``forbidden``: one pair when they are every code that agrees with ``value`` on ``mask`` (a
+    minifloat's NaN and infinity codes, the one code of an integer's missing minimum), else a pair a
+    code (mask all ones)."""
+    codes = np.unique(np.asarray(forbidden, dtype=np.int64))
+    full = (1 << bits) - 1
+    low, high = int(np.bitwise_and.reduce(codes)), int(np.bitwise_or.reduce(codes))
+    free = low ^ high  # the bits on which the codes differ
+    if codes.size == 1 << bin(free).count("1"):  # every code agreeing on the other bits is forbidden
+        return np.array([[full & ~free, low]], dtype=np.uint64)
+    return np.array([[full, c] for c in codes.tolist()], dtype=np.uint64).reshape(-1, 2)
 
 
 def first_forbidden_row(words: np.ndarray, bits: int, entries: int, forbidden: np.ndarray) -> int:
     """The first row of packed ``words`` holding one of the codes ``forbidden`` (-1: none)."""
-    codes_per_block, shifts, ones, high, spans = word_fields(bits)
-    is_forbidden = np.isin(np.arange(2**bits), forbidden)
-    patterns = (forbidden.astype(np.uint64)[:, None] * ones.astype(np.uint64)[None, :]).astype(np.uint32)
-    return _first_forbidden_row(words, bits, entries, codes_per_block, shifts, ones, high, spans, patterns,
-                                is_forbidden)
+    codes_per_block, shifts, ones, high = word_windows(bits)
+    cubes = forbidden_cubes(forbidden, bits)
+    is_forbidden = np.zeros(2**bits, dtype=np.bool_)
+    is_forbidden[np.asarray(forbidden, dtype=np.int64)] = True
+    if shifts.size == 1:  # bits divides 32: codes never span words
+        masks, values = ((cubes[:, j] * ones[0]).astype(np.uint32) for j in (0, 1))
+        return _first_forbidden_row_aligned(words, bits, entries, codes_per_block, masks, values, np.uint32(ones[0]),
+                                            np.uint32(high[0]), is_forbidden)
+    return _first_forbidden_row_spanning(words, bits, entries, codes_per_block, shifts, ones, high, cubes,
+                                         is_forbidden)
 
 
-@njit(parallel=True)
-def _first_forbidden_row(words, bits, entries, codes_per_block, shifts, ones, high, spans, patterns,
-                         is_forbidden):  # pragma: no cover - numba
-    """See :func:`first_forbidden_row`. Whole blocks are tested a word at a time: a code equal to
-    ``f`` is a zero field of ``word ^ f * ones`` (the has-zero-field test), codes spanning two words
-    one by one; the codes of the last, partial block one by one too (its padding is not a code)."""
-    rows = words.shape[0]
+# The scans run on one thread and stop at the first bad row: a row is a few kB (in L1), a pass runs
+# at memory speed, and a parallel region's worker threads, left spinning after it, slowed everything
+# after the scan (the next file's read included) on a machine of 2 cores. A code ``c`` is forbidden
+# when ``c & mask == value`` for a pair of :func:`forbidden_cubes`: a zero field of
+# ``(word & mask * ones) ^ value * ones``, the has-zero-field test ``(t - ones) & ~t & high`` (exact
+# for whether any field is zero: a borrow only runs upwards from a zero field).
+
+@njit(inline="always")
+def _partial_block_hit(row, bits, start, entries, is_forbidden):  # pragma: no cover - numba
+    """Whether a code ``start <= k < entries`` of ``row`` (the last, partial block) is forbidden."""
+    mask = np.uint32((1 << bits) - 1)
+    found = False
+    for k in range(start, entries):
+        bit = k * bits
+        w, shift = bit // WORD_BITS, bit % WORD_BITS
+        code = row[w] >> np.uint32(shift)
+        if shift + bits > WORD_BITS:
+            code |= row[w + 1] << np.uint32(WORD_BITS - shift)
+        found |= is_forbidden[code & mask]
+    return found
+
+
+@njit()
+def _first_forbidden_row_aligned(words, bits, entries, codes_per_word, masks, values, one, top,
+                                 is_forbidden):  # pragma: no cover - numba
+    """:func:`first_forbidden_row` when ``bits`` divides 32: one flat, vectorizable pass over the
+    whole words of a row for each pair of :func:`forbidden_cubes`; the codes of the last, partial
+    word one by one (its padding is not a code)."""
+    full = entries // codes_per_word
+    for r in range(words.shape[0]):
+        row = words[r]
+        acc = np.uint32(0)
+        for p in range(masks.shape[0]):
+            mask, value = masks[p], values[p]
+            for w in range(full):
+                t = (row[w] & mask) ^ value
+                acc |= (t - one) & ~t & top
+        if acc != 0 or _partial_block_hit(row, bits, full * codes_per_word, entries, is_forbidden):
+            return r
+    return -1
+
+
+@njit()
+def _first_forbidden_row_spanning(words, bits, entries, codes_per_block, shifts, ones, high, cubes,
+                                  is_forbidden):  # pragma: no cover - numba
+    """:func:`first_forbidden_row` when codes span words: word ``j`` of the whole blocks and word
+    ``j + 1`` form a 64-bit window holding every code that starts in word ``j`` whole, tested with
+    that word's field patterns (:func:`word_windows`, laid out along the row so that the pass is
+    flat and vectorizes); the codes of the last, partial block one by one."""
     block_words = shifts.shape[0]
     full_blocks = entries // codes_per_block
-    mask = np.uint32((1 << bits) - 1)
-    hit = np.zeros(rows, dtype=np.bool_)
-    for r in prange(rows):
-        acc = np.uint32(0)
-        found = False
-        for f in range(patterns.shape[0]):
-            if block_words == 1:  # codes never span words: one flat, vectorizable pass
-                pattern, one, top = patterns[f, 0], ones[0], high[0]
-                for w in range(full_blocks):
-                    t = words[r, w] ^ pattern
-                    acc |= (t - one) & ~t & top
-                continue
-            for b in range(full_blocks):
-                for i in range(block_words):
-                    t = (words[r, b * block_words + i] >> shifts[i]) ^ patterns[f, i]
-                    acc |= (t - ones[i]) & ~t & high[i]
-        for b in range(full_blocks):
-            for s in range(spans.shape[0]):
-                w, shift = b * block_words + spans[s, 0], spans[s, 1]
-                code = ((words[r, w] >> np.uint32(shift)) | (words[r, w + 1] << np.uint32(WORD_BITS - shift))) & mask
-                found |= is_forbidden[code]
-        for k in range(full_blocks * codes_per_block, entries):
-            bit = k * bits
-            w, shift = bit // WORD_BITS, bit % WORD_BITS
-            code = words[r, w] >> np.uint32(shift)
-            if shift + bits > WORD_BITS:
-                code |= words[r, w + 1] << np.uint32(WORD_BITS - shift)
-            found |= is_forbidden[code & mask]
-        hit[r] = found or acc != 0
-    for r in range(rows):
-        if hit[r]:
+    span = full_blocks * block_words
+    pairs = cubes.shape[0]
+    shift = np.empty(span, np.uint64)
+    one = np.empty(span, np.uint64)
+    top = np.empty(span, np.uint64)
+    mask = np.empty((pairs, span), np.uint64)
+    value = np.empty((pairs, span), np.uint64)
+    for j in range(span):
+        i = j % block_words
+        shift[j], one[j], top[j] = shifts[i], ones[i], high[i]
+        for p in range(pairs):
+            mask[p, j] = cubes[p, 0] * ones[i]
+            value[p, j] = cubes[p, 1] * ones[i]
+    for r in range(words.shape[0]):
+        row = words[r]
+        acc = np.uint64(0)
+        for p in range(pairs):
+            m, v = mask[p], value[p]
+            for j in range(span - 1):
+                window = np.uint64(row[j]) | (np.uint64(row[j + 1]) << np.uint64(WORD_BITS))
+                t = ((window >> shift[j]) & m[j]) ^ v[j]
+                acc |= (t - one[j]) & ~t & top[j]
+            if span:  # the last word of the whole blocks: no code of it spans into the next
+                t = ((np.uint64(row[span - 1]) >> shift[span - 1]) & m[span - 1]) ^ v[span - 1]
+                acc |= (t - one[span - 1]) & ~t & top[span - 1]
+        if acc != 0 or _partial_block_hit(row, bits, full_blocks * codes_per_block, entries, is_forbidden):
             return r
     return -1

@@ -8,6 +8,8 @@
                    [--option KEY=VALUE ...] [--pad] [--out OUT.safetensors] [--json]
     hwlab info FILE.safetensors [--json]
     hwlab sample-path
+    hwlab study [--weights FILE] [--formats NAME ...] [--group-sizes G ...] [--out DIR] [--json]
+    hwlab sweep SPEC.toml [--out RESULTS.jsonl] [--dask ADDRESS | --dask local] [--json]
     hwlab --version
 
 ``--sample`` quantizes the real weights shipped with hwlab (two linear layers of
@@ -42,7 +44,7 @@ from safetensors import SafetensorError, safe_open
 import hwlab
 from hwlab.formats import FormatRebuiltWarning, get_format, list_formats
 from hwlab.formats.scales import StoredScales, get_scale_type
-from hwlab import edge_command, sim_command
+from hwlab import edge_command, sim_command, study_command, sweep_command
 from hwlab.output import UsageError, cell, print_json, render
 from hwlab.sample import sample_path
 
@@ -135,6 +137,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=lambda args: print(sample_path()))
     sim_command.add_parser(commands, _add_output_flags)
     edge_command.add_parser(commands, _add_output_flags)
+    study_command.add_parser(commands, _add_output_flags)  # hwlab study (hwlab/study_command.py)
+    sweep_command.add_parser(commands, _add_output_flags)  # hwlab sweep (hwlab/sweep_command.py)
     return parser
 
 

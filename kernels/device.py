@@ -3,7 +3,7 @@
 The stored arrays are copied to the device once, bit for bit (``uint32`` words travel as
 ``int32``, raw ``bfloat16`` bits as ``int16``: torch has no arithmetic for the unsigned types),
 beside the small tables the kernel plan adds (the value table in float32 and rounded to each
-activation dtype, the 256-entry scale table). A tensor stays where it is put: no kernel moves
+activation dtype, the same as 16-bit patterns in pairs, the 256-entry scale table). A tensor stays where it is put: no kernel moves
 it, and :meth:`DeviceTensor.to` is the only call that copies it.
 """
 from __future__ import annotations
@@ -33,13 +33,30 @@ def rounded_table(table: np.ndarray, dtype: str) -> np.ndarray:
     return table.astype(np.float32)
 
 
+PAIR_TABLE_MAX = 16  # entries a member can have for the pair-table decode (eight int32 words a member)
+
+
+def pair_table(table: np.ndarray, dtype: str) -> np.ndarray:
+    """int32 ``[members, 8]``: ``table`` (float32, at most 16 entries a member) rounded to ``dtype``
+    (float16 or bfloat16) as 16-bit patterns, codes ``2j`` and ``2j + 1`` in the low and the high
+    half of word ``j`` (missing codes 0). The kernels' ``_pair_select`` reads it."""
+    rounded = rounded_table(table, dtype)
+    if dtype == "float16":
+        bits = rounded.astype(np.float16).view(np.uint16).astype(np.uint32)
+    else:
+        bits = rounded.view(np.uint32) >> 16
+    padded = np.zeros((table.shape[0], PAIR_TABLE_MAX), np.uint32)
+    padded[:, :min(table.shape[1], PAIR_TABLE_MAX)] = bits[:, :PAIR_TABLE_MAX]
+    return (padded[:, 0::2] | (padded[:, 1::2] << 16)).view(np.int32)
+
+
 class DeviceTensor:
     """The stored arrays of a :class:`~hwlab.formats.QuantizedTensor` as torch tensors on ``device``.
 
     Attributes: ``format``, ``shape`` ``(N, K)``, ``group_size``, ``options``, ``layout`` (the
     descriptors of the source tensor), ``plan`` (:class:`~hwlab.kernels.plan.KernelPlan`),
     ``arrays`` (name -> torch tensor) and ``tables`` (``lut_float32``, ``lut_float16``,
-    ``lut_bfloat16``, ``scale_table``). Build one with ``qt.to(device)``.
+    ``lut_bfloat16``, ``pairs_float16``, ``pairs_bfloat16`` (:func:`pair_table`), ``scale_table``). Build one with ``qt.to(device)``.
     """
 
     def __init__(self, source, plan: KernelPlan, arrays: dict, tables: dict):
@@ -49,6 +66,7 @@ class DeviceTensor:
         self.tables = tables
         self.device = next(iter(arrays.values())).device  # where the arrays are (cuda:0 for "cuda")
         self.launch_cache = {}  # hwlab.kernels.dispatch: kernel operands, built once per decode
+        self.prepared = {}  # hwlab.kernels.dispatch.matmul: (x shape, dtype, device) -> checked, prepared launch
 
     @classmethod
     def from_quantized(cls, qt, device) -> "DeviceTensor":
@@ -63,6 +81,8 @@ class DeviceTensor:
             arrays[name] = torch.from_numpy(view.copy()).to(device)
         tables = {f"lut_{dtype}": torch.from_numpy(rounded_table(plan.lut, dtype)).to(device)
                   for dtype in ("float32", "float16", "bfloat16")}
+        tables.update({f"pairs_{dtype}": torch.from_numpy(pair_table(plan.lut, dtype)).to(device)
+                       for dtype in ("float16", "bfloat16")})
         scale_table = plan.scale_table if plan.scale_table is not None else np.zeros(1, np.float32)
         tables["scale_table"] = torch.from_numpy(scale_table.copy()).to(device)
         return cls(qt, plan, arrays, tables)

@@ -21,11 +21,11 @@ import math
 
 from hwlab.formats.scales import BF16_LARGEST, FP16_LARGEST
 
-from .device import DeviceTensor
+from .device import PAIR_TABLE_MAX, DeviceTensor
 from .plan import KernelPlan
 
 PACK_IDS = {"words": 0, "bits": 1, "trit5": 2, "mixed": 3}
-DECODE_IDS = {"int": 0, "float": 1, "lut": 2}
+DECODE_IDS = {"int": 0, "float": 1, "lut": 2, "pairs": 3}
 MEMBER_IDS = {"none": 0, "group": 1, "pairs": 2}
 SCALE_IDS = {"float": 0, "bf16": 1, "table": 2}
 X_DTYPES = ("float16", "bfloat16")
@@ -56,7 +56,7 @@ class Launch:
     ks: int
     split: int
     steps: int
-    decode: str  # the plan's decode, or "lut" (every plan has a table)
+    decode: str  # the plan's decode, "lut" (every plan has a table) or "pairs" (the table as 16-bit patterns)
     warps: int = 4
 
     def describe(self) -> str:
@@ -100,13 +100,15 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
     elif m == 1 and per_word and epg % per_word == 0:
         kernel, bn, bm, ks = "gemv_words", GEMV_BN, 1, WORDS_PER_STEP * per_word
         if decode == "float" and plan.lut.size <= REGISTER_TABLE_MAX:
-            decode = "lut"  # a gather from a small table in registers costs fewer instructions
+            decode = "lut"  # a gather from a small table in registers: fewer issue slots than the pair select tree
     elif m == 1:
         kernel, bn, bm, ks = "tile", TILE_BN, 1, step_of_group
+        decode = _table_decode(plan, decode, exact_in_half=True)
     elif step_of_group >= DOT_MIN:
         bm = 16 if m <= 16 else 32 if m <= 32 else 64
         kernel, bn, ks = "tile_dot", DOT_BN[bm], step_of_group
         warps = DOT_WARPS[bm]
+        decode = _table_decode(plan, decode, exact_in_half=False)
     else:
         return Launch("dequantize_then_torch", 0, 0, step_of_group, 1, 0, plan.decode)
     bn = min(bn, max(16, _next_power_of_two(n)))
@@ -117,16 +119,27 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
     return Launch(kernel, bn, bm, ks, math.ceil(total / steps), steps, decode, warps)
 
 
+def _table_decode(plan: KernelPlan, decode: str, exact_in_half: bool) -> str:
+    """``pairs`` for a table decode of at most 16 entries a member (a select tree in registers:
+    fewer and cheaper instructions than a load or a gather per code, static SASS counts), where the
+    kernel multiplies in x's dtype (``exact_in_half`` False: the table is rounded to it anyway) or
+    the float32 table is exact in binary16; ``decode`` otherwise."""
+    if decode == "lut" and plan.table_size <= PAIR_TABLE_MAX and (plan.half_exact or not exact_in_half):
+        return "pairs"
+    return decode
+
+
 def _next_power_of_two(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
 def explain(qt: DeviceTensor, m: int = 1) -> str:
     """How :func:`matmul` multiplies ``m`` activation rows by ``qt``: its plan and its launch."""
-    return f"{qt.plan.describe()}\n{choose(qt.plan, m, _sms(qt.device)).describe()}"
+    return f"{qt.plan.describe()}\n{choose(qt.plan, m, device_sms(qt.device)).describe()}"
 
 
-def _sms(device) -> int:
+def device_sms(device) -> int:
+    """Multiprocessors of a torch device (1 for the CPU: the interpreter)."""
     return _sm_count(device.index or 0) if device.type == "cuda" else 1
 
 
@@ -140,7 +153,8 @@ def check_tensor(qt) -> DeviceTensor:
     raise TypeError(f"expected a quantized tensor on a device (qt.to('cuda')), got {type(qt).__name__}")
 
 
-def _check_runnable(device) -> None:
+def check_runnable(device) -> None:
+    """Raise unless kernels can run on ``device``: CUDA, or the CPU in Triton's interpreter."""
     if device.type == "cpu" and not interpreted():
         raise RuntimeError("hwlab kernels run on CUDA tensors, or on CPU tensors in Triton's interpreter "
                            "(set TRITON_INTERPRET=1 before importing hwlab.kernels)")
@@ -154,12 +168,34 @@ def matmul(x, qt: DeviceTensor, *, out=None):
     ``x``: float16 or bfloat16 ``[..., K]``, contiguous, on ``qt``'s device. ``out``: optional
     contiguous tensor ``[..., N]`` of ``x``'s dtype to write into. Accumulation is float32; the
     result saturates at the dtype's largest finite value.
+
+    The first call for a shape, dtype and device of ``x`` checks everything and prepares the
+    launch (:class:`Prepared`, kept on ``qt``); later calls check only what can change from call
+    to call (contiguity, ``out``) and launch the compiled kernel directly.
     """
     torch = _torch()
-    qt = check_tensor(qt)
-    n, k = qt.shape
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    try:
+        prepared = qt.prepared[(x.shape, x.dtype, x.device)]
+    except (AttributeError, KeyError):
+        prepared = _prepare(x, qt)
+    if not x.is_contiguous():
+        raise ValueError(f"x must be contiguous (strides {tuple(x.stride())}); call x.contiguous()")
+    if out is None:
+        out = torch.empty(prepared.out_shape, dtype=x.dtype, device=x.device)
+    elif (not isinstance(out, torch.Tensor) or out.shape != prepared.out_shape or out.dtype != x.dtype
+          or out.device != x.device or not out.is_contiguous()):
+        raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {prepared.out_shape} on {x.device}")
+    if prepared.m:
+        prepared(x, out)
+    return out
+
+
+def _prepare(x, qt) -> "Prepared":
+    """Check ``x`` against ``qt`` once for its shape, dtype and device, and prepare the launch."""
+    qt = check_tensor(qt)
+    n, k = qt.shape
     dtype = str(x.dtype).removeprefix("torch.")
     if dtype not in X_DTYPES:
         raise TypeError(f"x must be float16 or bfloat16, got {x.dtype} (cast with x.half() or x.bfloat16())")
@@ -168,71 +204,156 @@ def matmul(x, qt: DeviceTensor, *, out=None):
     if x.device != qt.device:
         raise ValueError(f"x is on {x.device} but the weights are on {qt.device}: move one of them "
                          "(kernels never copy weights behind your back)")
-    if not x.is_contiguous():
-        raise ValueError(f"x must be contiguous (strides {tuple(x.stride())}); call x.contiguous()")
-    _check_runnable(x.device)
+    check_runnable(x.device)
     lead = tuple(x.shape[:-1])
-    if out is None:
-        out = torch.empty(lead + (n,), dtype=x.dtype, device=x.device)
-    elif (not isinstance(out, torch.Tensor) or tuple(out.shape) != lead + (n,) or out.dtype != x.dtype
-          or out.device != x.device or not out.is_contiguous()):
-        raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {lead + (n,)} on {x.device}")
     m = math.prod(lead)
-    if m == 0:
-        return out
-    run(x.view(m, k), qt, out.view(m, n), choose(qt.plan, m, _sms(x.device)))
-    return out
+    prepared = Prepared(qt, m, x.dtype, choose(qt.plan, m, device_sms(x.device)) if m else None, lead + (n,))
+    qt.prepared[(x.shape, x.dtype, x.device)] = prepared
+    return prepared
 
 
 def run(x2, qt: DeviceTensor, out2, launch: Launch) -> None:
     """Launch ``launch`` for ``x2 [M, K]`` into ``out2 [M, N]`` (checked by :func:`matmul`)."""
-    torch = _torch()
     m, n = out2.shape
-    if launch.kernel == "dequantize_then_torch":
-        w = dequantize(qt)
-        y = x2.float() @ w.T
-        limit = OUT_MAX[str(out2.dtype).removeprefix("torch.")]
-        out2.copy_(y.clamp_(-limit, limit))
-        return
+    Prepared(qt, m, x2.dtype, launch, (m, n))(x2, out2)
+
+
+class Prepared:
+    """One launch for one tensor, ``m`` rows and one activation dtype, ready to go: the kernel,
+    its grid, every argument but ``x`` and ``out`` (weights as device addresses), and once it has
+    run compiled, Triton's compiled kernel, which later calls launch directly. That skips Triton's
+    argument binding and specialization on every call (tens of microseconds with forty arguments);
+    a call whose ``x`` or ``out`` address is not 16-byte aligned (the specialization compiled)
+    goes through Triton's usual path.
+
+    Split-K launches share a float32 workspace and per-tile arrival counts per device and stream,
+    which the kernel leaves zeroed (:func:`hwlab.kernels.triton_kernels._finish`)."""
+
+    def __init__(self, qt: DeviceTensor, m: int, x_dtype, launch: Launch | None, out_shape: tuple):
+        self.qt, self.m, self.launch, self.out_shape = qt, m, launch, out_shape
+        self.compiled = None
+        if launch is None or launch.kernel == "dequantize_then_torch":
+            return
+        self.fn, self.grid, self.args, self.kwargs = _arguments(qt, m, str(x_dtype).removeprefix("torch."), launch)
+        names = self.fn.arg_names
+        self.x_at, self.out_at = names.index("x_ptr"), names.index("out_ptr")
+        self.work_at, self.count_at = names.index("work_ptr"), names.index("count_ptr")
+        self.atomic = launch.split > 1
+        self.tiles = self.grid[0] * (self.grid[1] if launch.kernel in ("tile", "tile_dot") else 1)
+        # every parameter in order, as Triton's launcher takes them (constexprs included, ignored by it)
+        values = dict(zip(names, self.args), **self.kwargs)
+        self.flat = [_address(values[name]) for name in names]
+
+    def __call__(self, x2, out2) -> None:
+        if self.launch is None:
+            return
+        if self.launch.kernel == "dequantize_then_torch":
+            _dequantize_then_torch(x2, self.qt, out2)
+            return
+        work, count = _workspace(x2.device, self.m * self.qt.shape[0], self.tiles) if self.atomic else (out2, out2)
+        compiled = self.compiled
+        xp, op = x2.data_ptr(), out2.data_ptr()
+        if compiled is not None and not (xp | op) & 15:
+            flat = self.flat
+            flat[self.x_at], flat[self.out_at] = xp, op
+            flat[self.work_at], flat[self.count_at] = work.data_ptr(), count.data_ptr()
+            stream = _stream(x2.device.index)
+            hook = _knobs().runtime.launch_enter_hook
+            meta = compiled.launch_metadata(self.grid, stream, *flat) if hook is not None else None
+            compiled.run(*self.grid, stream, compiled.function, compiled.packed_metadata, meta, hook,
+                         _knobs().runtime.launch_exit_hook, *flat)
+            return
+        args = list(self.args)
+        args[self.x_at], args[self.out_at], args[self.work_at], args[self.count_at] = x2, out2, work, count
+        result = self.fn[self.grid](*args, **self.kwargs)
+        if not (xp | op) & 15 and result is not None and hasattr(result, "packed_metadata"):
+            self.compiled = result  # Triton's CompiledKernel (None in the interpreter)
+
+
+def _address(v):
+    """A tensor argument as its device address (Triton's launcher takes an int as it is)."""
+    return v.data_ptr() if hasattr(v, "data_ptr") else v
+
+
+def _knobs():
+    from triton import knobs
+
+    return knobs
+
+
+@functools.lru_cache(maxsize=None)
+def _stream_getter():
+    from triton.runtime import driver
+
+    return driver.active.get_current_stream
+
+
+def _stream(index):
+    return _stream_getter()(index)
+
+
+_WORKSPACES: dict = {}  # (device, stream) -> (float32 workspace, int32 arrival counts), kept zeroed by the kernels
+
+
+def _workspace(device, size: int, tiles: int):
+    """The split-K workspace of at least ``size`` float32 and ``tiles`` counts for the current stream."""
+    key = (device, _stream(device.index) if device.type == "cuda" else 0)
+    pair = _WORKSPACES.get(key)
+    if pair is None or pair[0].numel() < size or pair[1].numel() < tiles:
+        torch = _torch()
+        old = (0, 0) if pair is None else (pair[0].numel(), pair[1].numel())
+        pair = _WORKSPACES[key] = (torch.zeros(max(size, old[0]), dtype=torch.float32, device=device),
+                                   torch.zeros(max(tiles, old[1]), dtype=torch.int32, device=device))
+    return pair
+
+
+def _dequantize_then_torch(x2, qt, out2) -> None:
+    w = dequantize(qt)
+    y = x2.float() @ w.T
+    limit = OUT_MAX[str(out2.dtype).removeprefix("torch.")]
+    out2.copy_(y.clamp_(-limit, limit))
+
+
+def _arguments(qt: DeviceTensor, m: int, x_dtype: str, launch: Launch) -> tuple:
+    """``(kernel, grid, positional arguments, keyword arguments)`` of ``launch``; ``x``, ``out``,
+    the workspace and the counts are placeholders (None) filled at each call."""
+    n = qt.shape[0]
     atomic = launch.split > 1
-    target = torch.zeros((m, n), dtype=torch.float32, device=x2.device) if atomic else out2
-    math_dtype = str(x2.dtype).removeprefix("torch.") if launch.kernel == "tile_dot" else "float32"
+    math_dtype = x_dtype if launch.kernel == "tile_dot" else "float32"
     ops, sizes, flags = _operands(qt, launch.decode, math_dtype)
-    out_max = OUT_MAX[str(target.dtype).removeprefix("torch.")]
+    out_max = OUT_MAX[x_dtype]
     kern = _kernels()
     common = dict(flags, ATOMIC=atomic, OUT_MAX=out_max, num_warps=launch.warps)
+    x2 = out = work = count = None
     if launch.kernel == "gemv_words":
-        grid = (math.ceil(n / launch.bn), launch.split)
-        kern.gemv_words_kernel[grid](
+        grid = (math.ceil(n / launch.bn), launch.split, 1)
+        return kern.gemv_words_kernel, grid, [
             x2, ops["codes"], ops["zeros"], ops["members"], ops["lut"], ops["scales"], ops["scale_table"],
-            ops["absmax"], ops["row_scales"], target,
+            ops["absmax"], ops["row_scales"], out, work, count,
             n, qt.shape[1], sizes["row_words"], sizes["zero_words"], sizes["member_words"], sizes["s_row_stride"],
             sizes["groups"], launch.steps, math.ceil(qt.plan.padded_cols / launch.ks),
-            sizes["value_scale"], sizes["zero_unit"], sizes["dq_offset"], FP32_ONE_BITS,
+            sizes["value_scale"], sizes["zero_unit"], sizes["dq_offset"], FP32_ONE_BITS], dict(
             KS=launch.ks, BN=launch.bn, GROUP_STEP=qt.plan.elements_per_group % launch.ks == 0,
             EVEN=n % launch.bn == 0 and qt.shape[1] == qt.plan.padded_cols and qt.plan.padded_cols % launch.ks == 0,
             FLIP_WORD=_flip_word(qt.plan), TROWS=qt.plan.lut.shape[0],
             REGISTER_TABLE=qt.plan.lut.size <= REGISTER_TABLE_MAX, **_without(common, "PACK", "B2", "ZB2"))
-    elif launch.kernel == "gemv_mixed":
-        grid = (math.ceil(n / launch.bn), launch.split)
-        kern.gemv_mixed_kernel[grid](
+    if launch.kernel == "gemv_mixed":
+        grid = (math.ceil(n / launch.bn), launch.split, 1)
+        return kern.gemv_mixed_kernel, grid, [
             x2, ops["codes"], ops["codes2"], ops["group_bits"], ops["zeros"], ops["zeros2"], ops["scales"],
-            ops["scale_table"], ops["row_scales"], target, n, qt.shape[1], sizes["row_words"], sizes["row_words2"],
-            sizes["flag_words"], sizes["zero_words"], sizes["zero_words2"], sizes["groups"], launch.steps,
-            FP32_ONE_BITS, sizes["value_scale"], G=launch.ks, BN=launch.bn, ZB4=flags["ZB"], ZB2=flags["ZB2"],
+            ops["scale_table"], ops["row_scales"], out, work, count, n, qt.shape[1], sizes["row_words"],
+            sizes["row_words2"], sizes["flag_words"], sizes["zero_words"], sizes["zero_words2"], sizes["groups"],
+            launch.steps, FP32_ONE_BITS, sizes["value_scale"]], dict(
+            G=launch.ks, BN=launch.bn, ZB4=flags["ZB"], ZB2=flags["ZB2"],
             EVEN=n % launch.bn == 0 and qt.shape[1] == qt.plan.padded_cols, ATOMIC=atomic, OUT_MAX=out_max,
             num_warps=launch.warps)
-    else:
-        grid = (math.ceil(n / launch.bn), math.ceil(m / launch.bm), launch.split)
-        kern.tile_kernel[grid](
-            x2, *_tile_pointers(ops), target, m, n, qt.shape[1], qt.plan.padded_cols, *_tile_sizes(sizes),
-            launch.steps, sizes["value_scale"], sizes["zero_unit"], sizes["dq_offset"],
-            KS=launch.ks, BN=launch.bn, BM=launch.bm, DOT=launch.kernel == "tile_dot", EXACT_DOT=interpreted(),
-            **({"num_stages": DOT_STAGES} if launch.kernel == "tile_dot" else {}),
-            **dict(common, PACK=_tile_packing(qt.plan, launch.ks)))
-    if atomic:
-        limit = OUT_MAX[str(out2.dtype).removeprefix("torch.")]
-        out2.copy_(target.clamp_(-limit, limit))
+    grid = (math.ceil(n / launch.bn), math.ceil(m / launch.bm), launch.split)
+    return kern.tile_kernel, grid, [
+        x2, *_tile_pointers(ops), out, work, count, m, n, qt.shape[1], qt.plan.padded_cols, *_tile_sizes(sizes),
+        launch.steps, sizes["value_scale"], sizes["zero_unit"], sizes["dq_offset"]], dict(
+        KS=launch.ks, BN=launch.bn, BM=launch.bm, DOT=launch.kernel == "tile_dot", EXACT_DOT=interpreted(),
+        **({"num_stages": DOT_STAGES} if launch.kernel == "tile_dot" else {}),
+        **dict(common, PACK=_tile_packing(qt.plan, launch.ks)))
 
 
 def dequantize(qt: DeviceTensor):
@@ -242,7 +363,7 @@ def dequantize(qt: DeviceTensor):
     except with NF4 double quantization, whose float32 second-level scales round twice."""
     torch = _torch()
     qt = check_tensor(qt)
-    _check_runnable(qt.device)
+    check_runnable(qt.device)
     n, k = qt.shape
     out = torch.empty((n, k), dtype=torch.float32, device=qt.device)
     plan = qt.plan
@@ -300,13 +421,14 @@ def _build_operands(qt: DeviceTensor, decode: str, math_dtype: str) -> tuple[dic
     plan, arrays = qt.plan, qt.arrays
     stored = {op: arrays[name] for op, name in plan.arrays.items()}
     codes = stored["codes"]
-    lut = qt.tables[f"lut_{math_dtype}"]
+    half = "bfloat16" if math_dtype == "bfloat16" else "float16"
+    lut = qt.tables[f"pairs_{half}"] if decode == "pairs" else qt.tables[f"lut_{math_dtype}"]
     ops = {op: stored[op] if op in stored and stored[op].numel() else codes  # a pointer is never to nothing
            for op in ("codes", "codes2", "group_bits", "zeros", "zeros2", "members", "scales", "absmax", "row_scales")}
     ops.update(lut=lut, scale_table=qt.tables["scale_table"])
     width = {op: (stored[op].shape[1] if op in stored else 0) for op in ("codes2", "group_bits", "zeros", "zeros2",
                                                                         "members")}
-    unit = plan.lut_scale if decode == "lut" else plan.decode_scale
+    unit = plan.lut_scale if decode in ("lut", "pairs") else plan.decode_scale
     sizes = dict(row_words=plan.row_words, row_words2=width["codes2"], flag_words=width["group_bits"],
                  zero_words=width["zeros"], zero_words2=width["zeros2"], member_words=width["members"],
                  s_row_stride=plan.groups if plan.scale_rows > 1 else 0, groups=plan.groups,
@@ -314,7 +436,8 @@ def _build_operands(qt: DeviceTensor, decode: str, math_dtype: str) -> tuple[dic
     mixed = plan.packing == "mixed"
     flags = dict(B=plan.bits, B2=qt.layout["codes2"].bits if mixed else 1, EPG=plan.elements_per_group,
                  PACK=PACK_IDS[plan.packing], DECODE=DECODE_IDS[decode], FLIP=plan.flip, MBITS=plan.mbits,
-                 TSIZE=plan.table_size, MEMBERS=MEMBER_IDS[plan.member_rule], MEMBER_BITS=max(plan.member_bits, 1),
+                 TSIZE=plan.table_size, HALF_BF16=half == "bfloat16", MEMBERS=MEMBER_IDS[plan.member_rule],
+                 MEMBER_BITS=max(plan.member_bits, 1),
                  VICTIM=plan.victim_code, ZB=plan.zero_bits, ZB2=qt.layout["zeros2"].bits if mixed else 0,
                  SCALE=SCALE_IDS[plan.scale_kind], DQB=plan.double_quant_block, ROW=plan.has_row_scales)
     return ops, sizes, flags

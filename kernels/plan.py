@@ -26,6 +26,7 @@ Everything here is numpy; :mod:`hwlab.kernels.device` moves a tensor and its pla
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -83,8 +84,14 @@ class KernelPlan:
     arrays: dict
 
     def value_scale(self, decode: str) -> float:
-        """What a kernel reading codes with ``decode`` multiplies its sums by (exact powers of two)."""
-        return self.tensor_scale * (self.lut_scale if decode == "lut" else self.decode_scale)
+        """What a kernel reading codes with ``decode`` multiplies its sums by (exact powers of two);
+        ``pairs`` (the table as 16-bit patterns, :func:`hwlab.kernels.device.pair_table`) reads :attr:`lut`."""
+        return self.tensor_scale * (self.lut_scale if decode in ("lut", "pairs") else self.decode_scale)
+
+    @functools.cached_property
+    def half_exact(self) -> bool:
+        """Whether every :attr:`lut` entry is a binary16 value (then 16-bit patterns give it exactly in float32)."""
+        return bool(np.array_equal(self.lut.astype(np.float16).astype(np.float32), self.lut))
 
     @property
     def table_size(self) -> int:

@@ -37,3 +37,24 @@ def matmul_tolerance(x, weights, scale_bound, reference):
     u = UNIT_ROUNDOFF[str(x.dtype).removeprefix("torch.")]
     ax = x.double().abs()
     return 2 * u * (reference.abs() + ax @ weights.abs().T) + FAST_DECODE_ERROR * (ax @ scale_bound.T) + 1e-30
+
+
+def scale_bound(qt) -> np.ndarray:
+    """float64 ``[N, K]``: per-element |scale| times the largest table magnitude (at least 1), what the
+    fast decode's placement error scales with (the ``scale_bound`` of :func:`matmul_tolerance`)."""
+    u = qt.unpacked()
+    largest = max(1.0, np.abs(u.values[np.isfinite(u.values)]).max())
+    return np.abs(u.expand(u.scales))[:, :qt.shape[1]] * largest
+
+
+def worst_error(got, x, qt) -> float:
+    """The largest ``|got - reference| / tolerance`` of a kernel's output ``got`` for ``x @ W^T``
+    (<= 1 passes; :func:`matmul_tolerance` against the float64 reference of the unpacked view)."""
+    import torch
+
+    from .reference import reference_matmul, reference_weights
+
+    ref = torch.from_numpy(reference_matmul(x, qt))
+    tol = matmul_tolerance(x.detach().cpu(), torch.from_numpy(reference_weights(qt)),
+                           torch.from_numpy(scale_bound(qt)), ref)
+    return float(((got.detach().double().cpu() - ref).abs() / tol).max())

@@ -26,8 +26,9 @@ every datatype of a family, built-in or user-defined:
     product, rounded once, as :meth:`~hwlab.formats.Unpacked.dequantize` for every format but
     NF4 double quantization (whose float32 second level rounds twice, as bitsandbytes does).
 
-Split-K programs add float32 partial sums into a zeroed buffer (``ATOMIC``); a program that owns
-all of K stores its rows, saturated at ``OUT_MAX`` (finite in, finite out). Loop bounds are run
+Split-K programs add float32 partial sums into a workspace that stays zeroed between calls, and
+the last program of a tile stores the sum (``ATOMIC``, :func:`_finish`); a program that owns all of
+K stores its rows. Outputs saturate at ``OUT_MAX`` (finite in, finite out). Loop bounds are run
 time values; all shapes of ``tl.arange`` are powers of two. Nothing here runs at import.
 """
 from __future__ import annotations
@@ -41,14 +42,14 @@ FP32_MAX = tl.constexpr(3.4028234663852886e38)  # largest finite IEEE binary32
 
 
 @triton.jit
-def _all(mask, condition):
+def mask_all(mask, condition):
     """``mask & condition`` for a scalar ``condition`` (the interpreter's ``&`` of a tensor and a
     scalar mask gives int32, which a load refuses as its mask)."""
     return (mask.to(tl.int32) & condition.to(tl.int32)) != 0
 
 
 @triton.jit
-def _field(ptr, row_len, rows, idx, mask, BITS: tl.constexpr):
+def load_field(ptr, row_len, rows, idx, mask, BITS: tl.constexpr):
     """Entries ``idx`` of a little-endian stream of ``BITS``-bit fields, ``row_len`` int32 words a row."""
     bit = idx * BITS
     word = bit // 32
@@ -56,14 +57,14 @@ def _field(ptr, row_len, rows, idx, mask, BITS: tl.constexpr):
     lo = tl.load(ptr + rows * row_len + word, mask=mask, other=0).to(tl.uint32, bitcast=True)
     v = lo >> shift
     if 32 % BITS != 0:  # a field may straddle two words
-        spill = _all(mask, shift + BITS > 32)
+        spill = mask_all(mask, shift + BITS > 32)
         hi = tl.load(ptr + rows * row_len + word + 1, mask=spill, other=0).to(tl.uint32, bitcast=True)
         v = v | ((hi << 1) << (31 - shift))  # two shifts: never a shift by 32
     return v & ((1 << BITS) - 1)
 
 
 @triton.jit
-def _popcount(v):
+def popcount32(v):
     """Set bits of every uint32 lane (SWAR: no intrinsic, so it also runs in the interpreter)."""
     v = v - ((v >> 1) & 0x55555555)
     v = (v & 0x33333333) + ((v >> 2) & 0x33333333)
@@ -72,16 +73,60 @@ def _popcount(v):
 
 
 @triton.jit
+def _pair_words(pairs_ptr, member):
+    """The eight int32 words of table row ``member`` of a pair table (``DECODE == 3``): word ``j``
+    holds the 16-bit patterns of codes ``2j`` (low half) and ``2j + 1`` (high half). Scalars, or one
+    per row when ``member`` is a ``[BN, 1]`` tensor."""
+    base = pairs_ptr + member * 8
+    return (tl.load(base + 0), tl.load(base + 1), tl.load(base + 2), tl.load(base + 3), tl.load(base + 4),
+            tl.load(base + 5), tl.load(base + 6), tl.load(base + 7))
+
+
+@triton.jit
+def _pair_select(q, words, TSIZE: tl.constexpr, HALF_BF16: tl.constexpr):
+    """float32 values of codes ``q`` (< ``TSIZE`` <= 16) from the pair-table ``words`` in registers:
+    a select tree on code bits 1..3 picks the word (``TSIZE / 2 - 1`` selects), bit 0 picks its half,
+    a shift makes it a binary16 (or bfloat16, ``HALF_BF16``) value, exact in float32. No memory access
+    and no warp shuffle per code (static SASS counts: bench/kernel_instructions.py)."""
+    w0, w1, w2, w3, w4, w5, w6, w7 = words
+    qi = q.to(tl.int32)
+    if TSIZE > 2:
+        b = (qi & 2) != 0
+        w0 = tl.where(b, w1, w0)
+        if TSIZE > 4:
+            w2 = tl.where(b, w3, w2)
+            b = (qi & 4) != 0
+            w0 = tl.where(b, w2, w0)
+            if TSIZE > 8:
+                w4 = tl.where((qi & 2) != 0, w5, w4)
+                w6 = tl.where((qi & 2) != 0, w7, w6)
+                w4 = tl.where(b, w6, w4)
+                w0 = tl.where((qi & 8) != 0, w4, w0)
+    half = (w0 >> ((qi & 1) * 16)) & 0xFFFF
+    if HALF_BF16:
+        v = (half << 16).to(tl.float32, bitcast=True)
+    else:
+        v = half.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+    return v
+
+
+@triton.jit
 def _decode(q, member, lut_ptr, B: tl.constexpr, DECODE: tl.constexpr, FLIP: tl.constexpr,
-            MBITS: tl.constexpr, TSIZE: tl.constexpr):
-    """float32 values of uint32 codes ``q``: int, float (binary16 placement) or table decode."""
+            MBITS: tl.constexpr, TSIZE: tl.constexpr, HALF_BF16: tl.constexpr, MEMBERS: tl.constexpr):
+    """float32 values of uint32 codes ``q``: int, float (binary16 placement), table decode (a load per
+    code) or pair-table decode (``lut_ptr`` is the pair table: :func:`_pair_select`)."""
     if DECODE == 0:
         v = (q ^ (FP32_2_23_BITS | FLIP)).to(tl.float32, bitcast=True) - (8388608.0 + FLIP)
     elif DECODE == 1:
         half = (((q >> (B - 1)) & 1) << 15) | ((q & ((1 << (B - 1)) - 1)) << (10 - MBITS))
         v = half.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-    else:
+    elif DECODE == 2:
         v = tl.load(lut_ptr + member * TSIZE + q.to(tl.int32))
+    elif MEMBERS == 2:  # OliVe: both members' values, then the element's
+        v = tl.where(member == 1, _pair_select(q, _pair_words(lut_ptr, 1), TSIZE, HALF_BF16),
+                     _pair_select(q, _pair_words(lut_ptr, 0), TSIZE, HALF_BF16))
+    else:
+        v = _pair_select(q, _pair_words(lut_ptr, member), TSIZE, HALF_BF16)
     return v
 
 
@@ -115,12 +160,33 @@ def _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, n, g, mask, s_row_strid
 
 
 @triton.jit
-def _saturate(y, OUT_MAX: tl.constexpr):
+def saturate(y, OUT_MAX: tl.constexpr):
     return tl.minimum(tl.maximum(y, -OUT_MAX), OUT_MAX)
 
 
 @triton.jit
-def _placed(u, xj, j: tl.constexpr, B: tl.constexpr, one):
+def _finish(y, out_ptr, offsets, mask, work_ptr, count_ptr, tile, splits, ATOMIC: tl.constexpr,
+            OUT_MAX: tl.constexpr):
+    """Store ``y`` saturated in the output dtype; with split-K (``ATOMIC``) add it to the float32
+    workspace instead, and the last of the ``splits`` programs of a tile (a per-tile arrival count)
+    stores the sum, leaving workspace and count at zero for the next call: one launch, no zero fill
+    and no cast kernel. (The barrier orders every thread's adds before the count's release, as in
+    CUTLASS's split-K semaphore; the sums are read by atomic adds of zero, so they see every add.)"""
+    if ATOMIC:
+        tl.atomic_add(work_ptr + offsets, y, mask=mask, sem="relaxed")
+        tl.debug_barrier()
+        arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel")
+        if arrived == splits - 1:
+            total = tl.atomic_add(work_ptr + offsets, tl.zeros_like(y), mask=mask, sem="relaxed")
+            tl.store(work_ptr + offsets, tl.zeros_like(y), mask=mask)
+            tl.store(out_ptr + offsets, saturate(total, OUT_MAX).to(out_ptr.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed")
+    else:
+        tl.store(out_ptr + offsets, saturate(y, OUT_MAX).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def placed_code(u, xj, j: tl.constexpr, B: tl.constexpr, one):
     """Code ``j`` of every uint32 word ``u`` as ``f = 1 + q * 2**(t-23)`` (no int-to-float conversion)
     and ``xj`` scaled to match, ``xj * 2**(23-t)``, so that ``f * x' = x * 2**(23-t) + q * x``.
 
@@ -144,17 +210,19 @@ def _placed(u, xj, j: tl.constexpr, B: tl.constexpr, one):
 @triton.jit
 def gemv_words_kernel(
         x_ptr, codes_ptr, zeros_ptr, members_ptr, lut_ptr, scales_ptr, stable_ptr, absmax_ptr, rows_ptr, out_ptr,
+        work_ptr, count_ptr,
         N, K, row_words, zero_words, member_words, s_row_stride, NG, steps_per_program, n_steps,
         value_scale, zero_unit, dq_offset, one_bits,
         B: tl.constexpr, EPG: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr, GROUP_STEP: tl.constexpr,
         EVEN: tl.constexpr,
         DECODE: tl.constexpr, FLIP: tl.constexpr, FLIP_WORD: tl.constexpr, MBITS: tl.constexpr,
-        TSIZE: tl.constexpr, TROWS: tl.constexpr, REGISTER_TABLE: tl.constexpr, MEMBERS: tl.constexpr,
+        TSIZE: tl.constexpr, HALF_BF16: tl.constexpr, TROWS: tl.constexpr, REGISTER_TABLE: tl.constexpr,
+        MEMBERS: tl.constexpr,
         MEMBER_BITS: tl.constexpr,
         VICTIM: tl.constexpr, ZB: tl.constexpr, SCALE: tl.constexpr, DQB: tl.constexpr, ROW: tl.constexpr,
         ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr):
     """M = 1 with codes in whole words (module docstring). ``out``: [N] (float32 when ``ATOMIC``).
-    ``one_bits``: FP32_ONE_BITS, passed at run time so that it lives in a register (:func:`_placed`)."""
+    ``one_bits``: FP32_ONE_BITS, passed at run time so that it lives in a register (:func:`placed_code`)."""
     E: tl.constexpr = 32 // B
     P: tl.constexpr = KS // E
     MASK: tl.constexpr = (1 << B) - 1
@@ -162,6 +230,9 @@ def gemv_words_kernel(
     nmask = rn < N
     one = one_bits.to(tl.uint32, bitcast=True)
     acc = tl.zeros((BN, P), tl.float32)
+    if DECODE == 3 and MEMBERS != 1:  # the pair table in registers for the whole program (both OliVe members)
+        words0 = _pair_words(lut_ptr, 0)
+        words1 = _pair_words(lut_ptr, TROWS - 1)
     first = tl.program_id(1) * steps_per_program
     for step in range(first, tl.minimum(first + steps_per_program, n_steps)):
         k0 = step * KS
@@ -187,7 +258,7 @@ def gemv_words_kernel(
             gmask = wmask
         member = 0
         if MEMBERS == 1:
-            member = _field(members_ptr, member_words, gn, gg, gmask, MEMBER_BITS).to(tl.int32)
+            member = load_field(members_ptr, member_words, gn, gg, gmask, MEMBER_BITS).to(tl.int32)
             if GROUP_STEP:
                 member = member[:, None]
         if DECODE == 2 and REGISTER_TABLE:  # every row's table (its group's member), or all members' tables
@@ -196,6 +267,8 @@ def gemv_words_kernel(
                 member = 0
             else:
                 table = tl.broadcast_to(tl.load(lut_ptr + tl.arange(0, TROWS * TSIZE))[None, :], (BN, TROWS * TSIZE))
+        if DECODE == 3 and MEMBERS == 1:  # every row's (or word's) member's pair table
+            words0 = _pair_words(lut_ptr, member)
         part = tl.zeros((BN, P), tl.float32)
         xsum = tl.zeros((P,), tl.float32)
         xone = tl.zeros((P,), tl.float32)
@@ -206,7 +279,7 @@ def gemv_words_kernel(
             else:
                 xj = tl.load(x_ptr + kk, mask=kk < K, other=0.0, eviction_policy="evict_last").to(tl.float32)
             if DECODE == 0:
-                f, xh = _placed(u, xj, j, B, one)  # f = 1 + (q ^ FLIP) 2**(t-23)
+                f, xh = placed_code(u, xj, j, B, one)  # f = 1 + (q ^ FLIP) 2**(t-23)
                 part += f * xh[None, :]
                 xone += xh
             else:
@@ -217,14 +290,18 @@ def gemv_words_kernel(
                     m = _pair_member(q, partner, j % 2 == 1, VICTIM)
                 if DECODE == 2 and REGISTER_TABLE:  # the table from registers: no memory access per code
                     v = tl.gather(table, m * TSIZE + q, axis=1)
+                elif DECODE == 3:
+                    v = _pair_select(q, words0, TSIZE, HALF_BF16)
+                    if MEMBERS == 2:
+                        v = tl.where(m == 1, _pair_select(q, words1, TSIZE, HALF_BF16), v)
                 else:
-                    v = _decode(q, m, lut_ptr, B, DECODE, FLIP, MBITS, TSIZE)
+                    v = _decode(q, m, lut_ptr, B, DECODE, FLIP, MBITS, TSIZE, HALF_BF16, MEMBERS)
                 part += v * xj[None, :]
             xsum += xj
         if DECODE == 0:  # remove the 1.0 of the placement and the FLIP of the sign flip
             part -= (xone + FLIP * xsum)[None, :]
         if ZB > 0:
-            z = _field(zeros_ptr, zero_words, gn, gg, gmask, ZB).to(tl.float32)
+            z = load_field(zeros_ptr, zero_words, gn, gg, gmask, ZB).to(tl.float32)
             if GROUP_STEP:
                 z = z[:, None]
             part -= z * zero_unit * xsum[None, :]
@@ -234,10 +311,7 @@ def gemv_words_kernel(
             sc = sc[:, None]
         acc += part * sc
     y = tl.sum(acc, axis=1) * value_scale
-    if ATOMIC:
-        tl.atomic_add(out_ptr + rn, y, mask=nmask, sem="relaxed")
-    else:
-        tl.store(out_ptr + rn, _saturate(y, OUT_MAX).to(out_ptr.dtype.element_ty), mask=nmask)
+    _finish(y, out_ptr, rn, nmask, work_ptr, count_ptr, tl.program_id(0), tl.num_programs(1), ATOMIC, OUT_MAX)
 
 
 @triton.jit
@@ -259,7 +333,7 @@ def _stream_sum(codes_ptr, row_words, rn, offset, mask, x_ptr, k0, K, one, B: tl
             xj = tl.load(x_ptr + kk, eviction_policy="evict_last").to(tl.float32)
         else:
             xj = tl.load(x_ptr + kk, mask=kk < K, other=0.0, eviction_policy="evict_last").to(tl.float32)
-        f, xh = _placed(u, xj, j, B, one)
+        f, xh = placed_code(u, xj, j, B, one)
         part += f * xh[None, :]
         xone += xh
         xsum += xj
@@ -269,12 +343,13 @@ def _stream_sum(codes_ptr, row_words, rn, offset, mask, x_ptr, k0, K, one, B: tl
 @triton.jit
 def gemv_mixed_kernel(
         x_ptr, codes4_ptr, codes2_ptr, flags_ptr, zeros4_ptr, zeros2_ptr, scales_ptr, stable_ptr, rows_ptr, out_ptr,
+        work_ptr, count_ptr,
         N, K, row_words4, row_words2, flag_words, zero_words4, zero_words2, NG, steps_per_program, one_bits,
         value_scale, G: tl.constexpr, BN: tl.constexpr, ZB4: tl.constexpr, ZB2: tl.constexpr, EVEN: tl.constexpr,
         ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr):
     """M = 1 for ``mixed_2_4``: a step is one group; each row reads its 4-bit or its 2-bit stream (a
     flag per group), at the rank its earlier groups of that width give (a running count per row).
-    Both streams decode as :func:`_placed` unsigned codes; zero points and int8 scale codes times the
+    Both streams decode as :func:`placed_code` unsigned codes; zero points and int8 scale codes times the
     row scale are applied once per group."""
     rn = tl.program_id(0) * BN + tl.arange(0, BN)
     nmask = rn < N
@@ -283,9 +358,9 @@ def gemv_mixed_kernel(
     last = tl.minimum(first + steps_per_program, NG)
     rank = tl.zeros((BN,), tl.int32)  # 4-bit groups of the row before group `first`
     for i in range(0, first // 32):
-        rank += _popcount(tl.load(flags_ptr + rn * flag_words + i, mask=nmask, other=0).to(tl.uint32, bitcast=True)).to(tl.int32)
+        rank += popcount32(tl.load(flags_ptr + rn * flag_words + i, mask=nmask, other=0).to(tl.uint32, bitcast=True)).to(tl.int32)
     below = tl.load(flags_ptr + rn * flag_words + first // 32, mask=nmask, other=0).to(tl.uint32, bitcast=True)
-    rank += _popcount(below & ((tl.full((), 1, tl.uint32) << (first % 32).to(tl.uint32)) - 1)).to(tl.int32)
+    rank += popcount32(below & ((tl.full((), 1, tl.uint32) << (first % 32).to(tl.uint32)) - 1)).to(tl.int32)
     acc = tl.zeros((BN,), tl.float32)
     for g in range(first, last):
         flags = tl.load(flags_ptr + rn * flag_words + g // 32, mask=nmask, other=0).to(tl.uint32, bitcast=True)
@@ -295,17 +370,39 @@ def gemv_mixed_kernel(
         s4, xs = _stream_sum(codes4_ptr, row_words4, rn, rank * (G * 4 // 32), wide, x_ptr, k0, K, one, 4, G, EVEN)
         s2, _ = _stream_sum(codes2_ptr, row_words2, rn, (g - rank) * (G * 2 // 32), narrow, x_ptr, k0, K, one, 2, G,
                             EVEN)
-        z4 = _field(zeros4_ptr, zero_words4, rn, rank, wide, ZB4).to(tl.float32)
-        z2 = _field(zeros2_ptr, zero_words2, rn, g - rank, narrow, ZB2).to(tl.float32)
+        z4 = load_field(zeros4_ptr, zero_words4, rn, rank, wide, ZB4).to(tl.float32)
+        z2 = load_field(zeros2_ptr, zero_words2, rn, g - rank, narrow, ZB2).to(tl.float32)
         dot = tl.where(wide, s4 - z4 * xs, s2 - z2 * xs)
         code = tl.load(scales_ptr + rn * NG + g, mask=nmask, other=0).to(tl.int32)
         acc += dot * tl.load(stable_ptr + code)
         rank += wide.to(tl.int32)
     y = acc * tl.load(rows_ptr + rn, mask=nmask, other=0.0).to(tl.float32) * value_scale
-    if ATOMIC:
-        tl.atomic_add(out_ptr + rn, y, mask=nmask, sem="relaxed")
-    else:
-        tl.store(out_ptr + rn, _saturate(y, OUT_MAX).to(out_ptr.dtype.element_ty), mask=nmask)
+    _finish(y, out_ptr, rn, nmask, work_ptr, count_ptr, tl.program_id(0), tl.num_programs(1), ATOMIC, OUT_MAX)
+
+
+@triton.jit
+def _runs_of_32(codes_ptr, row_words, rn, nmask, k0, B: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr):
+    """uint32 ``[BN, KS]`` codes ``k0 ..`` (``k0`` a multiple of 32) of a little-endian ``B``-bit stream, read as
+    runs of 32 codes in ``B`` words: word slot ``s`` of every run is one load, and code ``j`` of a run takes
+    its bits from slots ``B*j // 32`` and the next (constant per ``j``), so no load depends on a code's
+    position and nothing is staged through shared memory per code (the per-code gathers of
+    :func:`load_field` overflowed sm_90's shared memory once pipelined). Codes past the stored words read 0;
+    those past ``Kp`` in a stored word are multiplied by masked (zero) activations or never stored."""
+    T: tl.constexpr = KS // 32
+    j = tl.arange(0, 32)
+    slot = (j * B) // 32
+    shift = ((j * B) % 32).to(tl.uint32)
+    run = k0 // 32 + tl.arange(0, T)
+    lo = tl.zeros((BN, T, 32), tl.uint32)
+    hi = tl.zeros((BN, T, 32), tl.uint32)
+    for s in tl.static_range(B):
+        word = run * B + s
+        w = tl.load(codes_ptr + rn[:, None] * row_words + word[None, :], mask=nmask[:, None] & (word < row_words)[None, :], other=0,
+                    eviction_policy="evict_first").to(tl.uint32, bitcast=True)[:, :, None]
+        lo = tl.where((slot == s)[None, None, :], w, lo)
+        hi = tl.where((slot == s - 1)[None, None, :], w, hi)
+    v = (lo >> shift[None, None, :]) | ((hi << 1) << (31 - shift)[None, None, :])  # two shifts: never by 32
+    return tl.reshape(v & ((1 << B) - 1), (BN, KS))
 
 
 @triton.jit
@@ -313,7 +410,8 @@ def _tile_values(codes_ptr, codes2_ptr, flags_ptr, zeros_ptr, zeros2_ptr, member
                  row_words, row_words2, flag_words, zero_words, zero_words2, member_words, zero_unit,
                  rn, nmask, k0, g, Kp,
                  B: tl.constexpr, EPG: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr, PACK: tl.constexpr, DECODE: tl.constexpr,
-                 FLIP: tl.constexpr, MBITS: tl.constexpr, TSIZE: tl.constexpr, MEMBERS: tl.constexpr,
+                 FLIP: tl.constexpr, MBITS: tl.constexpr, TSIZE: tl.constexpr, HALF_BF16: tl.constexpr,
+                 MEMBERS: tl.constexpr,
                  MEMBER_BITS: tl.constexpr, VICTIM: tl.constexpr, ZB: tl.constexpr, ZB2: tl.constexpr,
                  B2: tl.constexpr):
     """float32 ``[BN, KS]`` values minus zero points of elements ``k0 ..`` (all in group ``g``) of rows ``rn``."""
@@ -324,18 +422,18 @@ def _tile_values(codes_ptr, codes2_ptr, flags_ptr, zeros_ptr, zeros2_ptr, member
     if PACK == 3:  # mixed_2_4: a flag per group picks the 4-bit or the 2-bit stream; rank = earlier 4-bit groups
         flags = tl.load(flags_ptr + rn * flag_words + g // 32, mask=nmask, other=0).to(tl.uint32, bitcast=True)
         shift = (g % 32).to(tl.uint32)
-        rank = _popcount(flags & ((tl.full((), 1, tl.uint32) << shift) - 1))
+        rank = popcount32(flags & ((tl.full((), 1, tl.uint32) << shift) - 1))
         for i in range(0, g // 32):
-            rank += _popcount(tl.load(flags_ptr + rn * flag_words + i, mask=nmask, other=0).to(tl.uint32, bitcast=True))
+            rank += popcount32(tl.load(flags_ptr + rn * flag_words + i, mask=nmask, other=0).to(tl.uint32, bitcast=True))
         wide = ((flags >> shift) & 1) == 1
         rank = rank.to(tl.int32)
         within = (k - g * EPG)[None, :]
-        q4 = _field(codes_ptr, row_words, rows, rank[:, None] * EPG + within, mask & wide[:, None], B)
-        q2 = _field(codes2_ptr, row_words2, rows, (g - rank)[:, None] * EPG + within, mask & ~wide[:, None], B2)
+        q4 = load_field(codes_ptr, row_words, rows, rank[:, None] * EPG + within, mask & wide[:, None], B)
+        q2 = load_field(codes2_ptr, row_words2, rows, (g - rank)[:, None] * EPG + within, mask & ~wide[:, None], B2)
         q = tl.where(wide[:, None], q4, q2)
         member = tl.where(wide, 0, 1)[:, None]
-        z4 = _field(zeros_ptr, zero_words, rn, rank, nmask & wide, ZB)
-        z2 = _field(zeros2_ptr, zero_words2, rn, g - rank, nmask & ~wide, ZB2)
+        z4 = load_field(zeros_ptr, zero_words, rn, rank, nmask & wide, ZB)
+        z2 = load_field(zeros2_ptr, zero_words2, rn, g - rank, nmask & ~wide, ZB2)
         zero = tl.where(wide, z4, z2).to(tl.float32)[:, None]
     else:
         if PACK == 2:  # trit5: five base-3 digits a byte
@@ -354,17 +452,19 @@ def _tile_values(codes_ptr, codes2_ptr, flags_ptr, zeros_ptr, zeros2_ptr, member
             if MEMBERS == 2:
                 partner_shifts = ((tl.arange(0, E) ^ 1) * B).to(tl.uint32)
                 partner = tl.reshape((u[:, :, None] >> partner_shifts[None, None, :]) & ((1 << B) - 1), (BN, KS))
+        elif KS % 32 == 0 and MEMBERS != 2:  # bit stream, whole runs of 32 codes (B words): :func:`_runs_of_32`
+            q = _runs_of_32(codes_ptr, row_words, rn, nmask, k0, B, KS, BN)
         else:
-            q = _field(codes_ptr, row_words, rows, k[None, :], mask, B)
+            q = load_field(codes_ptr, row_words, rows, k[None, :], mask, B)
             if MEMBERS == 2:
-                partner = _field(codes_ptr, row_words, rows, (k ^ 1)[None, :], mask, B)
+                partner = load_field(codes_ptr, row_words, rows, (k ^ 1)[None, :], mask, B)
         if MEMBERS == 1:
-            member = _field(members_ptr, member_words, rn, g, nmask, MEMBER_BITS).to(tl.int32)[:, None]
+            member = load_field(members_ptr, member_words, rn, g, nmask, MEMBER_BITS).to(tl.int32)[:, None]
         if MEMBERS == 2:
             member = _pair_member(q, partner, (k % 2 == 1)[None, :], VICTIM)
         if ZB > 0:
-            zero = _field(zeros_ptr, zero_words, rn, g, nmask, ZB).to(tl.float32)[:, None]
-    v = _decode(q, member, lut_ptr, B, DECODE, FLIP, MBITS, TSIZE)
+            zero = load_field(zeros_ptr, zero_words, rn, g, nmask, ZB).to(tl.float32)[:, None]
+    v = _decode(q, member, lut_ptr, B, DECODE, FLIP, MBITS, TSIZE, HALF_BF16, MEMBERS)
     if ZB > 0:
         v = v - zero * zero_unit
     return v
@@ -373,12 +473,12 @@ def _tile_values(codes_ptr, codes2_ptr, flags_ptr, zeros_ptr, zeros2_ptr, member
 @triton.jit
 def tile_kernel(
         x_ptr, codes_ptr, codes2_ptr, flags_ptr, zeros_ptr, zeros2_ptr, members_ptr, lut_ptr,
-        scales_ptr, stable_ptr, absmax_ptr, rows_ptr, out_ptr,
+        scales_ptr, stable_ptr, absmax_ptr, rows_ptr, out_ptr, work_ptr, count_ptr,
         M, N, K, Kp, row_words, row_words2, flag_words, zero_words, zero_words2, member_words, s_row_stride, NG,
         steps_per_program, value_scale, zero_unit, dq_offset,
         B: tl.constexpr, B2: tl.constexpr, EPG: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
         PACK: tl.constexpr, DECODE: tl.constexpr, FLIP: tl.constexpr, MBITS: tl.constexpr, TSIZE: tl.constexpr,
-        MEMBERS: tl.constexpr, MEMBER_BITS: tl.constexpr, VICTIM: tl.constexpr, ZB: tl.constexpr, ZB2: tl.constexpr,
+        HALF_BF16: tl.constexpr, MEMBERS: tl.constexpr, MEMBER_BITS: tl.constexpr, VICTIM: tl.constexpr, ZB: tl.constexpr, ZB2: tl.constexpr,
         SCALE: tl.constexpr, DQB: tl.constexpr, ROW: tl.constexpr,
         DOT: tl.constexpr, EXACT_DOT: tl.constexpr, ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr):
     """Any M, any packing (module docstring). ``out``: [M, N] (float32 when ``ATOMIC``).
@@ -396,9 +496,9 @@ def tile_kernel(
         g = k0 // EPG
         v = _tile_values(codes_ptr, codes2_ptr, flags_ptr, zeros_ptr, zeros2_ptr, members_ptr, lut_ptr,
                          row_words, row_words2, flag_words, zero_words, zero_words2, member_words, zero_unit,
-                         rn, nmask, k0, g, Kp, B, EPG, KS, BN, PACK, DECODE, FLIP, MBITS, TSIZE, MEMBERS,
+                         rn, nmask, k0, g, Kp, B, EPG, KS, BN, PACK, DECODE, FLIP, MBITS, TSIZE, HALF_BF16, MEMBERS,
                          MEMBER_BITS, VICTIM, ZB, ZB2, B2)
-        sc = _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, rn, g, _all(nmask, k0 < Kp), s_row_stride, NG,
+        sc = _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, rn, g, mask_all(nmask, k0 < Kp), s_row_stride, NG,
                     dq_offset, SCALE, DQB, ROW)
         xt = tl.load(x_ptr + rm[:, None] * K + k[None, :], mask=mmask[:, None] & (k < K)[None, :], other=0.0)
         if DOT:
@@ -411,12 +511,9 @@ def tile_kernel(
             d = tl.sum(v * xt.to(tl.float32), axis=1)[None, :]
         acc += d * sc[None, :]
     y = acc * value_scale
-    ptrs = out_ptr + rm[:, None] * N + rn[None, :]
-    omask = mmask[:, None] & nmask[None, :]
-    if ATOMIC:
-        tl.atomic_add(ptrs, y, mask=omask, sem="relaxed")
-    else:
-        tl.store(ptrs, _saturate(y, OUT_MAX).to(out_ptr.dtype.element_ty), mask=omask)
+    tile = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+    _finish(y, out_ptr, rm[:, None] * N + rn[None, :], mmask[:, None] & nmask[None, :], work_ptr, count_ptr, tile,
+            tl.num_programs(2), ATOMIC, OUT_MAX)
 
 
 @triton.jit
@@ -427,7 +524,7 @@ def dequantize_kernel(
         value_scale, zero_unit, dq_offset,
         B: tl.constexpr, B2: tl.constexpr, EPG: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr,
         PACK: tl.constexpr, DECODE: tl.constexpr, FLIP: tl.constexpr, MBITS: tl.constexpr, TSIZE: tl.constexpr,
-        MEMBERS: tl.constexpr, MEMBER_BITS: tl.constexpr, VICTIM: tl.constexpr, ZB: tl.constexpr, ZB2: tl.constexpr,
+        HALF_BF16: tl.constexpr, MEMBERS: tl.constexpr, MEMBER_BITS: tl.constexpr, VICTIM: tl.constexpr, ZB: tl.constexpr, ZB2: tl.constexpr,
         SCALE: tl.constexpr, DQB: tl.constexpr, ROW: tl.constexpr):
     """float32 weights ``out[N, K]``, one ``[BN, KS]`` tile (inside one group) a program."""
     rn = tl.program_id(0) * BN + tl.arange(0, BN)
@@ -437,9 +534,9 @@ def dequantize_kernel(
     nmask = rn < N
     v = _tile_values(codes_ptr, codes2_ptr, flags_ptr, zeros_ptr, zeros2_ptr, members_ptr, lut_ptr,
                      row_words, row_words2, flag_words, zero_words, zero_words2, member_words, zero_unit,
-                     rn, nmask, k0, g, Kp, B, EPG, KS, BN, PACK, DECODE, FLIP, MBITS, TSIZE, MEMBERS,
+                     rn, nmask, k0, g, Kp, B, EPG, KS, BN, PACK, DECODE, FLIP, MBITS, TSIZE, HALF_BF16, MEMBERS,
                      MEMBER_BITS, VICTIM, ZB, ZB2, B2)
     sc = _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, rn, g, nmask, s_row_stride, NG, dq_offset,
                 SCALE, DQB, ROW)
-    w = _saturate((v * sc[:, None]) * value_scale, FP32_MAX)
+    w = saturate((v * sc[:, None]) * value_scale, FP32_MAX)
     tl.store(out_ptr + rn[:, None] * K + k[None, :], w, mask=nmask[:, None] & (k < K)[None, :])

@@ -4,14 +4,18 @@
 
 * memory: every stored byte of W (codes, scales, zero points, type ids: ``bits_per_weight``),
   x and y, at ``copy_GBps * stream_fraction`` (the fraction of the device copy rate a Triton
-  kernel that only streams packed words reaches);
-* decode work: the SASS instructions per code of the kernel that runs (counted statically by
+  kernel that only streams packed words reaches); split-K adds its float32 workspace traffic;
+* decode work: the SASS instructions per code of the kernel that runs, weighed by the pipe each
+  opcode issues to (``weighted_per_code``: warp shuffles, shared and local memory and conversions
+  issue at a quarter to an eighth of the FP32 rate; counted statically by
   ``bench/kernel_instructions.py``, kept in ``sim/data/kernel_instructions.json``), times the codes
   decoded (``N * K`` once per batch tile of ``BM`` rows), over the issue rate of the SMs
   (``sms * 4 schedulers * 32 lanes * clock * issue_efficiency``);
-* the two overlap: the kernel takes the larger, plus ``kernel_us`` (start and tail), plus the
-  zero fill and the cast of split-K's float32 buffer;
-* a call cannot return faster than the host launches it: ``host_launch_us`` per kernel.
+* the two overlap: the kernel takes the larger, plus ``kernel_us`` (start and tail); split-K
+  is one launch (its workspace is left zeroed by the kernel);
+* ``graph_us`` is that device time (a call inside a CUDA graph); ``us`` (a call launched from
+  Python, as ``triton.testing.do_bench`` times it) cannot be shorter than the host's
+  ``host_call_us`` per call (checks, the launch, the output allocation).
 
 Presets ``h200`` and ``h100`` give every constant with its source. The benchmark script prints
 the prediction beside each measurement (``bench/gpu_kernels.py``).
@@ -40,7 +44,7 @@ class GPUConfig:
     issue_efficiency: float  # of the peak warp-instruction issue rate, reached by a decode-bound loop
     l2_mb: float
     kernel_us: float  # a kernel's start and tail on the device
-    host_launch_us: float  # host time to launch one Triton kernel from Python
+    host_call_us: float  # host time of one hwlab matmul call from Python (checks, allocation, launch)
 
     def issue_rate(self) -> float:
         """Thread-instructions per microsecond at ``issue_efficiency``."""
@@ -49,13 +53,17 @@ class GPUConfig:
 
 PRESETS = {
     # H200 SXM: 132 SMs, 1.98 GHz boost, 60 MB L2 (NVIDIA H200 datasheet); copy 4270 GB/s and the
-    # streaming kernel's 0.74 of it measured on the lent H200 (shared/REFERENCES.md, GPU limits);
-    # issue efficiency 0.6 and launch costs measured there in an earlier session's CUDA-core GEMV
-    # sweeps (49 us at 4.3 instructions a code; 10.2 us do_bench against 5.7 us in a CUDA graph).
-    "h200": GPUConfig("h200", 132, 1.98, 4270.0, 0.74, 0.60, 60.0, 3.0, 5.0),
+    # streaming kernel's 0.74 of it measured on the lent H200 (shared/REFERENCES.md, GPU limits).
+    # issue_efficiency 0.62 and kernel_us 3: fitted to the CUDA-graph times of the first H200 run
+    # (bench/results/gpu_kernels_h200_76b8199.json, K=8192 N=28672, int4, int8, nf4, fp4_e2m1 and
+    # mixed_2_4 at M=1 and 16) with the weighted counts of those kernels (see tests/test_gpu_model.py).
+    # host_call_us 12: an estimate, to be remeasured: 5-8 us of Python a call measured on CPU with
+    # the launch stubbed out (prepared launch, /work/notes/sections/kernels_perf.md) plus Triton's C
+    # launcher and cuLaunchKernelEx (about 4 us).
+    "h200": GPUConfig("h200", 132, 1.98, 4270.0, 0.74, 0.62, 60.0, 3.0, 12.0),
     # H100 SXM 80GB: 132 SMs, 1.98 GHz, 50 MB L2 (NVIDIA H100 white paper); copy 3020 GB/s measured
     # with the same peers script (shared/REFERENCES.md); the other constants as on the H200.
-    "h100": GPUConfig("h100", 132, 1.98, 3020.0, 0.74, 0.60, 50.0, 3.0, 5.0),
+    "h100": GPUConfig("h100", 132, 1.98, 3020.0, 0.74, 0.62, 50.0, 3.0, 12.0),
 }
 
 
@@ -63,11 +71,12 @@ PRESETS = {
 class GPUPrediction:
     """Predicted time of one matmul call and its terms, microseconds."""
 
-    us: float
+    us: float  # a call launched from Python
+    graph_us: float  # a call inside a CUDA graph: the device time
     memory_us: float
     decode_us: float
     overhead_us: float
-    bound: str  # memory, decode or launch
+    bound: str  # memory, decode or host
     kernel: str
 
     def to_json(self) -> dict:
@@ -86,14 +95,14 @@ def get_gpu(name) -> GPUConfig:
 
 @functools.lru_cache(maxsize=1)
 def instruction_table() -> dict:
-    """``(format, kernel) -> instructions per code`` from ``sim/data/kernel_instructions.json``."""
+    """``(format, kernel, bm) -> weighted instructions per code`` from ``sim/data/kernel_instructions.json``."""
     with open(DATA) as f:
         rows = json.load(f)["rows"]
-    return {(r["format"], r["kernel"], r["bm"]): r["instructions_per_code"] for r in rows}
+    return {(r["format"], r["kernel"], r["bm"]): r["weighted_per_code"] for r in rows}
 
 
 def instructions_per_code(fmt: str, kernel: str, bm: int) -> float:
-    """Decode instructions per code of ``kernel`` for format ``fmt`` (``ValueError`` if not counted)."""
+    """Issue slots per code of ``kernel`` for format ``fmt`` on its busiest pipe (``ValueError`` if not counted)."""
     table = instruction_table()
     if (fmt, kernel, bm) not in table:
         counted = sorted({f for f, _, _ in table})
@@ -107,15 +116,12 @@ def predict(gpu, fmt: str, m: int, k: int, n: int, *, bits_per_weight: float, la
     ``bits_per_weight``, run as ``launch`` (a :class:`hwlab.kernels.dispatch.Launch`)."""
     gpu = get_gpu(gpu)
     moved = n * k * bits_per_weight / 8 + 2 * m * k + 2 * m * n  # bytes: W as stored, fp16 x and y
-    launches = 1
     if launch.split > 1:
-        moved += 2 * 4 * m * n + 2 * m * n  # float32 partial sums written and read, then the cast
-        launches = 3  # zero fill, kernel, cast
+        moved += (launch.split + 2) * 4 * m * n  # float32 partial sums added, read and zeroed by the last program
     memory = moved / (gpu.copy_gbps * 1e3 * gpu.stream_fraction)
     decoded = n * k * math.ceil(m / max(launch.bm, 1))
     decode = decoded * instructions_per_code(fmt, launch.kernel, launch.bm) / gpu.issue_rate()
-    device = max(memory, decode) + gpu.kernel_us * launches
-    host = gpu.host_launch_us * launches
-    us = max(device, host)
-    bound = "launch" if host >= device else "memory" if memory >= decode else "decode"
-    return GPUPrediction(us, memory, decode, gpu.kernel_us * launches, bound, launch.kernel)
+    device = max(memory, decode) + gpu.kernel_us
+    us = max(device, gpu.host_call_us)
+    bound = "host" if gpu.host_call_us >= device else "memory" if memory >= decode else "decode"
+    return GPUPrediction(us, device, memory, decode, gpu.kernel_us, bound, launch.kernel)

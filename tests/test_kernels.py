@@ -135,8 +135,71 @@ def test_every_decode_of_the_fast_gemv(name, weights, kernel_device):
     launch = dispatch.choose(dev.plan, 1)
     assert launch.kernel == "gemv_words"
     x = torch.randn(1, weights.shape[1]).half().to(kernel_device)
-    for decode in {dev.plan.decode, "lut"}:
+    decodes = {dev.plan.decode, "lut"} | ({"pairs"} if dev.plan.table_size <= 16 and dev.plan.half_exact else set())
+    for decode in decodes:
         check_matmul(x, qt, dev, dataclasses.replace(launch, decode=decode))
+
+
+SMALL_TABLES = [n for n in ALL_FORMATS if F.quantize(np.ones((1, 128), np.float32), n).to("cpu").plan.table_size <= 16]
+
+
+@pytest.mark.parametrize("name", SMALL_TABLES)
+def test_pair_table_decode_every_path(name, weights, kernel_device):
+    """The pair-table decode (16-bit patterns selected in registers) on every path that can take it:
+    tensor-core tiles in both activation dtypes, CUDA-core tiles and gemv_words where the float32
+    table is exact in binary16."""
+    qt = F.quantize(weights, name)
+    dev = qt.to(kernel_device)
+    gen = torch.Generator().manual_seed(5)
+    for m, dtype in ((1, torch.float16), (16, torch.float16), (16, torch.bfloat16)):
+        launch = dispatch.choose(dev.plan, m)
+        float32_math = launch.kernel in ("tile", "gemv_words")  # needs the float32 table exact in binary16
+        if launch.kernel not in ("tile", "tile_dot", "gemv_words") or float32_math and not dev.plan.half_exact:
+            continue
+        x = torch.randn(m, weights.shape[1], generator=gen).to(dtype).to(kernel_device)
+        check_matmul(x, qt, dev, dataclasses.replace(launch, decode="pairs"))
+
+
+def test_pair_table_holds_the_rounded_table():
+    from hwlab.kernels.device import pair_table, rounded_table
+
+    table = np.array([[0.0, 0.1, -1.5, 3.0, 2.0**-20, 7.75, -0.0, 1.0 / 3.0]], np.float32)
+    for dtype in ("float16", "bfloat16"):
+        words = pair_table(table, dtype).view(np.uint32)
+        halves = np.stack([words & 0xFFFF, words >> 16], -1).reshape(1, -1)[:, :table.shape[1]]
+        values = (halves.astype(np.uint16).view(np.float16).astype(np.float32) if dtype == "float16"
+                  else (halves << 16).astype(np.uint32).view(np.float32))
+        np.testing.assert_array_equal(values, rounded_table(table, dtype))
+
+
+def test_split_k_workspace_stays_zero(weights, kernel_device):
+    """Split-K's float32 workspace and arrival counts are left zeroed: the next call finds them so."""
+    qt = F.quantize(weights, "int4")
+    dev = qt.to(kernel_device)
+    x = torch.randn(3, weights.shape[1]).half().to(kernel_device)
+    launch = dispatch.choose(dev.plan, 3, sms=64)
+    assert launch.split > 1
+    first = check_matmul(x, qt, dev, launch)
+    assert torch.equal(check_matmul(x, qt, dev, launch), first)
+    for work, count in dispatch._WORKSPACES.values():
+        assert not work.any() and not count.any()
+
+
+def test_prepared_launch_is_kept_and_checks_stay(weights, kernel_device):
+    """The first call prepares the launch (kept on the tensor); later calls reuse it and still refuse
+    a strided x of the same shape or a wrong ``out``."""
+    qt = F.quantize(weights, "nf4")
+    dev = qt.to(kernel_device)
+    x = torch.randn(40, 512).half().to(kernel_device)
+    check_matmul(x, qt, dev)
+    prepared = dev.prepared[(x.shape, x.dtype, x.device)]
+    assert len(prepared.flat) == len(prepared.fn.arg_names)  # every parameter, in order, for Triton's launcher
+    check_matmul(x, qt, dev)
+    assert dev.prepared[(x.shape, x.dtype, x.device)] is prepared
+    with pytest.raises(ValueError, match="contiguous"):
+        kernels.matmul(torch.randn(512, 40).half().to(kernel_device).T, dev)
+    with pytest.raises(ValueError, match="out must be"):
+        kernels.matmul(x, dev, out=torch.empty(40, 41, dtype=torch.float16, device=kernel_device))
 
 
 def exhaustive_tensor(name):

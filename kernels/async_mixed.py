@@ -1,0 +1,143 @@
+"""``mixed_2_4`` matmul with asynchronous dequantization, beside the synchronous two-stage kernels.
+
+:func:`mixed_matmul` ``(x, dt, mode=...)`` multiplies by a ``mixed_2_4`` :class:`DeviceTensor`:
+
+* ``mode="async"``: the kernels of :mod:`hwlab.kernels.mixed_async_kernels` (every loop loads its
+  next group while it scales and decodes the current one, and decodes each code once);
+* ``mode="cupy"``: the same asynchronous GEMV in CUDA C++ with ``cp.async`` double buffering
+  (:func:`hwlab.kernels.cupy_kernels.mixed_gemv_cupy`, M = 1);
+* ``mode="sync"``: :func:`hwlab.kernels.matmul`, the kernels issue's synchronous two-stage kernel.
+
+The asynchronous kernels take the format's 4-bit and 2-bit streams (as the layout names them)
+and power-of-two group sizes (the format allows any multiple of 64).
+"""
+from __future__ import annotations
+
+import math
+
+from .device import DeviceTensor
+
+MODES = ("async", "sync", "cupy")
+GEMV_BN, TILE_BN, TILE_BM = 128, 64, 16  # rows (and activation rows) per program
+WAVES = 4  # programs per SM that split-K aims for (as hwlab.kernels.dispatch)
+STREAM_BITS = {"codes4": 4, "codes2": 2, "zeros4": 4, "zeros2": 2}  # what the kernels decode
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _check_mixed(dt, asynchronous: bool = True) -> DeviceTensor:
+    from .dispatch import check_tensor
+
+    dt = check_tensor(dt)
+    if dt.plan.packing != "mixed":
+        raise ValueError(f"mixed_matmul takes a mixed_2_4 tensor (mixed packing), got {dt.format_name!r} "
+                         f"({dt.plan.packing} packing); use hwlab.kernels.matmul")
+    g = dt.group_size
+    if not asynchronous:
+        return dt
+    if g & (g - 1):
+        raise ValueError(f"the asynchronous kernels take power-of-two group sizes, got {g}; "
+                         "hwlab.kernels.matmul runs any (mode='sync')")
+    names = stream_names(dt)
+    bits = {role: dt.layout[names[role]].bits for role in STREAM_BITS}
+    if bits != STREAM_BITS:
+        raise ValueError(f"the asynchronous kernels decode 4-bit and 2-bit streams, the layout has {bits}")
+    return dt
+
+
+def stream_names(dt: DeviceTensor) -> dict:
+    """Array names of the wide (member 0) and narrow (member 1) streams, from the layout."""
+    by = {(lay.role, lay.member): name for name, lay in dt.layout.items()}
+    return dict(codes4=by[("codes", 0)], codes2=by[("codes", 1)], zeros4=by[("zeros", 0)], zeros2=by[("zeros", 1)],
+                flags=by[("group_bits", None)], scales=by[("scales", None)], rows=by[("row_scales", None)])
+
+
+def _pointer(t, fallback):
+    """``t``, or ``fallback`` where ``t`` holds nothing (a kernel pointer is never to nothing)."""
+    return t if t.numel() else fallback
+
+
+def _operands(dt: DeviceTensor) -> tuple:
+    names = stream_names(dt)
+    a = {role: dt.arrays[name] for role, name in names.items()}
+    fallback = a["flags"]  # int32 words, never empty
+    ptrs = {role: _pointer(t, fallback) for role, t in a.items()}
+    widths = {role: a[role].shape[1] for role in ("codes4", "codes2", "zeros4", "zeros2", "flags")}
+    return ptrs, widths
+
+
+def async_launch(dt: DeviceTensor, m: int, sms: int = 1):
+    """The :class:`~hwlab.kernels.dispatch.Launch` of the asynchronous kernel for ``m`` activation rows
+    on ``sms`` multiprocessors: ``mixed_gemv_async`` (M = 1) or ``mixed_tile_async``; a step is one
+    group, split along K so that about ``WAVES`` programs run per SM."""
+    from .dispatch import Launch
+
+    n, groups = dt.shape[0], dt.plan.groups
+    kernel, bn, bm = ("mixed_gemv_async", GEMV_BN, 1) if m == 1 else ("mixed_tile_async", TILE_BN, TILE_BM)
+    tiles = math.ceil(n / bn) * math.ceil(m / bm)
+    split = max(1, min(groups, (WAVES * sms) // tiles))
+    steps = math.ceil(groups / split)
+    return Launch(kernel, bn, bm, dt.group_size, math.ceil(groups / steps), steps, "int")
+
+
+def mixed_matmul(x, dt, *, mode: str = "async", out=None):
+    """``y = x @ W^T`` for a ``mixed_2_4`` device tensor: ``x`` fp16 or bf16 ``[..., K]`` on its device;
+    ``y`` in x's dtype (saturated: finite in, finite out), or written into ``out``."""
+    from .dispatch import OUT_MAX, FP32_ONE_BITS, check_runnable, device_sms, interpreted, matmul
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "sync":
+        return matmul(x, _check_mixed(dt, asynchronous=False), out=out)
+    dt = _check_mixed(dt)
+    if mode == "cupy":
+        from .cupy_kernels import mixed_gemv_cupy
+
+        return mixed_gemv_cupy(x, dt, out=out)
+    torch = _torch()
+    n, k = dt.shape
+    if not isinstance(x, torch.Tensor) or x.shape[-1:] != (k,) or x.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"x must be a float16 or bfloat16 torch tensor [..., {k}], got "
+                         f"{getattr(x, 'dtype', type(x).__name__)} with shape {tuple(getattr(x, 'shape', ()))}")
+    if x.device != dt.device:
+        raise ValueError(f"x is on {x.device}, the weights on {dt.device}")
+    check_runnable(x.device)
+    x2 = x.reshape(-1, k).contiguous()
+    m = x2.shape[0]
+    if out is not None and (out.shape != (*x.shape[:-1], n) or out.dtype != x.dtype or out.device != x.device
+                            or not out.is_contiguous()):
+        raise ValueError(f"out must be a contiguous {x.dtype} tensor {(*x.shape[:-1], n)} on {x.device}, got "
+                         f"{out.dtype} {tuple(out.shape)} on {out.device}")
+    y = out if out is not None else torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
+    if m == 0:
+        return y
+    ptrs, widths = _operands(dt)
+    launch = async_launch(dt, m, device_sms(x.device))
+    groups, g, bn, bm, split, steps = dt.plan.groups, dt.group_size, launch.bn, launch.bm, launch.split, launch.steps
+    target = torch.zeros((m, n), dtype=torch.float32, device=x.device) if split > 1 else y.view(m, n)
+    common = dict(G=g, BN=bn, ATOMIC=split > 1, OUT_MAX=OUT_MAX[str(target.dtype).removeprefix("torch.")],
+                  num_warps=4)
+    kern = _kernels_async()
+    pointers = (x2, ptrs["codes4"], ptrs["codes2"], ptrs["flags"], ptrs["zeros4"], ptrs["zeros2"], ptrs["scales"],
+                ptrs["rows"], target)
+    strides = (widths["codes4"], widths["codes2"], widths["flags"], widths["zeros4"], widths["zeros2"], steps)
+    if m == 1:
+        kern.mixed_gemv_async_kernel[(math.ceil(n / bn), split)](*pointers, n, k, groups, *strides, FP32_ONE_BITS,
+                                                                 EVEN=k == groups * g, **common)
+    else:
+        kern.mixed_tile_async_kernel[(math.ceil(n / bn), math.ceil(m / bm), split)](
+            *pointers, m, n, k, groups, *strides, BM=bm, EXACT_DOT=interpreted(), **common)
+    if split > 1:
+        limit = OUT_MAX[str(y.dtype).removeprefix("torch.")]
+        y.view(m, n).copy_(target.clamp_(-limit, limit))
+    return y
+
+
+def _kernels_async():
+    from . import mixed_async_kernels  # triton only when a kernel runs
+
+    return mixed_async_kernels

@@ -1,0 +1,326 @@
+"""CUDA C++ kernels through CuPy (``cupy.RawModule``): the ``mixed_2_4`` cp.async GEMV and the TRIP dp4a matmul.
+
+:func:`mixed_gemv_cupy`
+    ``y = x @ W^T`` for M = 1 and a ``mixed_2_4`` :class:`~hwlab.kernels.DeviceTensor`
+    (``kernels/cuda/mixed_gemv_async.cu``): one warp per row, each row's packed arrays copied into
+    shared memory with ``cp.async`` one row ahead of the row being decoded (double buffering), x
+    staged once per block; fp32 accumulation, the algebra of ``triton_kernels.gemv_mixed_kernel``.
+:func:`trip_matmul_cupy`
+    exact int32 ``acc = x_codes @ w^T`` of int8 activation codes and int4 weight words
+    (``kernels/cuda/trip_dp4a.cu``, ``dp4a``), bit-exact against :func:`hwlab.sim.trip.integer_matmul`.
+
+CuPy is imported only when a kernel is called (``pip install cupy-cuda13x``, or the ``gpu`` extra).
+Torch tensors are shared by their raw device pointers (no copies), and the kernels run on torch's
+current stream. Modules, kernel handles and launch parameters are cached (per device, per tensor):
+a call allocates only its output. The argument checks are plain Python and run before CuPy is
+touched, so they raise the same errors on a machine without a GPU.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .device import DeviceTensor
+
+CUDA_DIR = Path(__file__).with_name("cuda")
+MIXED_SOURCE, TRIP_SOURCE = "mixed_gemv_async.cu", "trip_dp4a.cu"
+NVRTC_OPTIONS = ("-std=c++17",)
+MIXED_STAGES = (2, 3)  # instantiated pipeline depths (rows in flight per warp, counting the one decoded)
+DEFAULT_STAGES = 2  # double buffering
+MIXED_WARPS = 8  # warps (rows at a time) per block; fewer when shared memory is short
+MIXED_BLOCKS_PER_SM = 2  # __launch_bounds__(256, 2): registers allow two blocks of 8 warps
+TRIP_MB = (1, 2, 4, 8)  # activation rows per pass of the TRIP kernel
+TRIP_WARPS = 8
+TRIP_MAX_M = 64
+TRIP_K_MULTIPLE = 32
+TRIP_ACC_BOUND = 1905  # |x| <= 127 times the +8-offset weight byte <= 15: |acc| <= 1905 K before the correction
+X_PAD = 4  # floats after each group of x in shared memory (mixed_gemv_async.cu's X_PAD)
+FP16_OUT_MAX = 65504.0
+SM90_SHARED_PER_BLOCK, SM90_SHARED_PER_SM = 232448, 233472  # cudaDevAttrMaxSharedMemoryPerBlockOptin, ..PerMultiprocessor
+INSTALL_HINT = "pip install cupy-cuda13x (or the hwlab 'gpu' extra: pip install 'hwlab[gpu]')"
+
+_modules: dict = {}  # (source, device index) -> (RawModule, {name: RawKernel})
+_streams: dict = {}  # torch stream pointer -> cupy ExternalStream
+_device_info: dict = {}  # device index -> (SMs, max opt-in shared bytes per block, shared bytes per SM)
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _cupy():
+    """The ``cupy`` module, or an ImportError that says how to install it."""
+    try:
+        import cupy
+    except ImportError as e:  # pragma: no cover - depends on the machine
+        raise ImportError(f"the CuPy kernels need CuPy for CUDA 13: {INSTALL_HINT} ({e})") from e
+    return cupy
+
+
+def kernel_source(name: str) -> str:
+    """The CUDA C++ source text of ``kernels/cuda/<name>``."""
+    return (CUDA_DIR / name).read_text()
+
+
+def mixed_kernel_name(stages: int) -> str:
+    return f"mixed_gemv_async<{stages}>"
+
+
+def trip_kernel_name(mb: int) -> str:
+    return f"trip_dp4a<{mb}>"
+
+
+def _module(source: str, names: tuple, device_index: int):
+    """The compiled module of ``source`` on a device and its kernels (compiled once per device)."""
+    key = (source, device_index)
+    cached = _modules.get(key)
+    if cached is None:
+        cupy = _cupy()
+        with cupy.cuda.Device(device_index):
+            module = cupy.RawModule(code=kernel_source(source), options=NVRTC_OPTIONS, name_expressions=names)
+            kernels = {name: module.get_function(name) for name in names}
+        cached = _modules[key] = (module, kernels)
+    return cached[1]
+
+
+def _info(device_index: int):
+    """(SMs, opt-in shared bytes per block, shared bytes per SM) of a device: torch's properties, else
+    CuPy's attributes, else the H100/H200 values (sm_90: 227 KiB a block, 228 KiB an SM)."""
+    info = _device_info.get(device_index)
+    if info is None:
+        props = _torch().cuda.get_device_properties(device_index)
+        per_block = getattr(props, "shared_memory_per_block_optin", 0)
+        per_sm = getattr(props, "shared_memory_per_multiprocessor", 0)
+        if not (per_block and per_sm):
+            try:
+                attributes = _cupy().cuda.Device(device_index).attributes
+                per_block = attributes.get("MaxSharedMemoryPerBlockOptin", 0)
+                per_sm = attributes.get("MaxSharedMemoryPerMultiprocessor", 0)
+            except Exception:  # pragma: no cover - depends on the CuPy version
+                per_block = per_sm = 0
+        info = _device_info[device_index] = (props.multi_processor_count, int(per_block or SM90_SHARED_PER_BLOCK),
+                                             int(per_sm or SM90_SHARED_PER_SM))
+    return info
+
+
+def _stream(torch_device):
+    """torch's current stream on ``torch_device`` as a CuPy stream (cached per stream)."""
+    ptr = _torch().cuda.current_stream(torch_device).cuda_stream
+    stream = _streams.get(ptr)
+    if stream is None:
+        stream = _streams[ptr] = _cupy().cuda.ExternalStream(ptr)
+    return stream
+
+
+def _launch(kernel, device_index: int, grid: int, block: int, args: tuple, shared: int, torch_device):
+    cupy = _cupy()
+    stream = _stream(torch_device)
+    if cupy.cuda.runtime.getDevice() == device_index:
+        kernel((grid,), (block,), args, shared_mem=shared, stream=stream)
+    else:
+        with cupy.cuda.Device(device_index):
+            kernel((grid,), (block,), args, shared_mem=shared, stream=stream)
+
+
+def _ptr(t) -> np.uint64:
+    return np.uint64(t.data_ptr())
+
+
+def _describe(t) -> str:
+    return f"{getattr(t, 'dtype', type(t).__name__)} with shape {tuple(getattr(t, 'shape', ()))}"
+
+
+def _check_cuda(what: str, t) -> None:
+    if t.device.type != "cuda":
+        raise ValueError(f"{what} is on {t.device}: the CuPy kernels run on a CUDA device (move it with .to('cuda'))")
+
+
+# --------------------------------------------------------------------------------------------------
+# mixed_2_4 GEMV
+
+
+def magic_divisor(d: int) -> int:
+    """``ceil(2**32 / d)``: ``(i * magic) >> 32 == i // d`` for ``0 <= i < 2**32 / d`` (the kernel's division)."""
+    return -(-(1 << 32) // d)
+
+
+def mixed_launch_plan(dt: DeviceTensor, stages: int = DEFAULT_STAGES, device_limits=None) -> dict:
+    """Sizes, shared-memory layout and grid of :func:`mixed_gemv_cupy` for ``dt`` (pure Python).
+
+    ``device_limits``: (SMs, opt-in shared bytes per block, shared bytes per SM); the H200's when None."""
+    plan = dt.plan
+    n, k = dt.shape
+    gs = plan.elements_per_group
+    groups = plan.padded_cols // gs
+    arrays = {name: dt.arrays[name] for name in ("codes4", "codes2", "group_bits", "zeros4", "zeros2", "scales")}
+    widths = {name: int(a.shape[1]) if a.dim() == 2 else 0 for name, a in arrays.items()}
+    n4 = widths["codes4"] * 8 // gs
+    n2 = groups - n4
+    q4, q2 = gs // 32, gs // 64
+    p4, p2 = n4 * q4, n2 * q2
+    if widths["codes4"] * 8 != n4 * gs or widths["codes2"] * 16 != n2 * gs:
+        raise ValueError(f"mixed_2_4 tensor with {widths['codes4']} + {widths['codes2']} code words per row does not "
+                         f"split into {groups} groups of {gs}")
+    scw = groups // 4 if groups % 4 == 0 else 0  # scale codes staged by cp.async when rows are whole words
+    meta_words = widths["group_bits"] + widths["zeros4"] + widths["zeros2"] + scw
+    stage_bytes = -(-((p4 + p2) * 16 + 4 * meta_words) // 16) * 16
+    table_bytes = -(-((groups * (gs + X_PAD) + 3 * groups) * 4) // 16) * 16
+    sms, per_block, per_sm = device_limits or (132, SM90_SHARED_PER_BLOCK, SM90_SHARED_PER_SM)
+    warps = MIXED_WARPS
+    while warps > 1 and table_bytes + warps * stages * stage_bytes > per_block:
+        warps //= 2
+    shared = table_bytes + warps * stages * stage_bytes
+    if shared > per_block:
+        raise ValueError(f"mixed_gemv_cupy: K={k} needs {shared} bytes of shared memory per block (x table "
+                         f"{table_bytes}, {stages} row buffers of {stage_bytes}), more than the device's {per_block}; "
+                         "use hwlab.kernels.matmul")
+    blocks_per_sm = max(1, min(MIXED_BLOCKS_PER_SM, per_sm // (shared + 1024)))  # 1 KiB: the per-block reserve
+    grid = max(1, min(math.ceil(n / warps), sms * blocks_per_sm))
+    for d, count in ((q4, p4), (q2, p2)):
+        i = np.arange(max(count, 1), dtype=np.uint64)
+        if not np.array_equal((i * np.uint64(magic_divisor(d))) >> np.uint64(32), i // np.uint64(d)):
+            raise RuntimeError(f"internal: division magic for {d} fails below {count}")  # pragma: no cover
+    value_scale = plan.value_scale("int")
+    return dict(n=n, k=k, groups=groups, gs=gs, n4=n4, n2=n2, widths=widths, scw=scw, stage_bytes=stage_bytes,
+                table_bytes=table_bytes, shared=shared, warps=warps, grid=grid, stages=stages,
+                magic4=magic_divisor(q4), magic2=magic_divisor(q2), value_scale=value_scale)
+
+
+def _check_mixed(x, dt, out):
+    """The pure-Python checks of :func:`mixed_gemv_cupy`; returns (x as [K], out or None)."""
+    torch = _torch()
+    if not isinstance(dt, DeviceTensor):
+        raise TypeError(f"mixed_gemv_cupy needs a DeviceTensor (qt.to('cuda')), got {type(dt).__name__}")
+    plan = dt.plan
+    if plan.packing != "mixed" or plan.decode != "int" or plan.flip or "row_scales" not in plan.arrays:
+        raise ValueError(f"mixed_gemv_cupy reads mixed_2_4 tensors, got {dt.format_name} ({plan.describe()})")
+    if plan.elements_per_group % 64:
+        raise ValueError(f"mixed_gemv_cupy needs group_size a multiple of 64, got {plan.elements_per_group}")
+    n, k = dt.shape
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch tensor, got {type(x).__name__}")
+    if x.dtype != torch.float16:
+        raise ValueError(f"x must be float16 (M = 1), got {_describe(x)}")
+    if tuple(x.shape) not in ((k,), (1, k)):
+        raise ValueError(f"x must have shape [{k}] or [1, {k}] (M = 1; K of the weights), got {tuple(x.shape)}")
+    if out is not None:
+        if not isinstance(out, torch.Tensor) or out.dtype != torch.float16 or tuple(out.shape) not in ((1, n), (n,)):
+            raise ValueError(f"out must be a float16 tensor [1, {n}], got {_describe(out)}")
+        if not out.is_contiguous():
+            raise ValueError("out must be contiguous")
+    _check_cuda("x", x)
+    _check_cuda("the weights", dt)
+    if x.device != dt.device:
+        raise ValueError(f"x is on {x.device}, the weights on {dt.device}")
+    if out is not None and out.device != dt.device:
+        raise ValueError(f"out is on {out.device}, the weights on {dt.device}")
+    return x.reshape(k).contiguous(), out
+
+
+def mixed_gemv_cupy(x, dt: DeviceTensor, *, out=None, stages: int = DEFAULT_STAGES):
+    """fp16 ``y [1, N] = x @ W^T`` for ``x`` fp16 ``[K]`` or ``[1, K]`` and a ``mixed_2_4`` tensor on
+    the GPU, saturated at +-65504 (finite in, finite out); written into ``out`` when given."""
+    x, out = _check_mixed(x, dt, out)
+    if stages not in MIXED_STAGES:
+        raise ValueError(f"stages must be one of {MIXED_STAGES}, got {stages}")
+    torch = _torch()
+    index = dt.device.index if dt.device.index is not None else torch.cuda.current_device()
+    key = ("cupy_mixed", stages)
+    cached = dt.launch_cache.get(key)
+    if cached is None:
+        kernels = _module(MIXED_SOURCE, tuple(mixed_kernel_name(s) for s in MIXED_STAGES), index)
+        kernel = kernels[mixed_kernel_name(stages)]
+        lp = mixed_launch_plan(dt, stages, _info(index))
+        if kernel.max_dynamic_shared_size_bytes < lp["shared"]:
+            kernel.max_dynamic_shared_size_bytes = lp["shared"]
+        a = dt.arrays
+        fallback = a["group_bits"]  # never empty: a pointer is never to nothing
+        ptr = {name: _ptr(a[name] if a[name].numel() else fallback)
+               for name in ("codes4", "codes2", "group_bits", "zeros4", "zeros2", "scales", "row_scales")}
+        w = lp["widths"]
+        tail = (np.int32(lp["n"]), np.int32(lp["k"]), np.int32(lp["groups"]), np.int32(lp["gs"]), np.int32(lp["n4"]),
+                np.int32(w["group_bits"]), np.int32(w["zeros4"]), np.int32(w["zeros2"]), np.int32(lp["scw"]),
+                np.uint64(lp["magic4"]), np.uint64(lp["magic2"]), np.int32(lp["stage_bytes"]),
+                np.float32(lp["value_scale"]))
+        weights = (ptr["codes4"], ptr["codes2"], ptr["group_bits"], ptr["zeros4"], ptr["zeros2"], ptr["scales"],
+                   ptr["row_scales"])
+        cached = dt.launch_cache[key] = (kernel, weights, tail, lp["grid"], 32 * lp["warps"], lp["shared"], index)
+    kernel, weights, tail, grid, block, shared, index = cached
+    n = dt.shape[0]
+    if out is None:
+        out = torch.empty((1, n), dtype=torch.float16, device=dt.device)
+    _launch(kernel, index, grid, block, (_ptr(x), *weights, _ptr(out), *tail), shared, dt.device)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# TRIP: int8 activation codes x int4 weight words, exact int32
+
+
+def trip_block_rows(m: int) -> int:
+    """Activation rows per pass of the TRIP kernel for M rows."""
+    return next(mb for mb in TRIP_MB if mb >= min(m, TRIP_MB[-1]))
+
+
+def _check_trip(x_codes, w_words, out):
+    torch = _torch()
+    for what, t in (("x_codes", x_codes), ("w_words", w_words)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{what} must be a torch tensor, got {type(t).__name__}")
+    if x_codes.dtype != torch.int8 or x_codes.dim() != 2:
+        raise ValueError(f"x_codes must be a 2-D torch.int8 tensor [M, K] of activation codes, got {_describe(x_codes)}")
+    if w_words.dtype != torch.int32 or w_words.dim() != 2:
+        raise ValueError(f"w_words must be a 2-D torch.int32 tensor [N, K / 8] of int4 words, got {_describe(w_words)}")
+    m, k = x_codes.shape
+    n = w_words.shape[0]
+    if not 1 <= m <= TRIP_MAX_M:
+        raise ValueError(f"x_codes must have 1 to {TRIP_MAX_M} rows, got M={m}")
+    if k % TRIP_K_MULTIPLE or k == 0:
+        raise ValueError(f"K must be a positive multiple of {TRIP_K_MULTIPLE}, got K={k}")
+    if w_words.shape[1] * 8 != k:
+        raise ValueError(f"w_words has {w_words.shape[1]} words per row (K={w_words.shape[1] * 8}), x_codes K={k}")
+    if n == 0:
+        raise ValueError("w_words has no rows")
+    if TRIP_ACC_BOUND * k >= 2**31:
+        raise ValueError(f"K={k} is too large for exact int32 accumulation (K * {TRIP_ACC_BOUND} must stay below 2**31)")
+    if out is not None:
+        if not isinstance(out, torch.Tensor) or out.dtype != torch.int32 or tuple(out.shape) != (m, n):
+            raise ValueError(f"out must be a torch.int32 tensor [{m}, {n}], got {_describe(out)}")
+        if not out.is_contiguous():
+            raise ValueError("out must be contiguous")
+    _check_cuda("x_codes", x_codes)
+    _check_cuda("w_words", w_words)
+    if x_codes.device != w_words.device or (out is not None and out.device != w_words.device):
+        raise ValueError(f"x_codes is on {x_codes.device}, w_words on {w_words.device}"
+                         + (f", out on {out.device}" if out is not None else "") + ": they must share one device")
+    x_codes, w_words = x_codes.contiguous(), w_words.contiguous()
+    for what, t in (("x_codes", x_codes), ("w_words", w_words)):
+        if t.data_ptr() % 16:
+            raise ValueError(f"{what} must start at a 16-byte aligned address (the kernel reads 16-byte vectors); "
+                             "pass a fresh tensor or .clone() it")
+    return x_codes, w_words, out
+
+
+def trip_matmul_cupy(x_codes, w_words, *, out=None):
+    """Exact int32 ``[M, N]``: ``acc[m, n] = sum_k x_codes[m, k] * w[n, k]`` with ``x_codes`` int8
+    ``[M, K]`` (M <= 64) and ``w_words`` int32 ``[N, K / 8]`` of two's complement int4 nibbles
+    (element k at bits 4 (k % 8) of word k / 8; :func:`hwlab.kernels.trip.pack_int4_words`)."""
+    x_codes, w_words, out = _check_trip(x_codes, w_words, out)
+    torch = _torch()
+    m, k = x_codes.shape
+    n = w_words.shape[0]
+    device = w_words.device
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    kernels = _module(TRIP_SOURCE, tuple(trip_kernel_name(mb) for mb in TRIP_MB), index)
+    kernel = kernels[trip_kernel_name(trip_block_rows(m))]
+    sms = _info(index)[0]
+    grid = max(1, min(math.ceil(n / TRIP_WARPS), sms * (2048 // (32 * TRIP_WARPS))))
+    if out is None:
+        out = torch.empty((m, n), dtype=torch.int32, device=device)
+    _launch(kernel, index, grid, 32 * TRIP_WARPS,
+            (_ptr(x_codes), _ptr(w_words), _ptr(out), np.int32(m), np.int32(n), np.int32(k)), 0, device)
+    return out

@@ -1,0 +1,64 @@
+"""Benchmark scripts run end to end on tiny shapes and write what BENCHMARKS.md quotes."""
+import importlib
+import json
+import os
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """Import a script of bench/ (they import each other as top-level modules)."""
+    monkeypatch.syspath_prepend(BENCH)
+    names = []
+
+    def load(name):
+        names.append(name)
+        return importlib.import_module(name)
+
+    yield load
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def bench_edge(bench):
+    return bench("bench_edge")
+
+
+def test_bench_edge_on_a_tiny_shape(bench_edge, tmp_path):
+    out = tmp_path / "edge.json"
+    result = bench_edge.main(["--shapes", "2x20x40", "--repeats", "1", "--command-repeats", "1", "--no-cli",
+                              "--out", str(out)])
+    assert json.loads(out.read_text())["benchmark"] == "edge_cpu"
+    runs = result["kernels"]
+    assert {(r["core"], r["kernel"]) for r in runs} == {(c, k) for c in ("a72", "a77")
+                                                         for k in ("fp16", "w8a8", "w4a8", "w4a4")}
+    assert all(r["bit_exact"] and r["counts_match_model"] and r["overflows"] == 0 and r["mmacs_per_s"] > 0
+               for r in runs)
+    assert len(result["paper_table"]) == 8 and "commands" not in result
+    mix = {(r["core"], r["kernel"]): r for r in result["instruction_mix_2048x2048_decode"]}
+    assert mix["a77", "w4a4"]["issued_per_16_macs"]["mul"] == 1  # one MUL .8h: 16 packed products
+    assert mix["a77", "w4a8"]["issued_per_16_macs"]["sdot"] == 1  # one SDOT: 16 products
+    assert len(result["what_ifs"]) == 24 and all(r["speedup"] > 0 for r in result["what_ifs"])
+    assert all(k in result for k in ("cpu", "date", "commit", "numba"))
+
+
+def test_bench_edge_refuses_a_bad_shape(bench_edge, capsys):
+    with pytest.raises(SystemExit):
+        bench_edge.main(["--shapes", "2x20", "--no-cli"])
+    assert "expected MxNxK" in capsys.readouterr().err
+
+
+def test_bench_load_on_a_tiny_shape(bench, tmp_path):
+    pytest.importorskip("torch")  # the script records torch's version beside the others
+    out = tmp_path / "load.json"
+    result = bench("bench_load").main(["--formats", "int4", "int3", "--shape", "64", "256", "--repeats", "1",
+                                       "--cold-repeats", "1", "--out", str(out)])
+    assert json.loads(out.read_text())["benchmark"] == "load_cpu"
+    for row in result["results"]:
+        assert all(row[k] > 0 for k in ("load_ms", "plain_read_ms", "ratio", "ratio_cpu"))
+        assert ("ratio_cold" in row) == hasattr(os, "posix_fadvise")

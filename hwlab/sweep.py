@@ -22,7 +22,8 @@ that does not run the format, is recorded as not applicable with the reason.
 
 Results go to ``OUT.partial`` one JSON line per finished point, flushed and fsynced, in the order
 points finish; a rerun skips the points already there (a line cut short by an interruption is
-dropped and recomputed). When every point is done, the lines are written in grid order to ``OUT``
+dropped and recomputed; a line computed from another weights file, by its ``weights_sha256``, or a
+second, different result for a point is refused). When every point is done, the lines are written in grid order to ``OUT``
 (through a temporary file and a rename) and ``OUT.partial`` is removed: ``OUT`` is the same, byte
 for byte, whichever executor ran the points.
 """
@@ -197,6 +198,19 @@ def read_weights(weights: str, base) -> dict:
     return load_weights(sample_path() if weights == SAMPLE else pathlib.Path(base) / weights)
 
 
+def weights_fingerprint(weights: str, base) -> str:
+    """The sha256 of a spec's weights file: a resumed sweep refuses lines computed from other weights."""
+    import hashlib
+
+    from hwlab.sample import sample_path
+
+    digest = hashlib.sha256()
+    with open(sample_path() if weights == SAMPLE else pathlib.Path(base) / weights, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def grid(spec: dict) -> list[dict]:
     """Every point of the spec, in grid order (formats, then group sizes, machines, workloads)."""
     return [{"format": f, "group_size": g, "hardware": h, "workload": w, "weights": spec["weights"]}
@@ -237,24 +251,41 @@ def evaluate(point: dict, base: str) -> dict:
 
 def _evaluate_line(point: dict, base: str) -> str:
     """One results line: the point's key, the point and its results (strict JSON)."""
-    record = {"key": point_key(point), "point": point, "result": evaluate(point, base)}
+    record = {"key": point_key(point), "point": point, "result": evaluate(point, base),
+              "weights_sha256": weights_fingerprint(point["weights"], base)}
     return json.dumps(strict(record), sort_keys=True, allow_nan=False)
 
 
 # ---- running ---------------------------------------------------------------------------------
 
-def finished(partial: pathlib.Path) -> dict:
-    """key -> line of the points already in ``partial``; a last line cut short is removed from the file."""
+def finished(partial: pathlib.Path, fingerprint: str | None = None) -> dict:
+    """key -> line of the points already in ``partial``; a last line cut short is removed from the file.
+    ``fingerprint``: the weights' :func:`weights_fingerprint`; a line computed from other weights is refused."""
     if not partial.exists():
         return {}
+    if not partial.is_file():
+        raise SweepError(f"{partial} (where an interrupted sweep keeps its finished points) is not a file; remove it")
     done, good = {}, 0
     with open(partial, "rb") as fh:
-        for raw in fh:
+        for number, raw in enumerate(fh, 1):
             try:
+                if not raw.endswith(b"\n"):  # every line is written with its newline: this one was cut
+                    raise ValueError("cut short")
                 record = json.loads(raw)
-                done[record["key"]] = raw.decode().rstrip("\n")
+                key, line = record["key"], raw.decode().rstrip("\n")
+                consistent = isinstance(key, str) and key == point_key(record["point"])
             except (ValueError, KeyError, TypeError, UnicodeDecodeError):
                 break  # a line the interruption cut short: it and anything after it are recomputed
+            if not consistent:
+                raise SweepError(f"{partial}: line {number} is a result whose key does not match its point; "
+                                 "the file was edited or mixes runs: remove it to recompute every point")
+            if fingerprint is not None and record.get("weights_sha256") != fingerprint:
+                raise SweepError(f"{partial}: line {number} was computed from other weights (the weights file "
+                                 "changed since the interrupted run): remove it to recompute every point")
+            if done.get(key, line) != line:
+                raise SweepError(f"{partial}: line {number} repeats a point with a different result; the "
+                                 "file mixes runs (other weights or another hwlab?): remove it to recompute")
+            done[key] = line
             good += len(raw)
     with open(partial, "r+b") as fh:
         fh.truncate(good)
@@ -273,16 +304,20 @@ def run_sweep(spec: dict, out, *, dask: str | None = None, workers: int | None =
     check_out(out, force)
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
     points = grid(spec)
-    done = finished(partial)
+    fingerprint = weights_fingerprint(spec["weights"], spec["base"])
+    done = finished(partial, fingerprint)
     todo = [p for p in points if point_key(p) not in done]
     resumed = len(points) - len(todo)
     if todo:
         with _executor(dask, workers) as run_points, open(partial, "a") as fh:
             for line in run_points(todo, spec["base"], progress):
+                record = json.loads(line)
+                if record["weights_sha256"] != fingerprint:
+                    raise SweepError(f"the weights file {spec['weights']} changed while the sweep ran; run it again")
                 fh.write(line + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
-                done[json.loads(line)["key"]] = line
+                done[record["key"]] = line
     _write_final(out, [done[point_key(p)] for p in points])
     partial.unlink(missing_ok=True)
     return {"points": len(points), "computed": len(todo), "resumed": resumed, "out": str(out)}

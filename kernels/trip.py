@@ -67,6 +67,11 @@ class TripWeights:
         """Pack ``layer`` (4-bit weights, K a multiple of 32) and copy it to ``device`` once."""
         import torch
 
+        from hwlab.sim.trip import TripLayer
+
+        if not isinstance(layer, TripLayer):
+            raise TypeError(f"from_layer takes a TripLayer (hwlab.sim.trip.trip_quantize(w, calibration)), "
+                            f"got {type(layer).__name__}")
         n, k = layer.shape
         if layer.weight_bits != 4:
             raise ValueError(f"the GPU TRIP kernels take 4-bit weights, the layer has {layer.weight_bits}-bit weights")
@@ -92,6 +97,8 @@ class TripWeights:
         import torch
 
         q = torch.round(x.float() / self.alpha / self.act_scale)
+        if not bool(torch.isfinite(x).all()):  # NaN cast to int8 is no code (it came out as 0)
+            raise ValueError("x contains non-finite values (NaN or infinity); TRIP quantizes finite activations")
         return q.clamp_(-self.act_max, self.act_max).to(torch.int8)
 
 

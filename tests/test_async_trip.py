@@ -182,6 +182,21 @@ def test_trip_device_quantizer_matches_the_reference(rng, kernel_device):
     assert np.array_equal(got, layer.quantize_activations(x))
 
 
+
+def test_trip_device_quantizer_refuses_non_finite_activations_like_the_reference(rng, kernel_device):
+    layer = trip_layer(rng, 8, 64, 8)
+    w = TripWeights.from_layer(layer, kernel_device)
+    for bad in (float("nan"), float("inf")):
+        x = torch.zeros(2, 64, device=kernel_device)
+        x[1, 3] = bad  # NaN used to come out as code 0, silently
+        with pytest.raises(ValueError, match="non-finite values"):
+            w.quantize_activations(x)
+
+
+def test_trip_from_layer_names_what_it_takes(kernel_device):
+    with pytest.raises(TypeError, match="from_layer takes a TripLayer"):
+        TripWeights.from_layer(np.ones((8, 32)), kernel_device)  # was AttributeError: no weight_bits
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("m", [1, 16])
 def test_benchmark_shapes_on_the_gpu(m):

@@ -114,6 +114,22 @@ def test_plan_refuses_group_sizes_that_are_not_positive_integers(bad):
         plan(["int4"], [bad])
 
 
+@pytest.mark.parametrize("formats, group_sizes, match", [
+    (["int4", "nf4", "int4"], [64], "format int4 is named more than once"),
+    (["int4"], [64, 32, 64], "group size 64 is named more than once"),
+])
+def test_plan_refuses_a_repeated_format_or_group_size(formats, group_sizes, match):
+    # a repeat was measured twice and listed twice in results.csv, the Pareto front and the budgets
+    with pytest.raises(ValueError, match=match):
+        plan(formats, group_sizes)
+
+
+def test_load_weights_names_every_suffix_it_reads(tmp_path):
+    (tmp_path / "w.txt").write_text("1 2 3")
+    with pytest.raises(ValueError, match=r"expected a \.safetensors, \.npz or \.npy file, got '.*w\.txt'"):
+        load_weights(tmp_path / "w.txt")
+
+
 def test_measure_aggregates_layers_by_their_weights(gaussian_weights, rng):
     weights = {"a": gaussian_weights, "b": gaussian_weights[:32, :256] * 3}
     x = {"a": rng.standard_normal((16, 512)), "b": rng.standard_normal((16, 256))}
@@ -275,7 +291,7 @@ def _umask() -> int:
     (["--weights", "{tmp}/bad.npz"], "is not a readable .npz archive"),
     (["--weights", "{tmp}/empty.npz"], "has no non-empty 2-D floating-point array"),
     (["--weights", "{tmp}/bad.safetensors"], "is not a readable safetensors file"),
-    (["--weights", "{tmp}/w.txt"], "expected a .npy or .safetensors file"),
+    (["--weights", "{tmp}/w.txt"], "expected a .safetensors, .npz or .npy file"),
     (["--weights", "{tmp}/w.npz", "--formats", "int44"], "unknown format 'int44'; did you mean"),
     (["--weights", "{tmp}/w.npz", "--group-sizes", "-64"], "group sizes must be positive integers"),
     (["--weights", "{tmp}/w.npz", "--group-sizes", "x"], "invalid int value"),

@@ -129,6 +129,56 @@ def test_an_interrupted_sweep_resumes_without_recomputing_finished_points(spec, 
     assert out.read_bytes() == complete.read_bytes() and not partial.exists()
 
 
+def test_a_partial_file_that_mixes_runs_is_refused_not_merged(spec, tmp_path):
+    complete = tmp_path / "complete.jsonl"
+    run_sweep(spec, complete, workers=1, progress=False)
+    lines = complete.read_text().splitlines(keepends=True)
+    partial = tmp_path / "mixed.jsonl.partial"
+    other = lines[0].replace('"code_bits": 4', '"code_bits": 5')  # the same point, another result
+    assert other != lines[0]
+    partial.write_text(lines[0] + lines[1] + other)
+    with pytest.raises(SweepError, match="line 3 repeats a point with a different result"):
+        finished(partial)
+    record = json.loads(lines[2])
+    record["point"]["group_size"] = 64  # a result filed under another point's key
+    partial.write_text(lines[0] + json.dumps(record) + "\n")
+    with pytest.raises(SweepError, match="line 2 is a result whose key does not match its point"):
+        run_sweep(spec, tmp_path / "mixed.jsonl", workers=1, progress=False)
+    assert not (tmp_path / "mixed.jsonl").exists()
+    partial.write_text(lines[0] + lines[0])  # the same line twice (two runs appending): harmless
+    assert len(finished(partial)) == 1
+
+
+def test_a_last_line_without_its_newline_is_recomputed_not_glued_to_the_next(spec, tmp_path):
+    complete = tmp_path / "complete.jsonl"
+    run_sweep(spec, complete, workers=1, progress=False)
+    lines = complete.read_text().splitlines(keepends=True)
+    partial = tmp_path / "cut.jsonl.partial"
+    partial.write_text(lines[0] + lines[1].rstrip("\n"))  # valid JSON, cut just before its newline
+    assert list(finished(partial)) == [json.loads(lines[0])["key"]] and partial.read_text() == lines[0]
+    partial.unlink()
+    partial.mkdir()
+    with pytest.raises(SweepError, match="is not a file; remove it"):
+        run_sweep(spec, tmp_path / "cut.jsonl", workers=1, progress=False)
+
+
+def test_a_resume_after_the_weights_file_changed_is_refused_not_mixed(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "w.npy", (rng.standard_normal((16, 128)) * 0.02).astype(np.float32))
+    spec = load_spec(write(tmp_path, 'formats = ["int4", "nf4"]\ngroup_sizes = [64]\nhardware = ["bitmod"]\n'
+                                     'weights = "w.npy"\n[[workloads]]\nmodel = "opt-1.3b"\ncontext = 128\n'))
+    complete = tmp_path / "complete.jsonl"
+    run_sweep(spec, complete, workers=1, progress=False)
+    partial = tmp_path / "resumed.jsonl.partial"
+    partial.write_text(complete.read_text().splitlines(keepends=True)[0])  # int4 done, then interrupted
+    np.save(tmp_path / "w.npy", (rng.standard_normal((16, 128)) * 0.5).astype(np.float32))  # new weights
+    with pytest.raises(SweepError, match="line 1 was computed from other weights"):
+        run_sweep(spec, tmp_path / "resumed.jsonl", workers=1, progress=False)
+    assert not (tmp_path / "resumed.jsonl").exists()
+
+
 def test_a_finished_sweep_needs_force_to_be_replaced(spec, tmp_path):
     out = tmp_path / "done.jsonl"
     out.write_text("")

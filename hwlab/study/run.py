@@ -51,6 +51,8 @@ def load_weights(path) -> dict:
     from hwlab.cli import read_weights  # the command line's reader of .npy and .safetensors files
 
     path = pathlib.Path(path)
+    if path.suffix not in (".safetensors", ".npz", ".npy"):  # the command line's reader names only two
+        raise ValueError(f"expected a .safetensors, .npz or .npy file, got {os.fspath(path)!r}")
     weights = read_weights(path) if path.suffix != ".npz" else _read_npz(path)
     for name, w in weights.items():
         if w.ndim != 2 or w.dtype.kind != "f" or not w.size:

@@ -54,7 +54,7 @@ def test_bench_edge_refuses_a_bad_shape(bench_edge, capsys):
 
 
 def test_bench_load_on_a_tiny_shape(bench, tmp_path):
-    pytest.importorskip("torch")  # the script records torch's version beside the others
+    pytest.importorskip("torch", reason="torch is not installed: bench_load records its version")
     out = tmp_path / "load.json"
     result = bench("bench_load").main(["--formats", "int4", "int3", "--shape", "64", "256", "--repeats", "1",
                                        "--cold-repeats", "1", "--out", str(out)])

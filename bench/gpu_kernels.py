@@ -25,6 +25,7 @@ import traceback
 import numpy as np
 
 from hwlab.kernels.testing import clone
+from hwlab.kernels.timing import graph_us, median_ms
 
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (8192, 28672)]  # (K, N): Llama-2-7B and -70B layers
 BATCHES = [1, 16, 64]
@@ -35,31 +36,7 @@ GRAPH_CALLS = 20
 QUANTIZED_ROWS = 256  # rows quantized for real; the benchmark layer repeats them (timing does not depend on values)
 
 
-def bench_ms(fn) -> float:
-    from triton.testing import do_bench
-
-    return do_bench(fn, warmup=25, rep=100, return_mode="median")
-
-
-def graph_us(calls) -> float | None:
-    """Microseconds a call inside one CUDA graph of ``calls`` (None where capture fails)."""
-    import torch
-
-    try:
-        stream = torch.cuda.Stream()
-        with torch.cuda.stream(stream):
-            for c in calls[:3]:
-                c()
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            for c in calls:
-                c()
-        torch.cuda.synchronize()
-        return bench_ms(graph.replay) * 1e3 / len(calls)
-    except Exception as e:  # a peer that cannot be captured
-        print(f"   (no CUDA graph: {type(e).__name__}: {str(e)[:80]})", flush=True)
-        return None
+bench_ms = median_ms  # milliseconds, do_bench median (hwlab.kernels.timing)
 
 
 class Run:

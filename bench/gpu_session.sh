@@ -12,8 +12,10 @@ start=$(date +%s)
 step() { echo "== $1 at $(( $(date +%s) - start ))s" | tee -a "$OUT/session.log"; }
 
 step install
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    >>"$OUT/session.log" 2>&1
+if ls .whl/*.whl >/dev/null 2>&1; then  # the peers' wheels, where the run times them (BENCHMARKS.md)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        >>"$OUT/session.log" 2>&1
+fi
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/hwlab . \
     >>"$OUT/session.log" 2>&1
 # The device image's numba-cuda still registers numpy.row_stack, which numpy 2.5 removed: give it the
@@ -29,9 +31,13 @@ tail -n 3 "$OUT/gpu_kernels.log"
 
 step gpu-tests
 # -P: the checkout's hwlab/ folder must not shadow the installed package (its subpackages live elsewhere).
-# First every test of the asynchronous, TRIP and CuPy kernels compiled on the GPU, then the gpu-marked rest.
+# First every test of the asynchronous, TRIP and CuPy kernels compiled on the GPU, then the split-K, NaN and
+# prepared-launch tests of the synchronous kernels, then the gpu-marked rest.
 pytest() { python3 -P -m pytest -q -p no:cacheprovider --rootdir . -o addopts="--strict-markers -ra" "$@"; }
 timeout "${TESTS_S:-150}" pytest tests/test_async_trip.py tests/test_cupy_kernels.py >"$OUT/gpu_tests.log" 2>&1
+tail -n 3 "$OUT/gpu_tests.log"
+timeout "${TESTS_S:-150}" pytest tests/test_kernels.py -k "nan_in_x or split_k or saturate or prepared" \
+    >>"$OUT/gpu_tests.log" 2>&1
 tail -n 3 "$OUT/gpu_tests.log"
 timeout "${TESTS_S:-150}" pytest -m gpu tests/test_gpu_kernels.py tests/test_gpu.py tests/test_gpu_sim.py \
     >>"$OUT/gpu_tests.log" 2>&1

@@ -23,6 +23,7 @@ from .metrics import error_metrics
 from .registry import get_format
 from .storage import StorageError, check_arrays
 from .unpacked import Unpacked
+from .validate import check_stored, code_scans
 
 GRANULARITY_OPTION = "granularity"
 
@@ -76,7 +77,7 @@ class QuantizedTensor:
     @functools.cached_property
     def layout(self) -> dict:
         """Name -> :class:`~hwlab.formats.layout.ArrayLayout` of every stored array."""
-        return self.format.array_layout(self.shape[0], self.padded_cols, self.group_size, self.options)
+        return storage.format_layout(self.format, self.shape[0], self.padded_cols, self.group_size, self.options)
 
     @property
     def nbytes(self) -> int:
@@ -200,11 +201,19 @@ def load(path, *, use_file_format: bool = False) -> QuantizedTensor:
     ``use_file_format=True`` asks for the file's own definition (element formats and mixtures).
     """
     path = os.fspath(path)
-    meta, arrays = storage.read(path)
-    fmt, opts = storage.resolve(path, meta, use_file_format)
+    with storage.open_saved(path) as saved:
+        meta = saved.meta
+        try:  # checked before the read, which scans the codes as it goes; raised after the checksums
+            fmt, opts = storage.resolve(path, meta, use_file_format)
+            scans = code_scans(fmt, storage.expected_layout(path, meta, saved.entries, fmt, opts))
+            found = None
+        except StorageError as exc:
+            scans, found = {}, exc
+        arrays = saved.read_arrays(scans)
+    if found is not None:
+        raise found
     (rows, cols), group_size, padded_cols = meta["shape"], meta["group_size"], meta["padded_cols"]
-    with storage.naming(path):  # every check below raises a StorageError naming the file
-        check_arrays(arrays, fmt.array_specs(rows, padded_cols, group_size, opts), where=path, error=StorageError)
-        qt = QuantizedTensor(fmt, (rows, cols), group_size, opts, arrays, padded_cols)
-        storage.check_loaded(path, meta, qt)
+    qt = QuantizedTensor(fmt, (rows, cols), group_size, opts, arrays, padded_cols)
+    with storage.naming(path):  # a StorageError naming the file
+        check_stored(qt, scans)
     return qt

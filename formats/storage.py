@@ -18,19 +18,29 @@ JSON object (strict JSON, no NaN or infinities) with
     corrupted field is an error too.
 
 :func:`~hwlab.formats.qtensor.load` checks, in this order, and raises :class:`StorageError` (a ``ValueError``) naming the
-file and what is wrong: the file reads as safetensors; the metadata is a JSON object whose every
-field has the right type (strict JSON: no NaN, infinities or repeated keys); the digest; every array's checksum; the format (registered, or rebuilt
-from the stored definition); the options; that ``shape``, ``padded_cols``, ``group_size`` and
-the granularity agree with each other; every array's dtype and shape derived from them; the
-stored layout; and every stored value (:mod:`hwlab.formats.validate`: codes the quantizer can
-emit, finite positive scales, zero padding).
+file and what is wrong: the file reads as safetensors (:class:`SavedFile`: the header is strict JSON,
+its arrays' offsets are contiguous, in bounds and agree with their dtypes and shapes, and they end
+where the file does); the metadata is a JSON object whose every field has the right type (strict
+JSON: no NaN, infinities or repeated keys); the digest; every array's checksum; the format
+(registered, or rebuilt from the stored definition); the options; that ``shape``, ``padded_cols``,
+``group_size`` and the granularity agree with each other; every array's dtype and shape derived
+from them; the stored layout; and every stored value (:mod:`hwlab.formats.validate`: codes the
+quantizer can emit, finite positive scales, zero padding).
+
+The checks that need the format are made before the arrays are read, so that the read can hash and
+scan each block of an array while it is in cache (one pass over the file, one copy of its bytes);
+what they find is raised only after every checksum matched, in the order above.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import dataclasses
+import functools
 import json
 import math
 import os
+import queue
 import warnings
 
 import numpy as np
@@ -39,10 +49,17 @@ import xxhash
 from .base import Format
 from .define import format_from_definition
 from .registry import get_format
-from .validate import check_stored
 
 FILE_VERSION = 3  # 3: checksums and digest; 2: layout descriptors; bump when the stored layout changes
 METADATA_KEY = "hwlab"
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library refuses longer headers
+# Bytes read, then hashed and scanned, at a time: inside the L2 of a core (1 MiB on AMD Zen 4/5,
+# 1.25-2 MiB on Intel server cores), so the checks find the block in cache, and large enough that
+# handing a block to the checking thread costs little (256 KiB and 1 MiB were slower here).
+CHUNK_BYTES = 1 << 19
+# safetensors dtype names (github.com/huggingface/safetensors, the format's README) -> numpy
+DTYPES = {"BOOL": "?", "U8": "u1", "I8": "i1", "U16": "<u2", "I16": "<i2", "F16": "<f2", "U32": "<u4", "I32": "<i4",
+          "F32": "<f4", "U64": "<u8", "I64": "<i8", "F64": "<f8"}
 
 
 class StorageError(ValueError):
@@ -94,27 +111,160 @@ def save(qt, path) -> None:
         raise OSError(f"cannot save to {path}: {str(exc).split(' at path ')[0]}") from None
 
 
-def read(path) -> tuple[dict, dict]:
-    """The checked metadata and the arrays of a saved file: readable, every metadata field of its
-    type, the digest and every checksum right (``StorageError`` otherwise)."""
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One array of a safetensors file: its dtype, shape and bytes ``[start, end)`` of the data
+    (which follows the header)."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+@contextlib.contextmanager
+def open_saved(path: str):
+    """The :class:`SavedFile` of ``path``, open until the ``with`` block ends."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory, not a saved tensor")
     if not os.path.isfile(path):
         raise StorageError(f"{path} is not a regular file")
-    raw, arrays = _read(path)
-    meta = _parse(path, raw)
-    with naming(path):
-        matches = digest(meta) == meta["digest"]
-    if not matches:
-        raise StorageError(f"{path}: the metadata does not match its digest (corrupted or edited)")
-    if set(meta["checksums"]) != set(arrays):
-        raise StorageError(f"{path}: checksums name arrays {sorted(meta['checksums'])}, the file holds {sorted(arrays)}")
-    for name, a in arrays.items():
-        if checksum(a) != meta["checksums"][name]:
-            raise StorageError(f"{path}: array {name!r} does not match its checksum (corrupted)")
-    return meta, arrays
+    try:
+        file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise StorageError(f"{path} cannot be read: {exc}") from None
+    with file:
+        yield SavedFile(path, file)
+
+
+class SavedFile:
+    """A file written by :func:`save`, open (:func:`open_saved`): its header read and checked
+    (``entries``: name -> :class:`Entry`), its metadata parsed, every field of its type, and
+    matching its digest (``meta``); :meth:`read_arrays` reads the arrays. ``StorageError`` naming
+    the file for anything wrong."""
+
+    def __init__(self, path: str, file):
+        self.path, self._file = path, file
+        raw, self.entries = self._header(os.fstat(file.fileno()).st_size)
+        self.meta = _parse(path, raw)
+        with naming(path):
+            matches = digest(self.meta) == self.meta["digest"]
+        if not matches:
+            raise StorageError(f"{path}: the metadata does not match its digest (corrupted or edited)")
+
+    def _unreadable(self, why: str) -> StorageError:
+        return StorageError(f"{self.path} is not a readable safetensors file (truncated or corrupted?): {why}")
+
+    def _header(self, size: int) -> tuple[str, dict]:
+        """The hwlab metadata text and the entries of the safetensors header (8 bytes of header
+        length, little-endian, then that many bytes of JSON), the file ``size`` bytes long."""
+        if size < 8:
+            raise self._unreadable(f"it is {size} bytes long, shorter than the 8 bytes of the header length")
+        length = int.from_bytes(self._file.read(8), "little")
+        if length > min(MAX_HEADER_BYTES, size - 8):
+            raise self._unreadable(f"a header of {length} bytes does not fit in a file of {size} bytes")
+        try:
+            header = json.loads(self._file.read(length).decode("utf-8"), object_pairs_hook=_unique_keys)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise self._unreadable(f"the header is not JSON ({type(exc).__name__}: {str(exc)[:120]})") from None
+        if not isinstance(header, dict):
+            raise self._unreadable(f"the header is a JSON {type(header).__name__}, not an object")
+        extra = header.pop("__metadata__", {})
+        if not (_str_dict(extra) and all(isinstance(v, str) for v in extra.values())):
+            raise self._unreadable("its '__metadata__' is not an object of strings")
+        entries = {name: self._entry(name, info) for name, info in sorted(header.items())}
+        self._check_offsets(entries, size - 8 - length)
+        if METADATA_KEY not in extra:
+            raise StorageError(f"{self.path} has no {METADATA_KEY!r} metadata: it was not written by "
+                               "QuantizedTensor.save")
+        return extra[METADATA_KEY], entries
+
+    def _entry(self, name: str, info) -> Entry:
+        """The :class:`Entry` of header item ``name``: exactly ``dtype``, ``shape`` and
+        ``data_offsets``, the offsets as many bytes apart as the dtype and shape take."""
+        if not (isinstance(info, dict) and set(info) == {"dtype", "shape", "data_offsets"}):
+            raise self._unreadable(f"the header entry of {name!r:.60} is not dtype, shape and data_offsets")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not (isinstance(dtype, str) and dtype in DTYPES):
+            raise self._unreadable(f"array {name!r:.60} has dtype {dtype!r:.20}, expected one of {sorted(DTYPES)}")
+        if not (isinstance(shape, list) and all(_count(n) for n in shape)):
+            raise self._unreadable(f"array {name!r:.60} has shape {shape!r:.60}, not a list of counts")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_count, offsets))):
+            raise self._unreadable(f"array {name!r:.60} has data_offsets {offsets!r:.60}, not two byte offsets")
+        dtype, (start, end) = np.dtype(DTYPES[dtype]), offsets
+        if end - start != dtype.itemsize * math.prod(shape):
+            raise self._unreadable(f"array {name!r:.60} of {dtype}{shape} takes {dtype.itemsize * math.prod(shape)} "
+                                   f"bytes, but its data_offsets [{start}, {end}] hold {end - start}")
+        return Entry(dtype, tuple(shape), start, end)
+
+    def _check_offsets(self, entries: dict, data_bytes: int) -> None:
+        """The arrays' bytes follow each other from the start of the data, without a gap or an
+        overlap, to the end of the file (``data_bytes`` after the header)."""
+        at = 0
+        for name, e in sorted(entries.items(), key=lambda item: (item[1].start, item[1].end)):
+            if e.start != at:
+                raise self._unreadable(f"array {name!r:.60} starts at byte {e.start} of the data, expected {at} "
+                                       "(a gap or an overlap)")
+            at = e.end
+        if at != data_bytes:
+            raise self._unreadable(f"its arrays end at byte {at} of the data, but the file holds {data_bytes}")
+
+    def read_arrays(self, scans: dict) -> dict:
+        """Name -> array, read in one pass, each block of rows hashed (XXH3-64, streaming) and
+        scanned (``scans``: name -> :class:`~hwlab.formats.validate.CodeScan` objects, run on the
+        blocks of that array) right after it is read; ``StorageError`` if an array does not match
+        its checksum, or the file ends early."""
+        checksums = self.meta["checksums"]
+        if set(checksums) != set(self.entries):
+            raise StorageError(f"{self.path}: checksums name arrays {sorted(checksums)}, the file holds "
+                               f"{sorted(self.entries)}")
+        blocks = queue.SimpleQueue()
+        digests = _checker().submit(_check_blocks, blocks)  # hashes and scans while the next block is read
+        try:
+            arrays, hashers = self._read_blocks(blocks, scans)
+        finally:
+            blocks.put(None)
+            digests.result()
+        for name, hasher in hashers.items():  # in file order
+            if hasher.hexdigest() != checksums[name]:
+                raise StorageError(f"{self.path}: array {name!r} does not match its checksum (corrupted)")
+        return dict(sorted(arrays.items()))
+
+    def _read_blocks(self, blocks: queue.SimpleQueue, scans: dict) -> tuple[dict, dict]:
+        """Every array, in file order, read block by block of ``CHUNK_BYTES`` (whole rows) straight
+        into its own memory, each block put on ``blocks`` (with the hasher and the scans of its
+        array) once it is read; the arrays, and their hashers."""
+        arrays, hashers = {}, {}
+        for name, e in sorted(self.entries.items(), key=lambda item: item[1].start):
+            array = arrays[name] = np.empty(e.shape, e.dtype)
+            hasher = hashers[name] = xxhash.xxh3_64()  # streaming: the same digest as all bytes at once
+            rows = array.reshape(e.shape[0] if array.ndim and array.size else 1, -1)
+            row_bytes = rows.shape[1] * e.dtype.itemsize
+            data = memoryview(array.reshape(-1).view(np.uint8))
+            step = max(1, CHUNK_BYTES // max(1, row_bytes))
+            for first in range(0, rows.shape[0] if array.size else 0, step):
+                block = data[first * row_bytes:(first + step) * row_bytes]
+                if self._file.readinto(block) != len(block):
+                    raise self._unreadable("it ended before its last array did")
+                blocks.put((hasher, block, scans.get(name, ()), rows[first:first + step], first))
+        return arrays, hashers
+
+
+def _check_blocks(blocks: queue.SimpleQueue) -> None:
+    """Hash and scan the blocks put on ``blocks`` (:meth:`SavedFile._read_blocks`) until ``None``."""
+    while (item := blocks.get()) is not None:
+        hasher, block, scans, rows, first = item
+        hasher.update(block)  # xxhash, the read and the numba scans release the GIL: the two overlap
+        for scan in scans:
+            scan.update(rows, first)
+
+
+@functools.lru_cache(maxsize=1)
+def _checker() -> concurrent.futures.ThreadPoolExecutor:
+    """The one thread that checks the blocks of a file as it is read (blocked on its queue when idle)."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hwlab-load")
 
 
 def resolve(path: str, meta: dict, use_file_format: bool):
@@ -134,15 +284,43 @@ def resolve(path: str, meta: dict, use_file_format: bool):
     return fmt, opts
 
 
-def check_loaded(path: str, meta: dict, qt) -> None:
-    """The stored layout equals the format's, and every stored value is one the format can produce."""
-    expected = {n: a.to_json() for n, a in qt.layout.items()}
+def format_layout(fmt: Format, rows: int, cols: int, group_size: int, opts: dict) -> dict:
+    """``fmt.array_layout(rows, cols, group_size, opts)``, worked out once per format, shape and
+    options (a format never changes: a new definition is a new format)."""
+    return dict(_layouts(fmt, rows, cols, group_size, opts)[0])
+
+
+def _layouts(fmt: Format, rows: int, cols: int, group_size: int, opts: dict) -> tuple[dict, dict]:
+    """The layout and its JSON (as stored in a file), from the cache where the options hash."""
+    key = (rows, cols, group_size, tuple(sorted(opts.items())))
+    try:
+        hash(key)
+    except TypeError:  # an option value that is not hashable: nothing to look it up by
+        return _layout_and_json(fmt, *key)
+    return _cached_layouts(fmt, *key)
+
+
+def _layout_and_json(fmt: Format, rows: int, cols: int, group_size: int, options: tuple) -> tuple[dict, dict]:
+    layout = fmt.array_layout(rows, cols, group_size, dict(options))
+    return layout, {n: a.to_json() for n, a in layout.items()}
+
+
+_cached_layouts = functools.lru_cache(maxsize=256)(_layout_and_json)
+
+
+def expected_layout(path: str, meta: dict, entries: dict, fmt: Format, opts: dict) -> dict:
+    """The layout of ``fmt`` for the file's ``shape``, ``padded_cols`` and ``group_size``, once the
+    file's ``entries`` are exactly its arrays with their dtypes and shapes and the stored layout
+    equals it."""
+    (rows, _), group_size, padded_cols = meta["shape"], meta["group_size"], meta["padded_cols"]
+    with naming(path):
+        layout, expected = _layouts(fmt, rows, padded_cols, group_size, opts)
+    check_arrays(entries, {n: (a.dtype, a.shape) for n, a in layout.items()}, where=path, error=StorageError)
     if meta["layout"] != expected:
         wrong = sorted(set(expected) ^ set(meta["layout"])) or [n for n in expected if meta["layout"][n] != expected[n]]
         raise StorageError(f"{path}: the stored layout does not match the format's layout of these arrays "
                            f"(differs for {wrong}); the metadata was corrupted or edited")
-    with naming(path):
-        check_stored(qt)
+    return dict(layout)
 
 
 def file_format(path: str, name: str, fingerprint: str, definition: dict, description: str,
@@ -175,24 +353,13 @@ def file_format(path: str, name: str, fingerprint: str, definition: dict, descri
     return fmt
 
 
-def _read(path: str) -> tuple[str, dict]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(path, framework="numpy") as fh:
-            raw = (fh.metadata() or {}).get(METADATA_KEY)
-            arrays = {k: fh.get_tensor(k) for k in fh.keys()}
-    except (SafetensorError, ValueError, OSError, MemoryError) as exc:
-        raise StorageError(f"{path} is not a readable safetensors file (truncated or corrupted?): "
-                           f"{type(exc).__name__}: {str(exc)[:200]}") from None
-    if raw is None:
-        raise StorageError(f"{path} has no {METADATA_KEY!r} metadata: it was not written by QuantizedTensor.save")
-    return raw, arrays
-
-
 # field -> (what it must be, check); checked in this order, each naming the field when it fails
 def _positive_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def _str_dict(v) -> bool:
@@ -270,7 +437,8 @@ def naming(path: str):
 
 
 def check_arrays(arrays: dict, specs: dict, *, where: str, error=ValueError) -> None:
-    """Raise ``error`` unless ``arrays`` holds exactly the arrays of ``specs`` with their dtypes and shapes."""
+    """Raise ``error`` unless ``arrays`` (anything with a ``dtype`` and a ``shape``: arrays, the
+    :class:`Entry` of a file) holds exactly the arrays of ``specs`` with their dtypes and shapes."""
     missing, extra = sorted(set(specs) - set(arrays)), sorted(set(arrays) - set(specs))
     if missing or extra:
         raise error(f"{where}: stored arrays {sorted(arrays)} do not match the expected {sorted(specs)}")

@@ -15,41 +15,64 @@ raises ``ValueError`` naming the array and the offending entry:
 * NF4 double quantization's ``scale_absmax`` and ``scale_offset`` are not negative, and scales
   quantized under a ``scale_clamp`` lie within it.
 
-The code scan runs on the packed words (numba, one thread, a word-wide has-zero-field test for
-each set of forbidden codes that agree on some bits, such as all of a minifloat's NaN codes, over
-64-bit windows where codes span words: :func:`first_forbidden_row`), so it costs a fraction of
-reading the file.
+The code scan runs on the packed words (numba, one thread, no copy: a word-wide has-zero-field test
+where codes never span words, a test of every bit position against the forbidden code's bits where
+they do; :class:`CodeScan`). ``hwlab.load`` runs it on each block of rows as it reads them, while
+the block is in cache (:func:`code_scans` says which scans :func:`check_stored` will ask for), and
+:func:`check_stored` then uses those results instead of scanning again.
 """
 from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
 
 import numpy as np
 
 from . import jit
 from .jit import njit
-from .packing import TRITS_PER_BYTE, WORD_BITS, unpack_codes
+from .packing import TRITS_PER_BYTE, WORD_BITS, packed_words, unpack_codes
 from .scale_search import clamp_bounds
 from .scales import SCALE_TYPES, StoredScales, get_scale_type
 
 E8M0_NAN = 255  # OCP MX v1.0: the E8M0 code of NaN
-VICTIM_PAIR = 0x88  # OliVe: both codes of a pair the victim code 8 (never emitted), one byte of the stream
+ALL_ONES = 0xFFFFFFFF  # a 32-bit word of ones
+# (id of the words, bits, entries, forbidden codes) -> first bad row: the scans the read already ran
+_SCANNED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("hwlab_scanned", default=None)
 
 
-def check_stored(qt) -> None:
-    """Raise ``ValueError`` unless every array of ``qt`` holds only values its format can produce."""
+def check_stored(qt, scanned: dict | None = None) -> None:
+    """Raise ``ValueError`` unless every array of ``qt`` holds only values its format can produce.
+
+    ``scanned``: array name -> the :class:`CodeScan` objects already run over all of its rows (what
+    :func:`code_scans` gave, after the read ran them); a code scan asked for again uses their result.
+    """
     layout, arrays = qt.layout, qt.arrays
+    results = {(id(arrays[name]), *scan.key): scan.row for name, scans in (scanned or {}).items() for scan in scans}
+    with _scans_done(results):
+        _check_stored(qt, layout, arrays)
+
+
+@contextlib.contextmanager
+def _scans_done(results: dict):
+    """Within: :func:`check_packed_codes` takes the first bad row from ``results`` where they hold it."""
+    token = _SCANNED.set(results)
+    try:
+        yield
+    finally:
+        _SCANNED.reset(token)
+
+
+def _check_stored(qt, layout: dict, arrays) -> None:
     for name, a in layout.items():
         if a.packing == "bits":
             check_padding_bits(arrays[name], a.entries, a.bits, name)
         elif a.packing == "trit5":
             check_trit_bytes(arrays[name], a.entries, name)
     fmt = qt.format
-    legal = fmt.legal_codes()
-    for name, a in layout.items():
-        if a.role == "codes" and a.packing == "bits":
-            member = a.member if a.member is not None else 0
-            # a mixture's codes: legal in some member here, in their own member below
-            check_packed_codes(arrays[name], a.bits, a.entries, legal[member] if legal.shape[0] == 1 or a.member is not None
-                        else legal.any(axis=0), name, fmt.name)
+    legal = legal_codes(fmt)
+    for name, bits, entries, allowed in code_tests(layout, legal):
+        check_packed_codes(arrays[name], bits, entries, allowed, name, fmt.name)
     if legal.shape[0] > 1 and "type_ids" in layout and not (legal == legal[0]).all():
         u = qt.unpacked()  # members differ in what they emit: check each code against its own member
         bad = ~legal[u.element_members(), u.codes]
@@ -70,6 +93,54 @@ def check_stored(qt) -> None:
             row, col = np.argwhere(padding != 0)[0]
             raise ValueError(f"the zero padding past K={qt.shape[1]} holds {padding[row, col]} at row {row}, column "
                              f"{qt.shape[1] + col} (a shape edited to drop columns?)")
+
+
+def code_tests(layout: dict, legal: np.ndarray):
+    """``(array, bits, entries, allowed codes)`` of every packed code array of ``layout``; ``legal``
+    is the format's :meth:`~hwlab.formats.Format.legal_codes` (a mixture's codes: allowed when some
+    member emits them; :func:`check_stored` checks each against its own member after)."""
+    for name, a in layout.items():
+        if a.role == "codes" and a.packing == "bits":
+            allowed = legal[a.member or 0] if legal.shape[0] == 1 or a.member is not None else legal.any(axis=0)
+            yield name, a.bits, a.entries, allowed
+
+
+@functools.lru_cache(maxsize=256)
+def legal_codes(fmt) -> np.ndarray:
+    """``fmt.legal_codes()``, worked out once per format (a format never changes), read-only."""
+    legal = fmt.legal_codes()
+    legal.setflags(write=False)
+    return legal
+
+
+def code_scans(fmt, layout: dict) -> dict:
+    """Array name -> the :class:`CodeScan` objects that :func:`check_stored` will ask for on it (its
+    code tests, and OliVe's structure check: no byte of the codes a pair of two victim codes), for a
+    reader to run on each block of rows as it reads it; none without numba (the numpy reference
+    scans after the read)."""
+    if not jit.USE_NUMBA:
+        return {}
+    scans = {}
+    for name, bits, entries, forbidden in _scan_specs(fmt, tuple(layout.items())):
+        scans.setdefault(name, []).append(CodeScan(bits, entries, forbidden))
+    return scans
+
+
+@functools.lru_cache(maxsize=256)
+def _scan_specs(fmt, layout: tuple) -> tuple:
+    """``(array, bits, entries, forbidden codes)`` of every scan of :func:`code_scans`, worked out
+    once per format and layout."""
+    layout = dict(layout)
+    tests = list(code_tests(layout, legal_codes(fmt)))
+    fields = fmt.encoding_fields()
+    if fields.get("kind") == "outlier_victim":  # hwlab.formats.olive: pair k of a row is byte k of the stream
+        tests.append(("codes", 8, layout["codes"].entries // 2, np.arange(256) != fields["victim_code"] * 0x11))
+    specs = []
+    for name, bits, entries, allowed in tests:
+        forbidden = tuple(np.flatnonzero(~allowed[:2**bits]).tolist())
+        if forbidden and entries and layout[name].shape[0]:
+            specs.append((name, bits, entries, forbidden))
+    return tuple(specs)
 
 
 def check_padding_bits(words: np.ndarray, entries: int, bits: int, name: str) -> None:
@@ -117,11 +188,10 @@ def check_packed_codes(words: np.ndarray, bits: int, entries: int, legal: np.nda
     forbidden = np.flatnonzero(~legal[:2**bits])
     if forbidden.size == 0 or words.size == 0:
         return
-    if jit.USE_NUMBA:
-        row = first_forbidden_row(words, bits, entries, forbidden)
-    else:
-        bad = np.isin(unpack_codes(words, bits, entries), forbidden)
-        row = int(np.flatnonzero(bad.any(axis=1))[0]) if bad.any() else -1
+    row = (_SCANNED.get() or {}).get((id(words), bits, entries, tuple(forbidden.tolist())))
+    if row is None:  # not scanned while it was read
+        row = first_forbidden_row(words, bits, entries, forbidden) if jit.USE_NUMBA else _first_row_numpy(
+            words, bits, entries, forbidden)
     if row >= 0:
         codes = unpack_codes(words[row:row + 1], bits, entries)[0]
         col = int(np.flatnonzero(np.isin(codes, forbidden))[0])
@@ -162,26 +232,6 @@ def check_scale_array(stored: np.ndarray, encoding: str, name: str, arrays: dict
         raise ValueError(f"array {name!r} holds {why} at {list(at)}: {stored[at]!r}")
 
 
-def word_windows(bits: int):
-    """How codes of ``bits`` bits lie in the words of one block of the packed stream (a block is one
-    word when ``bits`` divides 32, else ``bits`` words of 32 codes): the codes in a block and, for
-    each word of it, the shift to the first code that starts in it and the field patterns ``ones``
-    (a 1 at the lowest bit of every code that starts in the word) and ``high`` (at its highest bit),
-    over a 64-bit window of the word and the next one, so that a code spanning two words is whole."""
-    block_words = 1 if WORD_BITS % bits == 0 else bits
-    codes = block_words * WORD_BITS // bits
-    shifts, ones, high = [], [], []
-    for i in range(block_words):
-        first = -(-i * WORD_BITS // bits)  # codes first .. last - 1 start in word i
-        last = -(-(i + 1) * WORD_BITS // bits)
-        pattern = sum(1 << (k * bits) for k in range(last - first))
-        shifts.append(first * bits - i * WORD_BITS)
-        ones.append(pattern)
-        high.append(pattern << (bits - 1))
-    as_u64 = lambda v: np.array(v, dtype=np.uint64)  # noqa: E731
-    return codes, as_u64(shifts), as_u64(ones), as_u64(high)
-
-
 def forbidden_cubes(forbidden: np.ndarray, bits: int) -> np.ndarray:
     """``(mask, value)`` pairs (uint64 ``[P, 2]``) whose codes ``c & mask == value`` are exactly the
     codes ``forbidden``: one pair when they are every code that agrees with ``value`` on ``mask`` (a
@@ -191,101 +241,154 @@ def forbidden_cubes(forbidden: np.ndarray, bits: int) -> np.ndarray:
     full = (1 << bits) - 1
     low, high = int(np.bitwise_and.reduce(codes)), int(np.bitwise_or.reduce(codes))
     free = low ^ high  # the bits on which the codes differ
-    if codes.size == 1 << bin(free).count("1"):  # every code agreeing on the other bits is forbidden
+    if codes.size == 1 << free.bit_count():  # every code agreeing on the other bits is forbidden
         return np.array([[full & ~free, low]], dtype=np.uint64)
     return np.array([[full, c] for c in codes.tolist()], dtype=np.uint64).reshape(-1, 2)
 
 
+def _first_row_numpy(words: np.ndarray, bits: int, entries: int, forbidden: np.ndarray) -> int:
+    """:func:`first_forbidden_row` on the unpacked codes (the reference, without numba)."""
+    bad = np.isin(unpack_codes(words, bits, entries), forbidden).any(axis=1)
+    return int(np.flatnonzero(bad)[0]) if bad.any() else -1
+
+
 def first_forbidden_row(words: np.ndarray, bits: int, entries: int, forbidden: np.ndarray) -> int:
     """The first row of packed ``words`` holding one of the codes ``forbidden`` (-1: none)."""
-    codes_per_block, shifts, ones, high = word_windows(bits)
-    cubes = forbidden_cubes(forbidden, bits)
-    is_forbidden = np.zeros(2**bits, dtype=np.bool_)
-    is_forbidden[np.asarray(forbidden, dtype=np.int64)] = True
-    if shifts.size == 1:  # bits divides 32: codes never span words
-        masks, values = ((cubes[:, j] * ones[0]).astype(np.uint32) for j in (0, 1))
-        return _first_forbidden_row_aligned(words, bits, entries, codes_per_block, masks, values, np.uint32(ones[0]),
-                                            np.uint32(high[0]), is_forbidden)
-    return _first_forbidden_row_spanning(words, bits, entries, codes_per_block, shifts, ones, high, cubes,
-                                         is_forbidden)
+    scan = CodeScan(bits, entries, forbidden)
+    scan.update(words, 0)
+    return scan.row
+
+
+class CodeScan:
+    """A scan of packed rows of ``entries`` codes of ``bits`` bits (:mod:`hwlab.formats.packing`) for
+    the codes ``forbidden``, one block of rows at a time, in place (numba, no copy).
+
+    ``update(block, first_row)`` scans rows ``first_row ..`` of the array; ``row`` is the first row
+    found holding a forbidden code (-1: none yet) and ``key`` is ``(bits, entries, forbidden)``.
+    Each pair ``(mask, value)`` of :func:`forbidden_cubes` is one test: where ``bits`` divides 32
+    (codes never span words) the has-zero-field test of ``(word & mask) ^ value`` over the fields of
+    a word, else a test of every bit position of a word, continued into the next word, against the
+    pair's bits, kept where a code starts.
+    """
+
+    def __init__(self, bits: int, entries: int, forbidden):
+        self.key = (bits, entries, tuple(np.unique(np.asarray(forbidden, dtype=np.int64)).tolist()))
+        self.row = -1
+        self._tests = _scan_tests(*self.key)
+
+    def update(self, block: np.ndarray, first_row: int) -> None:
+        """Scan ``block`` (uint32 ``[rows, words]``), rows ``first_row ..`` of the array, unless a bad
+        row was found before."""
+        if self.row < 0:
+            hits = [r for r in (kernel(block, *operands) for kernel, operands in self._tests) if r >= 0]
+            if hits:
+                self.row = first_row + min(hits)
+
+
+@functools.lru_cache(maxsize=256)
+def _scan_tests(bits: int, entries: int, forbidden: tuple) -> tuple:
+    """``(kernel, operands)`` of each test of a :class:`CodeScan`, worked out once per width, row
+    length and set of codes."""
+    cubes = forbidden_cubes(np.array(forbidden), bits).astype(np.int64)
+    width = packed_words(entries, bits)
+    if WORD_BITS % bits == 0:
+        return ((_first_hit_row_aligned, _aligned_operands(cubes, bits, entries, width)),)
+    starts = code_starts(bits, entries, width)
+    starts.setflags(write=False)
+    return tuple((_first_hit_row_spanning, (*_bit_terms(mask, value, bits), starts)) for mask, value in cubes)
+
+
+def _aligned_operands(cubes: np.ndarray, bits: int, entries: int, width: int) -> tuple:
+    """The pairs replicated over the fields of a word (``masks``, ``values``), the fields' lowest
+    (``one``) and highest bits (``top``), and ``top`` for the last word (its fields past ``entries``,
+    the padding, left out)."""
+    one = sum(1 << k for k in range(0, WORD_BITS, bits))
+    top = one << (bits - 1)
+    used = entries * bits - (width - 1) * WORD_BITS  # bits of the last word that hold codes, 1 .. 32
+    masks, values = ((cubes[:, j] * one).astype(np.uint32) for j in (0, 1))
+    return masks, values, np.uint32(one), np.uint32(top), np.uint32(top & ((1 << used) - 1))
+
+
+def _bit_terms(mask: int, value: int, bits: int) -> tuple:
+    """One pair as a test of the bits of a code: for bit 0 and for each of bits ``1 .. bits - 1``
+    (tuples, so that the kernel compiles one unrolled test per width), an ``invert`` word (ones where
+    the pair wants the bit 0) and a ``skip`` word (ones where the mask leaves the bit free)."""
+    def word(flag: bool) -> np.uint32:
+        return np.uint32(ALL_ONES if flag else 0)
+
+    inverts = tuple(word(not value >> i & 1) for i in range(bits))
+    skips = tuple(word(not mask >> i & 1) for i in range(bits))
+    shifts = tuple(np.uint32(i) for i in range(1, bits))
+    return shifts, inverts[1:], skips[1:], inverts[0], skips[0]
+
+
+def code_starts(bits: int, entries: int, width: int) -> np.ndarray:
+    """``uint32 [width]``: bit ``p`` of word ``j`` is set where code ``k < entries`` starts
+    (``k * bits == 32 * j + p``)."""
+    starts = np.zeros(width * WORD_BITS, dtype=np.bool_)
+    starts[np.arange(entries) * bits] = True
+    return np.packbits(starts, bitorder="little").view("<u4").astype(np.uint32)
 
 
 # The scans run on one thread and stop at the first bad row: a row is a few kB (in L1), a pass runs
-# at memory speed, and a parallel region's worker threads, left spinning after it, slowed everything
-# after the scan (the next file's read included) on a machine of 2 cores. A code ``c`` is forbidden
-# when ``c & mask == value`` for a pair of :func:`forbidden_cubes`: a zero field of
-# ``(word & mask * ones) ^ value * ones``, the has-zero-field test ``(t - ones) & ~t & high`` (exact
-# for whether any field is zero: a borrow only runs upwards from a zero field).
+# at the speed of the cache, and a parallel region's worker threads, left spinning after it, slowed
+# everything after the scan on a machine of 2 cores. Every value is cast back to uint32: numba
+# computes on uint32 in 64 bits, and only the casts (and shift counts known to be below 32) let
+# LLVM vectorize in 32-bit lanes, twice as many per register.
 
 @njit(inline="always")
-def _partial_block_hit(row, bits, start, entries, is_forbidden):  # pragma: no cover - numba
-    """Whether a code ``start <= k < entries`` of ``row`` (the last, partial block) is forbidden."""
-    mask = np.uint32((1 << bits) - 1)
-    found = False
-    for k in range(start, entries):
-        bit = k * bits
-        w, shift = bit // WORD_BITS, bit % WORD_BITS
-        code = row[w] >> np.uint32(shift)
-        if shift + bits > WORD_BITS:
-            code |= row[w + 1] << np.uint32(WORD_BITS - shift)
-        found |= is_forbidden[code & mask]
-    return found
+def _zero_fields(word, mask, value, one, top):  # pragma: no cover - numba
+    """Nonzero when a field of ``(word & mask) ^ value`` is zero, ``(t - one) & ~t & top`` (exact for
+    whether any is: a borrow only runs upwards from a zero field)."""
+    t = np.uint32(np.uint32(word & mask) ^ value)
+    return np.uint32(np.uint32(np.uint32(t - one) & ~t) & top)
 
 
-@njit()
-def _first_forbidden_row_aligned(words, bits, entries, codes_per_word, masks, values, one, top,
-                                 is_forbidden):  # pragma: no cover - numba
-    """:func:`first_forbidden_row` when ``bits`` divides 32: one flat, vectorizable pass over the
-    whole words of a row for each pair of :func:`forbidden_cubes`; the codes of the last, partial
-    word one by one (its padding is not a code)."""
-    full = entries // codes_per_word
+@njit(nogil=True)
+def _first_hit_row_aligned(words, masks, values, one, top, last_top):  # pragma: no cover - numba
+    """:class:`CodeScan` where ``bits`` divides 32: one flat, vectorized pass over the words of a row
+    for each pair; in the last word only the fields that hold codes (``last_top``), as the padding
+    fields lie above them and a borrow never runs downwards."""
+    last = words.shape[1] - 1
     for r in range(words.shape[0]):
         row = words[r]
         acc = np.uint32(0)
         for p in range(masks.shape[0]):
             mask, value = masks[p], values[p]
-            for w in range(full):
-                t = (row[w] & mask) ^ value
-                acc |= (t - one) & ~t & top
-        if acc != 0 or _partial_block_hit(row, bits, full * codes_per_word, entries, is_forbidden):
+            for j in range(last):
+                acc = np.uint32(acc | _zero_fields(row[j], mask, value, one, top))
+            acc = np.uint32(acc | _zero_fields(row[last], mask, value, one, last_top))
+        if acc:
             return r
     return -1
 
 
-@njit()
-def _first_forbidden_row_spanning(words, bits, entries, codes_per_block, shifts, ones, high, cubes,
-                                  is_forbidden):  # pragma: no cover - numba
-    """:func:`first_forbidden_row` when codes span words: word ``j`` of the whole blocks and word
-    ``j + 1`` form a 64-bit window holding every code that starts in word ``j`` whole, tested with
-    that word's field patterns (:func:`word_windows`, laid out along the row so that the pass is
-    flat and vectorizes); the codes of the last, partial block one by one."""
-    block_words = shifts.shape[0]
-    full_blocks = entries // codes_per_block
-    span = full_blocks * block_words
-    pairs = cubes.shape[0]
-    shift = np.empty(span, np.uint64)
-    one = np.empty(span, np.uint64)
-    top = np.empty(span, np.uint64)
-    mask = np.empty((pairs, span), np.uint64)
-    value = np.empty((pairs, span), np.uint64)
-    for j in range(span):
-        i = j % block_words
-        shift[j], one[j], top[j] = shifts[i], ones[i], high[i]
-        for p in range(pairs):
-            mask[p, j] = cubes[p, 0] * ones[i]
-            value[p, j] = cubes[p, 1] * ones[i]
+@njit(inline="always")
+def _matching_bits(x, y, shifts, inverts, skips, invert0, skip0):  # pragma: no cover - numba
+    """Bit ``p`` set where the ``bits`` bits from bit ``p`` of word ``x`` on (continued in the next
+    word ``y``) agree with the pair on every bit of its mask."""
+    f = np.uint32(np.uint32(x ^ invert0) | skip0)
+    for k in range(len(shifts)):  # unrolled: the tuples' length is part of the compiled signature
+        s = shifts[k]
+        window = np.uint32(np.uint32(x >> (s & 31)) | np.uint32(y << ((32 - s) & 31)))
+        f = np.uint32(f & np.uint32(np.uint32(window ^ inverts[k]) | skips[k]))
+    return f
+
+
+@njit(nogil=True)
+def _first_hit_row_spanning(words, shifts, inverts, skips, invert0, skip0, starts):  # pragma: no cover - numba
+    """:class:`CodeScan` where codes span words: every bit position of every word tested at once
+    (:func:`_matching_bits`, the last word continued by zeros), kept where a code starts
+    (:func:`code_starts`); one flat, vectorized pass over a row."""
+    last = words.shape[1] - 1
     for r in range(words.shape[0]):
         row = words[r]
-        acc = np.uint64(0)
-        for p in range(pairs):
-            m, v = mask[p], value[p]
-            for j in range(span - 1):
-                window = np.uint64(row[j]) | (np.uint64(row[j + 1]) << np.uint64(WORD_BITS))
-                t = ((window >> shift[j]) & m[j]) ^ v[j]
-                acc |= (t - one[j]) & ~t & top[j]
-            if span:  # the last word of the whole blocks: no code of it spans into the next
-                t = ((np.uint64(row[span - 1]) >> shift[span - 1]) & m[span - 1]) ^ v[span - 1]
-                acc |= (t - one[span - 1]) & ~t & top[span - 1]
-        if acc != 0 or _partial_block_hit(row, bits, full_blocks * codes_per_block, entries, is_forbidden):
+        acc = np.uint32(0)
+        for j in range(last):
+            hit = _matching_bits(row[j], row[j + 1], shifts, inverts, skips, invert0, skip0)
+            acc = np.uint32(acc | np.uint32(hit & starts[j]))
+        hit = _matching_bits(row[last], np.uint32(0), shifts, inverts, skips, invert0, skip0)
+        acc = np.uint32(acc | np.uint32(hit & starts[last]))
+        if acc:
             return r
     return -1

@@ -5,9 +5,11 @@
     hwlab study                                   # all-MiniLM-L6-v2, every format, group sizes 32 64 128
     hwlab study --formats int4 nf4 --group-sizes 64 --out my-study
     hwlab study --weights model.safetensors       # your own weights (.safetensors, .npz or .npy)
+    hwlab study --device cuda                     # plus QuantLinear on the GPU and measured kernel times
 
 The folder (``--out``, default ``hwlab-study``) gets ``report.md``, ``results.csv``, ``layers.csv``,
-``hardware.csv``, ``results.json`` and PNG plots; it is written under a temporary name and renamed
+``hardware.csv``, ``results.json`` and PNG plots (with ``--device cuda`` also ``gpu.csv`` and a plot of
+measured against predicted kernel times); it is written under a temporary name and renamed
 when complete. An existing non-empty folder is replaced only with ``--force``. ``--json`` prints
 the results (without the per-layer rows, which are in ``results.json``) as strict JSON.
 """
@@ -31,7 +33,8 @@ def add_parser(commands, add_output_flags) -> None:
     p.add_argument("--force", action="store_true", help="let --out replace an existing non-empty folder")
     p.add_argument("--workers", type=int, metavar="N", help="processes, one thread each (default: one per core)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="cpu (default); cuda would add measured kernel times, which this version does not have")
+                   help="cpu (default); cuda adds the quantized encoder through QuantLinear and measured kernel "
+                        "times beside the GPU model's predictions (needs the gpu extra and a CUDA GPU)")
     add_output_flags(p)
     p.set_defaults(run=run)
 
@@ -42,7 +45,12 @@ def run(args) -> None:
     from hwlab.study.report import best_per_budget, check_out, quality, write_report
 
     if args.device == "cuda":
-        raise UsageError(_cuda_refusal())
+        from hwlab.study.gpu import check_device
+
+        try:
+            check_device()
+        except RuntimeError as exc:
+            raise UsageError(str(exc)) from None
     out = pathlib.Path(args.out)
     check_out(out, args.force)
     if args.weights is not None:
@@ -52,7 +60,8 @@ def run(args) -> None:
         if out.exists() and weights.resolve().is_relative_to(out.resolve()):
             raise UsageError(f"--weights {weights} is inside --out {out}, which the study replaces; move it first")
     workers = os.cpu_count() or 1 if args.workers is None else args.workers
-    result = run_study(args.weights, args.formats, args.group_sizes or DEFAULT_GROUP_SIZES, workers=workers)
+    result = run_study(args.weights, args.formats, args.group_sizes or DEFAULT_GROUP_SIZES, workers=workers,
+                       device=args.device)
     write_report(result, out, force=args.force)
     budgets = best_per_budget(result.variants)
     if args.json:
@@ -69,13 +78,3 @@ def run(args) -> None:
                    f"{b['best']['bits_per_weight']:.4g}", f"{quality(b['best']):.5g}"] for b in budgets]))
     print(f"wrote {out / 'report.md'} (and CSV, JSON, PNG plots)")
 
-
-def _cuda_refusal() -> str:
-    try:
-        import torch
-    except ImportError:
-        return "--device cuda needs torch with CUDA (the gpu extra); run the study on the CPU (no --device)"
-    if not torch.cuda.is_available():
-        return "--device cuda: torch finds no CUDA device here; run the study on the CPU (no --device)"
-    return ("--device cuda: measured kernel times are not part of the study yet; run it on the CPU "
-            "(no --device) and time kernels with bench/")

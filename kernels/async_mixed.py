@@ -20,6 +20,8 @@ from .device import DeviceTensor
 MODES = ("async", "sync", "cupy")
 GEMV_BN, TILE_BN, TILE_BM = 128, 64, 16  # rows (and activation rows) per program
 WAVES = 4  # programs per SM that split-K aims for (as hwlab.kernels.dispatch)
+ASYNC_WARPS = 4
+ASYNC_KERNELS = ("mixed_gemv_async", "mixed_tile_async")
 STREAM_BITS = {"codes4": 4, "codes2": 2, "zeros4": 4, "zeros2": 2}  # what the kernels decode
 
 
@@ -81,13 +83,18 @@ def async_launch(dt: DeviceTensor, m: int, sms: int = 1):
     tiles = math.ceil(n / bn) * math.ceil(m / bm)
     split = max(1, min(groups, (WAVES * sms) // tiles))
     steps = math.ceil(groups / split)
-    return Launch(kernel, bn, bm, dt.group_size, math.ceil(groups / steps), steps, "int")
+    return Launch(kernel, bn, bm, dt.group_size, math.ceil(groups / steps), steps, "int", ASYNC_WARPS)
 
 
 def mixed_matmul(x, dt, *, mode: str = "async", out=None):
     """``y = x @ W^T`` for a ``mixed_2_4`` device tensor: ``x`` fp16 or bf16 ``[..., K]`` on its device;
-    ``y`` in x's dtype (saturated: finite in, finite out), or written into ``out``."""
-    from .dispatch import OUT_MAX, FP32_ONE_BITS, check_runnable, device_sms, interpreted, matmul
+    ``y`` in x's dtype (saturated at its largest finite value; a NaN in x stays NaN), or written
+    into ``out``.
+
+    As :func:`hwlab.kernels.matmul` does, the first call for a shape, dtype and device of ``x``
+    checks everything and prepares the launch (kept on ``dt``); later calls launch the compiled
+    kernel directly, split-K included (one launch: the last program of a tile sums and stores)."""
+    from .dispatch import Prepared, check_runnable, device_sms, matmul
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -100,41 +107,46 @@ def mixed_matmul(x, dt, *, mode: str = "async", out=None):
         return mixed_gemv_cupy(x, dt, out=out)
     torch = _torch()
     n, k = dt.shape
-    if not isinstance(x, torch.Tensor) or x.shape[-1:] != (k,) or x.dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"x must be a float16 or bfloat16 torch tensor [..., {k}], got "
-                         f"{getattr(x, 'dtype', type(x).__name__)} with shape {tuple(getattr(x, 'shape', ()))}")
-    if x.device != dt.device:
-        raise ValueError(f"x is on {x.device}, the weights on {dt.device}")
-    check_runnable(x.device)
-    x2 = x.reshape(-1, k).contiguous()
-    m = x2.shape[0]
-    if out is not None and (out.shape != (*x.shape[:-1], n) or out.dtype != x.dtype or out.device != x.device
+    key = ("async", getattr(x, "shape", None), getattr(x, "dtype", None), getattr(x, "device", None))
+    prepared = dt.prepared.get(key)
+    if prepared is None:
+        if not isinstance(x, torch.Tensor) or x.shape[-1:] != (k,) or x.dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"x must be a float16 or bfloat16 torch tensor [..., {k}], got "
+                             f"{getattr(x, 'dtype', type(x).__name__)} with shape {tuple(getattr(x, 'shape', ()))}")
+        if x.device != dt.device:
+            raise ValueError(f"x is on {x.device}, the weights on {dt.device}")
+        check_runnable(x.device)
+        m = math.prod(x.shape[:-1])
+        launch = async_launch(dt, m, device_sms(x.device)) if m else None
+        prepared = dt.prepared[key] = Prepared(dt, m, x.dtype, launch, (*x.shape[:-1], n))
+    if out is not None and (out.shape != prepared.out_shape or out.dtype != x.dtype or out.device != x.device
                             or not out.is_contiguous()):
-        raise ValueError(f"out must be a contiguous {x.dtype} tensor {(*x.shape[:-1], n)} on {x.device}, got "
+        raise ValueError(f"out must be a contiguous {x.dtype} tensor {prepared.out_shape} on {x.device}, got "
                          f"{out.dtype} {tuple(out.shape)} on {out.device}")
-    y = out if out is not None else torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
-    if m == 0:
-        return y
-    ptrs, widths = _operands(dt)
-    launch = async_launch(dt, m, device_sms(x.device))
-    groups, g, bn, bm, split, steps = dt.plan.groups, dt.group_size, launch.bn, launch.bm, launch.split, launch.steps
-    target = torch.zeros((m, n), dtype=torch.float32, device=x.device) if split > 1 else y.view(m, n)
-    common = dict(G=g, BN=bn, ATOMIC=split > 1, OUT_MAX=OUT_MAX[str(target.dtype).removeprefix("torch.")],
-                  num_warps=4)
-    kern = _kernels_async()
-    pointers = (x2, ptrs["codes4"], ptrs["codes2"], ptrs["flags"], ptrs["zeros4"], ptrs["zeros2"], ptrs["scales"],
-                ptrs["rows"], target)
-    strides = (widths["codes4"], widths["codes2"], widths["flags"], widths["zeros4"], widths["zeros2"], steps)
-    if m == 1:
-        kern.mixed_gemv_async_kernel[(math.ceil(n / bn), split)](*pointers, n, k, groups, *strides, FP32_ONE_BITS,
-                                                                 EVEN=k == groups * g, **common)
-    else:
-        kern.mixed_tile_async_kernel[(math.ceil(n / bn), math.ceil(m / bm), split)](
-            *pointers, m, n, k, groups, *strides, BM=bm, EXACT_DOT=interpreted(), **common)
-    if split > 1:
-        limit = OUT_MAX[str(y.dtype).removeprefix("torch.")]
-        y.view(m, n).copy_(target.clamp_(-limit, limit))
+    y = out if out is not None else torch.empty(prepared.out_shape, dtype=x.dtype, device=x.device)
+    if prepared.m:
+        prepared(x.reshape(-1, k).contiguous(), y.view(prepared.m, n))
     return y
+
+
+def launch_arguments(dt: DeviceTensor, m: int, x_dtype: str, launch) -> tuple:
+    """``(kernel, grid, positional arguments, keyword arguments)`` of an asynchronous ``launch``, as
+    :class:`hwlab.kernels.dispatch.Prepared` takes them (``x``, ``out``, workspace and counts None)."""
+    from .dispatch import FP32_ONE_BITS, OUT_MAX, interpreted
+
+    n, k = dt.shape
+    ptrs, widths = _operands(dt)
+    groups, g, bn, bm, split = dt.plan.groups, dt.group_size, launch.bn, launch.bm, launch.split
+    kwargs = dict(G=g, BN=bn, ATOMIC=split > 1, OUT_MAX=OUT_MAX[x_dtype], num_warps=launch.warps)
+    kern = _kernels_async()
+    pointers = [None, ptrs["codes4"], ptrs["codes2"], ptrs["flags"], ptrs["zeros4"], ptrs["zeros2"], ptrs["scales"],
+                ptrs["rows"], None, None, None]
+    strides = [widths["codes4"], widths["codes2"], widths["flags"], widths["zeros4"], widths["zeros2"], launch.steps]
+    if launch.kernel == "mixed_gemv_async":
+        return (kern.mixed_gemv_async_kernel, (math.ceil(n / bn), split, 1),
+                pointers + [n, k, groups, *strides, FP32_ONE_BITS], dict(kwargs, EVEN=k == groups * g))
+    return (kern.mixed_tile_async_kernel, (math.ceil(n / bn), math.ceil(m / bm), split),
+            pointers + [m, n, k, groups, *strides], dict(kwargs, BM=bm, EXACT_DOT=interpreted()))
 
 
 def _kernels_async():

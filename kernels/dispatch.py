@@ -21,6 +21,7 @@ import math
 
 from hwlab.formats.scales import BF16_LARGEST, FP16_LARGEST
 
+from .async_mixed import ASYNC_KERNELS
 from .device import PAIR_TABLE_MAX, DeviceTensor
 from .plan import KernelPlan
 
@@ -50,7 +51,7 @@ class Launch:
     """One kernel launch: which kernel, its tile (rows ``bn``, batch rows ``bm``, K step ``ks``),
     split-K (``split`` programs along K, ``steps`` steps each) and the decode it uses."""
 
-    kernel: str  # gemv_words, tile, tile_dot, dequantize_then_torch
+    kernel: str  # gemv_words, gemv_mixed, tile, tile_dot, dequantize_then_torch; mixed_*_async (async_mixed)
     bn: int
     bm: int
     ks: int
@@ -227,7 +228,7 @@ class Prepared:
     goes through Triton's usual path.
 
     Split-K launches share a float32 workspace and per-tile arrival counts per device and stream,
-    which the kernel leaves zeroed (:func:`hwlab.kernels.triton_kernels._finish`)."""
+    which the kernel leaves zeroed (:func:`hwlab.kernels.triton_kernels.finish`)."""
 
     def __init__(self, qt: DeviceTensor, m: int, x_dtype, launch: Launch | None, out_shape: tuple):
         self.qt, self.m, self.launch, self.out_shape = qt, m, launch, out_shape
@@ -239,7 +240,7 @@ class Prepared:
         self.x_at, self.out_at = names.index("x_ptr"), names.index("out_ptr")
         self.work_at, self.count_at = names.index("work_ptr"), names.index("count_ptr")
         self.atomic = launch.split > 1
-        self.tiles = self.grid[0] * (self.grid[1] if launch.kernel in ("tile", "tile_dot") else 1)
+        self.tiles = math.prod(self.grid) // launch.split  # the split is the grid's last axis with a size above 1
         # every parameter in order, as Triton's launcher takes them (constexprs included, ignored by it)
         values = dict(zip(names, self.args), **self.kwargs)
         self.flat = [_address(values[name]) for name in names]
@@ -317,6 +318,10 @@ def _dequantize_then_torch(x2, qt, out2) -> None:
 def _arguments(qt: DeviceTensor, m: int, x_dtype: str, launch: Launch) -> tuple:
     """``(kernel, grid, positional arguments, keyword arguments)`` of ``launch``; ``x``, ``out``,
     the workspace and the counts are placeholders (None) filled at each call."""
+    if launch.kernel in ASYNC_KERNELS:
+        from .async_mixed import launch_arguments
+
+        return launch_arguments(qt, m, x_dtype, launch)
     n = qt.shape[0]
     atomic = launch.split > 1
     math_dtype = x_dtype if launch.kernel == "tile_dot" else "float32"

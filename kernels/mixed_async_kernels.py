@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_kernels import mask_all, load_field, placed_code, popcount32, saturate
+from .triton_kernels import finish, load_field, mask_all, placed_code, popcount32
 
 
 @triton.jit
@@ -73,7 +73,7 @@ def _first_rank(flags_ptr, rn, nmask, flag_words, first):
 
 @triton.jit
 def mixed_gemv_async_kernel(x_ptr, codes4_ptr, codes2_ptr, flags_ptr, zeros4_ptr, zeros2_ptr, scales_ptr, rows_ptr,
-                            out_ptr, N, K, NG, row_words4, row_words2, flag_words, zero_words4, zero_words2,
+                            out_ptr, work_ptr, count_ptr, N, K, NG, row_words4, row_words2, flag_words, zero_words4, zero_words2,
                             steps_per_program, one_bits, G: tl.constexpr, BN: tl.constexpr, EVEN: tl.constexpr,
                             ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr):
     """M = 1. Program ``(i, s)`` owns rows ``i*BN ..`` and groups ``s*steps_per_program ..``;
@@ -115,15 +115,12 @@ def mixed_gemv_async_kernel(x_ptr, codes4_ptr, codes2_ptr, flags_ptr, zeros4_ptr
         acc += (part - xone[None, :] - zero.to(tl.float32)[:, None] * xsum[None, :]) * code.to(tl.float32)[:, None]
     acc1 = tl.sum(acc, axis=1)
     y = acc1 * tl.load(rows_ptr + rn, mask=nmask, other=0.0).to(tl.float32)
-    if ATOMIC:
-        tl.atomic_add(out_ptr + rn, y, mask=nmask, sem="relaxed")
-    else:
-        tl.store(out_ptr + rn, saturate(y, OUT_MAX).to(out_ptr.dtype.element_ty), mask=nmask)
+    finish(y, out_ptr, rn, nmask, work_ptr, count_ptr, tl.program_id(0), tl.num_programs(1), ATOMIC, OUT_MAX)
 
 
 @triton.jit
 def mixed_tile_async_kernel(x_ptr, codes4_ptr, codes2_ptr, flags_ptr, zeros4_ptr, zeros2_ptr, scales_ptr, rows_ptr,
-                            out_ptr, M, N, K, NG, row_words4, row_words2, flag_words, zero_words4, zero_words2,
+                            out_ptr, work_ptr, count_ptr, M, N, K, NG, row_words4, row_words2, flag_words, zero_words4, zero_words2,
                             steps_per_program, BM: tl.constexpr, BN: tl.constexpr, G: tl.constexpr,
                             EXACT_DOT: tl.constexpr, ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr):
     """M > 1 on tensor cores. Program ``(i, j, s)``: rows ``i*BN ..``, activations ``j*BM ..``, groups
@@ -159,9 +156,6 @@ def mixed_tile_async_kernel(x_ptr, codes4_ptr, codes2_ptr, flags_ptr, zeros4_ptr
             d = tl.dot(xk, tl.trans(v.to(x_ptr.dtype.element_ty)), out_dtype=tl.float32)
         acc += d * code.to(tl.float32)[None, :]
     y = acc * tl.load(rows_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
-    target = out_ptr + rm[:, None] * N + rn[None, :]
-    omask = mmask[:, None] & nmask[None, :]
-    if ATOMIC:
-        tl.atomic_add(target, y, mask=omask, sem="relaxed")
-    else:
-        tl.store(target, saturate(y, OUT_MAX).to(out_ptr.dtype.element_ty), mask=omask)
+    tile = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+    finish(y, out_ptr, rm[:, None] * N + rn[None, :], mmask[:, None] & nmask[None, :], work_ptr, count_ptr, tile,
+           tl.num_programs(2), ATOMIC, OUT_MAX)

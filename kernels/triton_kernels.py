@@ -27,7 +27,7 @@ every datatype of a family, built-in or user-defined:
     NF4 double quantization (whose float32 second level rounds twice, as bitsandbytes does).
 
 Split-K programs add float32 partial sums into a workspace that stays zeroed between calls, and
-the last program of a tile stores the sum (``ATOMIC``, :func:`_finish`); a program that owns all of
+the last program of a tile stores the sum (``ATOMIC``, :func:`finish`); a program that owns all of
 K stores its rows. Outputs saturate at ``OUT_MAX`` (finite in, finite out). Loop bounds are run
 time values; all shapes of ``tl.arange`` are powers of two. Nothing here runs at import.
 """
@@ -161,11 +161,14 @@ def _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, n, g, mask, s_row_strid
 
 @triton.jit
 def saturate(y, OUT_MAX: tl.constexpr):
-    return tl.minimum(tl.maximum(y, -OUT_MAX), OUT_MAX)
+    """``y`` clamped to ``[-OUT_MAX, OUT_MAX]``; a NaN stays NaN (as in torch's ``linear``: a NaN
+    in x reaches every output of its row)."""
+    return tl.minimum(tl.maximum(y, -OUT_MAX, propagate_nan=tl.PropagateNan.ALL), OUT_MAX,
+                      propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
-def _finish(y, out_ptr, offsets, mask, work_ptr, count_ptr, tile, splits, ATOMIC: tl.constexpr,
+def finish(y, out_ptr, offsets, mask, work_ptr, count_ptr, tile, splits, ATOMIC: tl.constexpr,
             OUT_MAX: tl.constexpr):
     """Store ``y`` saturated in the output dtype; with split-K (``ATOMIC``) add it to the float32
     workspace instead, and the last of the ``splits`` programs of a tile (a per-tile arrival count)
@@ -311,7 +314,7 @@ def gemv_words_kernel(
             sc = sc[:, None]
         acc += part * sc
     y = tl.sum(acc, axis=1) * value_scale
-    _finish(y, out_ptr, rn, nmask, work_ptr, count_ptr, tl.program_id(0), tl.num_programs(1), ATOMIC, OUT_MAX)
+    finish(y, out_ptr, rn, nmask, work_ptr, count_ptr, tl.program_id(0), tl.num_programs(1), ATOMIC, OUT_MAX)
 
 
 @triton.jit
@@ -377,7 +380,7 @@ def gemv_mixed_kernel(
         acc += dot * tl.load(stable_ptr + code)
         rank += wide.to(tl.int32)
     y = acc * tl.load(rows_ptr + rn, mask=nmask, other=0.0).to(tl.float32) * value_scale
-    _finish(y, out_ptr, rn, nmask, work_ptr, count_ptr, tl.program_id(0), tl.num_programs(1), ATOMIC, OUT_MAX)
+    finish(y, out_ptr, rn, nmask, work_ptr, count_ptr, tl.program_id(0), tl.num_programs(1), ATOMIC, OUT_MAX)
 
 
 @triton.jit
@@ -512,7 +515,7 @@ def tile_kernel(
         acc += d * sc[None, :]
     y = acc * value_scale
     tile = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
-    _finish(y, out_ptr, rm[:, None] * N + rn[None, :], mmask[:, None] & nmask[None, :], work_ptr, count_ptr, tile,
+    finish(y, out_ptr, rm[:, None] * N + rn[None, :], mmask[:, None] & nmask[None, :], work_ptr, count_ptr, tile,
             tl.num_programs(2), ATOMIC, OUT_MAX)
 
 

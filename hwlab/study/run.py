@@ -24,7 +24,7 @@ import numpy as np
 
 from hwlab.formats import get_format, list_formats
 
-from . import hardware, minilm
+from . import gpu, hardware, minilm
 from .measure import DEFAULT_GROUP_SIZES, LayerInputs, measure, plan, sample_rows
 
 
@@ -38,6 +38,7 @@ class StudyResult:
     layer_rows: list  # one dict per variant and layer
     not_applicable: list  # {format, group_size, reason}
     hardware: list  # {format, group_size, machine, kernel, cycles, energy...}
+    gpu: list  # {format, group_size, shape, kernel, measured_us, fp16_us, predicted_us...} (device cuda)
     hardware_skipped: list  # {format, machine, reason} (one per format)
     baselines: list  # the fp16 runs
     meta: dict
@@ -79,8 +80,11 @@ def _read_npz(path: pathlib.Path) -> dict:
 
 
 def run_study(weights=None, formats=None, group_sizes=DEFAULT_GROUP_SIZES, progress: bool = True,
-              workers: int = 1) -> StudyResult:
+              workers: int = 1, device: str = "cpu") -> StudyResult:
     """Run the study (module docstring); ``formats`` default: every registered format.
+
+    ``device="cuda"`` adds the GPU stage (:mod:`hwlab.study.gpu`): the quantized encoder through
+    ``QuantLinear`` (MiniLM) and measured kernel times beside the GPU model's predictions.
 
     ``workers``: 1 (default) measures the variants in this process, with the threads the
     environment gives BLAS and numba; more start that many processes (``spawn``: a script that
@@ -101,10 +105,15 @@ def run_study(weights=None, formats=None, group_sizes=DEFAULT_GROUP_SIZES, progr
     variants, not_applicable = plan(formats, list(group_sizes))
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive number of processes, got {workers!r}")
-    context = Context.build(weights)
-    result = StudyResult(context.source, context.shapes, [], [], not_applicable, [], [],
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda":
+        gpu.check_device()
+    context = Context.build(weights, device)
+    result = StudyResult(context.source, context.shapes, [], [], not_applicable, [], [], [],
                          hardware.baselines(context.work), {"group_sizes": list(group_sizes), "formats": formats,
-                                                            "sim_tokens": hardware.SIM_TOKENS, "workers": workers})
+                                                            "sim_tokens": hardware.SIM_TOKENS, "workers": workers,
+                                                            "device": device})
     bar = functools.partial(tqdm, total=len(variants), desc="hwlab study", unit="variant",
                             disable=None if progress else True)
     if workers == 1 or len(variants) == 1:
@@ -113,13 +122,15 @@ def run_study(weights=None, formats=None, group_sizes=DEFAULT_GROUP_SIZES, progr
     else:
         with _single_threaded_children():
             pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(variants)), initializer=_start_worker,
-                                                          initargs=(weights,),
+                                                          initargs=(weights, device),
                                                           mp_context=multiprocessing.get_context("spawn"))
             futures = [pool.submit(_evaluate_in_worker, v) for v in variants]  # spawns every worker
         try:
             _collect(result, variants, bar(f.result() for f in futures))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+    if device == "cuda":
+        _time_on_gpu(result, context, variants, progress)
     result.meta["seconds"] = time.perf_counter() - started
     return result
 
@@ -150,19 +161,21 @@ class Context:
     embed: object
     source: str
     work: object
+    biases: dict | None = None  # name -> float32 [out] (MiniLM): the QuantLinear layers' biases
+    device: str = "cpu"
 
     @property
     def shapes(self) -> dict:
         return {name: list(w.shape) for name, w in self.layers.items()}
 
     @classmethod
-    def build(cls, weights=None) -> "Context":
-        """MiniLM's (``weights`` None) or a file's."""
+    def build(cls, weights=None, device: str = "cpu") -> "Context":
+        """MiniLM's (``weights`` None) or a file's; ``device`` where :meth:`evaluate` runs the GPU stage's embeddings."""
         if weights is not None:
             layers = load_weights(weights)
-            return cls(layers, None, None, os.fspath(weights), hardware.workload(_shapes(layers)))
-        layers, activations, embed, source, heads = _minilm()
-        return cls(layers, activations, embed, source, hardware.workload(_shapes(layers), heads))
+            return cls(layers, None, None, os.fspath(weights), hardware.workload(_shapes(layers)), device=device)
+        layers, activations, embed, source, heads, biases = _minilm()
+        return cls(layers, activations, embed, source, hardware.workload(_shapes(layers), heads), biases, device)
 
     def evaluate(self, variant) -> dict:
         """``{summary, layers, hardware, skipped}`` of one variant, or ``{not_applicable: reason}``."""
@@ -171,6 +184,8 @@ class Context:
         except ValueError as exc:
             return {"not_applicable": str(exc)}
         rows, skipped = hardware.simulate_variant(self.work, m.first, m.summary["bits_per_weight"])
+        if self.device == "cuda" and self.embed is not None:
+            m.summary.update(gpu.embedding_fields(variant, self.layers, self.biases, self.device, self.embed))
         return {"summary": m.summary, "layers": m.layers, "hardware": rows, "skipped": skipped}
 
 
@@ -200,8 +215,8 @@ def _single_threaded_children():
 _WORKER: dict = {}  # the context of a worker process, made once by _start_worker
 
 
-def _start_worker(weights) -> None:
-    _WORKER["context"] = Context.build(weights)
+def _start_worker(weights, device) -> None:
+    _WORKER["context"] = Context.build(weights, device)
 
 
 def _evaluate_in_worker(variant) -> dict:
@@ -219,9 +234,26 @@ def _minilm():
     layers = {n: encoder.tensors[n] for n in names}
     activations = {n: LayerInputs(sample_rows(captured[n]), layers[n]) for n in names}
 
-    def embed(dequantized):
-        return np.sum(encoder.embed(ids, weights=dequantized) * reference, axis=1)  # unit vectors: the cosine
+    def embed(dequantized=None, linears=None):
+        return np.sum(encoder.embed(ids, weights=dequantized, linears=linears) * reference, axis=1)  # the cosine
 
     source = (f"all-MiniLM-L6-v2 ({minilm.model_dir()}), {len(texts)} sentences, "
               f"{sum(map(len, ids))} tokens")
-    return layers, activations, embed, source, encoder.config.heads
+    biases = {n: encoder.tensors[n.removesuffix(".weight") + ".bias"] for n in names}
+    return layers, activations, embed, source, encoder.config.heads, biases
+
+
+def _time_on_gpu(result: StudyResult, context: Context, variants: list, progress: bool) -> None:
+    """The GPU stage's timings (:func:`hwlab.study.gpu.timing_rows`), in this process, one variant at a time."""
+    from tqdm import tqdm
+
+    device = gpu.check_device()
+    fp16_us = gpu.fp16_times(context.layers, device)
+    model = gpu.gpu_model(device)
+    measured = {(v["format"], v["group_size"]): v for v in result.variants}
+    for variant in tqdm([v for v in variants if (v.format, v.group_size) in measured], desc="hwlab study (GPU times)",
+                        unit="variant", disable=None if progress else True):
+        rows = gpu.timing_rows(variant, context.layers, device, fp16_us, model)
+        result.gpu += rows
+        measured[(variant.format, variant.group_size)].update(gpu.totals(rows))
+    result.meta["gpu"] = {"device": gpu.device_name(device), "gpu_model": model, "rows": gpu.TIME_ROWS}

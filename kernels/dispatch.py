@@ -240,7 +240,7 @@ class Prepared:
         self.x_at, self.out_at = names.index("x_ptr"), names.index("out_ptr")
         self.work_at, self.count_at = names.index("work_ptr"), names.index("count_ptr")
         self.atomic = launch.split > 1
-        self.tiles = math.prod(self.grid) // launch.split  # the split is the grid's last axis with a size above 1
+        self.tiles = math.prod(self.grid) // launch.split  # output tiles: every grid axis but the split-K one
         # every parameter in order, as Triton's launcher takes them (constexprs included, ignored by it)
         values = dict(zip(names, self.args), **self.kwargs)
         self.flat = [_address(values[name]) for name in names]

@@ -36,7 +36,6 @@ from hwlab.formats import quantize
 from .hardware import SIM_TOKENS
 
 TIME_ROWS = SIM_TOKENS  # activation rows of each timed call
-DTYPE = "float16"  # activations of the GPU runs
 GPU_MODELS = {"H200": "h200", "H100": "h100"}  # torch device name contains -> hwlab.sim.gpu preset
 
 

@@ -24,9 +24,16 @@ import tempfile
 import time
 
 import numpy as np
+from bench_quantize import (
+    cpu_name,
+    git_commit,
+    own_group_size,
+    utc_now,
+    versions,
+    write_result,
+)
 
 import hwlab
-from bench_quantize import cpu_name, git_commit, own_group_size, utc_now, versions, write_result
 
 FORMATS = ("int4", "int4_asym", "nf4", "bitmod_fp4", "fp8_e4m3", "mxfp4", "nvfp4", "mixed_2_4", "olive4", "int3")
 
@@ -36,7 +43,8 @@ def plain_read(path: str) -> dict:
 
     with safe_open(path, framework="numpy") as fh:
         json.loads(fh.metadata()["hwlab"])
-        return {k: fh.get_tensor(k) for k in fh.keys()}
+        names = fh.keys()  # a safe_open is not iterable
+        return {k: fh.get_tensor(k) for k in names}
 
 
 def drop_from_page_cache(path: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import datetime
 import json
 import os
@@ -29,6 +30,7 @@ FORMATS = ["int4", "int4_asym", "int2", "int3", "int8", "nf4", "fp4_e2m1", "fp4_
            "bitmod_fp4", "bitmod_fp3", "shift4", "ternary", "mxfp4", "nvfp4", "mixed_2_4", "olive4", "fp8_e4m3"]
 BATCHES = (1, 16, 64)
 K, N = 8192, 28672  # the largest benchmark layer (Llama-3-70B-like MLP)
+ROWS = 512  # rows quantized for the count (the launch is the N x K one's): at least its rows per program
 SM90 = ("cuda", 90, 32)
 TORCH_TYPES = {"float16": "*fp16", "bfloat16": "*bf16", "float32": "*fp32", "int32": "*i32", "int16": "*i16",
                "uint8": "*u8", "int8": "*i8"}
@@ -141,13 +143,13 @@ def count(formats=FORMATS, batches=BATCHES) -> list[dict]:
     dispatch.interpreted = lambda: False
     rng = np.random.default_rng(0)
     for name in formats:
-        small = F.quantize((rng.standard_normal((256, K)) * 0.02).astype(np.float32), name)
+        small = F.quantize((rng.standard_normal((ROWS, K)) * 0.02).astype(np.float32), name)
         dev = small.to("cpu")
         for m in batches:
-            launch = dispatch.choose(dev.plan, m, sms=132)
+            launch = dispatch.choose(dataclasses.replace(dev.plan, shape=(N, K)), m, sms=132)  # the N x K launch
             x = torch.zeros(m, K, dtype=torch.float16)
             before = len(results)
-            dispatch.run(x, dev, torch.empty(m, 256, dtype=torch.float16), launch)
+            dispatch.run(x, dev, torch.empty(m, ROWS, dtype=torch.float16), launch)
             if len(results) == before:
                 continue
             rows.append(_row(name, m, launch.kernel, launch.decode, launch.bn, launch.bm, launch.ks, results[-1]))

@@ -28,8 +28,9 @@ from them; the stored layout; and every stored value (:mod:`hwlab.formats.valida
 quantizer can emit, finite positive scales, zero padding).
 
 The checks that need the format are made before the arrays are read, so that the read can hash and
-scan each block of an array while it is in cache (one pass over the file, one copy of its bytes);
-what they find is raised only after every checksum matched, in the order above.
+scan each piece of an array while it is in cache (:class:`_Reading`: one pass over the file, one
+copy of its bytes, pieces of 1 MiB read, hashed and scanned by two threads at once, the hashes in
+file order); what they find is raised only after every checksum matched, in the order above.
 """
 from __future__ import annotations
 
@@ -37,10 +38,12 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import os
-import queue
+import threading
+import typing
 import warnings
 
 import numpy as np
@@ -53,10 +56,10 @@ from .registry import get_format
 FILE_VERSION = 3  # 3: checksums and digest; 2: layout descriptors; bump when the stored layout changes
 METADATA_KEY = "hwlab"
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library refuses longer headers
-# Bytes read, then hashed and scanned, at a time: inside the L2 of a core (1 MiB on AMD Zen 4/5,
-# 1.25-2 MiB on Intel server cores), so the checks find the block in cache, and large enough that
-# handing a block to the checking thread costs little (256 KiB and 1 MiB were slower here).
-CHUNK_BYTES = 1 << 19
+# Bytes read, then hashed and scanned, at a time by one thread (:class:`_Reading`): inside the L2
+# cache of a core (1 MiB on AMD Zen 4/5, 2 MiB on Intel Sapphire Rapids), so that the hash and the
+# scan find the piece there, and large enough that the threads rarely wait for each other.
+PIECE_BYTES = 1 << 20
 # safetensors dtype names (github.com/huggingface/safetensors, the format's README) -> numpy
 DTYPES = {"BOOL": "?", "U8": "u1", "I8": "i1", "U16": "<u2", "I16": "<i2", "F16": "<f2", "U32": "<u4", "I32": "<i4",
           "F32": "<f4", "U64": "<u8", "I64": "<i8", "F64": "<f8"}
@@ -162,7 +165,7 @@ class SavedFile:
         length, little-endian, then that many bytes of JSON), the file ``size`` bytes long."""
         if size < 8:
             raise self._unreadable(f"it is {size} bytes long, shorter than the 8 bytes of the header length")
-        length = int.from_bytes(self._file.read(8), "little")
+        length = self._header_bytes = int.from_bytes(self._file.read(8), "little")
         if length > min(MAX_HEADER_BYTES, size - 8):
             raise self._unreadable(f"a header of {length} bytes does not fit in a file of {size} bytes")
         try:
@@ -212,59 +215,164 @@ class SavedFile:
             raise self._unreadable(f"its arrays end at byte {at} of the data, but the file holds {data_bytes}")
 
     def read_arrays(self, scans: dict) -> dict:
-        """Name -> array, read in one pass, each block of rows hashed (XXH3-64, streaming) and
+        """Name -> array, each read straight into its own memory and hashed (XXH3-64, streaming) and
         scanned (``scans``: name -> :class:`~hwlab.formats.validate.CodeScan` objects, run on the
-        blocks of that array) right after it is read; ``StorageError`` if an array does not match
-        its checksum, or the file ends early."""
+        rows of that array) piece by piece while the piece is in cache (:class:`_Reading`);
+        ``StorageError`` if the file ends early or an array does not match its checksum (the first
+        such array in file order)."""
         checksums = self.meta["checksums"]
         if set(checksums) != set(self.entries):
             raise StorageError(f"{self.path}: checksums name arrays {sorted(checksums)}, the file holds "
                                f"{sorted(self.entries)}")
-        blocks = queue.SimpleQueue()
-        digests = _checker().submit(_check_blocks, blocks)  # hashes and scans while the next block is read
-        try:
-            arrays, hashers = self._read_blocks(blocks, scans)
-        finally:
-            blocks.put(None)
-            digests.result()
+        arrays, hashers, pieces = self._pieces(scans)
+        reading = _Reading(self._file, pieces)
+        if len(pieces) > 1:  # a second thread reads, hashes and scans pieces beside this one
+            helper = _helper().submit(reading.run)
+            try:
+                reading.run()
+            finally:
+                concurrent.futures.wait([helper])
+            helper.result()
+        else:
+            reading.run()
+        if reading.error is not None:
+            raise self._unreadable(reading.error)
         for name, hasher in hashers.items():  # in file order
             if hasher.hexdigest() != checksums[name]:
                 raise StorageError(f"{self.path}: array {name!r} does not match its checksum (corrupted)")
         return dict(sorted(arrays.items()))
 
-    def _read_blocks(self, blocks: queue.SimpleQueue, scans: dict) -> tuple[dict, dict]:
-        """Every array, in file order, read block by block of ``CHUNK_BYTES`` (whole rows) straight
-        into its own memory, each block put on ``blocks`` (with the hasher and the scans of its
-        array) once it is read; the arrays, and their hashers."""
-        arrays, hashers = {}, {}
+    def _pieces(self, scans: dict) -> tuple[dict, dict, list]:
+        """Every array, empty, in file order; its hasher; and the :class:`_Piece` objects that fill
+        them: whole rows of an array up to ``PIECE_BYTES`` (at least one row), consecutive arrays
+        (or their ends) sharing a piece up to that size."""
+        arrays, hashers, pieces, piece, size = {}, {}, [], [], 0
+        base = 8 + self._header_bytes
         for name, e in sorted(self.entries.items(), key=lambda item: item[1].start):
             array = arrays[name] = np.empty(e.shape, e.dtype)
             hasher = hashers[name] = xxhash.xxh3_64()  # streaming: the same digest as all bytes at once
             rows = array.reshape(e.shape[0] if array.ndim and array.size else 1, -1)
             row_bytes = rows.shape[1] * e.dtype.itemsize
             data = memoryview(array.reshape(-1).view(np.uint8))
-            step = max(1, CHUNK_BYTES // max(1, row_bytes))
+            step = max(1, PIECE_BYTES // max(1, row_bytes))
             for first in range(0, rows.shape[0] if array.size else 0, step):
-                block = data[first * row_bytes:(first + step) * row_bytes]
-                if self._file.readinto(block) != len(block):
-                    raise self._unreadable("it ended before its last array did")
-                blocks.put((hasher, block, scans.get(name, ()), rows[first:first + step], first))
-        return arrays, hashers
+                part = _Part(hasher, data[first * row_bytes:(first + step) * row_bytes], rows[first:first + step], first,
+                             tuple(scans.get(name, ())))
+                if piece and size + len(part.data) > PIECE_BYTES:
+                    pieces.append(_Piece(base, tuple(piece)))
+                    base, piece, size = base + size, [], 0
+                piece.append(part)
+                size += len(part.data)
+        if piece:
+            pieces.append(_Piece(base, tuple(piece)))
+        return arrays, hashers, pieces
 
 
-def _check_blocks(blocks: queue.SimpleQueue) -> None:
-    """Hash and scan the blocks put on ``blocks`` (:meth:`SavedFile._read_blocks`) until ``None``."""
-    while (item := blocks.get()) is not None:
-        hasher, block, scans, rows, first = item
-        hasher.update(block)  # xxhash, the read and the numba scans release the GIL: the two overlap
-        for scan in scans:
-            scan.update(rows, first)
+class _Part(typing.NamedTuple):  # a named tuple: made a few dozen times a load, where a dataclass costs 2 us
+    """Rows ``first ..`` of one array (``rows``), their bytes (``data``), the array's hasher and the
+    scans of its rows."""
+
+    hasher: object
+    data: memoryview
+    rows: np.ndarray
+    first: int
+    scans: tuple
+
+
+class _Piece(typing.NamedTuple):
+    """What one read fills: ``parts``, one after the other in the file from byte ``offset``."""
+
+    offset: int
+    parts: tuple
+
+
+class _Reading:
+    """The pieces of a file read by the threads that call :meth:`run` at once, each piece by one of
+    them: it claims the next piece, reads it (``os.preadv``: no shared file position), hashes it
+    in its turn (the pieces are hashed in file order, so each array's bytes in order), hands the
+    turn on and scans it (first, if the turn has not come yet), all while the piece is in its
+    core's cache. ``error``: why the file could not be read in full (it shrank, or the read
+    failed), else ``None``."""
+
+    TURN_POLL_S = 0.1  # how often a thread waiting for its turn looks whether the other one gave up
+
+    def __init__(self, file, pieces: list):
+        self._file, self._fd, self._pieces = file, file.fileno(), pieces
+        self._seek = threading.Lock()  # where there is no os.preadv: one seek and read at a time
+        self._claims = itertools.count()  # next() is atomic: each piece goes to one thread
+        self._turns = [threading.Lock() for _ in range(len(pieces) + 1)]  # turn k: piece k may hash
+        for turn in self._turns[1:]:
+            turn.acquire()
+        self._stopped = False  # a thread left run() on an exception (an interrupt): the other stops too
+        self.error = None
+
+    def run(self) -> None:
+        """Read, hash and scan pieces until none is left."""
+        try:
+            while not self._stopped and (k := next(self._claims)) < len(self._pieces):
+                piece = self._pieces[k]
+                whole = self._read(piece)
+                turn = self._turns[k].acquire(blocking=False)
+                if not turn:  # the piece before is still being hashed: scan this one meanwhile
+                    self._scan(piece, whole)
+                    if not self._wait_turn(k):
+                        return
+                if whole:
+                    for part in piece.parts:
+                        part.hasher.update(part.data)  # xxhash releases the GIL, so do preadv and the scans
+                self._turns[k + 1].release()
+                if turn:
+                    self._scan(piece, whole)
+        except BaseException:
+            self._stopped = True
+            raise
+
+    @staticmethod
+    def _scan(piece: _Piece, whole: bool) -> None:
+        """Run the scans of every part of ``piece`` on its rows, if it was read whole."""
+        for part in piece.parts if whole else ():
+            for scan in part.scans:
+                scan.update(part.rows, part.first)
+
+    def _read(self, piece: _Piece) -> bool:
+        """Fill ``piece`` from the file; ``False`` (and ``error`` set) if it could not be read whole."""
+        views = [part.data for part in piece.parts]
+        try:
+            got = self._read_at(views, piece.offset)
+        except OSError as exc:
+            self.error = f"reading it failed ({exc})"
+            return False
+        if got != sum(map(len, views)):
+            self.error = "it ended before its last array did (it shrank while it was read?)"
+            return False
+        return True
+
+    def _read_at(self, views: list, offset: int) -> int:
+        """Bytes read into ``views``, one after the other, from byte ``offset`` of the file:
+        ``os.preadv`` where there is one (Linux, the BSDs, macOS 11+), else a seek and reads under
+        a lock (Windows: the threads still hash and scan at once)."""
+        if hasattr(os, "preadv"):
+            return os.preadv(self._fd, views, offset)
+        with self._seek:
+            self._file.seek(offset)
+            return sum(self._file.readinto(view) or 0 for view in views)
+
+    def _wait_turn(self, k: int) -> bool:
+        """Wait until piece ``k`` may be hashed; ``False`` if the other thread gave up meanwhile."""
+        while not self._turns[k].acquire(timeout=self.TURN_POLL_S):
+            if self._stopped:
+                return False
+        return True
 
 
 @functools.lru_cache(maxsize=1)
-def _checker() -> concurrent.futures.ThreadPoolExecutor:
-    """The one thread that checks the blocks of a file as it is read (blocked on its queue when idle)."""
+def _helper() -> concurrent.futures.ThreadPoolExecutor:
+    """The one thread that reads beside the loading one (waiting on its queue when idle)."""
     return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hwlab-load")
+
+
+if hasattr(os, "register_at_fork"):  # a forked child has no helper thread: it starts its own
+    os.register_at_fork(after_in_child=_helper.cache_clear)
 
 
 def resolve(path: str, meta: dict, use_file_format: bool):
@@ -323,6 +431,13 @@ def expected_layout(path: str, meta: dict, entries: dict, fmt: Format, opts: dic
     return dict(layout)
 
 
+@functools.lru_cache(maxsize=256)
+def _definition(fmt: Format) -> dict:
+    """``fmt.definition()``, worked out once per format (a format never changes; NF4's takes 0.15 ms,
+    a tenth of reading a 4096 x 11008 tensor); only compared, never handed out."""
+    return fmt.definition()
+
+
 def file_format(path: str, name: str, fingerprint: str, definition: dict, description: str,
                 use_file_format: bool) -> Format:
     """The registered format ``name`` if its fingerprint matches, else rebuilt from ``definition``."""
@@ -332,7 +447,7 @@ def file_format(path: str, name: str, fingerprint: str, definition: dict, descri
         pass
     else:
         if fmt.fingerprint() == fingerprint:
-            if fmt.definition() != definition:
+            if _definition(fmt) != definition:
                 raise ValueError(f"{path}: the stored definition does not match format {name!r}, whose fingerprint "
                                  "the file names (corrupted or edited)")
             return fmt

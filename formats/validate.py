@@ -15,11 +15,12 @@ raises ``ValueError`` naming the array and the offending entry:
 * NF4 double quantization's ``scale_absmax`` and ``scale_offset`` are not negative, and scales
   quantized under a ``scale_clamp`` lie within it.
 
-The code scan runs on the packed words (numba, one thread, no copy: a word-wide has-zero-field test
-where codes never span words, a test of every bit position against the forbidden code's bits where
-they do; :class:`CodeScan`). ``hwlab.load`` runs it on each block of rows as it reads them, while
-the block is in cache (:func:`code_scans` says which scans :func:`check_stored` will ask for), and
-:func:`check_stored` then uses those results instead of scanning again.
+The code scan runs on the packed words (numba, no copy: a word-wide has-zero-field test where codes
+never span words, a test of every bit position against the forbidden code's bits where they do;
+:class:`CodeScan`). ``hwlab.load`` runs it on each block of rows as it reads them, while the block
+is in cache, on whichever of its two reading threads read the block (:func:`code_scans` says which
+scans :func:`check_stored` will ask for), and :func:`check_stored` then uses those results instead
+of scanning again. Stored scales are tested in one pass over their bits (:func:`first_outside`).
 """
 from __future__ import annotations
 
@@ -173,8 +174,13 @@ def check_scales_within_clamp(stored: np.ndarray, row_scales, encoding: str, cla
     ``scale_clamp=clamp`` puts them (:func:`~hwlab.formats.scale_search.clamp_bounds`; an all-zero
     group's least scale too)."""
     scale_type = get_scale_type(encoding)
-    scales = scale_type.load(StoredScales(stored, row_scales))
     low, high, floor = clamp_bounds(scale_type, clamp, row_scales)
+    bits = ORDERED_BITS.get(encoding)
+    if bits is not None:  # one pass over the stored bits; the exact test below where some lie outside
+        bounds = scale_type.store(np.concatenate([low, high], axis=1)).values.view(bits).astype(np.int64)
+        if first_outside(stored.view(bits), int(bounds[0, 0]), int(bounds[0, 1]) + 1) < 0:
+            return
+    scales = scale_type.load(StoredScales(stored, row_scales))
     bad = ~(((scales >= low) & (scales <= high)) | (scales == floor))
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
@@ -202,6 +208,9 @@ def check_packed_codes(words: np.ndarray, bits: int, entries: int, legal: np.nda
 # Stored bits of a positive finite scale lie in 1 .. limit - 1 (sign 0; zero, inf and NaN excluded).
 POSITIVE_FINITE_BELOW = {"fp16": (np.uint16, 0x7C00), "bf16": (np.uint16, 0x7F80), "fp32": (np.uint32, 0x7F800000),
                          "e4m3": (np.uint8, 0x7F)}  # IEEE binary16/bfloat16/binary32 and OCP E4M3 (0x7F: NaN)
+# Scale dtypes whose stored bits, read as unsigned integers, order as the positive scales they hold
+# (sign-magnitude floats, E8M0's bare exponent): a scale lies within bounds when its bits do.
+ORDERED_BITS = {"fp16": np.uint16, "bf16": np.uint16, "fp32": np.uint32, "e4m3": np.uint8, "e8m0": np.uint8}
 
 
 def check_scale_array(stored: np.ndarray, encoding: str, name: str, arrays: dict) -> None:
@@ -217,19 +226,38 @@ def check_scale_array(stored: np.ndarray, encoding: str, name: str, arrays: dict
                              "never negative")
         return
     if encoding == "e8m0":
-        bad = stored == E8M0_NAN
-        why = "E8M0 code 255 (NaN)"
+        dtype, low, high, why = np.uint8, 0, E8M0_NAN, "E8M0 code 255 (NaN)"
     elif encoding == "int8" and name == "scales":
-        bad = stored == 0
-        why = "int8 scale code 0 (codes are 1..255)"
+        dtype, low, high, why = np.uint8, 1, 256, "int8 scale code 0 (codes are 1..255)"
     else:
-        dtype, limit = POSITIVE_FINITE_BELOW[encoding]
-        bits = stored.view(dtype)
-        bad = (bits == 0) | (bits >= limit)
+        (dtype, high), low = POSITIVE_FINITE_BELOW[encoding], 1
         why = "a scale that is not finite and positive"
-    if bad.any():
-        at = tuple(int(i) for i in np.argwhere(bad)[0])
+    first = first_outside(stored.view(dtype), low, high)
+    if first >= 0:
+        at = tuple(int(i) for i in np.unravel_index(first, stored.shape))
         raise ValueError(f"array {name!r} holds {why} at {list(at)}: {stored[at]!r}")
+
+
+def first_outside(bits: np.ndarray, low: int, high: int) -> int:
+    """The first flat index (C order) of ``bits`` (unsigned integers) holding a value outside
+    ``low .. high - 1`` (-1: none; ``high`` at most one past the dtype's maximum); one vectorized
+    pass where all are inside (numba)."""
+    flat = bits.reshape(-1)
+    if jit.USE_NUMBA and int(_largest_offset(flat, flat.dtype.type(low))) < high - low:
+        return -1
+    bad = (flat < low) | (flat >= high)
+    return int(np.argmax(bad)) if bad.any() else -1
+
+
+@njit(nogil=True)
+def _largest_offset(flat, low):  # pragma: no cover - numba
+    """The largest ``flat[i] - low`` in the unsigned arithmetic of ``flat``'s dtype (``2**w`` values),
+    where a value below ``low`` wraps to ``2**w - (low - flat[i])``: below ``high - low`` exactly when
+    every value lies in ``low .. high - 1`` (``high <= 2**w``)."""
+    largest = flat.dtype.type(0)
+    for i in range(flat.shape[0]):
+        largest = max(largest, flat.dtype.type(flat[i] - low))
+    return largest
 
 
 def forbidden_cubes(forbidden: np.ndarray, bits: int) -> np.ndarray:
@@ -263,26 +291,29 @@ class CodeScan:
     """A scan of packed rows of ``entries`` codes of ``bits`` bits (:mod:`hwlab.formats.packing`) for
     the codes ``forbidden``, one block of rows at a time, in place (numba, no copy).
 
-    ``update(block, first_row)`` scans rows ``first_row ..`` of the array; ``row`` is the first row
-    found holding a forbidden code (-1: none yet) and ``key`` is ``(bits, entries, forbidden)``.
-    Each pair ``(mask, value)`` of :func:`forbidden_cubes` is one test: where ``bits`` divides 32
-    (codes never span words) the has-zero-field test of ``(word & mask) ^ value`` over the fields of
-    a word, else a test of every bit position of a word, continued into the next word, against the
-    pair's bits, kept where a code starts.
+    ``update(block, first_row)`` scans rows ``first_row ..`` of the array, in any order and from any
+    thread; ``row`` is the first row found holding a forbidden code (-1: none) and ``key`` is
+    ``(bits, entries, forbidden)``. Each pair ``(mask, value)`` of :func:`forbidden_cubes` is one
+    test: where ``bits`` divides 32 (codes never span words) the has-zero-field test of
+    ``(word & mask) ^ value`` over the fields of a word, else a test of every bit position of a
+    word, continued into the next word, against the pair's bits, kept where a code starts.
     """
 
     def __init__(self, bits: int, entries: int, forbidden):
         self.key = (bits, entries, tuple(np.unique(np.asarray(forbidden, dtype=np.int64)).tolist()))
-        self.row = -1
         self._tests = _scan_tests(*self.key)
+        self._found = []  # the first bad row of each block that holds one (list.append is atomic)
+
+    @property
+    def row(self) -> int:
+        """The first row holding a forbidden code among the rows scanned (-1: none)."""
+        return min(self._found, default=-1)
 
     def update(self, block: np.ndarray, first_row: int) -> None:
-        """Scan ``block`` (uint32 ``[rows, words]``), rows ``first_row ..`` of the array, unless a bad
-        row was found before."""
-        if self.row < 0:
-            hits = [r for r in (kernel(block, *operands) for kernel, operands in self._tests) if r >= 0]
-            if hits:
-                self.row = first_row + min(hits)
+        """Scan ``block`` (uint32 ``[rows, words]``), rows ``first_row ..`` of the array."""
+        hits = [r for r in (kernel(block, *operands) for kernel, operands in self._tests) if r >= 0]
+        if hits:
+            self._found.append(first_row + min(hits))
 
 
 @functools.lru_cache(maxsize=256)

@@ -23,6 +23,7 @@ from hwlab.formats.scales import BF16_LARGEST, FP16_LARGEST
 
 from .async_mixed import ASYNC_KERNELS
 from .device import PAIR_TABLE_MAX, DeviceTensor
+from .half_pairs import HALF_BITS, WORDS, half_top, half_word_ptx
 from .plan import KernelPlan
 
 PACK_IDS = {"words": 0, "bits": 1, "trit5": 2, "mixed": 3}
@@ -33,6 +34,17 @@ X_DTYPES = ("float16", "bfloat16")
 OUT_MAX = {"float16": FP16_LARGEST, "bfloat16": BF16_LARGEST, "float32": 3.4028234663852886e38}
 WORDS_PER_STEP = 16  # gemv_words: uint32 words of a row per step (four 16-byte loads)
 GEMV_BN, TILE_BN = 128, 64  # rows per program
+# gemv_words on the fp16 pair path: 256 rows (static SASS counts for sm_90, triton 3.6, int4 g128:
+# 2.62 instructions a code against 3.27 with 128 rows, 96 registers; the table decodes spill at 256)
+HALF_BN = 256
+# ... and with zero points on a tall matrix (N >= HALF_ZERO_ROWS): 512 rows on 8 warps (H200, CUDA graph times,
+# bench/results/gpu_gemv_variants_h200_run5.log: int4_asym K=8192 N=28672 59.8 us against 71.7 at 256 rows on 4,
+# but K=4096 N=11008 20.9 against 14.9)
+HALF_ZERO_BN, HALF_ZERO_WARPS, HALF_ZERO_ROWS = 512, 8, 16384
+# gemv_words takes at least 32 rows: with 16, triton 3.6 fails to compile its table decodes for sm_90
+# (TritonGPUOptimizeThreadLocality; shift2 in tests/test_kernels.py, H200)
+GEMV_MIN_BN = 32
+HALF_XCHUNK = 2048  # x values a program reads per load for its scale (half_scale: ceil(K / 2048) loads, unrolled)
 KS_MAX, DOT_MIN = 128, 16  # tile steps: at most 128 elements; tl.dot needs 16 on every side
 WAVES = 4  # programs per SM that split-K aims for
 # gemv_words gathers from a table held in registers up to this many entries (all members); a larger one
@@ -100,6 +112,9 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
         kernel, bn, bm, ks = "gemv_mixed", GEMV_BN, 1, epg
     elif m == 1 and per_word and epg % per_word == 0:
         kernel, bn, bm, ks = "gemv_words", GEMV_BN, 1, WORDS_PER_STEP * per_word
+        if half_pairs_apply(plan, decode):
+            tall = plan.zero_bits and n >= HALF_ZERO_ROWS
+            bn, warps = (HALF_ZERO_BN, HALF_ZERO_WARPS) if tall else (HALF_BN, warps)
         if decode == "float" and plan.lut.size <= REGISTER_TABLE_MAX:
             decode = "lut"  # a gather from a small table in registers: fewer issue slots than the pair select tree
     elif m == 1:
@@ -112,12 +127,29 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
         decode = _table_decode(plan, decode, exact_in_half=False)
     else:
         return Launch("dequantize_then_torch", 0, 0, step_of_group, 1, 0, plan.decode)
-    bn = min(bn, max(16, _next_power_of_two(n)))
+    bn = min(bn, max(GEMV_MIN_BN if kernel == "gemv_words" else 16, _next_power_of_two(n)))
     tiles = math.ceil(n / bn) * math.ceil(m / bm)
     total = math.ceil(kp / ks)
     split = min(total, max(1, math.ceil(WAVES * sms / tiles)))
     steps = math.ceil(total / split)
     return Launch(kernel, bn, bm, ks, math.ceil(total / steps), steps, decode, warps)
+
+
+def half_pairs_apply(plan: KernelPlan, decode: str) -> bool:
+    """Whether ``gemv_words_kernel`` takes the fp16 pair path (:mod:`hwlab.kernels.half_pairs`):
+    integer codes of 2, 4 or 8 bits, no type ids, groups of an even number of words (the PTX sums
+    two words of one group)."""
+    return (decode == "int" and plan.bits in HALF_BITS and plan.member_rule == "none"
+            and plan.elements_per_group % (WORDS * 32 // plan.bits) == 0)
+
+
+def _half_flags(plan: KernelPlan, launch: Launch) -> dict:
+    """``gemv_words_kernel``'s ``HALF_TOP`` and ``HALF_PTX`` (:func:`half_pairs_apply`); the PTX only
+    where the kernel is compiled (the interpreter runs its Triton twin)."""
+    if not half_pairs_apply(plan, launch.decode):
+        return dict(HALF_TOP=0, HALF_PTX="", HALF_XCHUNK=1, HALF_XCHUNKS=0)
+    return dict(HALF_TOP=half_top(plan.bits), HALF_PTX="" if interpreted() else half_word_ptx(plan.bits, plan.flip),
+                HALF_XCHUNK=HALF_XCHUNK, HALF_XCHUNKS=math.ceil(plan.padded_cols / HALF_XCHUNK))
 
 
 def _table_decode(plan: KernelPlan, decode: str, exact_in_half: bool) -> str:
@@ -341,7 +373,8 @@ def _arguments(qt: DeviceTensor, m: int, x_dtype: str, launch: Launch) -> tuple:
             KS=launch.ks, BN=launch.bn, GROUP_STEP=qt.plan.elements_per_group % launch.ks == 0,
             EVEN=n % launch.bn == 0 and qt.shape[1] == qt.plan.padded_cols and qt.plan.padded_cols % launch.ks == 0,
             FLIP_WORD=_flip_word(qt.plan), TROWS=qt.plan.lut.shape[0],
-            REGISTER_TABLE=qt.plan.lut.size <= REGISTER_TABLE_MAX, **_without(common, "PACK", "B2", "ZB2"))
+            REGISTER_TABLE=qt.plan.lut.size <= REGISTER_TABLE_MAX,
+            **_half_flags(qt.plan, launch), **_without(common, "PACK", "B2", "ZB2"))
     if launch.kernel == "gemv_mixed":
         grid = (math.ceil(n / launch.bn), launch.split, 1)
         return kern.gemv_mixed_kernel, grid, [

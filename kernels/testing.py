@@ -9,6 +9,7 @@ from .device import DeviceTensor
 
 UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
 FAST_DECODE_ERROR = 2.0**-11  # gemv_words' float32 placement: a product may lose 2**-12 of |x| * scale
+HALF_UNIT_ROUNDOFF = 2.0**-11  # IEEE binary16: the fp16 pair path's products and partial sums
 
 
 def repeat_rows(qt, rows: int):
@@ -28,15 +29,29 @@ def clone(dev: DeviceTensor) -> DeviceTensor:
     return DeviceTensor(dev.source, dev.plan, {name: t.clone() for name, t in dev.arrays.items()}, dev.tables)
 
 
-def matmul_tolerance(x, weights, scale_bound, reference):
+def matmul_tolerance(x, weights, scale_bound, reference, half_terms: int = 0):
     """Elementwise bound on ``|matmul(x, W) - reference|`` (torch float64 tensors on one device).
 
     One rounding of the output and of a table value to x's dtype, relative to ``|y| + |x| @ |W|^T``,
     plus the fast decode's placement error relative to ``|x| @ scale_bound^T`` (``scale_bound``:
-    per-element scale times the largest table magnitude)."""
+    per-element scale times the largest table magnitude), plus, for the fp16 pair path, ``half_terms``
+    fp16 roundings relative to ``|x| @ |W|^T`` (:func:`half_terms`: a product and the additions of a
+    half register's partial sum each round once)."""
     u = UNIT_ROUNDOFF[str(x.dtype).removeprefix("torch.")]
     ax = x.double().abs()
-    return 2 * u * (reference.abs() + ax @ weights.abs().T) + FAST_DECODE_ERROR * (ax @ scale_bound.T) + 1e-30
+    spread = ax @ weights.abs().T
+    return ((2 * u + half_terms * HALF_UNIT_ROUNDOFF) * spread + 2 * u * reference.abs()
+            + FAST_DECODE_ERROR * (ax @ scale_bound.T) + 1e-30)
+
+
+def half_terms(plan, m: int) -> int:
+    """fp16 roundings a product may meet on the fp16 pair path of ``gemv_words`` (M = 1; 0 off it):
+    the products a half register sums (:data:`~hwlab.kernels.half_pairs.WORDS` words of 16 / bits
+    codes each), one rounding each for the product and every addition."""
+    from .dispatch import half_pairs_apply
+    from .half_pairs import WORDS
+
+    return WORDS * 16 // plan.bits if m == 1 and half_pairs_apply(plan, plan.decode) else 0
 
 
 def scale_bound(qt) -> np.ndarray:
@@ -54,7 +69,10 @@ def worst_error(got, x, qt) -> float:
 
     from .reference import reference_matmul, reference_weights
 
+    from .plan import build_plan
+
     ref = torch.from_numpy(reference_matmul(x, qt))
+    rows = int(np.prod(x.shape[:-1]))
     tol = matmul_tolerance(x.detach().cpu(), torch.from_numpy(reference_weights(qt)),
-                           torch.from_numpy(scale_bound(qt)), ref)
+                           torch.from_numpy(scale_bound(qt)), ref, half_terms(build_plan(qt), rows))
     return float(((got.detach().double().cpu() - ref).abs() / tol).max())

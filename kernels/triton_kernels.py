@@ -7,10 +7,13 @@ every datatype of a family, built-in or user-defined:
 ``gemv_words_kernel``
     M = 1, codes in whole uint32 words (1, 2, 4 or 8 bits). A program owns ``BN`` rows and a
     run of K steps (split-K); each step loads ``KS / (32 / bits)`` words per row and decodes
-    code ``j`` of every word at once. Integer codes use no int-to-float conversion: the code is
-    moved into the upper mantissa of an fp32 ``1.0`` (``1 + q * 2**-bits``) and the activation
-    is pre-multiplied by ``2**bits``, so one shift, one logic op and one FMA handle a code; the
-    ``2**bits * sum(x)`` this adds is subtracted once per word. Other decodes read the plan's
+    code ``j`` of every word at once. Integer codes of 2, 4 and 8 bits take the fp16 pair path
+    (:func:`half_products`): two codes of a word become one fp16x2 register with one LOP3 and one
+    HFMA2 and are multiplied by activations two at a time (2.6 instructions a code for int4, static
+    SASS). Other integer codes use no int-to-float conversion: the code is moved into the upper
+    mantissa of an fp32 ``1.0`` (``1 + q * 2**-bits``) and the activation is pre-multiplied by
+    ``2**bits``, so one shift, one logic op and one FMA handle a code; the ``2**bits * sum(x)``
+    this adds is subtracted once per word. Other decodes read the plan's
     table (one cached load per code). Scales, zero points and type ids are read once per step
     when a step lies in one group, else once per word.
 ``gemv_mixed_kernel``
@@ -211,6 +214,137 @@ def placed_code(u, xj, j: tl.constexpr, B: tl.constexpr, one):
 
 
 @triton.jit
+def half_scale(x_ptr, K, XCHUNK: tl.constexpr, XCHUNKS: tl.constexpr, TOP: tl.constexpr):
+    """``(xs, 1 / xs)``, float32 scalars: the power of two ``2**k`` that brings the largest ``|x|`` of the
+    row (``K`` values, read as ``XCHUNKS`` unrolled loads of ``XCHUNK``: all in flight at once) into
+    ``[2**(TOP-1), 2**TOP)``, with ``k <= 15`` for fp16 x (``xs`` an fp16 value: fp16 x that small only
+    gains range, every fp16 x times 2**15 is normal) and ``k <= 126`` for bf16 (``1 / xs`` a normal
+    float32); an all-zero x takes the largest k. :func:`half_products` multiplies by ``xs`` and the
+    kernel by ``1 / xs``, both exact."""
+    KMAX: tl.constexpr = 15 if x_ptr.dtype.element_ty == tl.float16 else 126
+    xm = tl.zeros((XCHUNK,), tl.float32)
+    for c in tl.static_range(XCHUNKS):
+        kk = c * XCHUNK + tl.arange(0, XCHUNK)
+        xm = tl.maximum(xm, tl.abs(tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)))
+    biased = (tl.max(xm, axis=0).to(tl.int32, bitcast=True) >> 23) & 0xFF  # |x| max in [2**(b-127), 2**(b-126))
+    k = tl.minimum(126 + TOP - biased, KMAX)
+    return ((127 + k) << 23).to(tl.float32, bitcast=True), ((127 - k) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _x_pair(x_ptr, cw, K, xs, i: tl.constexpr, E: tl.constexpr, EVEN: tl.constexpr):
+    """``x' = x * xs`` (fp16) of codes ``i`` and ``i + E/2`` of every word column ``cw``: the pair's
+    bits as one int32 (low half code ``i``, :func:`half_word_ptx`) and its float32 sum."""
+    ka = cw * E + i
+    if EVEN:
+        xa = tl.load(x_ptr + ka, eviction_policy="evict_last")
+        xb = tl.load(x_ptr + ka + E // 2, eviction_policy="evict_last")
+    else:
+        xa = tl.load(x_ptr + ka, mask=ka < K, other=0.0, eviction_policy="evict_last")
+        xb = tl.load(x_ptr + ka + E // 2, mask=ka + E // 2 < K, other=0.0, eviction_policy="evict_last")
+    if xa.dtype == tl.float16:  # exact: xs is an fp16 power of two (:func:`half_scale`)
+        a = xa * xs.to(tl.float16)
+        b = xb * xs.to(tl.float16)
+    else:
+        a = (xa.to(tl.float32) * xs).to(tl.float16)
+        b = (xb.to(tl.float32) * xs).to(tl.float16)
+    bits = (a.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | (b.to(tl.int16, bitcast=True).to(tl.int32) << 16)
+    return bits[None, :], a.to(tl.float32) + b.to(tl.float32)
+
+
+@triton.jit
+def _half_pair_values(u, i: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr):
+    """Codes ``i`` and ``i + E/2`` of every word ``u`` as exact fp16 values, ``[BN, P, 2]`` (the
+    interpreter's twin of one decode step of :func:`half_word_ptx`)."""
+    W: tl.constexpr = 10 // B
+    MASK: tl.constexpr = (1 << B) - 1
+    p0 = (i % W) * B
+    src = u if i < W else u >> (W * B)
+    h = ((src & ((MASK << p0) | (MASK << (16 + p0)))) ^ (0x64006400 | (FLIP << p0) | (FLIP << (16 + p0))))
+    h = h.to(tl.int32, bitcast=True)
+    pair = tl.join((h & 0xFFFF).to(tl.int16), (h >> 16).to(tl.int16)).to(tl.float16, bitcast=True)
+    return pair * tl.cast(1.0 / (1 << p0), tl.float16) - tl.cast((1 << (10 - p0)) + FLIP, tl.float16)
+
+
+@triton.jit
+def _half_pair_product(u, xbits, i: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr):
+    """``[BN, P]`` float32: codes ``i`` and ``i + E/2`` times their x' (the twin's product step)."""
+    xp = tl.join((xbits & 0xFFFF).to(tl.int16), (xbits >> 16).to(tl.int16)).to(tl.float16, bitcast=True)
+    return tl.sum((_half_pair_values(u, i, B, FLIP) * xp).to(tl.float32), axis=2)
+
+
+@triton.jit
+def _columns(t):
+    """The even and the odd columns of a 2-D tensor ``t`` (``[R, C]`` -> two ``[R, C/2]``)."""
+    return tl.split(tl.reshape(t, (t.shape[0], t.shape[1] // 2, 2)))
+
+
+@triton.jit
+def half_products(u, x_ptr, cw, K, xs, EVEN: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr,
+                  PTX: tl.constexpr):
+    """``sum_j q_j * x'_j`` over the codes of every uint32 word ``u`` ([BN, P]), float32, with ``x' = x * xs``,
+    and ``sum_j x'_j`` ([P], float32); with ``PTX``, each of both per pair of word columns (2c, 2c + 1:
+    ``[BN, P/2]`` and ``[P/2]``).
+
+    Codes ``i`` and ``i + E/2`` of a word (E = 32 / B codes) sit in the two halves of one 32-bit
+    register, so two codes become fp16 values with one logic op and one HFMA2: the code, its sign bit
+    flipped (``FLIP``), is put into the mantissa of fp16 1024 (``0x6400``; 1024 + 2**(p B) c is exact
+    while p B + B <= 10, else the word is shifted once), then scaled by 2**(-p B) and offset; the
+    products with x' and their sum over two words are fp16 HFMA2s (``PTX``:
+    :func:`~hwlab.kernels.half_pairs.half_word_ptx`), widened to float32 once per two words. ``xs``
+    (:func:`half_scale`) keeps every fp16 partial sum finite (``TOP``:
+    :func:`~hwlab.kernels.half_pairs.half_top`). Error: each product and each addition of a half's
+    E - 1 rounds once in fp16 (unit roundoff 2**-11), relative to ``sum |q x'|``. ``PTX`` empty (the
+    interpreter runs no PTX): the same decode and fp16 products in Triton operations, summed in
+    float32 per pair of codes."""
+    E: tl.constexpr = 32 // B
+    x0, s0 = _x_pair(x_ptr, cw, K, xs, 0, E, EVEN)
+    x1, s1 = _x_pair(x_ptr, cw, K, xs, 1, E, EVEN)
+    xsum = s0 + s1
+    if B <= 4:
+        x2, s2 = _x_pair(x_ptr, cw, K, xs, 2, E, EVEN)
+        x3, s3 = _x_pair(x_ptr, cw, K, xs, 3, E, EVEN)
+        xsum += s2 + s3
+    if B <= 2:
+        x4, s4 = _x_pair(x_ptr, cw, K, xs, 4, E, EVEN)
+        x5, s5 = _x_pair(x_ptr, cw, K, xs, 5, E, EVEN)
+        x6, s6 = _x_pair(x_ptr, cw, K, xs, 6, E, EVEN)
+        x7, s7 = _x_pair(x_ptr, cw, K, xs, 7, E, EVEN)
+        xsum += s4 + s5 + s6 + s7
+    if PTX != "":  # two words a call (half_pairs.WORDS): word columns 2c and 2c + 1
+        we, wo = _columns(u.to(tl.int32, bitcast=True))
+        x0e, x0o = _columns(x0)
+        x1e, x1o = _columns(x1)
+        if B == 8:
+            part = tl.inline_asm_elementwise(PTX, "=f" + ",r" * 6, [we, wo, x0e, x1e, x0o, x1o], dtype=tl.float32,
+                                             is_pure=True, pack=1)
+        else:
+            x2e, x2o = _columns(x2)
+            x3e, x3o = _columns(x3)
+            if B == 4:
+                part = tl.inline_asm_elementwise(PTX, "=f" + ",r" * 10, [we, wo, x0e, x1e, x2e, x3e, x0o, x1o, x2o, x3o],
+                                                 dtype=tl.float32, is_pure=True, pack=1)
+            else:
+                x4e, x4o = _columns(x4)
+                x5e, x5o = _columns(x5)
+                x6e, x6o = _columns(x6)
+                x7e, x7o = _columns(x7)
+                part = tl.inline_asm_elementwise(
+                    PTX, "=f" + ",r" * 18, [we, wo, x0e, x1e, x2e, x3e, x4e, x5e, x6e, x7e,
+                                            x0o, x1o, x2o, x3o, x4o, x5o, x6o, x7o], dtype=tl.float32, is_pure=True, pack=1)
+        se, so = _columns(xsum[None, :])
+        xsum = tl.reshape(se + so, (se.shape[1],))
+    else:
+        part = _half_pair_product(u, x0, 0, B, FLIP) + _half_pair_product(u, x1, 1, B, FLIP)
+        if B <= 4:
+            part += _half_pair_product(u, x2, 2, B, FLIP) + _half_pair_product(u, x3, 3, B, FLIP)
+        if B <= 2:
+            part += (_half_pair_product(u, x4, 4, B, FLIP) + _half_pair_product(u, x5, 5, B, FLIP)
+                     + _half_pair_product(u, x6, 6, B, FLIP) + _half_pair_product(u, x7, 7, B, FLIP))
+    return part, xsum
+
+
+@triton.jit
 def gemv_words_kernel(
         x_ptr, codes_ptr, zeros_ptr, members_ptr, lut_ptr, scales_ptr, stable_ptr, absmax_ptr, rows_ptr, out_ptr,
         work_ptr, count_ptr,
@@ -223,31 +357,39 @@ def gemv_words_kernel(
         MEMBERS: tl.constexpr,
         MEMBER_BITS: tl.constexpr,
         VICTIM: tl.constexpr, ZB: tl.constexpr, SCALE: tl.constexpr, DQB: tl.constexpr, ROW: tl.constexpr,
-        ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr):
+        ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr, HALF_TOP: tl.constexpr, HALF_PTX: tl.constexpr,
+        HALF_XCHUNK: tl.constexpr, HALF_XCHUNKS: tl.constexpr):
     """M = 1 with codes in whole words (module docstring). ``out``: [N] (float32 when ``ATOMIC``).
-    ``one_bits``: FP32_ONE_BITS, passed at run time so that it lives in a register (:func:`placed_code`)."""
+    ``one_bits``: FP32_ONE_BITS, passed at run time so that it lives in a register (:func:`placed_code`).
+    ``HALF_TOP`` > 0: integer codes through fp16 pairs (:func:`half_products`), x scaled into
+    ``[2**(HALF_TOP-1), 2**HALF_TOP)`` (:func:`half_scale`, ``HALF_XCHUNK(S)``); 0: the float32 placement."""
     E: tl.constexpr = 32 // B
     P: tl.constexpr = KS // E
     MASK: tl.constexpr = (1 << B) - 1
     rn = tl.program_id(0) * BN + tl.arange(0, BN)
     nmask = rn < N
     one = one_bits.to(tl.uint32, bitcast=True)
-    acc = tl.zeros((BN, P), tl.float32)
+    PAIRED: tl.constexpr = HALF_PTX != ""  # half_products sums word columns 2c and 2c + 1 in one entry
+    COLS: tl.constexpr = P // 2 if PAIRED else P
+    acc = tl.zeros((BN, COLS), tl.float32)
     if DECODE == 3 and MEMBERS != 1:  # the pair table in registers for the whole program (both OliVe members)
         words0 = _pair_words(lut_ptr, 0)
         words1 = _pair_words(lut_ptr, TROWS - 1)
     first = tl.program_id(1) * steps_per_program
-    for step in range(first, tl.minimum(first + steps_per_program, n_steps)):
+    last = tl.minimum(first + steps_per_program, n_steps)
+    if HALF_TOP > 0:
+        xs, unscale = half_scale(x_ptr, K, HALF_XCHUNK, HALF_XCHUNKS, HALF_TOP)
+    for step in range(first, last):
         k0 = step * KS
         cw = k0 // E + tl.arange(0, P)
         if EVEN:  # whole tiles: no masks
-            wmask = (rn < N)[:, None]  # true; for the per-word entries below
             raw = tl.load(codes_ptr + rn[:, None] * row_words + cw[None, :], eviction_policy="evict_first")
         else:
-            wmask = nmask[:, None] & (cw < row_words)[None, :]
-            raw = tl.load(codes_ptr + rn[:, None] * row_words + cw[None, :], mask=wmask, other=0,
-                          eviction_policy="evict_first")
-        if DECODE == 0:
+            raw = tl.load(codes_ptr + rn[:, None] * row_words + cw[None, :], mask=nmask[:, None] & (cw < row_words)[None, :],
+                          other=0, eviction_policy="evict_first")
+        if DECODE == 0 and HALF_TOP > 0:
+            u = raw.to(tl.uint32, bitcast=True)  # the sign flip rides in the fp16 magic
+        elif DECODE == 0:
             u = (raw ^ FLIP_WORD).to(tl.uint32, bitcast=True)  # every sign bit flipped at once
         else:
             u = raw.to(tl.uint32, bitcast=True)
@@ -255,10 +397,11 @@ def gemv_words_kernel(
             gn = rn
             gg = k0 // EPG
             gmask = nmask
-        else:  # one entry per word
+        else:  # one entry per word (per pair of words of one group when PAIRED)
+            gw = k0 // E + tl.arange(0, COLS) * (2 if PAIRED else 1)
             gn = rn[:, None]
-            gg = ((cw * E) // EPG)[None, :]
-            gmask = wmask
+            gg = ((gw * E) // EPG)[None, :]
+            gmask = nmask[:, None] & (gw < row_words)[None, :]
         member = 0
         if MEMBERS == 1:
             member = load_field(members_ptr, member_words, gn, gg, gmask, MEMBER_BITS).to(tl.int32)
@@ -272,37 +415,40 @@ def gemv_words_kernel(
                 table = tl.broadcast_to(tl.load(lut_ptr + tl.arange(0, TROWS * TSIZE))[None, :], (BN, TROWS * TSIZE))
         if DECODE == 3 and MEMBERS == 1:  # every row's (or word's) member's pair table
             words0 = _pair_words(lut_ptr, member)
-        part = tl.zeros((BN, P), tl.float32)
-        xsum = tl.zeros((P,), tl.float32)
-        xone = tl.zeros((P,), tl.float32)
-        for j in tl.static_range(E):
-            kk = cw * E + j
-            if EVEN:
-                xj = tl.load(x_ptr + kk, eviction_policy="evict_last").to(tl.float32)
-            else:
-                xj = tl.load(x_ptr + kk, mask=kk < K, other=0.0, eviction_policy="evict_last").to(tl.float32)
-            if DECODE == 0:
-                f, xh = placed_code(u, xj, j, B, one)  # f = 1 + (q ^ FLIP) 2**(t-23)
-                part += f * xh[None, :]
-                xone += xh
-            else:
-                q = (raw >> (j * B)) & MASK  # int32: a gather index as it is
-                m = member
-                if MEMBERS == 2:
-                    partner = (raw >> ((j ^ 1) * B)) & MASK
-                    m = _pair_member(q, partner, j % 2 == 1, VICTIM)
-                if DECODE == 2 and REGISTER_TABLE:  # the table from registers: no memory access per code
-                    v = tl.gather(table, m * TSIZE + q, axis=1)
-                elif DECODE == 3:
-                    v = _pair_select(q, words0, TSIZE, HALF_BF16)
-                    if MEMBERS == 2:
-                        v = tl.where(m == 1, _pair_select(q, words1, TSIZE, HALF_BF16), v)
+        if DECODE == 0 and HALF_TOP > 0:
+            part, xsum = half_products(u, x_ptr, cw, K, xs, EVEN, B, FLIP, HALF_PTX)
+        else:
+            part = tl.zeros((BN, P), tl.float32)
+            xsum = tl.zeros((P,), tl.float32)
+            xone = tl.zeros((P,), tl.float32)
+            for j in tl.static_range(E):
+                kk = cw * E + j
+                if EVEN:
+                    xj = tl.load(x_ptr + kk, eviction_policy="evict_last").to(tl.float32)
                 else:
-                    v = _decode(q, m, lut_ptr, B, DECODE, FLIP, MBITS, TSIZE, HALF_BF16, MEMBERS)
-                part += v * xj[None, :]
-            xsum += xj
-        if DECODE == 0:  # remove the 1.0 of the placement and the FLIP of the sign flip
-            part -= (xone + FLIP * xsum)[None, :]
+                    xj = tl.load(x_ptr + kk, mask=kk < K, other=0.0, eviction_policy="evict_last").to(tl.float32)
+                if DECODE == 0:
+                    f, xh = placed_code(u, xj, j, B, one)  # f = 1 + (q ^ FLIP) 2**(t-23)
+                    part += f * xh[None, :]
+                    xone += xh
+                else:
+                    q = (raw >> (j * B)) & MASK  # int32: a gather index as it is
+                    m = member
+                    if MEMBERS == 2:
+                        partner = (raw >> ((j ^ 1) * B)) & MASK
+                        m = _pair_member(q, partner, j % 2 == 1, VICTIM)
+                    if DECODE == 2 and REGISTER_TABLE:  # the table from registers: no memory access per code
+                        v = tl.gather(table, m * TSIZE + q, axis=1)
+                    elif DECODE == 3:
+                        v = _pair_select(q, words0, TSIZE, HALF_BF16)
+                        if MEMBERS == 2:
+                            v = tl.where(m == 1, _pair_select(q, words1, TSIZE, HALF_BF16), v)
+                    else:
+                        v = _decode(q, m, lut_ptr, B, DECODE, FLIP, MBITS, TSIZE, HALF_BF16, MEMBERS)
+                    part += v * xj[None, :]
+                xsum += xj
+            if DECODE == 0:  # remove the 1.0 of the placement and the FLIP of the sign flip
+                part -= (xone + FLIP * xsum)[None, :]
         if ZB > 0:
             z = load_field(zeros_ptr, zero_words, gn, gg, gmask, ZB).to(tl.float32)
             if GROUP_STEP:
@@ -310,6 +456,8 @@ def gemv_words_kernel(
             part -= z * zero_unit * xsum[None, :]
         sc = _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, gn, gg, gmask, s_row_stride, NG, dq_offset,
                     SCALE, DQB, ROW)
+        if HALF_TOP > 0:
+            part = part * unscale  # exact (a power of two), before the scale: no overflow the float32 path lacks
         if GROUP_STEP:
             sc = sc[:, None]
         acc += part * sc

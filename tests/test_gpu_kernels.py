@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 import hwlab.formats as F  # noqa: E402
 from hwlab import kernels  # noqa: E402
-from hwlab.kernels.testing import matmul_tolerance, repeat_rows  # noqa: E402
+from hwlab.kernels.testing import half_terms, matmul_tolerance, repeat_rows  # noqa: E402
 
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (8192, 28672)]  # (K, N) of bench/gpu_kernels.py
 FORMATS = ["int4", "int4_asym", "int2", "int3", "int8", "nf4", "fp4_e2m1", "fp4_e1m2", "fp4_e3m0", "flint4",
@@ -51,7 +51,7 @@ def test_kernel_at_benchmark_shape(fmt, k, n, layers):
         out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
         kernels.matmul(x, dev, out=out)
         ref = x.double() @ w.T
-        tol = matmul_tolerance(x, w, bound, ref)
+        tol = matmul_tolerance(x, w, bound, ref, half_terms(dev.plan, m))
         worst = float(((out.double() - ref).abs() / tol).max())
         assert worst <= 1.0, f"{fmt} M={m} K={k} N={n}: error {worst:.3g} x tolerance ({kernels.explain(dev, m)})"
 

@@ -17,7 +17,7 @@ pytest.importorskip("triton", reason="triton is not installed")
 from hwlab import kernels  # noqa: E402
 from hwlab.kernels import dispatch  # noqa: E402
 from hwlab.kernels.reference import reference_matmul, reference_weights  # noqa: E402
-from hwlab.kernels.testing import matmul_tolerance  # noqa: E402
+from hwlab.kernels.testing import half_terms, matmul_tolerance  # noqa: E402
 
 ALL_FORMATS = F.list_formats()
 def poisoned(shape, dtype, device):
@@ -43,7 +43,9 @@ def check_matmul(x, qt, dev, launch=None):
     got = out.double().cpu()
     assert torch.isfinite(got).all(), "a poisoned output was not overwritten"
     ref = torch.from_numpy(reference_matmul(x, qt))
-    tol = matmul_tolerance(x.cpu(), torch.from_numpy(reference_weights(qt)), torch.from_numpy(scale_bound(qt)), ref)
+    rows = int(np.prod(x.shape[:-1]))
+    tol = matmul_tolerance(x.cpu(), torch.from_numpy(reference_weights(qt)), torch.from_numpy(scale_bound(qt)), ref,
+                           half_terms(dev.plan, rows))
     worst = float(((got - ref).abs() / tol).max())
     assert worst <= 1.0, f"{qt.format_name}: error {worst:.3g} x tolerance"
     return got
@@ -138,6 +140,39 @@ def test_every_decode_of_the_fast_gemv(name, weights, kernel_device):
     decodes = {dev.plan.decode, "lut"} | ({"pairs"} if dev.plan.table_size <= 16 and dev.plan.half_exact else set())
     for decode in decodes:
         check_matmul(x, qt, dev, dataclasses.replace(launch, decode=decode))
+
+
+HALF_PAIR_FORMATS = ["int4", "int4_asym", "int2", "int8", "ternary"]
+
+
+@pytest.mark.parametrize("name", HALF_PAIR_FORMATS)
+def test_half_pair_path_over_the_whole_fp16_range(name, rng, kernel_device):
+    """The fp16 pair path of gemv_words (integer codes of 2, 4, 8 bits): activations from fp16
+    subnormals to 65504 in one row, one row of zeros, a lone huge value among tiny ones, and bf16
+    beyond the fp16 range; every output finite and within the bound, on every split-K."""
+    w = (rng.standard_normal((48, 1024)) * 0.02).astype(np.float32)
+    qt = F.quantize(w, name)
+    dev = qt.to(kernel_device)
+    launch = dispatch.choose(dev.plan, 1)
+    assert launch.kernel == "gemv_words" and dispatch.half_pairs_apply(dev.plan, launch.decode)
+    assert launch.bn == min(dispatch.HALF_BN, 64)  # 48 rows: the next power of two
+    wide = np.exp2(rng.uniform(-24, 15.9, 1024)) * rng.choice([-1, 1], 1024)
+    lone = np.full(1024, 1e-6)
+    lone[517] = -65504.0
+    for values, dtype in ((wide, torch.float16), (np.zeros(1024), torch.float16), (lone, torch.float16),
+                          (wide * 2.0**100, torch.bfloat16), (wide * 2.0**-100, torch.bfloat16)):
+        x = torch.from_numpy(values).to(dtype).reshape(1, -1).to(kernel_device)
+        for sms in (1, 64):  # one program along K, then split-K
+            check_matmul(x, qt, dev, dispatch.choose(dev.plan, 1, sms=sms))
+
+
+def test_half_pair_path_is_not_taken_where_two_words_span_two_groups(rng, kernel_device):
+    """int4 in groups of 8 (one word): the float32 placement, not the fp16 pairs."""
+    qt = F.quantize((rng.standard_normal((8, 256)) * 0.02).astype(np.float32), "int4", group_size=8)
+    dev = qt.to(kernel_device)
+    launch = dispatch.choose(dev.plan, 1)
+    assert launch.kernel == "gemv_words" and not dispatch.half_pairs_apply(dev.plan, launch.decode)
+    check_matmul(torch.randn(1, 256).half().to(kernel_device), qt, dev)
 
 
 SMALL_TABLES = [n for n in ALL_FORMATS if F.quantize(np.ones((1, 128), np.float32), n).to("cpu").plan.table_size <= 16]

@@ -111,6 +111,8 @@ def test_invariants(preset, phase):
     cfg = get_preset(preset)
     wider = cfg.replace(rows_decode=2 * cfg.rows_decode, rows_prefill=2 * cfg.rows_prefill)
     assert simulate(wl, wider).total_cycles <= r.total_cycles
+    broader = cfg.replace(cols_decode=2 * cfg.cols_decode, cols_prefill=2 * cfg.cols_prefill)  # 2x the columns
+    assert (simulate(wl, broader).rows["cycles"] <= r.rows["cycles"]).all()  # layer by layer
     longer = [simulate([(512, k)], preset).total_cycles for k in (64, 128, 256, 1024, 4096)]
     assert longer == sorted(longer)
 
@@ -163,9 +165,9 @@ def test_hugging_face_configs(tmp_path):
 
 def test_gqa_reads_each_kv_head_once():
     full, gqa = Workload.for_model("llama2-7b"), Workload.for_model("llama3-8b")
-    qk = [op for op in gqa.ops if op.kind == "attn_qk"][0]
+    qk = next(op for op in gqa.ops if op.kind == "attn_qk")
     assert (qk.weight_batch, qk.tokens) == (8, 4)  # 8 KV heads, 4 query heads each
-    assert [op for op in full.ops if op.kind == "attn_qk"][0].weight_batch == 32
+    assert next(op for op in full.ops if op.kind == "attn_qk").weight_batch == 32
 
 
 # ---- configurations --------------------------------------------------------------------------
@@ -234,8 +236,8 @@ def sim_cli(capsys, *argv):
 
 
 def test_sim_command_json_has_totals_and_layers(capsys):
-    status, out, err = sim_cli(capsys, "--preset", "bitmod", "--model", "llama2-7b", "--phase", "decode", "--wbits", 3,
-                               "--baseline", "fp16", "--json")
+    status, out, _ = sim_cli(capsys, "--preset", "bitmod", "--model", "llama2-7b", "--phase", "decode", "--wbits", 3,
+                             "--baseline", "fp16", "--json")
     data = json.loads(out)
     assert status == 0 and data["total_cycles"] == 81344464 and round(data["speedup"], 2) == 5.13
     assert len(data["layers"]) == 32 * 7 + 1 + 64 and {"name", "cycles", "energy_dram_pj"} <= set(data["layers"][0])

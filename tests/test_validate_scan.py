@@ -1,10 +1,18 @@
-"""The scan of packed codes for codes a format never emits (hwlab.load's check) finds the first bad row."""
+"""The scan of packed codes for codes a format never emits (hwlab.load's check) finds the first bad row;
+the one-pass tests of stored scales agree with the plain ones."""
 import numpy as np
 import pytest
-
-from hwlab.formats import get_format, list_formats
+from hwlab.formats import get_format, jit, list_formats
 from hwlab.formats.packing import pack_codes
-from hwlab.formats.validate import first_forbidden_row, forbidden_cubes
+from hwlab.formats.scale_search import clamp_bounds
+from hwlab.formats.scales import StoredScales, get_scale_type
+from hwlab.formats.validate import (
+    CodeScan,
+    check_scales_within_clamp,
+    first_forbidden_row,
+    first_outside,
+    forbidden_cubes,
+)
 
 
 def random_forbidden(rng, bits):
@@ -56,3 +64,59 @@ def test_forbidden_cubes_cover_exactly_the_forbidden_codes():
             assert np.array_equal(covered, ~legal), name
             assert len(cubes) == 1, name  # every built-in's forbidden codes take one pass
     assert len(forbidden_cubes(np.array([1, 2]), 4)) == 2
+
+
+def test_code_scans_of_blocks_in_any_order_give_the_first_bad_row():
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 8, (40, 100)).astype(np.uint8)
+    codes[[7, 23, 31], [99, 0, 50]] = 8 + 7  # int4 code 15 stands in for a forbidden one
+    words = pack_codes(codes, 4)
+    scan = CodeScan(4, 100, [15])
+    for first in (30, 10, 20, 0):  # blocks of 10 rows, as two reading threads may hand them over
+        scan.update(words[first:first + 10], first)
+    assert scan.row == 7
+    assert CodeScan(4, 100, [15]).row == -1
+
+
+@pytest.mark.parametrize("numba", [True, False])
+@pytest.mark.parametrize("dtype, low, high", [(np.uint8, 0, 255), (np.uint8, 1, 256), (np.uint8, 1, 0x7F),
+                                              (np.uint16, 1, 0x7C00), (np.uint16, 1, 0x7F80),
+                                              (np.uint32, 1, 0x7F800000)])
+def test_first_outside_equals_a_plain_comparison(numba, dtype, low, high, monkeypatch):
+    monkeypatch.setattr(jit, "USE_NUMBA", numba and jit.USE_NUMBA)
+    rng = np.random.default_rng(high)
+    for _ in range(100):
+        values = rng.integers(0, np.iinfo(dtype).max, int(rng.integers(0, 5000)), dtype=dtype, endpoint=True)
+        if rng.random() < 0.5:  # mostly inside, one value at an edge or past it
+            values = np.clip(values, low, high - 1).astype(dtype)
+            if values.size:
+                values[rng.integers(values.size)] = rng.choice([0, low, high - 1, min(high, np.iinfo(dtype).max)])
+        bad = (values < low) | (values >= high)
+        shaped = values.reshape(-1, 1) if values.size % 2 else values
+        assert first_outside(shaped, low, high) == (int(np.argmax(bad)) if bad.any() else -1)
+
+
+@pytest.mark.parametrize("encoding", ["fp16", "bf16", "fp32", "e8m0", "e4m3"])
+def test_the_clamp_test_on_stored_bits_agrees_with_the_test_on_decoded_scales(encoding):
+    scale_type, rng = get_scale_type(encoding), np.random.default_rng(3)
+    outcomes = set()
+    for _ in range(150):
+        clamp = tuple(sorted(10.0 ** rng.uniform(-6, 4, 2)))
+        ideal = 10.0 ** rng.uniform(-7, 5, (4, 9))
+        if rng.random() < 0.6:
+            ideal = np.clip(ideal, *clamp)
+        if rng.random() < 0.3:
+            ideal[0, 0] = scale_type.smallest  # an all-zero group's scale
+        with np.errstate(over="ignore"):
+            stored = scale_type.store(np.clip(ideal, None, scale_type.largest)).values
+        scales = scale_type.load(StoredScales(stored))
+        low, high, floor = clamp_bounds(scale_type, clamp)
+        inside = bool((((scales >= low) & (scales <= high)) | (scales == floor)).all())
+        try:
+            check_scales_within_clamp(stored, None, encoding, clamp)
+            passed = True
+        except ValueError:
+            passed = False
+        assert passed == inside, clamp
+        outcomes.add(passed)
+    assert outcomes == {True, False}

@@ -1,0 +1,194 @@
+"""hwlab.load reads a file in pieces on two threads (hashing and scanning each piece as it is read):
+the same tensor as the file holds, and the same errors, in the same order, as one pass would give."""
+import json
+import multiprocessing
+import os
+import threading
+
+import numpy as np
+import pytest
+from hwlab.formats import StorageError, storage
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+import hwlab
+
+RNG = np.random.default_rng(11)
+W = (RNG.standard_normal((64, 512)) * 0.02).astype(np.float32)
+PIECE = 4096  # bytes: the codes of int4 (64 rows of 256 bytes) take 4 pieces, the scales a fifth
+
+
+@pytest.fixture
+def small_pieces(monkeypatch):
+    monkeypatch.setattr(storage, "PIECE_BYTES", PIECE)
+
+
+@pytest.fixture
+def both_threads(small_pieces, monkeypatch):
+    """In every load, the loading thread's first read waits until the helper thread has begun one, and
+    the helper's second until the loading thread has begun one, so that both read, hash and scan
+    pieces (and wait for their turns) whichever claims first; the threads seen."""
+    read_at, seen = storage._Reading._read_at, set()
+
+    def interleaved(self, views, offset):
+        seen.add(threading.current_thread().name)
+        state = vars(self)
+        main_read = state.setdefault("main_read", threading.Event())  # setdefault: atomic
+        helper_read = state.setdefault("helper_read", threading.Event())
+        if threading.current_thread() is threading.main_thread():
+            if not main_read.is_set():
+                main_read.set()
+                assert helper_read.wait(timeout=30)
+        else:
+            if helper_read.is_set():
+                assert main_read.wait(timeout=30)
+            helper_read.set()
+        return read_at(self, views, offset)
+
+    monkeypatch.setattr(storage._Reading, "_read_at", interleaved)
+    yield seen
+    assert len(seen) == 2, seen
+
+
+def read(path):
+    with safe_open(path, framework="numpy") as fh:
+        names = fh.keys()  # a safe_open is not iterable
+        return {k: fh.get_tensor(k) for k in names}, json.loads(fh.metadata()["hwlab"])
+
+
+def write(path, arrays, meta, reseal=True):
+    """A file of ``arrays`` and ``meta``; ``reseal`` recomputes the checksums and the digest."""
+    meta = dict(meta)
+    if reseal:
+        meta["checksums"] = {k: storage.checksum(v) for k, v in arrays.items()}
+    meta["digest"] = storage.digest(meta)
+    save_file(dict(arrays), str(path), metadata={"hwlab": json.dumps(meta)})
+    return path
+
+
+def same(a, b) -> bool:
+    return set(a.arrays) == set(b.arrays) and all(np.array_equal(a.arrays[k], b.arrays[k]) for k in a.arrays)
+
+
+def pieces_of(path):
+    with storage.open_saved(str(path)) as saved:
+        return saved._pieces({})[2]
+
+
+@pytest.mark.parametrize("name, options", [("int4", {}), ("int3", {}), ("fp8_e4m3", {}), ("nf4", {"double_quant": True}),
+                                           ("mixed_2_4", {}), ("olive4", {}), ("bitmod_fp4", {}), ("nvfp4", {})])
+def test_a_file_read_in_many_pieces_loads_exactly(both_threads, tmp_path, name, options):
+    qt = hwlab.quantize(W, name, 16 if name == "nvfp4" else 64, **options)
+    path = tmp_path / "q.safetensors"
+    qt.save(path)
+    pieces = pieces_of(path)
+    assert len(pieces) > 2
+    assert all(sum(len(p.data) for p in piece.parts) <= PIECE for piece in pieces)
+    assert sum(len(p.data) for piece in pieces for p in piece.parts) == qt.nbytes
+    assert same(hwlab.load(path), qt)
+
+
+def test_small_arrays_share_a_piece_and_large_ones_split_at_rows(small_pieces, tmp_path):
+    qt = hwlab.quantize(W, "int4", 64)  # codes 64 x 64 words (16 KiB), scales 64 x 8 fp16 (1 KiB)
+    path = tmp_path / "q.safetensors"
+    qt.save(path)
+    pieces = pieces_of(path)
+    assert [[(p.first, p.rows.shape[0]) for p in piece.parts] for piece in pieces] == [
+        [(0, 16)], [(16, 16)], [(32, 16)], [(48, 16)], [(0, 64)]]
+    assert [piece.offset for piece in pieces] == [pieces[0].offset + k * PIECE for k in range(5)]
+
+
+@pytest.mark.parametrize("array, where", [("codes", -1), ("codes", 5000), ("scales", 3)])
+def test_a_flipped_bit_in_any_piece_names_its_array(both_threads, tmp_path, array, where):
+    qt = hwlab.quantize(W, "int4", 64)
+    path = tmp_path / "q.safetensors"
+    qt.save(path)
+    arrays, meta = read(path)
+    damaged = arrays[array].copy()
+    damaged.reshape(-1).view(np.uint8)[where] ^= 0x10  # the last piece of the codes, a middle one, the scales
+    arrays[array] = damaged
+    with pytest.raises(StorageError, match=rf"array '{array}' does not match its checksum"):
+        hwlab.load(write(tmp_path / "e.safetensors", arrays, meta, reseal=False))
+
+
+def test_a_forbidden_code_in_later_pieces_is_reported_at_its_first_row(both_threads, tmp_path):
+    qt = hwlab.quantize(W, "int4", 64)
+    path = tmp_path / "q.safetensors"
+    qt.save(path)
+    arrays, meta = read(path)
+    codes = arrays["codes"].copy()
+    codes[63, 10] = (codes[63, 10] & ~np.uint32(0xF)) | np.uint32(8)  # the last piece
+    codes[37, 2] = (codes[37, 2] & ~np.uint32(0xF0)) | np.uint32(0x80)  # the third piece, scanned by either thread
+    arrays["codes"] = codes
+    with pytest.raises(StorageError, match=r"array 'codes': code 8 at \[37, 17\] is one int4 never emits"):
+        hwlab.load(write(tmp_path / "e.safetensors", arrays, meta))
+
+
+@pytest.mark.parametrize("edit, match", [
+    (None, r"array 'codes': code 8 at \[50, 0\]"),  # resealed: the code scan reports it
+    ({"group_size": 32}, r"array 'codes' does not match its checksum"),  # not resealed, and a shape error
+    ({"format": "int3"}, r"array 'codes' does not match its checksum"),  # not resealed, and a format error
+])
+def test_a_checksum_error_is_reported_before_the_checks_of_the_format(both_threads, tmp_path, edit, match):
+    qt = hwlab.quantize(W, "int4", 64)
+    path = tmp_path / "q.safetensors"
+    qt.save(path)
+    arrays, meta = read(path)
+    codes = arrays["codes"].copy()
+    codes[50, 0] = (codes[50, 0] & ~np.uint32(0xF)) | np.uint32(8)  # a forbidden code, in a later piece
+    arrays["codes"] = codes
+    meta.update(edit or {})  # the digest is recomputed either way
+    with pytest.raises(StorageError, match=match):
+        hwlab.load(write(tmp_path / "e.safetensors", arrays, meta, reseal=edit is None))
+
+
+def test_a_file_that_shrinks_while_it_is_read_is_an_error(small_pieces, tmp_path):
+    path = tmp_path / "q.safetensors"
+    hwlab.quantize(W, "int4", 64).save(path)
+    with storage.open_saved(str(path)) as saved:  # the header was checked against the whole file
+        os.truncate(path, os.path.getsize(path) - 100)
+        with pytest.raises(StorageError, match="it ended before its last array did"):
+            saved.read_arrays({})
+
+
+def test_without_preadv_the_pieces_are_read_one_at_a_time(small_pieces, tmp_path, monkeypatch):
+    qt = hwlab.quantize(W, "int3", 64)
+    path = tmp_path / "q.safetensors"
+    qt.save(path)
+    monkeypatch.delattr(os, "preadv")
+    assert same(hwlab.load(path), qt)
+
+
+def test_an_error_on_either_thread_stops_both_and_the_next_load_works(small_pieces, tmp_path, monkeypatch):
+    qt = hwlab.quantize(W, "int4", 64)
+    path = tmp_path / "q.safetensors"
+    qt.save(path)
+    read_at = storage._Reading._read_at
+
+    def failing(self, views, offset):
+        if offset >= pieces_of(path)[2].offset:  # the third piece on: whichever thread claims it
+            raise RuntimeError("interrupted")
+        return read_at(self, views, offset)
+
+    monkeypatch.setattr(storage._Reading, "_read_at", failing)
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="interrupted"):
+            hwlab.load(path)
+    monkeypatch.setattr(storage._Reading, "_read_at", read_at)
+    assert same(hwlab.load(path), qt)
+
+
+def _load_in_child(path, queue):
+    queue.put(same(hwlab.load(path), hwlab.load(path)))
+
+
+def test_a_forked_child_loads_with_its_own_helper_thread(small_pieces, tmp_path):
+    path = tmp_path / "q.safetensors"
+    hwlab.quantize(W, "int4", 64).save(path)
+    hwlab.load(path)  # the helper thread runs in this process now
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_load_in_child, args=(str(path), queue))
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == 0 and queue.get(timeout=5)

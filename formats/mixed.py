@@ -136,7 +136,7 @@ class MixedFormat(Format):
     def check_stored_structure(self, arrays: dict, layout: dict) -> None:
         groups = layout["group_bits"].entries
         n4 = layout["codes4"].entries // layout["scales"].group_size if groups else 0
-        counts = unpack_codes(arrays["group_bits"], 1, groups).sum(axis=1)
+        counts = _set_bits_per_row(arrays["group_bits"], groups)
         if (counts != n4).any():
             row = int(np.flatnonzero(counts != n4)[0])
             raise ValueError(f"array 'group_bits': row {row} marks {counts[row]} groups as 4-bit, expected {n4}")
@@ -239,3 +239,17 @@ def bits_table(group_sizes=(64, 128, 256), fracs=(0, 0.25, 0.425, 0.5, 1.0), col
         cells = [f"{fmt.stored_bits_per_weight(1, cols, group_size, frac_4bit=frac):.4f}" for frac in fracs]
         lines.append(f"{group_size:>10}  " + "  ".join(c.rjust(len(h)) for c, h in zip(cells, heads)))
     return "\n".join(lines)
+
+
+def _set_bits_per_row(words: np.ndarray, entries: int) -> np.ndarray:
+    """How many of the first ``entries`` bits of every row of ``words`` (uint32 [rows, ceil(entries / 32)],
+    bit ``g`` of a row in word ``g // 32``, bit ``g % 32``) are set; bits past ``entries`` are not counted.
+    One ``np.bitwise_count`` per word where numpy has it (numpy >= 2), else the unpacked bits."""
+    if not entries:
+        return np.zeros(words.shape[0], np.int64)
+    if not hasattr(np, "bitwise_count"):
+        return unpack_codes(words, 1, entries).sum(axis=1)
+    tail = entries % 32
+    last = words[:, -1] & np.uint32((1 << tail) - 1) if tail else words[:, -1]
+    return np.bitwise_count(words[:, :-1]).sum(axis=1, dtype=np.int64) + np.bitwise_count(last)
+

@@ -193,3 +193,13 @@ def test_inconsistent_group_bits_are_refused(rng):
 def test_readme_shows_the_current_bits_table():
     readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
     assert bits_table() in readme, "README's mixed_2_4 table is stale: paste bits_table() output again"
+
+
+@pytest.mark.parametrize("entries", [1, 5, 31, 32, 33, 64, 86])
+def test_group_flag_count_ignores_padding_bits(entries):
+    """The load's count of 4-bit groups (one popcount a word) equals the unpacked bits, whatever the padding."""
+    from hwlab.formats.mixed import _set_bits_per_row
+    from hwlab.formats.packing import unpack_codes
+
+    words = np.random.default_rng(entries).integers(0, 2**32, (6, -(-entries // 32)), dtype=np.uint64).astype(np.uint32)
+    assert (_set_bits_per_row(words, entries) == unpack_codes(words, 1, entries).sum(axis=1)).all()

@@ -42,6 +42,7 @@ import triton.language as tl
 FP32_ONE_BITS = tl.constexpr(0x3F800000)  # IEEE binary32 1.0
 FP32_2_23_BITS = tl.constexpr(0x4B000000)  # IEEE binary32 2**23: its ulp is 1, so 2**23 | q = 2**23 + q for q < 2**23
 FP32_MAX = tl.constexpr(3.4028234663852886e38)  # largest finite IEEE binary32
+FP32_INF = tl.constexpr(float("inf"))
 
 
 @triton.jit
@@ -219,13 +220,15 @@ def half_scale(x_ptr, K, XCHUNK: tl.constexpr, XCHUNKS: tl.constexpr, TOP: tl.co
     row (``K`` values, read as ``XCHUNKS`` unrolled loads of ``XCHUNK``: all in flight at once) into
     ``[2**(TOP-1), 2**TOP)``, with ``k <= 15`` for fp16 x (``xs`` an fp16 value: fp16 x that small only
     gains range, every fp16 x times 2**15 is normal) and ``k <= 126`` for bf16 (``1 / xs`` a normal
-    float32); an all-zero x takes the largest k. :func:`half_products` multiplies by ``xs`` and the
-    kernel by ``1 / xs``, both exact."""
+    float32); an all-zero x takes the largest k. Infinities and NaNs do not count (they stay what they
+    are in ``x * xs``, so an inf gives the saturated outputs of the float32 path, not NaN).
+    :func:`half_products` multiplies by ``xs`` and the kernel by ``1 / xs``, both exact."""
     KMAX: tl.constexpr = 15 if x_ptr.dtype.element_ty == tl.float16 else 126
     xm = tl.zeros((XCHUNK,), tl.float32)
     for c in tl.static_range(XCHUNKS):
         kk = c * XCHUNK + tl.arange(0, XCHUNK)
-        xm = tl.maximum(xm, tl.abs(tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)))
+        ax = tl.abs(tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32))
+        xm = tl.maximum(xm, tl.where(ax < FP32_INF, ax, 0.0))  # the finite |x| only: an inf stays inf in x'
     biased = (tl.max(xm, axis=0).to(tl.int32, bitcast=True) >> 23) & 0xFF  # |x| max in [2**(b-127), 2**(b-126))
     k = tl.minimum(126 + TOP - biased, KMAX)
     return ((127 + k) << 23).to(tl.float32, bitcast=True), ((127 - k) << 23).to(tl.float32, bitcast=True)

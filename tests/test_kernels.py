@@ -166,6 +166,26 @@ def test_half_pair_path_over_the_whole_fp16_range(name, rng, kernel_device):
             check_matmul(x, qt, dev, dispatch.choose(dev.plan, 1, sms=sms))
 
 
+@pytest.mark.parametrize("name", ["int4", "int8", "int4_asym"])
+def test_half_pair_path_with_an_infinite_activation(name, rng, kernel_device):
+    """An inf in x gives what torch's linear gives, saturated: +-largest where the weight of its column
+    is nonzero, NaN where it is zero (inf * 0); it does not poison the activation scale. With zero
+    points the row is NaN, as on the float32 path: ``sum q x - z sum x`` is inf - inf."""
+    w = (rng.standard_normal((48, 512)) * 0.02).astype(np.float32)
+    w[:5, 100] = 0.0
+    qt = F.quantize(w, name)
+    dev = qt.to(kernel_device)
+    x = torch.randn(1, 512).half()
+    x[0, 100] = float("inf")
+    got = kernels.matmul(x.to(kernel_device), dev).double().cpu()
+    if dev.plan.zero_bits:
+        assert torch.isnan(got).all()
+        return
+    want = torch.from_numpy(reference_matmul(x, qt)).clamp(-65504.0, 65504.0)
+    assert (torch.isnan(got) == torch.isnan(want)).all() and torch.isnan(want).any()
+    assert (got[~torch.isnan(want)] == want[~torch.isnan(want)]).all()
+
+
 def test_half_pair_path_is_not_taken_where_two_words_span_two_groups(rng, kernel_device):
     """int4 in groups of 8 (one word): the float32 placement, not the fp16 pairs."""
     qt = F.quantize((rng.standard_normal((8, 256)) * 0.02).astype(np.float32), "int4", group_size=8)

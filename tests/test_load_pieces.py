@@ -1,6 +1,5 @@
 """hwlab.load reads a file in pieces on two threads (hashing and scanning each piece as it is read):
 the same tensor as the file holds, and the same errors, in the same order, as one pass would give."""
-import json
 import multiprocessing
 import os
 import threading
@@ -8,8 +7,7 @@ import threading
 import numpy as np
 import pytest
 from hwlab.formats import StorageError, storage
-from safetensors import safe_open
-from safetensors.numpy import save_file
+from saved_files import read, write
 
 import hwlab
 
@@ -48,22 +46,6 @@ def both_threads(small_pieces, monkeypatch):
     monkeypatch.setattr(storage._Reading, "_read_at", interleaved)
     yield seen
     assert len(seen) == 2, seen
-
-
-def read(path):
-    with safe_open(path, framework="numpy") as fh:
-        names = fh.keys()  # a safe_open is not iterable
-        return {k: fh.get_tensor(k) for k in names}, json.loads(fh.metadata()["hwlab"])
-
-
-def write(path, arrays, meta, reseal=True):
-    """A file of ``arrays`` and ``meta``; ``reseal`` recomputes the checksums and the digest."""
-    meta = dict(meta)
-    if reseal:
-        meta["checksums"] = {k: storage.checksum(v) for k, v in arrays.items()}
-    meta["digest"] = storage.digest(meta)
-    save_file(dict(arrays), str(path), metadata={"hwlab": json.dumps(meta)})
-    return path
 
 
 def same(a, b) -> bool:
@@ -108,7 +90,7 @@ def test_a_flipped_bit_in_any_piece_names_its_array(both_threads, tmp_path, arra
     damaged.reshape(-1).view(np.uint8)[where] ^= 0x10  # the last piece of the codes, a middle one, the scales
     arrays[array] = damaged
     with pytest.raises(StorageError, match=rf"array '{array}' does not match its checksum"):
-        hwlab.load(write(tmp_path / "e.safetensors", arrays, meta, reseal=False))
+        hwlab.load(write(tmp_path / "e.safetensors", arrays, meta, checksums=False))
 
 
 def test_a_forbidden_code_in_later_pieces_is_reported_at_its_first_row(both_threads, tmp_path):
@@ -139,7 +121,7 @@ def test_a_checksum_error_is_reported_before_the_checks_of_the_format(both_threa
     arrays["codes"] = codes
     meta.update(edit or {})  # the digest is recomputed either way
     with pytest.raises(StorageError, match=match):
-        hwlab.load(write(tmp_path / "e.safetensors", arrays, meta, reseal=edit is None))
+        hwlab.load(write(tmp_path / "e.safetensors", arrays, meta, checksums=edit is None))
 
 
 def test_a_file_that_shrinks_while_it_is_read_is_an_error(small_pieces, tmp_path):

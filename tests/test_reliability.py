@@ -13,12 +13,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from safetensors import safe_open
 from safetensors.numpy import save_file
+from saved_files import read, write
 
 import hwlab
 from hwlab.cli import main
-from hwlab.formats import StorageError, define_lut, define_minifloat, define_mixture, get_format, jit, storage
+from hwlab.formats import StorageError, define_lut, define_minifloat, define_mixture, get_format, jit
 
 RNG = np.random.default_rng(7)
 W = (RNG.standard_normal((8, 256)) * 0.02).astype(np.float32)
@@ -39,19 +39,6 @@ def same_tensor(a, b) -> bool:
             and all(np.array_equal(a.arrays[k], b.arrays[k]) for k in a.arrays))
 
 
-def read(path):
-    with safe_open(path, framework="numpy") as fh:
-        return {k: fh.get_tensor(k) for k in fh.keys()}, json.loads(fh.metadata()["hwlab"])
-
-
-def write(path, arrays, meta, reseal=True):
-    """A file of ``arrays`` and ``meta``; ``reseal`` recomputes checksums and digest (a consistent edit)."""
-    meta = dict(meta)
-    if reseal:
-        meta["checksums"] = {k: storage.checksum(v) for k, v in arrays.items()}
-        meta["digest"] = storage.digest(meta)
-    save_file(dict(arrays), str(path), metadata={"hwlab": json.dumps(meta)})
-    return path
 
 
 # ---- a saved file loads exactly what was saved, or raises ----------------------------------------
@@ -101,7 +88,7 @@ def test_fuzz_byte_flips_truncations_and_metadata_edits(saved, tmp_path_factory,
             | st.text(max_size=8), lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
                                                                                             max_size=3), max_leaves=8))
         target = tmp_path_factory.mktemp("edit") / "e.safetensors"
-        write(target, arrays, meta, reseal=False)
+        write(target, arrays, meta, checksums=False, digest=False)
         blob = bytearray(target.read_bytes())
     damaged = tmp_path_factory.mktemp("fuzz") / "d.safetensors"
     damaged.write_bytes(bytes(blob))
@@ -143,7 +130,7 @@ def test_an_option_edited_between_scale_types_of_one_width_is_caught_by_the_dige
     arrays, meta = read(path)
     meta["options"]["scale_dtype"] = "e4m3"  # both stored as uint8: only the digest tells
     with pytest.raises(StorageError, match="does not match its digest"):
-        hwlab.load(write(tmp_path / "e.safetensors", arrays, meta, reseal=False))
+        hwlab.load(write(tmp_path / "e.safetensors", arrays, meta, checksums=False, digest=False))
 
 
 @pytest.mark.parametrize("name, array, value, match", [

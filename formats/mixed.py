@@ -252,4 +252,3 @@ def _set_bits_per_row(words: np.ndarray, entries: int) -> np.ndarray:
     tail = entries % 32
     last = words[:, -1] & np.uint32((1 << tail) - 1) if tail else words[:, -1]
     return np.bitwise_count(words[:, :-1]).sum(axis=1, dtype=np.int64) + np.bitwise_count(last)
-

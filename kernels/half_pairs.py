@@ -12,8 +12,6 @@ import numpy as np
 from hwlab.formats.scales import FP16_LARGEST
 
 HALF_BITS = (2, 4, 8)  # code widths with a PTX word (1-bit words stay on the float32 placement)
-
-
 WORDS = 2  # uint32 words summed in fp16 before one widening to float32 (halves the conversions)
 
 

@@ -67,9 +67,8 @@ def worst_error(got, x, qt) -> float:
     (<= 1 passes; :func:`matmul_tolerance` against the float64 reference of the unpacked view)."""
     import torch
 
-    from .reference import reference_matmul, reference_weights
-
     from .plan import build_plan
+    from .reference import reference_matmul, reference_weights
 
     ref = torch.from_numpy(reference_matmul(x, qt))
     rows = int(np.prod(x.shape[:-1]))

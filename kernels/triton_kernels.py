@@ -325,7 +325,8 @@ def half_products(u, x_ptr, cw, K, xs, EVEN: tl.constexpr, B: tl.constexpr, FLIP
             x2e, x2o = _columns(x2)
             x3e, x3o = _columns(x3)
             if B == 4:
-                part = tl.inline_asm_elementwise(PTX, "=f" + ",r" * 10, [we, wo, x0e, x1e, x2e, x3e, x0o, x1o, x2o, x3o],
+                part = tl.inline_asm_elementwise(PTX, "=f" + ",r" * 10,
+                                                 [we, wo, x0e, x1e, x2e, x3e, x0o, x1o, x2o, x3o],
                                                  dtype=tl.float32, is_pure=True, pack=1)
             else:
                 x4e, x4o = _columns(x4)
@@ -334,7 +335,8 @@ def half_products(u, x_ptr, cw, K, xs, EVEN: tl.constexpr, B: tl.constexpr, FLIP
                 x7e, x7o = _columns(x7)
                 part = tl.inline_asm_elementwise(
                     PTX, "=f" + ",r" * 18, [we, wo, x0e, x1e, x2e, x3e, x4e, x5e, x6e, x7e,
-                                            x0o, x1o, x2o, x3o, x4o, x5o, x6o, x7o], dtype=tl.float32, is_pure=True, pack=1)
+                                            x0o, x1o, x2o, x3o, x4o, x5o, x6o, x7o],
+                    dtype=tl.float32, is_pure=True, pack=1)
         se, so = _columns(xsum[None, :])
         xsum = tl.reshape(se + so, (se.shape[1],))
     else:
@@ -364,8 +366,9 @@ def gemv_words_kernel(
         HALF_XCHUNK: tl.constexpr, HALF_XCHUNKS: tl.constexpr):
     """M = 1 with codes in whole words (module docstring). ``out``: [N] (float32 when ``ATOMIC``).
     ``one_bits``: FP32_ONE_BITS, passed at run time so that it lives in a register (:func:`placed_code`).
-    ``HALF_TOP`` > 0: integer codes through fp16 pairs (:func:`half_products`), x scaled into
-    ``[2**(HALF_TOP-1), 2**HALF_TOP)`` (:func:`half_scale`, ``HALF_XCHUNK(S)``); 0: the float32 placement."""
+    ``HALF_TOP`` > 0 (integer decodes only, :func:`~hwlab.kernels.dispatch.half_pairs_apply`): codes
+    through fp16 pairs (:func:`half_products`), x scaled into ``[2**(HALF_TOP-1), 2**HALF_TOP)``
+    (:func:`half_scale`, ``HALF_XCHUNK(S)``); 0: the float32 placement."""
     E: tl.constexpr = 32 // B
     P: tl.constexpr = KS // E
     MASK: tl.constexpr = (1 << B) - 1
@@ -388,9 +391,10 @@ def gemv_words_kernel(
         if EVEN:  # whole tiles: no masks
             raw = tl.load(codes_ptr + rn[:, None] * row_words + cw[None, :], eviction_policy="evict_first")
         else:
-            raw = tl.load(codes_ptr + rn[:, None] * row_words + cw[None, :], mask=nmask[:, None] & (cw < row_words)[None, :],
-                          other=0, eviction_policy="evict_first")
-        if DECODE == 0 and HALF_TOP > 0:
+            wmask = nmask[:, None] & (cw < row_words)[None, :]
+            raw = tl.load(codes_ptr + rn[:, None] * row_words + cw[None, :], mask=wmask, other=0,
+                          eviction_policy="evict_first")
+        if HALF_TOP > 0:
             u = raw.to(tl.uint32, bitcast=True)  # the sign flip rides in the fp16 magic
         elif DECODE == 0:
             u = (raw ^ FLIP_WORD).to(tl.uint32, bitcast=True)  # every sign bit flipped at once
@@ -418,7 +422,7 @@ def gemv_words_kernel(
                 table = tl.broadcast_to(tl.load(lut_ptr + tl.arange(0, TROWS * TSIZE))[None, :], (BN, TROWS * TSIZE))
         if DECODE == 3 and MEMBERS == 1:  # every row's (or word's) member's pair table
             words0 = _pair_words(lut_ptr, member)
-        if DECODE == 0 and HALF_TOP > 0:
+        if HALF_TOP > 0:
             part, xsum = half_products(u, x_ptr, cw, K, xs, EVEN, B, FLIP, HALF_PTX)
         else:
             part = tl.zeros((BN, P), tl.float32)

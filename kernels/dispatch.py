@@ -32,15 +32,15 @@ MEMBER_IDS = {"none": 0, "group": 1, "pairs": 2}
 SCALE_IDS = {"float": 0, "bf16": 1, "table": 2}
 X_DTYPES = ("float16", "bfloat16")
 OUT_MAX = {"float16": FP16_LARGEST, "bfloat16": BF16_LARGEST, "float32": 3.4028234663852886e38}
-WORDS_PER_STEP = 16  # gemv_words: uint32 words of a row per step (four 16-byte loads)
-GEMV_BN, TILE_BN = 128, 64  # rows per program
-# gemv_words on the fp16 pair path: 256 rows (static SASS counts for sm_90, triton 3.6, int4 g128:
-# 2.62 instructions a code against 3.27 with 128 rows, 96 registers; the table decodes spill at 256)
-HALF_BN = 256
-# ... and with zero points on a tall matrix (N >= HALF_ZERO_ROWS): 512 rows on 8 warps (H200, CUDA graph times,
-# bench/results/gpu_gemv_variants_h200_run5.log: int4_asym K=8192 N=28672 59.8 us against 71.7 at 256 rows on 4,
-# but K=4096 N=11008 20.9 against 14.9)
-HALF_ZERO_BN, HALF_ZERO_WARPS, HALF_ZERO_ROWS = 512, 8, 16384
+GEMV_BN, TILE_BN = 128, 64  # rows per program of gemv_mixed and of the M = 1 tile kernel
+# gemv_words tiles: (rows per program, uint32 words of a row per step, software pipeline stages). Long runs of
+# each row per step (128 words: 512 contiguous bytes) and whole rows per program (no split-K on a large layer) let
+# the DRAM stream rows instead of 64-byte pieces of 256 rows. H200, CUDA graph times at K=8192 N=28672
+# (bench/results/gpu_gemv_tiles_h200_run6.log):
+HALF_TILE = (32, 128, 1)  # fp16 pair path: int4 38.1 us against 54.0 at (256, 16, 1); int2 34.8 against 41.4
+OTHER_TILE = (32, 64, 3)  # other decodes: nf4 76.3 us, fp4_e2m1 78.6 against 168 and 169 at (128, 16, 1)
+MEMBER_TILE = (128, 16, 1)  # type ids (read per row when a step lies in one group): bitmod_fp4 176 us, 451+ at OTHER_TILE
+MAX_GROUPS_PER_STEP = 16  # words per step are halved until a step holds at most this many groups (nvfp4: 16 of 16)
 # gemv_words takes at least 32 rows: with 16, triton 3.6 fails to compile its table decodes for sm_90
 # (TritonGPUOptimizeThreadLocality; shift2 in tests/test_kernels.py, H200)
 GEMV_MIN_BN = 32
@@ -51,7 +51,11 @@ WAVES = 4  # programs per SM that split-K aims for
 # (8-bit tables: 791 instructions a code, static SASS) is read from memory instead
 REGISTER_TABLE_MAX = 64
 FP32_ONE_BITS = 0x3F800000  # IEEE binary32 1.0 (gemv_words_kernel's run-time one_bits)
-NUM_WARPS, DOT_STAGES = 4, 3
+NUM_WARPS = 4
+# software pipeline depth of each kernel's K loop (tl.range num_stages: the loads of stages - 1 later steps
+# are issued as cp.async into shared memory before a step is decoded; gemv_words: its tiles above). Three stages
+# made gemv_mixed 2.2x and the M = 1 tile kernel 5% slower (same log)
+STAGES = {"gemv_mixed": 1, "tile": 1, "tile_dot": 3}
 # tile_dot by batch tile BM: rows per program and warps (static SASS counts for sm_90, triton 3.6: BM=16 with
 # 128 rows spends 9.1 instructions a code against 10.4 with 64; BM=64 spills registers with 4 warps, not with 8)
 DOT_BN = {16: 128, 32: 64, 64: 64}
@@ -71,10 +75,11 @@ class Launch:
     steps: int
     decode: str  # the plan's decode, "lut" (every plan has a table) or "pairs" (the table as 16-bit patterns)
     warps: int = 4
+    stages: int = 1  # software pipeline depth of the K loop (1: none; n: n - 1 steps' loads in flight, cp.async)
 
     def describe(self) -> str:
         return (f"{self.kernel}: BN={self.bn} BM={self.bm} KS={self.ks}, split-K {self.split} x {self.steps} steps, "
-                f"{self.decode} decode, {self.warps} warps")
+                f"{self.decode} decode, {self.warps} warps, {self.stages} stages")
 
 
 def _torch():
@@ -111,10 +116,12 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
     if m == 1 and plan.packing == "mixed" and epg >= 16 and epg & (epg - 1) == 0:
         kernel, bn, bm, ks = "gemv_mixed", GEMV_BN, 1, epg
     elif m == 1 and per_word and epg % per_word == 0:
-        kernel, bn, bm, ks = "gemv_words", GEMV_BN, 1, WORDS_PER_STEP * per_word
-        if half_pairs_apply(plan, decode):
-            tall = plan.zero_bits and n >= HALF_ZERO_ROWS
-            bn, warps = (HALF_ZERO_BN, HALF_ZERO_WARPS) if tall else (HALF_BN, warps)
+        kernel, bm = "gemv_words", 1
+        bn, words, stages = (HALF_TILE if half_pairs_apply(plan, decode)
+                             else MEMBER_TILE if plan.member_rule != "none" else OTHER_TILE)
+        while words > 1 and words * per_word > MAX_GROUPS_PER_STEP * epg:
+            words //= 2
+        ks = words * per_word
         if decode == "float" and plan.lut.size <= REGISTER_TABLE_MAX:
             decode = "lut"  # a gather from a small table in registers: fewer issue slots than the pair select tree
     elif m == 1:
@@ -132,7 +139,9 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
     total = math.ceil(kp / ks)
     split = min(total, max(1, math.ceil(WAVES * sms / tiles)))
     steps = math.ceil(total / split)
-    return Launch(kernel, bn, bm, ks, math.ceil(total / steps), steps, decode, warps)
+    if kernel != "gemv_words":
+        stages = STAGES[kernel]
+    return Launch(kernel, bn, bm, ks, math.ceil(total / steps), steps, decode, warps, stages)
 
 
 def half_pairs_apply(plan: KernelPlan, decode: str) -> bool:
@@ -360,7 +369,7 @@ def _arguments(qt: DeviceTensor, m: int, x_dtype: str, launch: Launch) -> tuple:
     ops, sizes, flags = _operands(qt, launch.decode, math_dtype)
     out_max = OUT_MAX[x_dtype]
     kern = _kernels()
-    common = dict(flags, ATOMIC=atomic, OUT_MAX=out_max, num_warps=launch.warps)
+    common = dict(flags, ATOMIC=atomic, OUT_MAX=out_max, STAGES=launch.stages, num_warps=launch.warps)
     x2 = out = work = count = None
     if launch.kernel == "gemv_words":
         grid = (math.ceil(n / launch.bn), launch.split, 1)
@@ -370,7 +379,7 @@ def _arguments(qt: DeviceTensor, m: int, x_dtype: str, launch: Launch) -> tuple:
             n, qt.shape[1], sizes["row_words"], sizes["zero_words"], sizes["member_words"], sizes["s_row_stride"],
             sizes["groups"], launch.steps, math.ceil(qt.plan.padded_cols / launch.ks),
             sizes["value_scale"], sizes["zero_unit"], sizes["dq_offset"], FP32_ONE_BITS], dict(
-            KS=launch.ks, BN=launch.bn, GROUP_STEP=qt.plan.elements_per_group % launch.ks == 0,
+            KS=launch.ks, BN=launch.bn, GPS=_groups_per_step(qt.plan, launch.ks),
             EVEN=n % launch.bn == 0 and qt.shape[1] == qt.plan.padded_cols and qt.plan.padded_cols % launch.ks == 0,
             FLIP_WORD=_flip_word(qt.plan), TROWS=qt.plan.lut.shape[0],
             REGISTER_TABLE=qt.plan.lut.size <= REGISTER_TABLE_MAX,
@@ -384,13 +393,12 @@ def _arguments(qt: DeviceTensor, m: int, x_dtype: str, launch: Launch) -> tuple:
             launch.steps, FP32_ONE_BITS, sizes["value_scale"]], dict(
             G=launch.ks, BN=launch.bn, ZB4=flags["ZB"], ZB2=flags["ZB2"],
             EVEN=n % launch.bn == 0 and qt.shape[1] == qt.plan.padded_cols, ATOMIC=atomic, OUT_MAX=out_max,
-            num_warps=launch.warps)
+            STAGES=launch.stages, num_warps=launch.warps)
     grid = (math.ceil(n / launch.bn), math.ceil(m / launch.bm), launch.split)
     return kern.tile_kernel, grid, [
         x2, *_tile_pointers(ops), out, work, count, m, n, qt.shape[1], qt.plan.padded_cols, *_tile_sizes(sizes),
         launch.steps, sizes["value_scale"], sizes["zero_unit"], sizes["dq_offset"]], dict(
         KS=launch.ks, BN=launch.bn, BM=launch.bm, DOT=launch.kernel == "tile_dot", EXACT_DOT=interpreted(),
-        **({"num_stages": DOT_STAGES} if launch.kernel == "tile_dot" else {}),
         **dict(common, PACK=_tile_packing(qt.plan, launch.ks)))
 
 
@@ -429,6 +437,16 @@ def _tile_pointers(ops: dict) -> tuple:
 def _tile_sizes(sizes: dict) -> tuple:
     return (sizes["row_words"], sizes["row_words2"], sizes["flag_words"], sizes["zero_words"], sizes["zero_words2"],
             sizes["member_words"], sizes["s_row_stride"], sizes["groups"])
+
+
+def _groups_per_step(plan: KernelPlan, ks: int) -> int:
+    """``gemv_words_kernel``'s ``GPS``: 1 when a step of ``ks`` elements lies in one group, the groups of a
+    step when it holds whole groups (and no type ids, which are read per row or per word), else 0
+    (entries per word)."""
+    epg = plan.elements_per_group
+    if epg % ks == 0:
+        return 1
+    return ks // epg if ks % epg == 0 and plan.member_rule == "none" else 0
 
 
 def _flip_word(plan: KernelPlan) -> int:

@@ -15,7 +15,9 @@ every datatype of a family, built-in or user-defined:
     ``2**bits``, so one shift, one logic op and one FMA handle a code; the ``2**bits * sum(x)``
     this adds is subtracted once per word. Other decodes read the plan's
     table (one cached load per code). Scales, zero points and type ids are read once per step
-    when a step lies in one group, else once per word.
+    when a step lies in one group, once per step and group when a step holds whole groups (``GPS``;
+    not with type ids), else once per word. The dispatch gives each row long runs per step (up to
+    512 bytes) and, on a large layer, whole rows to one program (DRAM streams rows).
 ``gemv_mixed_kernel``
     M = 1 for ``mixed_2_4``: each row reads its 4-bit or 2-bit stream group by group (a running
     rank per row), both decoded as in ``gemv_words_kernel``.
@@ -350,12 +352,24 @@ def half_products(u, x_ptr, cw, K, xs, EVEN: tl.constexpr, B: tl.constexpr, FLIP
 
 
 @triton.jit
+def _spread(t, G: tl.constexpr, COLS: tl.constexpr):
+    """Entries per row and group as ``[R, COLS]`` columns: ``G = 1``, ``[R]`` entries as ``[R, 1]`` (they
+    broadcast); ``G > 1``, ``[R, G]`` entries, each group's over its ``COLS / G`` columns; ``G = 0``, ``[R, COLS]``
+    entries (one per column already) as they are."""
+    if G == 1:
+        t = t[:, None]
+    elif G > 1:
+        t = tl.reshape(tl.broadcast_to(t[:, :, None], (t.shape[0], G, COLS // G)), (t.shape[0], COLS))
+    return t
+
+
+@triton.jit
 def gemv_words_kernel(
         x_ptr, codes_ptr, zeros_ptr, members_ptr, lut_ptr, scales_ptr, stable_ptr, absmax_ptr, rows_ptr, out_ptr,
         work_ptr, count_ptr,
         N, K, row_words, zero_words, member_words, s_row_stride, NG, steps_per_program, n_steps,
         value_scale, zero_unit, dq_offset, one_bits,
-        B: tl.constexpr, EPG: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr, GROUP_STEP: tl.constexpr,
+        B: tl.constexpr, EPG: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr, GPS: tl.constexpr,
         EVEN: tl.constexpr,
         DECODE: tl.constexpr, FLIP: tl.constexpr, FLIP_WORD: tl.constexpr, MBITS: tl.constexpr,
         TSIZE: tl.constexpr, HALF_BF16: tl.constexpr, TROWS: tl.constexpr, REGISTER_TABLE: tl.constexpr,
@@ -363,7 +377,7 @@ def gemv_words_kernel(
         MEMBER_BITS: tl.constexpr,
         VICTIM: tl.constexpr, ZB: tl.constexpr, SCALE: tl.constexpr, DQB: tl.constexpr, ROW: tl.constexpr,
         ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr, HALF_TOP: tl.constexpr, HALF_PTX: tl.constexpr,
-        HALF_XCHUNK: tl.constexpr, HALF_XCHUNKS: tl.constexpr):
+        HALF_XCHUNK: tl.constexpr, HALF_XCHUNKS: tl.constexpr, STAGES: tl.constexpr):
     """M = 1 with codes in whole words (module docstring). ``out``: [N] (float32 when ``ATOMIC``).
     ``one_bits``: FP32_ONE_BITS, passed at run time so that it lives in a register (:func:`placed_code`).
     ``HALF_TOP`` > 0 (integer decodes only, :func:`~hwlab.kernels.dispatch.half_pairs_apply`): codes
@@ -385,7 +399,7 @@ def gemv_words_kernel(
     last = tl.minimum(first + steps_per_program, n_steps)
     if HALF_TOP > 0:
         xs, unscale = half_scale(x_ptr, K, HALF_XCHUNK, HALF_XCHUNKS, HALF_TOP)
-    for step in range(first, last):
+    for step in tl.range(first, last, num_stages=STAGES):
         k0 = step * KS
         cw = k0 // E + tl.arange(0, P)
         if EVEN:  # whole tiles: no masks
@@ -400,10 +414,15 @@ def gemv_words_kernel(
             u = (raw ^ FLIP_WORD).to(tl.uint32, bitcast=True)  # every sign bit flipped at once
         else:
             u = raw.to(tl.uint32, bitcast=True)
-        if GROUP_STEP:  # the step lies in one group: one entry per row
+        if GPS == 1:  # the step lies in one group: one entry per row
             gn = rn
             gg = k0 // EPG
             gmask = nmask
+        elif GPS > 1:  # the step holds GPS whole groups: one entry per row and group
+            tl.static_assert(MEMBERS == 0, "type ids are read per row or per word")
+            gn = rn[:, None]
+            gg = (k0 // EPG + tl.arange(0, GPS))[None, :]
+            gmask = nmask[:, None] & (gg < NG)
         else:  # one entry per word (per pair of words of one group when PAIRED)
             gw = k0 // E + tl.arange(0, COLS) * (2 if PAIRED else 1)
             gn = rn[:, None]
@@ -412,10 +431,10 @@ def gemv_words_kernel(
         member = 0
         if MEMBERS == 1:
             member = load_field(members_ptr, member_words, gn, gg, gmask, MEMBER_BITS).to(tl.int32)
-            if GROUP_STEP:
+            if GPS == 1:
                 member = member[:, None]
         if DECODE == 2 and REGISTER_TABLE:  # every row's table (its group's member), or all members' tables
-            if MEMBERS == 1 and GROUP_STEP:
+            if MEMBERS == 1 and GPS == 1:
                 table = tl.load(lut_ptr + member * TSIZE + tl.arange(0, TSIZE)[None, :])
                 member = 0
             else:
@@ -458,16 +477,12 @@ def gemv_words_kernel(
                 part -= (xone + FLIP * xsum)[None, :]
         if ZB > 0:
             z = load_field(zeros_ptr, zero_words, gn, gg, gmask, ZB).to(tl.float32)
-            if GROUP_STEP:
-                z = z[:, None]
-            part -= z * zero_unit * xsum[None, :]
+            part -= _spread(z, GPS, COLS) * zero_unit * xsum[None, :]
         sc = _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, gn, gg, gmask, s_row_stride, NG, dq_offset,
                     SCALE, DQB, ROW)
         if HALF_TOP > 0:
             part = part * unscale  # exact (a power of two), before the scale: no overflow the float32 path lacks
-        if GROUP_STEP:
-            sc = sc[:, None]
-        acc += part * sc
+        acc += part * _spread(sc, GPS, COLS)
     y = tl.sum(acc, axis=1) * value_scale
     finish(y, out_ptr, rn, nmask, work_ptr, count_ptr, tl.program_id(0), tl.num_programs(1), ATOMIC, OUT_MAX)
 
@@ -504,7 +519,7 @@ def gemv_mixed_kernel(
         work_ptr, count_ptr,
         N, K, row_words4, row_words2, flag_words, zero_words4, zero_words2, NG, steps_per_program, one_bits,
         value_scale, G: tl.constexpr, BN: tl.constexpr, ZB4: tl.constexpr, ZB2: tl.constexpr, EVEN: tl.constexpr,
-        ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr):
+        ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr, STAGES: tl.constexpr):
     """M = 1 for ``mixed_2_4``: a step is one group; each row reads its 4-bit or its 2-bit stream (a
     flag per group), at the rank its earlier groups of that width give (a running count per row).
     Both streams decode as :func:`placed_code` unsigned codes; zero points and int8 scale codes times the
@@ -520,7 +535,7 @@ def gemv_mixed_kernel(
     below = tl.load(flags_ptr + rn * flag_words + first // 32, mask=nmask, other=0).to(tl.uint32, bitcast=True)
     rank += popcount32(below & ((tl.full((), 1, tl.uint32) << (first % 32).to(tl.uint32)) - 1)).to(tl.int32)
     acc = tl.zeros((BN,), tl.float32)
-    for g in range(first, last):
+    for g in tl.range(first, last, num_stages=STAGES):
         flags = tl.load(flags_ptr + rn * flag_words + g // 32, mask=nmask, other=0).to(tl.uint32, bitcast=True)
         wide = (((flags >> (g % 32)) & 1) == 1) & nmask
         narrow = (~wide) & nmask
@@ -638,7 +653,8 @@ def tile_kernel(
         PACK: tl.constexpr, DECODE: tl.constexpr, FLIP: tl.constexpr, MBITS: tl.constexpr, TSIZE: tl.constexpr,
         HALF_BF16: tl.constexpr, MEMBERS: tl.constexpr, MEMBER_BITS: tl.constexpr, VICTIM: tl.constexpr, ZB: tl.constexpr, ZB2: tl.constexpr,
         SCALE: tl.constexpr, DQB: tl.constexpr, ROW: tl.constexpr,
-        DOT: tl.constexpr, EXACT_DOT: tl.constexpr, ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr):
+        DOT: tl.constexpr, EXACT_DOT: tl.constexpr, ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr,
+        STAGES: tl.constexpr):
     """Any M, any packing (module docstring). ``out``: [M, N] (float32 when ``ATOMIC``).
 
     ``EXACT_DOT`` (the interpreter) multiplies the same operands in float32 IEEE arithmetic, as the
@@ -648,7 +664,7 @@ def tile_kernel(
     nmask = rn < N
     mmask = rm < M
     acc = tl.zeros((BM, BN), tl.float32)
-    for step in range(steps_per_program):
+    for step in tl.range(steps_per_program, num_stages=STAGES):
         k0 = (tl.program_id(2) * steps_per_program + step) * KS
         k = k0 + tl.arange(0, KS)
         g = k0 // EPG

@@ -56,6 +56,12 @@ def weights(rng):
     return (rng.standard_normal((40, 512)) * 0.02).astype(np.float32)
 
 
+@pytest.fixture
+def long_weights(rng):
+    """K = 2048: gemv_words' steps of up to 1024 elements give split-K two programs."""
+    return (rng.standard_normal((40, 2048)) * 0.02).astype(np.float32)
+
+
 @pytest.mark.parametrize("name", ALL_FORMATS)
 def test_device_dequantize_is_bit_exact(name, rng, kernel_device):
     qt = F.quantize((rng.standard_normal((37, 256)) * 0.02).astype(np.float32), name)
@@ -86,8 +92,9 @@ def test_matmul_batch_sizes(name, m, dtype, rng, kernel_device):
 
 
 @pytest.mark.parametrize("name", ["int4", "int8_asym", "nf4", "int3", "mixed_2_4", "bitmod_fp3"])
-def test_split_k_partial_sums(name, weights, kernel_device):
+def test_split_k_partial_sums(name, long_weights, kernel_device):
     """Many programs along K add float32 partial sums (atomics into a zeroed buffer)."""
+    weights = long_weights
     qt = F.quantize(weights, name)
     dev = qt.to(kernel_device)
     for m in (1, 20):
@@ -155,7 +162,7 @@ def test_half_pair_path_over_the_whole_fp16_range(name, rng, kernel_device):
     dev = qt.to(kernel_device)
     launch = dispatch.choose(dev.plan, 1)
     assert launch.kernel == "gemv_words" and dispatch.half_pairs_apply(dev.plan, launch.decode)
-    assert launch.bn == min(dispatch.HALF_BN, 64)  # 48 rows: the next power of two
+    assert (launch.bn, launch.ks) == (dispatch.HALF_TILE[0], dispatch.HALF_TILE[1] * 32 // dev.plan.bits)
     wide = np.exp2(rng.uniform(-24, 15.9, 1024)) * rng.choice([-1, 1], 1024)
     lone = np.full(1024, 1e-6)
     lone[517] = -65504.0
@@ -352,8 +359,9 @@ def test_outputs_saturate(kernel_device):
 
 @pytest.mark.parametrize("name", ["int4", "nf4", "mixed_2_4", "int3"])
 @pytest.mark.parametrize("m, split", [(1, False), (1, True), (3, False), (20, True)])
-def test_a_nan_in_x_reaches_its_row_and_only_its_row(name, m, split, weights, kernel_device):
+def test_a_nan_in_x_reaches_its_row_and_only_its_row(name, m, split, long_weights, kernel_device):
     """Saturation keeps NaN, as torch's linear does: every kernel, with and without split-K."""
+    weights = long_weights
     qt = F.quantize(weights, name)
     dev = qt.to(kernel_device)
     x = torch.randn(m, weights.shape[1]).half()

@@ -422,6 +422,40 @@ def table(path: str, k: int = 8192, n: int = 28672) -> str:
     return "\n".join(lines)
 
 
+def repredict(path: str, new_path: str, gpu_model: str) -> str:
+    """Write ``path`` with every ``hwlab_<format>`` row's prediction recomputed (the launch that
+    ``matmul`` chooses for its shape on the run's GPU, the current ``sim/data/kernel_instructions.json``)
+    to ``new_path``, which must not exist; the document records that it was re-predicted."""
+    import dataclasses
+
+    import hwlab.formats as F
+    from hwlab.kernels import dispatch
+
+    if os.path.exists(new_path):
+        raise SystemExit(f"--repredict: {new_path} exists (choose a new name)")
+    with open(path) as f:
+        doc = json.load(f)
+    plans, count = {}, 0
+    rng = np.random.default_rng(0)
+    for row in doc["rows"]:
+        fmt = row.get("format")
+        if not row["name"].startswith("hwlab_") or fmt is None:
+            continue
+        if (fmt, row["K"]) not in plans:
+            small = F.quantize((rng.standard_normal((QUANTIZED_ROWS, row["K"])) * 0.02).astype(np.float32), fmt)
+            plans[fmt, row["K"]] = small.to("cpu").plan
+        launch = dispatch.choose(dataclasses.replace(plans[fmt, row["K"]], shape=(row["N"], row["K"])), row["M"],
+                                 doc["env"]["sms"])
+        for key in ("predicted_us", "predicted_graph_us", "predicted_bound", "predicted", "predicted_error"):
+            row.pop(key, None)
+        row.update(prediction(gpu_model, fmt, row["M"], row["K"], row["N"], row["bits_per_weight"], launch))
+        count += 1
+    doc["env"]["repredicted"] = f"{count} hwlab rows, {datetime.datetime.now().isoformat(timespec='seconds')}"
+    with open(new_path, "w") as f:
+        json.dump(doc, f, indent=1)
+    return f"wrote {new_path} ({count} rows re-predicted)"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for gpu_kernels.json")
@@ -437,6 +471,9 @@ def main(argv=None) -> int:
     parser.add_argument("--table", metavar="JSON", help="only print a finished run's Markdown table (no GPU)")
     parser.add_argument("--shape", nargs=2, type=int, default=[8192, 28672], metavar=("K", "N"),
                         help="the layer --table shows")
+    parser.add_argument("--repredict", nargs=2, metavar=("JSON", "NEW_JSON"),
+                        help="only re-run the GPU model on a finished run's hwlab rows with the current instruction "
+                             "counts (no GPU); NEW_JSON must not exist")
     parser.add_argument("--compile-workers", type=int, default=0,
                         help="compile every kernel first in this many processes (0: compile as they run)")
     args = parser.parse_args(argv)
@@ -445,6 +482,9 @@ def main(argv=None) -> int:
         return 0
     if args.table:
         print(table(args.table, *args.shape))
+        return 0
+    if args.repredict:
+        print(repredict(*args.repredict, args.gpu_model))
         return 0
     shapes = [SHAPES[0], SHAPES[-1]] if args.quick else SHAPES
     run = Run(args.out)

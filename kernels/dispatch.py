@@ -36,7 +36,7 @@ GEMV_BN, TILE_BN = 128, 64  # rows per program of gemv_mixed and of the M = 1 ti
 # gemv_words tiles: (rows per program, uint32 words of a row per step, software pipeline stages). Long runs of
 # each row per step (128 words: 512 contiguous bytes) and whole rows per program (no split-K on a large layer) let
 # the DRAM stream rows instead of 64-byte pieces of 256 rows. H200, CUDA graph times at K=8192 N=28672
-# (bench/results/gpu_gemv_tiles_h200_run6.log):
+# (bench/results/gpu_launch_variants_h200_run6.log):
 HALF_TILE = (32, 128, 1)  # fp16 pair path: int4 38.1 us against 54.0 at (256, 16, 1); int2 34.8 against 41.4
 OTHER_TILE = (32, 64, 3)  # other decodes: nf4 76.3 us, fp4_e2m1 78.6 against 168 and 169 at (128, 16, 1)
 MEMBER_TILE = (128, 16, 1)  # type ids (read per row when a step lies in one group): bitmod_fp4 176 us, 451+ at OTHER_TILE

@@ -62,3 +62,37 @@ def test_bench_load_on_a_tiny_shape(bench, tmp_path):
     for row in result["results"]:
         assert all(row[k] > 0 for k in ("load_ms", "plain_read_ms", "ratio", "ratio_cpu"))
         assert ("ratio_cold" in row) == hasattr(os, "posix_fadvise")
+
+
+def test_launch_variants_apply_and_undo_dispatch_constants(bench):
+    pytest.importorskip("triton", reason="triton is not installed")
+    variants = bench("gpu_launch_variants")
+    from hwlab.kernels import async_mixed, dispatch
+
+    shipped = (dispatch.HALF_TILE, dict(dispatch.STAGES), async_mixed.GEMV_BN)
+    saved = {}
+    variants.apply("HALF_TILE=(256, 16, 1); STAGES['tile']=3; async_mixed.GEMV_BN=32", saved)
+    try:
+        assert (dispatch.HALF_TILE, dispatch.STAGES["tile"], async_mixed.GEMV_BN) == ((256, 16, 1), 3, 32)
+        variants.apply("", saved)
+        assert (dispatch.HALF_TILE, dict(dispatch.STAGES), async_mixed.GEMV_BN) == shipped
+    finally:
+        variants.apply("", saved)
+    with pytest.raises(SystemExit, match="'NO_SUCH' is not a constant of dispatch or async_mixed"):
+        variants.statements("NO_SUCH=1")
+
+
+def test_repredict_recomputes_the_model_and_never_overwrites(bench, tmp_path):
+    pytest.importorskip("triton", reason="triton is not installed")
+    gpu = bench("gpu_kernels")
+    run = {"env": {"sms": 132}, "rows": [
+        {"name": "hwlab_int4", "format": "int4", "M": 1, "K": 8192, "N": 28672, "bits_per_weight": 4.125,
+         "predicted_us": -1.0},
+        {"name": "cublas_fp16", "M": 1, "K": 8192, "N": 28672}]}
+    src, dst = tmp_path / "run.json", tmp_path / "new.json"
+    src.write_text(json.dumps(run))
+    assert "1 rows re-predicted" in gpu.repredict(str(src), str(dst), "h200")
+    rows = json.loads(dst.read_text())["rows"]
+    assert rows[0]["predicted_graph_us"] > 28 and "predicted_us" not in rows[1]
+    with pytest.raises(SystemExit, match="exists"):
+        gpu.repredict(str(src), str(dst), "h200")

@@ -23,7 +23,7 @@ from .metrics import error_metrics
 from .registry import get_format
 from .storage import StorageError, check_arrays
 from .unpacked import Unpacked
-from .validate import check_stored, code_scans
+from .validate import check_stored, read_scans
 
 GRANULARITY_OPTION = "granularity"
 
@@ -205,7 +205,7 @@ def load(path, *, use_file_format: bool = False) -> QuantizedTensor:
         meta = saved.meta
         try:  # checked before the read, which scans the codes as it goes; raised after the checksums
             fmt, opts = storage.resolve(path, meta, use_file_format)
-            scans = code_scans(fmt, storage.expected_layout(path, meta, saved.entries, fmt, opts))
+            scans = read_scans(fmt, storage.expected_layout(path, meta, saved.entries, fmt, opts), opts)
             found = None
         except StorageError as exc:
             scans, found = {}, exc

@@ -81,7 +81,7 @@ class ScaledScheme:
         return np.stack([m.encodable for m in self.members])
 
     def check_stored_structure(self, arrays: dict, layout: dict) -> None:
-        if self.type_id_bits:
+        if len(self.members) < 1 << self.type_id_bits:  # else every id of type_id_bits names a member
             ids = unpack_codes(arrays["type_ids"], self.type_id_bits, layout["type_ids"].entries)
             if ids.max(initial=0) >= len(self.members):
                 row, col = np.argwhere(ids >= len(self.members))[0]

@@ -216,8 +216,8 @@ class SavedFile:
 
     def read_arrays(self, scans: dict) -> dict:
         """Name -> array, each read straight into its own memory and hashed (XXH3-64, streaming) and
-        scanned (``scans``: name -> :class:`~hwlab.formats.validate.CodeScan` objects, run on the
-        rows of that array) piece by piece while the piece is in cache (:class:`_Reading`);
+        scanned (``scans``: name -> the scans of :func:`~hwlab.formats.validate.read_scans`, run on
+        the rows of that array) piece by piece while the piece is in cache (:class:`_Reading`);
         ``StorageError`` if the file ends early or an array does not match its checksum (the first
         such array in file order)."""
         checksums = self.meta["checksums"]
@@ -254,17 +254,17 @@ class SavedFile:
             rows = array.reshape(e.shape[0] if array.ndim and array.size else 1, -1)
             row_bytes = rows.shape[1] * e.dtype.itemsize
             data = memoryview(array.reshape(-1).view(np.uint8))
-            step = max(1, PIECE_BYTES // max(1, row_bytes))
+            step, array_scans = max(1, PIECE_BYTES // max(1, row_bytes)), tuple(scans.get(name, ()))
             for first in range(0, rows.shape[0] if array.size else 0, step):
                 part = _Part(hasher, data[first * row_bytes:(first + step) * row_bytes], rows[first:first + step], first,
-                             tuple(scans.get(name, ())))
+                             array_scans)
                 if piece and size + len(part.data) > PIECE_BYTES:
-                    pieces.append(_Piece(base, tuple(piece)))
+                    pieces.append(_Piece.of(base, piece))
                     base, piece, size = base + size, [], 0
                 piece.append(part)
                 size += len(part.data)
         if piece:
-            pieces.append(_Piece(base, tuple(piece)))
+            pieces.append(_Piece.of(base, piece))
         return arrays, hashers, pieces
 
 
@@ -280,10 +280,27 @@ class _Part(typing.NamedTuple):  # a named tuple: made a few dozen times a load,
 
 
 class _Piece(typing.NamedTuple):
-    """What one read fills: ``parts``, one after the other in the file from byte ``offset``."""
+    """What one read fills: ``parts``, one after the other in the file from byte ``offset``, and what
+    a reading thread does with them, worked out beforehand so that it runs little Python between the
+    calls that release the GIL (taking the GIL back while the other thread holds it costs ~50 us
+    where an idle core halts, on a virtual machine): their bytes (``views``, ``size`` in all), the
+    ``update`` of each part's hasher with its bytes (``hashes``) and of each of its scans with its rows
+    and their first row (``scans``)."""
 
     offset: int
     parts: tuple
+    views: tuple
+    size: int
+    hashes: tuple
+    scans: tuple
+
+    @classmethod
+    def of(cls, offset: int, parts: list) -> _Piece:
+        """The piece of ``parts`` from byte ``offset``."""
+        views = tuple(part.data for part in parts)
+        return cls(offset, tuple(parts), views, sum(map(len, views)),
+                   tuple((part.hasher.update, part.data) for part in parts),
+                   tuple((scan.update, part.rows, part.first) for part in parts for scan in part.scans))
 
 
 class _Reading:
@@ -308,19 +325,20 @@ class _Reading:
 
     def run(self) -> None:
         """Read, hash and scan pieces until none is left."""
+        pieces, turns = self._pieces, self._turns
         try:
-            while not self._stopped and (k := next(self._claims)) < len(self._pieces):
-                piece = self._pieces[k]
+            while not self._stopped and (k := next(self._claims)) < len(pieces):
+                piece = pieces[k]
                 whole = self._read(piece)
-                turn = self._turns[k].acquire(blocking=False)
+                turn = turns[k].acquire(blocking=False)
                 if not turn:  # the piece before is still being hashed: scan this one meanwhile
                     self._scan(piece, whole)
                     if not self._wait_turn(k):
                         return
                 if whole:
-                    for part in piece.parts:
-                        part.hasher.update(part.data)  # xxhash releases the GIL, so do preadv and the scans
-                self._turns[k + 1].release()
+                    for update, data in piece.hashes:
+                        update(data)  # xxhash releases the GIL, so do preadv and the scans
+                turns[k + 1].release()
                 if turn:
                     self._scan(piece, whole)
         except BaseException:
@@ -330,24 +348,22 @@ class _Reading:
     @staticmethod
     def _scan(piece: _Piece, whole: bool) -> None:
         """Run the scans of every part of ``piece`` on its rows, if it was read whole."""
-        for part in piece.parts if whole else ():
-            for scan in part.scans:
-                scan.update(part.rows, part.first)
+        for update, rows, first in piece.scans if whole else ():
+            update(rows, first)
 
     def _read(self, piece: _Piece) -> bool:
         """Fill ``piece`` from the file; ``False`` (and ``error`` set) if it could not be read whole."""
-        views = [part.data for part in piece.parts]
         try:
-            got = self._read_at(views, piece.offset)
+            got = self._read_at(piece.views, piece.offset)
         except OSError as exc:
             self.error = f"reading it failed ({exc})"
             return False
-        if got != sum(map(len, views)):
+        if got != piece.size:
             self.error = "it ended before its last array did (it shrank while it was read?)"
             return False
         return True
 
-    def _read_at(self, views: list, offset: int) -> int:
+    def _read_at(self, views: tuple, offset: int) -> int:
         """Bytes read into ``views``, one after the other, from byte ``offset`` of the file:
         ``os.preadv`` where there is one (Linux, the BSDs, macOS 11+), else a seek and reads under
         a lock (Windows: the threads still hash and scan at once)."""
@@ -533,10 +549,11 @@ def _finite_float(text: str) -> float:
 
 
 def _unique_keys(pairs: list) -> dict:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        keys = [k for k, _ in pairs]
         raise _StrictJSONError(f"key {next(k for k in keys if keys.count(k) > 1)!r:.60} appears twice in one object")
-    return dict(pairs)
+    return obj
 
 
 @contextlib.contextmanager

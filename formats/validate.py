@@ -17,10 +17,11 @@ raises ``ValueError`` naming the array and the offending entry:
 
 The code scan runs on the packed words (numba, no copy: a word-wide has-zero-field test where codes
 never span words, a test of every bit position against the forbidden code's bits where they do;
-:class:`CodeScan`). ``hwlab.load`` runs it on each block of rows as it reads them, while the block
-is in cache, on whichever of its two reading threads read the block (:func:`code_scans` says which
-scans :func:`check_stored` will ask for), and :func:`check_stored` then uses those results instead
-of scanning again. Stored scales are tested in one pass over their bits (:func:`first_outside`).
+:class:`CodeScan`), and stored scales are tested in one pass over their bits (:func:`first_outside`,
+:class:`ValueScan`). ``hwlab.load`` runs both on each block of rows as it reads them, while the
+block is in cache, on whichever of its two reading threads read the block (:func:`read_scans` says
+which scans :func:`check_stored` will ask for), and :func:`check_stored` then uses those results
+instead of scanning again.
 """
 from __future__ import annotations
 
@@ -38,25 +39,28 @@ from .scales import SCALE_TYPES, StoredScales, get_scale_type
 
 E8M0_NAN = 255  # OCP MX v1.0: the E8M0 code of NaN
 ALL_ONES = 0xFFFFFFFF  # a 32-bit word of ones
-# (id of the words, bits, entries, forbidden codes) -> first bad row: the scans the read already ran
+SCALE_ROLES = ("scales", "row_scales", "tensor_scale", "scale_absmax", "scale_offset")  # checked by check_scale_array
+# (id of the array, *scan.key) -> the CodeScan or ValueScan that the read already ran over all of it
 _SCANNED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("hwlab_scanned", default=None)
 
 
 def check_stored(qt, scanned: dict | None = None) -> None:
     """Raise ``ValueError`` unless every array of ``qt`` holds only values its format can produce.
 
-    ``scanned``: array name -> the :class:`CodeScan` objects already run over all of its rows (what
-    :func:`code_scans` gave, after the read ran them); a code scan asked for again uses their result.
+    ``scanned``: array name -> the :class:`CodeScan` and :class:`ValueScan` objects already run over
+    all of its rows (what :func:`read_scans` gave, after the read ran them); a scan asked for again
+    uses their result.
     """
     layout, arrays = qt.layout, qt.arrays
-    results = {(id(arrays[name]), *scan.key): scan.row for name, scans in (scanned or {}).items() for scan in scans}
+    results = {(id(arrays[name]), *scan.key): scan for name, scans in (scanned or {}).items() for scan in scans}
     with _scans_done(results):
         _check_stored(qt, layout, arrays)
 
 
 @contextlib.contextmanager
 def _scans_done(results: dict):
-    """Within: :func:`check_packed_codes` takes the first bad row from ``results`` where they hold it."""
+    """Within: :func:`check_packed_codes` and the tests of stored scales take what they look for from
+    ``results`` where a scan there found it (:func:`_scanned`)."""
     token = _SCANNED.set(results)
     try:
         yield
@@ -82,7 +86,7 @@ def _check_stored(qt, layout: dict, arrays) -> None:
             raise ValueError(f"array 'codes': code {u.codes[row, col]} at [{row}, {col}] is never emitted by member "
                              f"{u.element_members()[row, col] if u.member is not None else 0} of {fmt.name}")
     for name, a in layout.items():
-        if a.role in ("scales", "row_scales", "tensor_scale", "scale_absmax", "scale_offset"):
+        if a.role in SCALE_ROLES:
             check_scale_array(arrays[name], a.encoding, name, arrays)
     fmt.check_stored_structure(arrays, layout)
     clamp = qt.options.get("scale_clamp")
@@ -114,22 +118,35 @@ def legal_codes(fmt) -> np.ndarray:
     return legal
 
 
-def code_scans(fmt, layout: dict) -> dict:
-    """Array name -> the :class:`CodeScan` objects that :func:`check_stored` will ask for on it (its
-    code tests, and OliVe's structure check: no byte of the codes a pair of two victim codes), for a
-    reader to run on each block of rows as it reads it; none without numba (the numpy reference
-    scans after the read)."""
+def read_scans(fmt, layout: dict, options: dict) -> dict:
+    """Array name -> the scans that :func:`check_stored` will ask for on it, for a reader to run on
+    each block of rows as it reads it: :class:`CodeScan` objects (its code tests, and OliVe's
+    structure check: no byte of the codes a pair of two victim codes) and :class:`ValueScan` objects
+    (the tests of the stored scales' bits: finite and positive, within ``options``' ``scale_clamp``);
+    none without numba (the numpy references scan after the read)."""
     if not jit.USE_NUMBA:
         return {}
     scans = {}
     for name, bits, entries, forbidden in _scan_specs(fmt, tuple(layout.items())):
         scans.setdefault(name, []).append(CodeScan(bits, entries, forbidden))
+    for name, dtype, low, high in _value_specs(layout, options.get("scale_clamp")):
+        scans.setdefault(name, []).append(ValueScan(dtype, low, high))
     return scans
+
+
+def _value_specs(layout: dict, clamp):
+    """``(array, dtype, low, high)`` of every test of stored scale bits that :func:`check_stored` makes
+    (:func:`check_scale_array`, :func:`check_scales_within_clamp` under ``scale_clamp=clamp``)."""
+    for name, a in layout.items():
+        if a.role in SCALE_ROLES and (bounds := _scale_bounds(a.encoding, name)) is not None:
+            yield name, *bounds[:3]
+    if clamp is not None and (bounds := _clamp_bits(layout["scales"].encoding, tuple(clamp))) is not None:
+        yield "scales", *bounds
 
 
 @functools.lru_cache(maxsize=256)
 def _scan_specs(fmt, layout: tuple) -> tuple:
-    """``(array, bits, entries, forbidden codes)`` of every scan of :func:`code_scans`, worked out
+    """``(array, bits, entries, forbidden codes)`` of every scan of :func:`read_scans`, worked out
     once per format and layout."""
     layout = dict(layout)
     tests = list(code_tests(layout, legal_codes(fmt)))
@@ -173,13 +190,11 @@ def check_scales_within_clamp(stored: np.ndarray, row_scales, encoding: str, cla
     """Stored ``scales`` of scale dtype ``encoding`` decode to where a quantizer with
     ``scale_clamp=clamp`` puts them (:func:`~hwlab.formats.scale_search.clamp_bounds`; an all-zero
     group's least scale too)."""
+    bounds = _clamp_bits(encoding, tuple(clamp))
+    if bounds is not None and _first_outside_scanned(stored, *bounds) < 0:  # else the exact test below
+        return
     scale_type = get_scale_type(encoding)
     low, high, floor = clamp_bounds(scale_type, clamp, row_scales)
-    bits = ORDERED_BITS.get(encoding)
-    if bits is not None:  # one pass over the stored bits; the exact test below where some lie outside
-        bounds = scale_type.store(np.concatenate([low, high], axis=1)).values.view(bits).astype(np.int64)
-        if first_outside(stored.view(bits), int(bounds[0, 0]), int(bounds[0, 1]) + 1) < 0:
-            return
     scales = scale_type.load(StoredScales(stored, row_scales))
     bad = ~(((scales >= low) & (scales <= high)) | (scales == floor))
     if bad.any():
@@ -189,13 +204,29 @@ def check_scales_within_clamp(stored: np.ndarray, row_scales, encoding: str, cla
                          f"({float(low.min()):.6g} .. {float(high.max()):.6g} as stored)")
 
 
+@functools.lru_cache(maxsize=256)
+def _clamp_bits(encoding: str, clamp: tuple) -> tuple | None:
+    """``(dtype, low, high)``: the stored scales of ``encoding`` lie within ``scale_clamp=clamp`` when
+    their bits, read as unsigned ``dtype``, lie in ``low .. high - 1`` (:data:`ORDERED_BITS`; an
+    all-zero group's least scale is tested apart); ``None`` where bits do not order as scales."""
+    bits = ORDERED_BITS.get(encoding)
+    if bits is None:
+        return None
+    scale_type = get_scale_type(encoding)
+    low, high, _ = clamp_bounds(scale_type, clamp)
+    bounds = scale_type.store(np.concatenate([low, high], axis=1)).values.view(bits).astype(np.int64)
+    return bits, int(bounds[0, 0]), int(bounds[0, 1]) + 1
+
+
 def check_packed_codes(words: np.ndarray, bits: int, entries: int, legal: np.ndarray, name: str, fmt_name: str) -> None:
     """Every ``bits``-wide code of the packed rows is one ``legal`` (bool ``[2**bits]``) allows."""
     forbidden = np.flatnonzero(~legal[:2**bits])
     if forbidden.size == 0 or words.size == 0:
         return
-    row = (_SCANNED.get() or {}).get((id(words), bits, entries, tuple(forbidden.tolist())))
-    if row is None:  # not scanned while it was read
+    scan = _scanned(words, bits, entries, tuple(forbidden.tolist()))
+    if scan is not None:
+        row = scan.row
+    else:  # not scanned while it was read
         row = first_forbidden_row(words, bits, entries, forbidden) if jit.USE_NUMBA else _first_row_numpy(
             words, bits, entries, forbidden)
     if row >= 0:
@@ -213,10 +244,31 @@ POSITIVE_FINITE_BELOW = {"fp16": (np.uint16, 0x7C00), "bf16": (np.uint16, 0x7F80
 ORDERED_BITS = {"fp16": np.uint16, "bf16": np.uint16, "fp32": np.uint32, "e4m3": np.uint8, "e8m0": np.uint8}
 
 
+def _scanned(array: np.ndarray, *key):
+    """The scan with ``key`` that the read ran over ``array`` (:func:`check_stored`), else ``None``."""
+    return (_SCANNED.get() or {}).get((id(array), *key))
+
+
+def _scale_bounds(encoding: str, name: str) -> tuple | None:
+    """``(dtype, low, high, what a value outside is)``: stored scales of ``encoding`` in array ``name``
+    decode to finite positive numbers exactly when their bits, read as unsigned ``dtype``, lie in
+    ``low .. high - 1``; ``None`` where the values are tested instead (NF4 double quantization's
+    second level, ``dynamic8``)."""
+    if name in ("scale_absmax", "scale_offset") or encoding == "dynamic8":
+        return None
+    if encoding == "e8m0":
+        return np.uint8, 0, E8M0_NAN, "E8M0 code 255 (NaN)"
+    if encoding == "int8" and name == "scales":
+        return np.uint8, 1, 256, "int8 scale code 0 (codes are 1..255)"
+    dtype, high = POSITIVE_FINITE_BELOW[encoding]
+    return dtype, 1, high, "a scale that is not finite and positive"
+
+
 def check_scale_array(stored: np.ndarray, encoding: str, name: str, arrays: dict) -> None:
     """Stored scales of ``encoding`` decode to finite positive numbers (NF4 second level: finite),
     tested on the stored bits."""
-    if name in ("scale_absmax", "scale_offset") or encoding == "dynamic8":
+    bounds = _scale_bounds(encoding, name)
+    if bounds is None:
         if stored.dtype.kind == "f" and not np.isfinite(stored).all():
             raise ValueError(f"array {name!r} holds a non-finite value")
         if name in ("scale_absmax", "scale_offset") and np.signbit(stored).any():  # an absmax, a mean of absmaxes
@@ -225,17 +277,18 @@ def check_scale_array(stored: np.ndarray, encoding: str, name: str, arrays: dict
                              f"{'an absolute maximum' if name == 'scale_absmax' else 'a mean of absolute maxima'}, "
                              "never negative")
         return
-    if encoding == "e8m0":
-        dtype, low, high, why = np.uint8, 0, E8M0_NAN, "E8M0 code 255 (NaN)"
-    elif encoding == "int8" and name == "scales":
-        dtype, low, high, why = np.uint8, 1, 256, "int8 scale code 0 (codes are 1..255)"
-    else:
-        (dtype, high), low = POSITIVE_FINITE_BELOW[encoding], 1
-        why = "a scale that is not finite and positive"
-    first = first_outside(stored.view(dtype), low, high)
+    *test, why = bounds
+    first = _first_outside_scanned(stored, *test)
     if first >= 0:
         at = tuple(int(i) for i in np.unravel_index(first, stored.shape))
         raise ValueError(f"array {name!r} holds {why} at {list(at)}: {stored[at]!r}")
+
+
+def _first_outside_scanned(stored: np.ndarray, dtype, low: int, high: int) -> int:
+    """``first_outside(stored.view(dtype), low, high)``, from the :class:`ValueScan` the read ran where
+    there is one."""
+    scan = _scanned(stored, *ValueScan.key_of(dtype, low, high))
+    return scan.first if scan is not None else first_outside(stored.view(dtype), low, high)
 
 
 def first_outside(bits: np.ndarray, low: int, high: int) -> int:
@@ -258,6 +311,37 @@ def _largest_offset(flat, low):  # pragma: no cover - numba
     for i in range(flat.shape[0]):
         largest = max(largest, flat.dtype.type(flat[i] - low))
     return largest
+
+
+class ValueScan:
+    """A scan of rows of stored bits (an array viewed as unsigned ``dtype``) for values outside
+    ``low .. high - 1`` (:func:`first_outside`), one block of rows at a time, in place.
+
+    ``update(block, first_row)`` scans rows ``first_row ..`` of the array (``block``: ``[rows, cols]``
+    of it), in any order and from any thread; ``first`` is the first flat index (C order) found
+    outside (-1: none) and ``key`` is ``(dtype, low, high)`` (:meth:`key_of`).
+    """
+
+    def __init__(self, dtype, low: int, high: int):
+        self.key = self.key_of(dtype, low, high)
+        self._found = []  # the first flat index outside of each block that holds one (list.append is atomic)
+
+    @staticmethod
+    def key_of(dtype, low: int, high: int) -> tuple:
+        """The ``key`` of the scan of ``dtype`` bits for values outside ``low .. high - 1``."""
+        return np.dtype(dtype).str, low, high
+
+    @property
+    def first(self) -> int:
+        """The first flat index outside among the rows scanned (-1: none)."""
+        return min(self._found, default=-1)
+
+    def update(self, block: np.ndarray, first_row: int) -> None:
+        """Scan ``block`` (``[rows, cols]``), rows ``first_row ..`` of the array."""
+        dtype, low, high = self.key
+        at = first_outside(block.view(dtype), low, high)
+        if at >= 0:
+            self._found.append(first_row * block.shape[1] + at)
 
 
 def forbidden_cubes(forbidden: np.ndarray, bits: int) -> np.ndarray:
@@ -311,9 +395,13 @@ class CodeScan:
 
     def update(self, block: np.ndarray, first_row: int) -> None:
         """Scan ``block`` (uint32 ``[rows, words]``), rows ``first_row ..`` of the array."""
-        hits = [r for r in (kernel(block, *operands) for kernel, operands in self._tests) if r >= 0]
-        if hits:
-            self._found.append(first_row + min(hits))
+        found = -1
+        for kernel, operands in self._tests:
+            row = kernel(block, *operands)
+            if row >= 0 and not 0 <= found <= row:
+                found = row
+        if found >= 0:
+            self._found.append(first_row + found)
 
 
 @functools.lru_cache(maxsize=256)
@@ -326,7 +414,17 @@ def _scan_tests(bits: int, entries: int, forbidden: tuple) -> tuple:
         return ((_first_hit_row_aligned, _aligned_operands(cubes, bits, entries, width)),)
     starts = code_starts(bits, entries, width)
     starts.setflags(write=False)
-    return tuple((_first_hit_row_spanning, (*_bit_terms(mask, value, bits), starts)) for mask, value in cubes)
+    return tuple(_spanning_test(bits, int(mask), int(value), starts) for mask, value in cubes)
+
+
+def _spanning_test(bits: int, mask: int, value: int, starts: np.ndarray) -> tuple:
+    """``(kernel, operands)`` of the test of one pair where codes span words: the symmetric integers'
+    most negative code (``100..0``, which their quantizer never emits: the one forbidden code of the
+    built-in formats of 3, 5, 6 and 7 bits) with its kernel (:func:`_missing_minimum_kernel`), any
+    other pair passed to :func:`_first_hit_row_spanning`."""
+    if mask == (1 << bits) - 1 and value == 1 << (bits - 1):
+        return _missing_minimum_kernel(bits), (starts,)
+    return _first_hit_row_spanning, (*_bit_terms(mask, value, bits), starts)
 
 
 def _aligned_operands(cubes: np.ndarray, bits: int, entries: int, width: int) -> tuple:
@@ -341,16 +439,12 @@ def _aligned_operands(cubes: np.ndarray, bits: int, entries: int, width: int) ->
 
 
 def _bit_terms(mask: int, value: int, bits: int) -> tuple:
-    """One pair as a test of the bits of a code: for bit 0 and for each of bits ``1 .. bits - 1``
-    (tuples, so that the kernel compiles one unrolled test per width), an ``invert`` word (ones where
-    the pair wants the bit 0) and a ``skip`` word (ones where the mask leaves the bit free)."""
+    """One pair as a test of each bit ``0 .. bits - 1`` of a code: ``inverts``, a word for each bit
+    (ones where the pair wants the bit 0), and ``skips`` (ones where the mask leaves the bit free)."""
     def word(flag: bool) -> np.uint32:
         return np.uint32(ALL_ONES if flag else 0)
 
-    inverts = tuple(word(not value >> i & 1) for i in range(bits))
-    skips = tuple(word(not mask >> i & 1) for i in range(bits))
-    shifts = tuple(np.uint32(i) for i in range(1, bits))
-    return shifts, inverts[1:], skips[1:], inverts[0], skips[0]
+    return tuple(word(not value >> i & 1) for i in range(bits)), tuple(word(not mask >> i & 1) for i in range(bits))
 
 
 def code_starts(bits: int, entries: int, width: int) -> np.ndarray:
@@ -395,31 +489,55 @@ def _first_hit_row_aligned(words, masks, values, one, top, last_top):  # pragma:
 
 
 @njit(inline="always")
-def _matching_bits(x, y, shifts, inverts, skips, invert0, skip0):  # pragma: no cover - numba
+def _matching_bits(x, y, inverts, skips):  # pragma: no cover - numba
     """Bit ``p`` set where the ``bits`` bits from bit ``p`` of word ``x`` on (continued in the next
-    word ``y``) agree with the pair on every bit of its mask."""
-    f = np.uint32(np.uint32(x ^ invert0) | skip0)
-    for k in range(len(shifts)):  # unrolled: the tuples' length is part of the compiled signature
-        s = shifts[k]
-        window = np.uint32(np.uint32(x >> (s & 31)) | np.uint32(y << ((32 - s) & 31)))
-        f = np.uint32(f & np.uint32(np.uint32(window ^ inverts[k]) | skips[k]))
+    word ``y``) agree with the pair on every bit of its mask. ``bits`` is the length of the tuples
+    (:func:`_bit_terms`), part of the compiled signature: the loop unrolls and every shift is a
+    constant, one funnel shift (``vpshldd`` where AVX-512 VBMI2 has it) a window."""
+    f = np.uint32(np.uint32(x ^ inverts[0]) | skips[0])
+    for s in range(1, len(inverts)):
+        window = np.uint32(np.uint32(x >> s) | np.uint32(y << (WORD_BITS - s)))
+        f = np.uint32(f & np.uint32(np.uint32(window ^ inverts[s]) | skips[s]))
     return f
 
 
-@njit(nogil=True)
-def _first_hit_row_spanning(words, shifts, inverts, skips, invert0, skip0, starts):  # pragma: no cover - numba
-    """:class:`CodeScan` where codes span words: every bit position of every word tested at once
-    (:func:`_matching_bits`, the last word continued by zeros), kept where a code starts
-    (:func:`code_starts`); one flat, vectorized pass over a row."""
+@njit(inline="always")
+def _spanning_rows(words, starts, inverts, skips):  # pragma: no cover - numba
+    """The first row of ``words`` holding a code that matches the pair (``inverts``, ``skips``: see
+    :func:`_bit_terms`) and starts where ``starts`` has a bit (:func:`code_starts`), -1 for none:
+    every bit position of every word tested at once (:func:`_matching_bits`, the last word continued
+    by zeros); one flat, vectorized pass over a row."""
     last = words.shape[1] - 1
     for r in range(words.shape[0]):
         row = words[r]
         acc = np.uint32(0)
         for j in range(last):
-            hit = _matching_bits(row[j], row[j + 1], shifts, inverts, skips, invert0, skip0)
-            acc = np.uint32(acc | np.uint32(hit & starts[j]))
-        hit = _matching_bits(row[last], np.uint32(0), shifts, inverts, skips, invert0, skip0)
-        acc = np.uint32(acc | np.uint32(hit & starts[last]))
+            acc = np.uint32(acc | np.uint32(_matching_bits(row[j], row[j + 1], inverts, skips) & starts[j]))
+        acc = np.uint32(acc | np.uint32(_matching_bits(row[last], np.uint32(0), inverts, skips) & starts[last]))
         if acc:
             return r
     return -1
+
+
+@njit(nogil=True)
+def _first_hit_row_spanning(words, inverts, skips, starts):  # pragma: no cover - numba
+    """:class:`CodeScan` where codes span words, of any pair (:func:`_spanning_rows`)."""
+    return _spanning_rows(words, starts, inverts, skips)
+
+
+@functools.cache
+def _missing_minimum_kernel(bits: int):
+    """:class:`CodeScan`'s kernel ``(words, starts) -> first row`` for the code ``100..0`` of ``bits``
+    bits where codes span words (:func:`_spanning_rows`), with the pair compiled in, so that its tests
+    fold into constants (int3: ``~x & ~w1 & w2``; for 8 words, 2 funnel shifts and 3 logic operations,
+    against 5 where the pair is passed in: 24 against 29 us a MiB of codes in cache, on one core). One
+    kernel a width (at most 4), each cached on disk under its own name (numba rewrites the index of a
+    function's compiled versions without a lock, so processes compiling different ones at once could
+    swap them)."""
+    inverts, skips = _bit_terms((1 << bits) - 1, 1 << (bits - 1), bits)
+
+    def first_hit_row(words, starts):  # pragma: no cover - numba
+        return _spanning_rows(words, starts, inverts, skips)
+
+    first_hit_row.__qualname__ = f"missing_minimum_kernel_{bits}"
+    return njit(nogil=True)(first_hit_row)

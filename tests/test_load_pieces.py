@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 from hwlab.formats import StorageError, storage
+from hwlab.formats.packing import pack_codes, unpack_codes
 from saved_files import read, write
 
 import hwlab
@@ -103,6 +104,44 @@ def test_a_forbidden_code_in_later_pieces_is_reported_at_its_first_row(both_thre
     codes[37, 2] = (codes[37, 2] & ~np.uint32(0xF0)) | np.uint32(0x80)  # the third piece, scanned by either thread
     arrays["codes"] = codes
     with pytest.raises(StorageError, match=r"array 'codes': code 8 at \[37, 17\] is one int4 never emits"):
+        hwlab.load(write(tmp_path / "e.safetensors", arrays, meta))
+
+
+@pytest.mark.parametrize("row, col", [(20, 511), (21, 0), (21, 10), (63, 511)])
+def test_an_impossible_int3_code_at_a_piece_boundary_or_at_the_last_code_names_its_array(both_threads, tmp_path,
+                                                                                         row, col):
+    """int3's codes span words (the scan of its missing code 4, 100, has the code compiled in): the
+    last code of a piece, the first of the next, one spanning two words, the last code of all."""
+    qt = hwlab.quantize(W, "int3", 64)  # rows of 512 codes in 48 words (192 bytes): 21 rows a piece
+    path = tmp_path / "q.safetensors"
+    qt.save(path)
+    assert [part.rows.shape[0] for piece in pieces_of(path)[:2] for part in piece.parts] == [21, 21]
+    arrays, meta = read(path)
+    codes = unpack_codes(arrays["codes"], 3, 512)
+    codes[row, col] = 4
+    arrays["codes"] = pack_codes(codes, 3)
+    with pytest.raises(StorageError, match=rf"array 'codes': code 4 at \[{row}, {col}\] is one int3 never emits"):
+        hwlab.load(write(tmp_path / "e.safetensors", arrays, meta))
+
+
+@pytest.mark.parametrize("value, options, match", [
+    (np.inf, {}, r"array 'scales' holds a scale that is not finite and positive at \[700, 5\]"),
+    (0.0, {}, r"array 'scales' holds a scale that is not finite and positive at \[700, 5\]"),
+    (2.0, {"scale_clamp": (1e-4, 1.0)}, r"array 'scales': the scale 2 at \[700, 5\] lies outside scale_clamp"),
+])
+def test_an_impossible_scale_in_a_later_piece_is_reported_where_it_is(both_threads, tmp_path, value, options, match):
+    """The scales' tests run on each piece of them too (16 rows of 8 fp16 scales: 256 rows a piece)."""
+    w = (RNG.standard_normal((1024, 256)) * 0.02).astype(np.float32)
+    qt = hwlab.quantize(w, "int4", 32, **options)
+    path = tmp_path / "q.safetensors"
+    qt.save(path)
+    assert [part.first for piece in pieces_of(path) for part in piece.parts if part.rows.dtype == np.float16] == [
+        0, 256, 512, 768]
+    arrays, meta = read(path)
+    scales = arrays["scales"].copy()
+    scales[700, 5] = value
+    arrays["scales"] = scales
+    with pytest.raises(StorageError, match=match):
         hwlab.load(write(tmp_path / "e.safetensors", arrays, meta))
 
 

@@ -19,6 +19,7 @@ from saved_files import read, write
 import hwlab
 from hwlab.cli import main
 from hwlab.formats import StorageError, define_lut, define_minifloat, define_mixture, get_format, jit
+from hwlab.formats.packing import pack_codes, unpack_codes
 
 RNG = np.random.default_rng(7)
 W = (RNG.standard_normal((8, 256)) * 0.02).astype(np.float32)
@@ -159,6 +160,19 @@ def test_impossible_stored_values_of_each_family_are_refused(name, array, value,
         return
     with pytest.raises(StorageError, match=match):
         hwlab.load(path)
+
+
+def test_a_type_id_that_names_no_member_is_refused(tmp_path):
+    """Three members take 2-bit type ids, and id 3 names none (of BitMoD's four, every id names one)."""
+    fmt = define_mixture("three_of_bitmod", ["fp4_er_pos", "fp4_er_neg", "fp4_ea_pos"], register=False)  # emit alike
+    hwlab.quantize(W, fmt, 64).save(tmp_path / "q.safetensors")
+    arrays, meta = read(tmp_path / "q.safetensors")
+    ids = unpack_codes(arrays["type_ids"], 2, 4)
+    ids[5, 2] = 3
+    arrays["type_ids"] = pack_codes(ids, 2)
+    match = r"array 'type_ids': type id 3 at \[5, 2\] names no member of three_of_bitmod \(it has 3\)"
+    with pytest.warns(hwlab.formats.FormatRebuiltWarning), pytest.raises(StorageError, match=match):
+        hwlab.load(write(tmp_path / "e.safetensors", arrays, meta))
 
 
 @pytest.mark.parametrize("field, value, match", [

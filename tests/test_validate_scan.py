@@ -8,6 +8,7 @@ from hwlab.formats.scale_search import clamp_bounds
 from hwlab.formats.scales import StoredScales, get_scale_type
 from hwlab.formats.validate import (
     CodeScan,
+    ValueScan,
     check_scales_within_clamp,
     first_forbidden_row,
     first_outside,
@@ -51,6 +52,24 @@ def test_a_forbidden_code_spanning_two_words_is_found_at_every_position(bits):
         assert first_forbidden_row(pack_codes(codes, bits), bits, entries, forbidden) == 1, k
 
 
+@pytest.mark.parametrize("bits", [3, 5, 6, 7])
+def test_the_missing_minimum_of_a_symmetric_integer_is_found_alone_and_among_other_codes(bits):
+    """Code ``100..0`` alone is scanned with the code compiled in, in a cube with ``100..01`` with
+    the pair passed in: both find the first row holding it, whatever the row lengths."""
+    rng = np.random.default_rng(10 + bits)
+    top = 2 ** (bits - 1)
+    for _ in range(60):
+        rows, entries = int(rng.integers(1, 6)), int(rng.integers(1, 400))
+        codes = rng.choice(np.setdiff1d(np.arange(2**bits), [top, top + 1]), (rows, entries)).astype(np.uint8)
+        if rng.random() < 0.7:
+            codes[rng.integers(rows), rng.integers(entries)] = top
+        bad = (codes == top).any(axis=1)
+        expected = int(np.flatnonzero(bad)[0]) if bad.any() else -1
+        words = pack_codes(codes, bits)
+        assert first_forbidden_row(words, bits, entries, np.array([top])) == expected
+        assert first_forbidden_row(words, bits, entries, np.array([top, top + 1])) == expected
+
+
 def test_forbidden_cubes_cover_exactly_the_forbidden_codes():
     for name in list_formats():
         fmt = get_format(name)
@@ -76,6 +95,16 @@ def test_code_scans_of_blocks_in_any_order_give_the_first_bad_row():
         scan.update(words[first:first + 10], first)
     assert scan.row == 7
     assert CodeScan(4, 100, [15]).row == -1
+
+
+def test_value_scans_of_blocks_in_any_order_give_the_first_flat_index():
+    stored = np.full((40, 9), 0x3C00, np.uint16)  # fp16 1.0
+    stored[[7, 23, 31], [8, 0, 4]] = [0x7C00, 0, 0xFC00]  # inf, zero, -inf
+    scan = ValueScan(np.uint16, 1, 0x7C00)
+    for first in (30, 10, 20, 0):  # blocks of 10 rows, as two reading threads may hand them over
+        scan.update(stored[first:first + 10].view(np.float16), first)
+    assert scan.first == 7 * 9 + 8
+    assert ValueScan(np.uint16, 1, 0x7C00).first == -1
 
 
 @pytest.mark.parametrize("numba", [True, False])

@@ -433,19 +433,22 @@ def repredict(path: str, new_path: str, gpu_model: str) -> str:
 
     if os.path.exists(new_path):
         raise SystemExit(f"--repredict: {new_path} exists (choose a new name)")
-    with open(path) as f:
-        doc = json.load(f)
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        rows, sms = doc["rows"], doc["env"]["sms"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--repredict: {path} is not a gpu_kernels.json run ({type(exc).__name__}: {exc})") from None
     plans, count = {}, 0
     rng = np.random.default_rng(0)
-    for row in doc["rows"]:
+    for row in rows:
         fmt = row.get("format")
         if not row["name"].startswith("hwlab_") or fmt is None:
             continue
         if (fmt, row["K"]) not in plans:
             small = F.quantize((rng.standard_normal((QUANTIZED_ROWS, row["K"])) * 0.02).astype(np.float32), fmt)
             plans[fmt, row["K"]] = small.to("cpu").plan
-        launch = dispatch.choose(dataclasses.replace(plans[fmt, row["K"]], shape=(row["N"], row["K"])), row["M"],
-                                 doc["env"]["sms"])
+        launch = dispatch.choose(dataclasses.replace(plans[fmt, row["K"]], shape=(row["N"], row["K"])), row["M"], sms)
         for key in ("predicted_us", "predicted_graph_us", "predicted_bound", "predicted", "predicted_error"):
             row.pop(key, None)
         row.update(prediction(gpu_model, fmt, row["M"], row["K"], row["N"], row["bits_per_weight"], launch))

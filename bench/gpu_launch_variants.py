@@ -35,7 +35,12 @@ def statements(variant: str) -> list[tuple[object, str, str]]:
         module = MODULES.get(prefix or "dispatch")
         if module is None or not hasattr(module, name):
             raise SystemExit(f"--variant {variant!r}: {target!r} is not a constant of {' or '.join(MODULES)}")
-        found.append((module, name, statement.strip().removeprefix(f"{prefix}.") if prefix else statement.strip()))
+        code = statement.strip().removeprefix(f"{prefix}.") if prefix else statement.strip()
+        try:
+            compile(code, "--variant", "exec")
+        except SyntaxError as exc:
+            raise SystemExit(f"--variant {variant!r}: {code!r} is not a Python assignment ({exc.msg})") from None
+        found.append((module, name, code))
     return found
 
 
@@ -59,6 +64,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     for variant in args.variant:
         statements(variant)  # every variant checked before the GPU is touched
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_launch_variants.py times CUDA kernels: torch.cuda.is_available() is False here")
     run = bench.Run(args.out)
     bench.environment(run)
     bench.copy_bandwidth(run)

@@ -96,3 +96,18 @@ def test_repredict_recomputes_the_model_and_never_overwrites(bench, tmp_path):
     assert rows[0]["predicted_graph_us"] > 28 and "predicted_us" not in rows[1]
     with pytest.raises(SystemExit, match="exists"):
         gpu.repredict(str(src), str(dst), "h200")
+
+
+def test_launch_variants_refuse_what_is_not_an_assignment(bench):
+    pytest.importorskip("triton", reason="triton is not installed")
+    variants = bench("gpu_launch_variants")
+    with pytest.raises(SystemExit, match="is not a Python assignment"):
+        variants.statements("HALF_TILE=(1,")
+
+
+def test_repredict_refuses_a_file_that_is_not_a_run(bench, tmp_path):
+    pytest.importorskip("triton", reason="triton is not installed")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{bad")
+    with pytest.raises(SystemExit, match="is not a gpu_kernels.json run"):
+        bench("gpu_kernels").repredict(str(bad), str(tmp_path / "new.json"), "h200")

@@ -60,6 +60,9 @@ STAGES = {"gemv_mixed": 1, "tile": 1, "tile_dot": 3}
 # 128 rows spends 9.1 instructions a code against 10.4 with 64; BM=64 spills registers with 4 warps, not with 8)
 DOT_BN = {16: 128, 32: 64, 64: 64}
 DOT_WARPS = {16: 4, 32: 8, 64: 8}
+# ... and for integer decodes at BM=16: 64 rows (H200, CUDA graph, K=8192 N=28672, M=16: int4 139 us against 158
+# at 128 rows; nf4's table decode was slower at 64, 321 against 277: bench/results/gpu_launch_variants_h200_run6.log)
+DOT_INT_BN = {16: 64}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,9 +132,10 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
         decode = _table_decode(plan, decode, exact_in_half=True)
     elif step_of_group >= DOT_MIN:
         bm = 16 if m <= 16 else 32 if m <= 32 else 64
-        kernel, bn, ks = "tile_dot", DOT_BN[bm], step_of_group
-        warps = DOT_WARPS[bm]
         decode = _table_decode(plan, decode, exact_in_half=False)
+        kernel, ks = "tile_dot", step_of_group
+        bn = DOT_INT_BN.get(bm, DOT_BN[bm]) if decode == "int" else DOT_BN[bm]
+        warps = DOT_WARPS[bm]
     else:
         return Launch("dequantize_then_torch", 0, 0, step_of_group, 1, 0, plan.decode)
     bn = min(bn, max(GEMV_MIN_BN if kernel == "gemv_words" else 16, _next_power_of_two(n)))

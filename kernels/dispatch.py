@@ -60,8 +60,9 @@ STAGES = {"gemv_mixed": 1, "tile": 1, "tile_dot": 3}
 # 128 rows spends 9.1 instructions a code against 10.4 with 64; BM=64 spills registers with 4 warps, not with 8)
 DOT_BN = {16: 128, 32: 64, 64: 64}
 DOT_WARPS = {16: 4, 32: 8, 64: 8}
-# ... and for integer decodes at BM=16: 64 rows (H200, CUDA graph, K=8192 N=28672, M=16: int4 139 us against 158
-# at 128 rows; nf4's table decode was slower at 64, 321 against 277: bench/results/gpu_launch_variants_h200_run6.log)
+# ... and for integer codes in whole words without zero points at BM=16: 64 rows (H200, CUDA graph, K=8192 N=28672, M=16:
+# int4 139.5 us against 159.1 at 128 rows, int2 127.7 / 153.6, int8 147.3 / 163.6, ternary 124.5 / 147.6; slower
+# at 64 rows: int4_asym 292.1 / 224.9, nf4's table decode 321 / 277: bench/results/gpu_launch_variants_h200_run6.log)
 DOT_INT_BN = {16: 64}
 
 
@@ -134,7 +135,8 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
         bm = 16 if m <= 16 else 32 if m <= 32 else 64
         decode = _table_decode(plan, decode, exact_in_half=False)
         kernel, ks = "tile_dot", step_of_group
-        bn = DOT_INT_BN.get(bm, DOT_BN[bm]) if decode == "int" else DOT_BN[bm]
+        measured = decode == "int" and plan.packing == "words" and not plan.zero_bits  # what DOT_INT_BN was timed on
+        bn = DOT_INT_BN.get(bm, DOT_BN[bm]) if measured else DOT_BN[bm]
         warps = DOT_WARPS[bm]
     else:
         return Launch("dequantize_then_torch", 0, 0, step_of_group, 1, 0, plan.decode)

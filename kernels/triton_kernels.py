@@ -9,7 +9,7 @@ every datatype of a family, built-in or user-defined:
     run of K steps (split-K); each step loads ``KS / (32 / bits)`` words per row and decodes
     code ``j`` of every word at once. Integer codes of 2, 4 and 8 bits take the fp16 pair path
     (:func:`half_products`): two codes of a word become one fp16x2 register with one LOP3 and one
-    HFMA2 and are multiplied by activations two at a time (2.6 instructions a code for int4, static
+    HFMA2 and are multiplied by activations two at a time (2.3 instructions a code for int4, static
     SASS). Other integer codes use no int-to-float conversion: the code is moved into the upper
     mantissa of an fp32 ``1.0`` (``1 + q * 2**-bits``) and the activation is pre-multiplied by
     ``2**bits``, so one shift, one logic op and one FMA handle a code; the ``2**bits * sum(x)``

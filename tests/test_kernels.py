@@ -16,24 +16,18 @@ pytest.importorskip("triton", reason="triton is not installed")
 
 from hwlab import kernels  # noqa: E402
 from hwlab.kernels import dispatch  # noqa: E402
-from hwlab.kernels.reference import reference_matmul, reference_weights  # noqa: E402
-from hwlab.kernels.testing import half_terms, matmul_tolerance  # noqa: E402
+from hwlab.kernels.reference import reference_matmul  # noqa: E402
+from hwlab.kernels.testing import worst_error  # noqa: E402
 
 ALL_FORMATS = F.list_formats()
 def poisoned(shape, dtype, device):
     return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
 
-def scale_bound(qt):
-    """Per-element |scale| times the largest table value: what the fast decode's error scales with."""
-    u = qt.unpacked()
-    largest = max(1.0, np.abs(u.values[np.isfinite(u.values)]).max())
-    return np.abs(u.expand(u.scales))[:, :qt.shape[1]] * largest
-
-
 def check_matmul(x, qt, dev, launch=None):
     """Run matmul (or one launch) into a poisoned output; compare with the float64 reference of the
-    unpacked view within :func:`hwlab.kernels.testing.matmul_tolerance`."""
+    unpacked view within :func:`hwlab.kernels.testing.matmul_tolerance` (through
+    :func:`~hwlab.kernels.testing.worst_error`)."""
     n = qt.shape[0]
     out = poisoned(tuple(x.shape[:-1]) + (n,), x.dtype, dev.device)
     if launch is None:
@@ -42,11 +36,7 @@ def check_matmul(x, qt, dev, launch=None):
         dispatch.run(x.view(-1, x.shape[-1]), dev, out.view(-1, n), launch)
     got = out.double().cpu()
     assert torch.isfinite(got).all(), "a poisoned output was not overwritten"
-    ref = torch.from_numpy(reference_matmul(x, qt))
-    rows = int(np.prod(x.shape[:-1]))
-    tol = matmul_tolerance(x.cpu(), torch.from_numpy(reference_weights(qt)), torch.from_numpy(scale_bound(qt)), ref,
-                           half_terms(dev.plan, rows))
-    worst = float(((got - ref).abs() / tol).max())
+    worst = worst_error(got, x, qt)
     assert worst <= 1.0, f"{qt.format_name}: error {worst:.3g} x tolerance"
     return got
 

@@ -58,7 +58,7 @@ def stream_names(dt: DeviceTensor) -> dict:
                 flags=by[("group_bits", None)], scales=by[("scales", None)], rows=by[("row_scales", None)])
 
 
-def _pointer(t, fallback):
+def kernel_pointer(t, fallback):
     """``t``, or ``fallback`` where ``t`` holds nothing (a kernel pointer is never to nothing)."""
     return t if t.numel() else fallback
 
@@ -67,7 +67,7 @@ def _operands(dt: DeviceTensor) -> tuple:
     names = stream_names(dt)
     a = {role: dt.arrays[name] for role, name in names.items()}
     fallback = a["flags"]  # int32 words, never empty
-    ptrs = {role: _pointer(t, fallback) for role, t in a.items()}
+    ptrs = {role: kernel_pointer(t, fallback) for role, t in a.items()}
     widths = {role: a[role].shape[1] for role in ("codes4", "codes2", "zeros4", "zeros2", "flags")}
     return ptrs, widths
 

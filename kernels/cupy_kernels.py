@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .async_mixed import kernel_pointer, stream_names
 from .device import DeviceTensor
 
 CUDA_DIR = Path(__file__).with_name("cuda")
@@ -156,8 +157,8 @@ def mixed_launch_plan(dt: DeviceTensor, stages: int = DEFAULT_STAGES, device_lim
     n, k = dt.shape
     gs = plan.elements_per_group
     groups = plan.padded_cols // gs
-    arrays = {name: dt.arrays[name] for name in ("codes4", "codes2", "group_bits", "zeros4", "zeros2", "scales")}
-    widths = {name: int(a.shape[1]) if a.dim() == 2 else 0 for name, a in arrays.items()}
+    arrays = {role: dt.arrays[name] for role, name in stream_names(dt).items()}
+    widths = {role: int(a.shape[1]) if a.dim() == 2 else 0 for role, a in arrays.items()}
     n4 = widths["codes4"] * 8 // gs
     n2 = groups - n4
     q4, q2 = gs // 32, gs // 64
@@ -166,7 +167,7 @@ def mixed_launch_plan(dt: DeviceTensor, stages: int = DEFAULT_STAGES, device_lim
         raise ValueError(f"mixed_2_4 tensor with {widths['codes4']} + {widths['codes2']} code words per row does not "
                          f"split into {groups} groups of {gs}")
     scw = groups // 4 if groups % 4 == 0 else 0  # scale codes staged by cp.async when rows are whole words
-    meta_words = widths["group_bits"] + widths["zeros4"] + widths["zeros2"] + scw
+    meta_words = widths["flags"] + widths["zeros4"] + widths["zeros2"] + scw
     stage_bytes = -(-((p4 + p2) * 16 + 4 * meta_words) // 16) * 16
     table_bytes = -(-((groups * (gs + X_PAD) + 3 * groups) * 4) // 16) * 16
     sms, per_block, per_sm = device_limits or (132, SM90_SHARED_PER_BLOCK, SM90_SHARED_PER_SM)
@@ -237,17 +238,14 @@ def mixed_gemv_cupy(x, dt: DeviceTensor, *, out=None, stages: int = DEFAULT_STAG
         lp = mixed_launch_plan(dt, stages, _info(index))
         if kernel.max_dynamic_shared_size_bytes < lp["shared"]:
             kernel.max_dynamic_shared_size_bytes = lp["shared"]
-        a = dt.arrays
-        fallback = a["group_bits"]  # never empty: a pointer is never to nothing
-        ptr = {name: _ptr(a[name] if a[name].numel() else fallback)
-               for name in ("codes4", "codes2", "group_bits", "zeros4", "zeros2", "scales", "row_scales")}
+        arrays = {role: dt.arrays[name] for role, name in stream_names(dt).items()}
+        ptr = {role: _ptr(kernel_pointer(t, arrays["flags"])) for role, t in arrays.items()}  # flags: never empty
         w = lp["widths"]
         tail = (np.int32(lp["n"]), np.int32(lp["k"]), np.int32(lp["groups"]), np.int32(lp["gs"]), np.int32(lp["n4"]),
-                np.int32(w["group_bits"]), np.int32(w["zeros4"]), np.int32(w["zeros2"]), np.int32(lp["scw"]),
+                np.int32(w["flags"]), np.int32(w["zeros4"]), np.int32(w["zeros2"]), np.int32(lp["scw"]),
                 np.uint64(lp["magic4"]), np.uint64(lp["magic2"]), np.int32(lp["stage_bytes"]),
                 np.float32(lp["value_scale"]))
-        weights = (ptr["codes4"], ptr["codes2"], ptr["group_bits"], ptr["zeros4"], ptr["zeros2"], ptr["scales"],
-                   ptr["row_scales"])
+        weights = (ptr["codes4"], ptr["codes2"], ptr["flags"], ptr["zeros4"], ptr["zeros2"], ptr["scales"], ptr["rows"])
         cached = dt.launch_cache[key] = (kernel, weights, tail, lp["grid"], 32 * lp["warps"], lp["shared"], index)
     kernel, weights, tail, grid, block, shared, index = cached
     n = dt.shape[0]

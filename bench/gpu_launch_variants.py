@@ -3,9 +3,11 @@ and pipeline depths that :mod:`hwlab.kernels.dispatch` chooses).
 
 Each ``--variant`` is a list of assignments, separated by ``;``, to constants of
 ``hwlab.kernels.dispatch`` (``HALF_TILE=(32, 128, 1)``, ``STAGES['tile']=3``) or of
-``hwlab.kernels.async_mixed`` (``async_mixed.GEMV_BN=32``); the previous variant's are undone first,
+``hwlab.kernels.async_mixed`` (``async_mixed.GEMV_BN=32``) or of ``hwlab.kernels.trip``
+(``trip.TRIP_WARPS=2``); the previous variant's are undone first,
 an empty variant is the shipped configuration. Every variant times ``--formats`` (and, with
-``--mixed``, the synchronous, asynchronous and CuPy mixed_2_4 GEMVs) as ``bench/gpu_kernels.py``
+``--mixed``, the synchronous, asynchronous and CuPy mixed_2_4 GEMVs; with ``--trip``, the TRIP
+kernels) as ``bench/gpu_kernels.py``
 does: weights rotated past the L2, do_bench medians and CUDA-graph times, the copy bandwidth of the
 same run. ``gpu_kernels.json`` in ``--out`` holds every row with its ``variant``.
 
@@ -20,9 +22,9 @@ import os
 import sys
 
 import gpu_kernels as bench
-from hwlab.kernels import async_mixed, dispatch
+from hwlab.kernels import async_mixed, dispatch, trip
 
-MODULES = {"dispatch": dispatch, "async_mixed": async_mixed}
+MODULES = {"dispatch": dispatch, "async_mixed": async_mixed, "trip": trip}
 
 
 def statements(variant: str) -> list[tuple[object, str, str]]:
@@ -59,6 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("--formats", nargs="*", default=[])
     parser.add_argument("--batches", nargs="*", type=int, default=[1])
     parser.add_argument("--mixed", action="store_true", help="also the mixed_2_4 sync / async / CuPy GEMVs")
+    parser.add_argument("--trip", action="store_true", help="also the TRIP W4A8 / W4A4 kernels (Triton and CuPy)")
     parser.add_argument("--all-shapes", action="store_true", help="the four benchmark shapes (default: smallest, largest)")
     parser.add_argument("--variant", action="append", required=True)
     args = parser.parse_args(argv)
@@ -81,6 +84,8 @@ def main(argv=None) -> int:
             bench.hwlab_formats(run, args.formats, shapes, args.batches, "h200")
         if args.mixed:
             bench.async_mixed(run, shapes, args.batches, "h200")
+        if args.trip:
+            bench.trip(run, shapes, args.batches, "h200")
         for row in run.doc["rows"][first:]:
             row["variant"] = variant
         run.save()

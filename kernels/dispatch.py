@@ -53,17 +53,24 @@ REGISTER_TABLE_MAX = 64
 FP32_ONE_BITS = 0x3F800000  # IEEE binary32 1.0 (gemv_words_kernel's run-time one_bits)
 NUM_WARPS = 4
 # software pipeline depth of each kernel's K loop (tl.range num_stages: the loads of stages - 1 later steps
-# are issued as cp.async into shared memory before a step is decoded; gemv_words: its tiles above). Three stages
-# made gemv_mixed 2.2x and the M = 1 tile kernel 5% slower (same log)
+# are issued as cp.async into shared memory before a step is decoded; gemv_words and the fp16 pair tile_dot: their
+# tiles). Three stages made gemv_mixed 2.2x and the M = 1 tile kernel 5% slower (same log)
 STAGES = {"gemv_mixed": 1, "tile": 1, "tile_dot": 3}
 # tile_dot by batch tile BM: rows per program and warps (static SASS counts for sm_90, triton 3.6: BM=16 with
 # 128 rows spends 9.1 instructions a code against 10.4 with 64; BM=64 spills registers with 4 warps, not with 8)
 DOT_BN = {16: 128, 32: 64, 64: 64}
 DOT_WARPS = {16: 4, 32: 8, 64: 8}
-# ... and for integer codes in whole words without zero points at BM=16: 64 rows (H200, CUDA graph, K=8192 N=28672, M=16:
-# int4 139.5 us against 159.1 at 128 rows, int2 127.7 / 153.6, int8 147.3 / 163.6, ternary 124.5 / 147.6; slower
-# at 64 rows: int4_asym 292.1 / 224.9, nf4's table decode 321 / 277: bench/results/gpu_launch_variants_h200_run6.log)
-DOT_INT_BN = {16: 64}
+# ... and for the fp16 pair decode (half_dot_applies): (rows, warps, stages) by batch tile, and where timed
+# otherwise by (BM, code bits, zero points). Fewer warps read x's tile (every warp reads all of it) fewer times.
+# H200, CUDA graph, K=8192 N=28672 (bench/results/gpu_launch_variants_h200_run7.log, calls 1-3): M=16 int4 102.1 us
+# at (64, 2, 1) against 107.9 at (64, 1, 1), 123.6 at (64, 4, 1), 132.1 at (128, 4, 1) and 211.6 at (64, 4, 3); int8
+# 98.0 at (64, 4, 3) against 135.8 at (64, 2, 1); M=64 int4 180.8 at (64, 4, 1) against 233.4 at (64, 2, 1) and 212.2
+# at (64, 8, 1). With 8 warps at M=64, 32 or 128 rows crashed for int4_asym (an illegal address, triton 3.6)
+HALF_DOT_TILE = {16: (64, 2, 1), 32: (64, 4, 1), 64: (64, 4, 1)}
+HALF_DOT_TILES = {(16, 8, False): (64, 4, 3)}
+# ... whose code words are loaded one step ahead, into registers (half_dot_loop), where this is True
+HALF_DOT_PREFETCH = True
+HALF_FLOAT_BITS = (4, 8)  # minifloat widths of whole words that the pair decode of tile_dot takes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +87,17 @@ class Launch:
     decode: str  # the plan's decode, "lut" (every plan has a table) or "pairs" (the table as 16-bit patterns)
     warps: int = 4
     stages: int = 1  # software pipeline depth of the K loop (1: none; n: n - 1 steps' loads in flight, cp.async)
+    half_pairs: bool = False  # tile_dot decodes integer codes as fp16 pairs (half_dot_applies)
+
+    def __post_init__(self):
+        if self.half_pairs and (self.kernel != "tile_dot" or self.decode not in ("int", "float")):
+            raise ValueError(f"a launch with fp16 pairs is a tile_dot of integer or minifloat codes, got "
+                             f"{self.kernel} with decode {self.decode!r} (replace half_pairs=False as well)")
 
     def describe(self) -> str:
         return (f"{self.kernel}: BN={self.bn} BM={self.bm} KS={self.ks}, split-K {self.split} x {self.steps} steps, "
-                f"{self.decode} decode, {self.warps} warps, {self.stages} stages")
+                f"{self.decode} decode{' (fp16 pairs)' if self.half_pairs else ''}, {self.warps} warps, "
+                f"{self.stages} stages")
 
 
 def _torch():
@@ -116,7 +130,7 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
     epg = plan.elements_per_group
     step_of_group = min(KS_MAX, epg & -epg)  # the largest power of two <= 128 dividing the group
     per_word = 32 // plan.bits if plan.packing == "words" else 0
-    decode, warps = plan.decode, NUM_WARPS
+    decode, warps, half = plan.decode, NUM_WARPS, False
     if m == 1 and plan.packing == "mixed" and epg >= 16 and epg & (epg - 1) == 0:
         kernel, bn, bm, ks = "gemv_mixed", GEMV_BN, 1, epg
     elif m == 1 and per_word and epg % per_word == 0:
@@ -135,9 +149,9 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
         bm = 16 if m <= 16 else 32 if m <= 32 else 64
         decode = _table_decode(plan, decode, exact_in_half=False)
         kernel, ks = "tile_dot", step_of_group
-        measured = decode == "int" and plan.packing == "words" and not plan.zero_bits  # what DOT_INT_BN was timed on
-        bn = DOT_INT_BN.get(bm, DOT_BN[bm]) if measured else DOT_BN[bm]
-        warps = DOT_WARPS[bm]
+        half = half_dot_applies(plan, decode, ks)
+        bn, warps, stages = (HALF_DOT_TILES.get((bm, plan.bits, bool(plan.zero_bits)), HALF_DOT_TILE[bm]) if half
+                             else (DOT_BN[bm], DOT_WARPS[bm], STAGES[kernel]))
     else:
         return Launch("dequantize_then_torch", 0, 0, step_of_group, 1, 0, plan.decode)
     bn = min(bn, max(GEMV_MIN_BN if kernel == "gemv_words" else 16, _next_power_of_two(n)))
@@ -145,9 +159,9 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
     total = math.ceil(kp / ks)
     split = min(total, max(1, math.ceil(WAVES * sms / tiles)))
     steps = math.ceil(total / split)
-    if kernel != "gemv_words":
+    if kernel not in ("gemv_words", "tile_dot"):
         stages = STAGES[kernel]
-    return Launch(kernel, bn, bm, ks, math.ceil(total / steps), steps, decode, warps, stages)
+    return Launch(kernel, bn, bm, ks, math.ceil(total / steps), steps, decode, warps, stages, half)
 
 
 def half_pairs_apply(plan: KernelPlan, decode: str) -> bool:
@@ -156,6 +170,17 @@ def half_pairs_apply(plan: KernelPlan, decode: str) -> bool:
     two words of one group)."""
     return (decode == "int" and plan.bits in HALF_BITS and plan.member_rule == "none"
             and plan.elements_per_group % (WORDS * 32 // plan.bits) == 0)
+
+
+def half_dot_applies(plan: KernelPlan, decode: str, ks: int) -> bool:
+    """Whether ``tile_dot`` decodes fp16 pairs (``half_tile``): integer codes as :func:`half_pairs_apply`
+    (zero points, if any, in code units: ``q - z`` is then an integer, exact in fp16) or minifloat codes of
+    4 or 8 bits placed in binary16, in whole words, and steps of ``ks`` codes that hold at least 16 of each
+    pair index (``tl.dot``'s K: ``2 * ks * bits / 32``)."""
+    integer = half_pairs_apply(plan, decode) and (not plan.zero_bits or plan.decode_scale == 1.0)
+    minifloat = decode == "float" and plan.bits in HALF_FLOAT_BITS and not plan.zero_bits
+    return (plan.packing == "words" and plan.member_rule == "none" and (integer or minifloat)
+            and 2 * ks * plan.bits // 32 >= DOT_MIN)
 
 
 def _half_flags(plan: KernelPlan, launch: Launch) -> dict:
@@ -404,7 +429,8 @@ def _arguments(qt: DeviceTensor, m: int, x_dtype: str, launch: Launch) -> tuple:
     return kern.tile_kernel, grid, [
         x2, *_tile_pointers(ops), out, work, count, m, n, qt.shape[1], qt.plan.padded_cols, *_tile_sizes(sizes),
         launch.steps, sizes["value_scale"], sizes["zero_unit"], sizes["dq_offset"]], dict(
-        KS=launch.ks, BN=launch.bn, BM=launch.bm, DOT=launch.kernel == "tile_dot", EXACT_DOT=interpreted(),
+        KS=launch.ks, BN=launch.bn, BM=launch.bm, DOT=launch.kernel == "tile_dot",
+        HALF_DOT=launch.half_pairs, PREFETCH=launch.half_pairs and HALF_DOT_PREFETCH, EXACT_DOT=interpreted(),
         **dict(common, PACK=_tile_packing(qt.plan, launch.ks)))
 
 

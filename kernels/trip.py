@@ -26,6 +26,7 @@ NIBBLES = 8  # int4 codes in one int32 word
 K_MULTIPLE = 32  # K must be a multiple of this: whole words, and int8 MMA's K step (32 bytes)
 ACC_LIMIT = 2**31 - 1  # int32 accumulators: K * max|qa| * max|qw| must stay below this
 TRIP_BN, TRIP_BM, TRIP_KS = 64, 16, 128  # rows, batch rows and K elements per program step
+TRIP_WARPS = 4  # warps of a program
 # backend="auto" takes the CuPy dp4a kernel up to this many activation rows, Triton's tensor cores above:
 # on the H200 dp4a took 42 / 90 / 293 us at M = 1 / 4 / 16 (K=8192, N=28672), Triton 127 / 128 / 129 us
 # (BENCHMARKS.md, bench/results/gpu_kernels_h200.json); one dp4a pass covers 8 rows
@@ -170,7 +171,7 @@ def trip_accumulate(x_codes, w: TripWeights, *, backend: str = "auto"):
     from . import trip_kernels
 
     trip_kernels.trip_int8_kernel[grid](x_codes, w.words, acc, m, n, k, steps, BM=TRIP_BM, BN=TRIP_BN, KS=TRIP_KS,
-                                        ATOMIC=split > 1, num_warps=4)
+                                        ATOMIC=split > 1, num_warps=TRIP_WARPS)
     return acc
 
 

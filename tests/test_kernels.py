@@ -192,6 +192,39 @@ def test_half_pair_path_is_not_taken_where_two_words_span_two_groups(rng, kernel
     check_matmul(torch.randn(1, 256).half().to(kernel_device), qt, dev)
 
 
+@pytest.mark.parametrize("name", HALF_PAIR_FORMATS + ["int8_asym", "int2_asym", "mxint8", "fp4_e2m1", "fp4_e1m2",
+                                                     "fp4_e3m0", "fp8_e4m3", "fp8_e5m2", "mxfp8_e4m3"])
+def test_half_pair_tile_dot_and_the_float32_decode(name, rng, kernel_device):
+    """tensor-core tiles of integer and minifloat codes in words take the fp16 pairs (``half_tile``, x's
+    columns in the pairs' order); both that and the float32 decode agree with the float64 reference on
+    odd M and N, both activation dtypes, with split-K and without, and with a row that uses every code."""
+    w = (rng.standard_normal((45, 1024)) * 0.02).astype(np.float32)
+    w[3] = np.linspace(-1.0, 1.0, 1024)  # a row whose groups use every code
+    qt = F.quantize(w, name)
+    dev = qt.to(kernel_device)
+    gen = torch.Generator().manual_seed(9)
+    for m, dtype, sms in ((5, torch.float16, 1), (16, torch.bfloat16, 64), (33, torch.float16, 64),
+                          (64, torch.bfloat16, 1)):
+        launch = dispatch.choose(dev.plan, m, sms=sms)
+        assert launch.kernel == "tile_dot" and launch.half_pairs, launch.describe()
+        x = torch.randn(m, 1024, generator=gen).to(dtype).to(kernel_device)
+        check_matmul(x, qt, dev, launch)
+        check_matmul(x, qt, dev, dataclasses.replace(launch, half_pairs=False))
+
+
+def test_half_pair_tile_dot_is_not_taken_where_a_step_is_too_short(rng, kernel_device):
+    """int4 in groups of 16 (a step of two words: 4 codes of each pair index, below tl.dot's 16) and
+    codes of 3 bits (a bit stream) keep the float32 decode; a launch cannot claim pairs for them."""
+    w = (rng.standard_normal((24, 256)) * 0.02).astype(np.float32)
+    for qt in (F.quantize(w, "int4", group_size=16), F.quantize(w, "int3")):
+        dev = qt.to(kernel_device)
+        launch = dispatch.choose(dev.plan, 16)
+        assert launch.kernel == "tile_dot" and not launch.half_pairs
+        check_matmul(torch.randn(16, 256).half().to(kernel_device), qt, dev, launch)
+    with pytest.raises(ValueError, match="tile_dot of integer or minifloat codes, got tile_dot with decode 'pairs'"):
+        dataclasses.replace(dispatch.choose(F.quantize(w, "int4").to(kernel_device).plan, 16), decode="pairs")
+
+
 SMALL_TABLES = [n for n in ALL_FORMATS if F.quantize(np.ones((1, 128), np.float32), n).to("cpu").plan.table_size <= 16]
 
 
@@ -209,7 +242,7 @@ def test_pair_table_decode_every_path(name, weights, kernel_device):
         if launch.kernel not in ("tile", "tile_dot", "gemv_words") or float32_math and not dev.plan.half_exact:
             continue
         x = torch.randn(m, weights.shape[1], generator=gen).to(dtype).to(kernel_device)
-        check_matmul(x, qt, dev, dataclasses.replace(launch, decode="pairs"))
+        check_matmul(x, qt, dev, dataclasses.replace(launch, decode="pairs", half_pairs=False))
 
 
 def test_pair_table_holds_the_rounded_table():
@@ -391,11 +424,14 @@ def test_quantize_linears_skips_by_name():
 
 
 def test_tile_rows_follow_what_was_timed(rng):
-    """M = 16: 64 rows a program for integer codes in words without zero points (timed faster on the
-    H200), 128 for zero points, bit streams and tables; M = 1: the fp16 pair tile for int4."""
+    """M = 16: the fp16 pair tile_dot takes its tile (rows, warps, stages) from HALF_DOT_TILE, int8 from
+    its own entry; bit streams and tables keep DOT_BN's 128 rows; M = 1: the fp16 pair tile for int4."""
     w = (rng.standard_normal((256, 1024)) * 0.02).astype(np.float32)
-    rows = {name: dispatch.choose(F.quantize(w, name).to("cpu").plan, 16).bn
-            for name in ("int4", "int8", "ternary", "int4_asym", "int3", "nf4")}
-    assert rows == {"int4": 64, "int8": 64, "ternary": 64, "int4_asym": 128, "int3": 128, "nf4": 128}
+    tiles = {name: (launch.bn, launch.warps, launch.stages, launch.half_pairs)
+             for name in ("int4", "int8", "ternary", "int4_asym", "int3", "nf4")
+             for launch in [dispatch.choose(F.quantize(w, name).to("cpu").plan, 16)]}
+    half, eight = dispatch.HALF_DOT_TILE[16], dispatch.HALF_DOT_TILES[(16, 8, False)]
+    assert tiles == {"int4": (*half, True), "int8": (*eight, True), "ternary": (*half, True),
+                     "int4_asym": (*half, True), "int3": (128, 4, 3, False), "nf4": (128, 4, 3, False)}
     launch = dispatch.choose(F.quantize(w, "int4").to("cpu").plan, 1)
     assert (launch.bn, launch.ks, launch.stages) == (32, 1024, 1)

@@ -68,8 +68,6 @@ DOT_WARPS = {16: 4, 32: 8, 64: 8}
 # at (64, 8, 1). With 8 warps at M=64, 32 or 128 rows crashed for int4_asym (an illegal address, triton 3.6)
 HALF_DOT_TILE = {16: (64, 2, 1), 32: (64, 4, 1), 64: (64, 4, 1)}
 HALF_DOT_TILES = {(16, 8, False): (64, 4, 3)}
-# ... whose code words are loaded one step ahead, into registers (half_dot_loop), where this is True
-HALF_DOT_PREFETCH = True
 HALF_FLOAT_BITS = (4, 8)  # minifloat widths of whole words that the pair decode of tile_dot takes
 
 
@@ -430,7 +428,7 @@ def _arguments(qt: DeviceTensor, m: int, x_dtype: str, launch: Launch) -> tuple:
         x2, *_tile_pointers(ops), out, work, count, m, n, qt.shape[1], qt.plan.padded_cols, *_tile_sizes(sizes),
         launch.steps, sizes["value_scale"], sizes["zero_unit"], sizes["dq_offset"]], dict(
         KS=launch.ks, BN=launch.bn, BM=launch.bm, DOT=launch.kernel == "tile_dot",
-        HALF_DOT=launch.half_pairs, PREFETCH=launch.half_pairs and HALF_DOT_PREFETCH, EXACT_DOT=interpreted(),
+        HALF_DOT=launch.half_pairs, EXACT_DOT=interpreted(),
         **dict(common, PACK=_tile_packing(qt.plan, launch.ks)))
 
 

@@ -746,27 +746,19 @@ def half_dot_loop(codes_ptr, zeros_ptr, x_ptr, scales_ptr, stable_ptr, absmax_pt
                   row_words, zero_words, s_row_stride, NG, dq_offset, rn, nmask, rm, mmask, first, steps, K, Kp,
                   B: tl.constexpr, EPG: tl.constexpr, KS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                   FLIP: tl.constexpr, FLOAT: tl.constexpr, MBITS: tl.constexpr, ZB: tl.constexpr, SCALE: tl.constexpr,
-                  DQB: tl.constexpr, ROW: tl.constexpr, EXACT_DOT: tl.constexpr, PREFETCH: tl.constexpr,
-                  STAGES: tl.constexpr):
+                  DQB: tl.constexpr, ROW: tl.constexpr, EXACT_DOT: tl.constexpr, STAGES: tl.constexpr):
     """float32 ``[BM, BN]``: ``sum`` over steps ``first .. first + steps`` of ``x[rm, step] @ (v - zero)^T`` times
     the step's scales, for integer or minifloat codes in whole words decoded by :func:`half_tile` (x's columns
     put in the same order). The values are integers below 2**9 in magnitude or binary16 placements of
-    minifloats, exact in fp16 and in bf16 (at most 7 fraction bits). ``PREFETCH``: each step's code words are
-    loaded one step ahead, into registers, so that their DRAM latency overlaps the decode and the dot of the
-    step before; ``STAGES`` > 1 adds Triton's shared-memory pipeline (cp.async) of the loads."""
+    minifloats, exact in fp16 and in bf16 (at most 7 fraction bits). ``STAGES`` > 1: Triton's shared-memory
+    pipeline (cp.async) of the loads. (Loading each step's words one step ahead into registers made int4 1.34x
+    and int8 1.6x slower on the H200 at M = 16: BENCHMARKS.md, run 7.)"""
     E: tl.constexpr = 32 // B
     W: tl.constexpr = KS // E
     acc = tl.zeros((BM, BN), tl.float32)
-    if PREFETCH:
-        u = _words(codes_ptr, row_words, rn, nmask, first * KS, E, W)
-    else:
-        u = tl.zeros((BN, W), tl.uint32)
     for step in tl.range(steps, num_stages=STAGES):
         k0 = (first + step) * KS
-        if PREFETCH:
-            ahead = _words(codes_ptr, row_words, rn, mask_all(nmask, step + 1 < steps), k0 + KS, E, W)
-        else:
-            u = _words(codes_ptr, row_words, rn, nmask, k0, E, W)
+        u = _words(codes_ptr, row_words, rn, nmask, k0, E, W)
         g = k0 // EPG
         sc = _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, rn, g, mask_all(nmask, k0 < Kp), s_row_stride, NG,
                     dq_offset, SCALE, DQB, ROW)
@@ -782,8 +774,6 @@ def half_dot_loop(codes_ptr, zeros_ptr, x_ptr, scales_ptr, stable_ptr, absmax_pt
         else:
             d = tl.dot(xt, tl.trans(w))
         acc += d * sc[None, :]
-        if PREFETCH:
-            u = ahead
     return acc
 
 
@@ -798,7 +788,7 @@ def tile_kernel(
         HALF_BF16: tl.constexpr, MEMBERS: tl.constexpr, MEMBER_BITS: tl.constexpr, VICTIM: tl.constexpr, ZB: tl.constexpr, ZB2: tl.constexpr,
         SCALE: tl.constexpr, DQB: tl.constexpr, ROW: tl.constexpr,
         DOT: tl.constexpr, HALF_DOT: tl.constexpr, EXACT_DOT: tl.constexpr, ATOMIC: tl.constexpr,
-        OUT_MAX: tl.constexpr, STAGES: tl.constexpr, PREFETCH: tl.constexpr):
+        OUT_MAX: tl.constexpr, STAGES: tl.constexpr):
     """Any M, any packing (module docstring). ``out``: [M, N] (float32 when ``ATOMIC``).
 
     ``EXACT_DOT`` (the interpreter) multiplies the same operands in float32 IEEE arithmetic, as the
@@ -811,7 +801,7 @@ def tile_kernel(
         acc = half_dot_loop(codes_ptr, zeros_ptr, x_ptr, scales_ptr, stable_ptr, absmax_ptr, rows_ptr,
                             row_words, zero_words, s_row_stride, NG, dq_offset, rn, nmask, rm, mmask,
                             tl.program_id(2) * steps_per_program, steps_per_program, K, Kp, B, EPG, KS, BM, BN, FLIP,
-                            DECODE == 1, MBITS, ZB, SCALE, DQB, ROW, EXACT_DOT, PREFETCH, STAGES)
+                            DECODE == 1, MBITS, ZB, SCALE, DQB, ROW, EXACT_DOT, STAGES)
     else:
         acc = tl.zeros((BM, BN), tl.float32)
         for step in tl.range(steps_per_program, num_stages=STAGES):

@@ -10,7 +10,9 @@
   issue at a quarter to an eighth of the FP32 rate; counted statically by
   ``bench/kernel_instructions.py``, kept in ``sim/data/kernel_instructions.json``), times the codes
   decoded (``N * K`` once per batch tile of ``BM`` rows), over the issue rate of the SMs
-  (``sms * 4 schedulers * 32 lanes * clock * issue_efficiency``);
+  (``sms * 4 schedulers * 32 lanes * clock * issue_efficiency``; ``pair_tile_efficiency`` for the
+  fp16-pair tensor-core tiles, ``Launch.half_pairs``, which issue their few instructions a code at
+  about half the rate of the other loops);
 * the two overlap: the kernel takes the larger, plus ``kernel_us`` (start and tail); split-K
   is one launch (its workspace is left zeroed by the kernel);
 * ``graph_us`` is that device time (a call inside a CUDA graph); ``us`` (a call launched from
@@ -45,10 +47,13 @@ class GPUConfig:
     l2_mb: float
     kernel_us: float  # a kernel's start and tail on the device
     host_call_us: float  # host time of one hwlab matmul call from Python (checks, allocation, launch)
+    pair_tile_efficiency: float  # issue_efficiency of tile_dot's fp16-pair decode (Launch.half_pairs)
 
-    def issue_rate(self) -> float:
-        """Thread-instructions per microsecond at ``issue_efficiency``."""
-        return self.sms * SCHEDULERS * LANES * self.clock_ghz * 1e3 * self.issue_efficiency
+    def issue_rate(self, pair_tile: bool = False) -> float:
+        """Thread-instructions per microsecond at ``issue_efficiency`` (``pair_tile_efficiency`` for an
+        fp16-pair tile)."""
+        efficiency = self.pair_tile_efficiency if pair_tile else self.issue_efficiency
+        return self.sms * SCHEDULERS * LANES * self.clock_ghz * 1e3 * efficiency
 
 
 PRESETS = {
@@ -60,10 +65,14 @@ PRESETS = {
     # host_call_us 12: an estimate, to be remeasured: 5-8 us of Python a call measured on CPU with
     # the launch stubbed out (prepared launch, /work/notes/sections/kernels_perf.md) plus Triton's C
     # launcher and cuLaunchKernelEx (about 4 us).
-    "h200": GPUConfig("h200", 132, 1.98, 4270.0, 0.74, 0.62, 60.0, 3.0, 12.0),
+    # pair_tile_efficiency 0.31: the median over the fp16-pair tiles of the H200 run of their tiles
+    # (bench/results/gpu_launch_variants_h200_run7.json, call 3: int4, int4_asym, int2, ternary, int8,
+    # fp4_e2m1, fp8_e4m3 at M = 16 and 64, K=8192 N=28672; 0.29-0.41 on the decode-bound rows): their
+    # static count halved against the float32 tile decode while their time fell by a third.
+    "h200": GPUConfig("h200", 132, 1.98, 4270.0, 0.74, 0.62, 60.0, 3.0, 12.0, pair_tile_efficiency=0.31),
     # H100 SXM 80GB: 132 SMs, 1.98 GHz, 50 MB L2 (NVIDIA H100 white paper); copy 3020 GB/s measured
     # with the same peers script (shared/REFERENCES.md); the other constants as on the H200.
-    "h100": GPUConfig("h100", 132, 1.98, 3020.0, 0.74, 0.62, 50.0, 3.0, 12.0),
+    "h100": GPUConfig("h100", 132, 1.98, 3020.0, 0.74, 0.62, 50.0, 3.0, 12.0, pair_tile_efficiency=0.31),
 }
 
 
@@ -120,7 +129,7 @@ def predict(gpu, fmt: str, m: int, k: int, n: int, *, bits_per_weight: float, la
         moved += (launch.split + 2) * 4 * m * n  # float32 partial sums added, read and zeroed by the last program
     memory = moved / (gpu.copy_gbps * 1e3 * gpu.stream_fraction)
     decoded = n * k * math.ceil(m / max(launch.bm, 1))
-    decode = decoded * instructions_per_code(fmt, launch.kernel, launch.bm) / gpu.issue_rate()
+    decode = decoded * instructions_per_code(fmt, launch.kernel, launch.bm) / gpu.issue_rate(launch.half_pairs)
     device = max(memory, decode) + gpu.kernel_us
     us = max(device, gpu.host_call_us)
     bound = "host" if gpu.host_call_us >= device else "memory" if memory >= decode else "decode"

@@ -11,6 +11,7 @@ class FakeLaunch:
     kernel: str
     bm: int
     split: int
+    half_pairs: bool = False
 
 
 def test_every_counted_row_has_weighted_and_raw_counts():
@@ -30,6 +31,14 @@ def test_prediction_terms():
     assert p.graph_us == pytest.approx(max(p.memory_us, p.decode_us) + p.overhead_us)
     tiny = gpu.predict("h200", "int4", 1, 128, 128, bits_per_weight=4.125, launch=FakeLaunch("gemv_words", 1, 1))
     assert tiny.bound == "host" and tiny.us == gpu.PRESETS["h200"].host_call_us > tiny.graph_us
+
+
+def test_fp16_pair_tiles_issue_at_their_own_rate():
+    h200 = gpu.PRESETS["h200"]
+    float32 = gpu.predict("h200", "int4", 16, 8192, 28672, bits_per_weight=4.125, launch=FakeLaunch("tile_dot", 16, 2))
+    pairs = gpu.predict("h200", "int4", 16, 8192, 28672, bits_per_weight=4.125,
+                        launch=FakeLaunch("tile_dot", 16, 2, half_pairs=True))
+    assert pairs.decode_us == pytest.approx(float32.decode_us * h200.issue_efficiency / h200.pair_tile_efficiency)
 
 
 def test_unknown_counts_and_presets_are_refused():

@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     parser.add_argument("--mixed", action="store_true", help="also the mixed_2_4 sync / async / CuPy GEMVs")
     parser.add_argument("--trip", action="store_true", help="also the TRIP W4A8 / W4A4 kernels (Triton and CuPy)")
     parser.add_argument("--all-shapes", action="store_true", help="the four benchmark shapes (default: smallest, largest)")
+    parser.add_argument("--cublas", action="store_true", help="also cuBLAS fp16 once, before the variants (the baseline)")
     parser.add_argument("--variant", action="append", required=True)
     args = parser.parse_args(argv)
     for variant in args.variant:
@@ -75,6 +76,8 @@ def main(argv=None) -> int:
     bench.environment(run)
     bench.copy_bandwidth(run)
     shapes = bench.SHAPES if args.all_shapes else [bench.SHAPES[0], bench.SHAPES[-1]]
+    if args.cublas:
+        bench.cublas(run, shapes, args.batches)
     saved: dict = {}
     for variant in args.variant:
         apply(variant, saved)

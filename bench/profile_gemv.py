@@ -1,8 +1,10 @@
-"""One M = 1 matmul of a format at K=8192, N=28672 through ``hwlab.kernels.matmul``, for a profiler.
+"""One matmul of a format at K=8192, N=28672 and M rows (default 1) through ``hwlab.kernels.matmul``,
+for a profiler.
 
     ncu --section SpeedOfLight --section Occupancy --section WarpStateStats \\
         --section MemoryWorkloadAnalysis --section LaunchStats -k regex:gemv_words_kernel -s 2 -c 1 \\
         python bench/profile_gemv.py int4          # on the GPU machine: the third call is profiled
+    ncu ... -k regex:tile_kernel -s 2 -c 1 python bench/profile_gemv.py int4 16
 """
 from __future__ import annotations
 
@@ -20,15 +22,17 @@ K, N = 8192, 28672  # the largest benchmark layer (bench/gpu_kernels.py)
 def main(argv=None) -> int:
     import torch
 
-    fmt = (argv if argv is not None else sys.argv[1:] or ["int4"])[0]
+    args = argv if argv is not None else sys.argv[1:]
+    fmt = args[0] if args else "int4"
+    m = int(args[1]) if len(args) > 1 else 1
     rng = np.random.default_rng(0)
     small = F.quantize((rng.standard_normal((256, K)) * 0.02).astype(np.float32), fmt)
     dev = repeat_rows(small, N).to("cuda")
-    x = torch.randn(1, K, device="cuda", dtype=torch.float16)
+    x = torch.randn(m, K, device="cuda", dtype=torch.float16)
     for _ in range(3):
         y = kernels.matmul(x, dev)
     torch.cuda.synchronize()
-    print(fmt, kernels.explain(dev, 1), float(y.float().abs().sum()))
+    print(fmt, kernels.explain(dev, m), float(y.float().abs().sum()))
     return 0
 
 

@@ -66,8 +66,8 @@ DOT_WARPS = {16: 4, 32: 8, 64: 8}
 # at (64, 2, 1) against 107.9 at (64, 1, 1), 123.6 at (64, 4, 1), 132.1 at (128, 4, 1) and 211.6 at (64, 4, 3); int8
 # 98.0 at (64, 4, 3) against 135.8 at (64, 2, 1); M=64 int4 180.8 at (64, 4, 1) against 233.4 at (64, 2, 1) and 212.2
 # at (64, 8, 1). With 8 warps at M=64, 32 or 128 rows crashed for int4_asym (an illegal address, triton 3.6)
-HALF_DOT_TILE = {16: (64, 2, 1), 32: (64, 4, 1), 64: (64, 4, 1)}
-HALF_DOT_TILES = {(16, 8, False): (64, 4, 3)}
+HALF_DOT_TILE = {16: (128, 4, 1, True), 32: (128, 4, 1, True), 64: (128, 4, 1, True)}
+HALF_DOT_TILES = {}
 HALF_FLOAT_BITS = (4, 8)  # minifloat widths of whole words that the pair decode of tile_dot takes
 
 
@@ -86,15 +86,20 @@ class Launch:
     warps: int = 4
     stages: int = 1  # software pipeline depth of the K loop (1: none; n: n - 1 steps' loads in flight, cp.async)
     half_pairs: bool = False  # tile_dot decodes integer codes as fp16 pairs (half_dot_applies)
+    weights_first: bool = False  # the decoded weights are the MMA's first operand (w @ x^T: from registers on sm_90)
 
     def __post_init__(self):
         if self.half_pairs and (self.kernel != "tile_dot" or self.decode not in ("int", "float")):
             raise ValueError(f"a launch with fp16 pairs is a tile_dot of integer or minifloat codes, got "
                              f"{self.kernel} with decode {self.decode!r} (replace half_pairs=False as well)")
+        if self.weights_first and not (self.half_pairs or self.kernel == "trip_int8"):
+            raise ValueError(f"weights_first is a launch of the fp16-pair tile_dot or of trip_int8, got {self.kernel} "
+                             f"without fp16 pairs (replace weights_first=False as well)")
 
     def describe(self) -> str:
         return (f"{self.kernel}: BN={self.bn} BM={self.bm} KS={self.ks}, split-K {self.split} x {self.steps} steps, "
-                f"{self.decode} decode{' (fp16 pairs)' if self.half_pairs else ''}, {self.warps} warps, "
+                f"{self.decode} decode{' (fp16 pairs)' if self.half_pairs else ''}"
+                f"{', weights first' if self.weights_first else ''}, {self.warps} warps, "
                 f"{self.stages} stages")
 
 
@@ -128,7 +133,7 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
     epg = plan.elements_per_group
     step_of_group = min(KS_MAX, epg & -epg)  # the largest power of two <= 128 dividing the group
     per_word = 32 // plan.bits if plan.packing == "words" else 0
-    decode, warps, half = plan.decode, NUM_WARPS, False
+    decode, warps, half, first = plan.decode, NUM_WARPS, False, False
     if m == 1 and plan.packing == "mixed" and epg >= 16 and epg & (epg - 1) == 0:
         kernel, bn, bm, ks = "gemv_mixed", GEMV_BN, 1, epg
     elif m == 1 and per_word and epg % per_word == 0:
@@ -148,8 +153,8 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
         decode = _table_decode(plan, decode, exact_in_half=False)
         kernel, ks = "tile_dot", step_of_group
         half = half_dot_applies(plan, decode, ks)
-        bn, warps, stages = (HALF_DOT_TILES.get((bm, plan.bits, bool(plan.zero_bits)), HALF_DOT_TILE[bm]) if half
-                             else (DOT_BN[bm], DOT_WARPS[bm], STAGES[kernel]))
+        bn, warps, stages, first = (HALF_DOT_TILES.get((bm, plan.bits, bool(plan.zero_bits)), HALF_DOT_TILE[bm])
+                                    if half else (DOT_BN[bm], DOT_WARPS[bm], STAGES[kernel], False))
     else:
         return Launch("dequantize_then_torch", 0, 0, step_of_group, 1, 0, plan.decode)
     bn = min(bn, max(GEMV_MIN_BN if kernel == "gemv_words" else 16, _next_power_of_two(n)))
@@ -159,7 +164,7 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
     steps = math.ceil(total / split)
     if kernel not in ("gemv_words", "tile_dot"):
         stages = STAGES[kernel]
-    return Launch(kernel, bn, bm, ks, math.ceil(total / steps), steps, decode, warps, stages, half)
+    return Launch(kernel, bn, bm, ks, math.ceil(total / steps), steps, decode, warps, stages, half, first)
 
 
 def half_pairs_apply(plan: KernelPlan, decode: str) -> bool:
@@ -428,7 +433,7 @@ def _arguments(qt: DeviceTensor, m: int, x_dtype: str, launch: Launch) -> tuple:
         x2, *_tile_pointers(ops), out, work, count, m, n, qt.shape[1], qt.plan.padded_cols, *_tile_sizes(sizes),
         launch.steps, sizes["value_scale"], sizes["zero_unit"], sizes["dq_offset"]], dict(
         KS=launch.ks, BN=launch.bn, BM=launch.bm, DOT=launch.kernel == "tile_dot",
-        HALF_DOT=launch.half_pairs, EXACT_DOT=interpreted(),
+        HALF_DOT=launch.half_pairs, WFIRST=launch.weights_first, EXACT_DOT=interpreted(),
         **dict(common, PACK=_tile_packing(qt.plan, launch.ks)))
 
 

@@ -25,8 +25,9 @@ from hwlab.formats.packing import pack_codes
 NIBBLES = 8  # int4 codes in one int32 word
 K_MULTIPLE = 32  # K must be a multiple of this: whole words, and int8 MMA's K step (32 bytes)
 ACC_LIMIT = 2**31 - 1  # int32 accumulators: K * max|qa| * max|qw| must stay below this
-TRIP_BN, TRIP_BM, TRIP_KS = 64, 16, 128  # rows, batch rows and K elements per program step
-TRIP_WARPS = 4  # warps of a program
+TRIP_BN, TRIP_BM, TRIP_KS = 128, 16, 128  # rows, batch rows and K elements per program step
+TRIP_WARPS = 4  # warps of a program: one warpgroup, the unit of sm_90's wgmma
+TRIP_STAGES = 1  # software pipeline depth of the K loop (tl.range num_stages)
 # backend="auto" takes the CuPy dp4a kernel up to this many activation rows, Triton's tensor cores above:
 # on the H200 dp4a took 42 / 90 / 293 us at M = 1 / 4 / 16 (K=8192, N=28672), Triton 127 / 128 / 129 us
 # (BENCHMARKS.md, bench/results/gpu_kernels_h200.json); one dp4a pass covers 8 rows
@@ -130,7 +131,7 @@ def trip_launch(m: int, n: int, k: int, sms: int = 1):
     tiles = math.ceil(n / TRIP_BN) * math.ceil(m / TRIP_BM)
     split = max(1, min(steps, (WAVES * sms) // tiles))
     per = math.ceil(steps / split)
-    return Launch("trip_int8", TRIP_BN, TRIP_BM, TRIP_KS, math.ceil(steps / per), per, "int")
+    return Launch("trip_int8", TRIP_BN, TRIP_BM, TRIP_KS, math.ceil(steps / per), per, "int", TRIP_WARPS, TRIP_STAGES)
 
 
 def cupy_available(device) -> bool:
@@ -170,8 +171,11 @@ def trip_accumulate(x_codes, w: TripWeights, *, backend: str = "auto"):
     grid = (math.ceil(n / TRIP_BN), math.ceil(m / TRIP_BM), split)
     from . import trip_kernels
 
-    trip_kernels.trip_int8_kernel[grid](x_codes, w.words, acc, m, n, k, steps, BM=TRIP_BM, BN=TRIP_BN, KS=TRIP_KS,
-                                        ATOMIC=split > 1, num_warps=TRIP_WARPS)
+    from .dispatch import interpreted
+
+    trip_kernels.trip_int8_kernel[grid](x_codes, w.words.view(torch.int8), acc, m, n, k, steps, BM=TRIP_BM, BN=TRIP_BN,
+                                        KS=TRIP_KS, ATOMIC=split > 1, PTX=not interpreted(), STAGES=TRIP_STAGES,
+                                        num_warps=TRIP_WARPS)
     return acc
 
 

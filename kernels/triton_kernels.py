@@ -746,16 +746,23 @@ def half_dot_loop(codes_ptr, zeros_ptr, x_ptr, scales_ptr, stable_ptr, absmax_pt
                   row_words, zero_words, s_row_stride, NG, dq_offset, rn, nmask, rm, mmask, first, steps, K, Kp,
                   B: tl.constexpr, EPG: tl.constexpr, KS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                   FLIP: tl.constexpr, FLOAT: tl.constexpr, MBITS: tl.constexpr, ZB: tl.constexpr, SCALE: tl.constexpr,
-                  DQB: tl.constexpr, ROW: tl.constexpr, EXACT_DOT: tl.constexpr, STAGES: tl.constexpr):
+                  DQB: tl.constexpr, ROW: tl.constexpr, EXACT_DOT: tl.constexpr, STAGES: tl.constexpr,
+                  WFIRST: tl.constexpr):
     """float32 ``[BM, BN]``: ``sum`` over steps ``first .. first + steps`` of ``x[rm, step] @ (v - zero)^T`` times
     the step's scales, for integer or minifloat codes in whole words decoded by :func:`half_tile` (x's columns
     put in the same order). The values are integers below 2**9 in magnitude or binary16 placements of
     minifloats, exact in fp16 and in bf16 (at most 7 fraction bits). ``STAGES`` > 1: Triton's shared-memory
     pipeline (cp.async) of the loads. (Loading each step's words one step ahead into registers made int4 1.34x
-    and int8 1.6x slower on the H200 at M = 16: BENCHMARKS.md, run 7.)"""
+    and int8 1.6x slower on the H200 at M = 16: BENCHMARKS.md, run 7.) ``WFIRST``: the decoded weights are the
+    MMA's first operand (``w @ x^T``, accumulated as ``[BN, BM]`` and transposed once at the end): sm_90's
+    ``wgmma`` reads its first operand from registers, so the decoded tile goes from the registers that decoded
+    it to the tensor cores without the round trip through shared memory that a second operand takes."""
     E: tl.constexpr = 32 // B
     W: tl.constexpr = KS // E
-    acc = tl.zeros((BM, BN), tl.float32)
+    if WFIRST:
+        acc = tl.zeros((BN, BM), tl.float32)
+    else:
+        acc = tl.zeros((BM, BN), tl.float32)
     for step in tl.range(steps, num_stages=STAGES):
         k0 = (first + step) * KS
         u = _words(codes_ptr, row_words, rn, nmask, k0, E, W)
@@ -770,10 +777,13 @@ def half_dot_loop(codes_ptr, zeros_ptr, x_ptr, scales_ptr, stable_ptr, absmax_pt
         xt = pair_order(tl.load(x_ptr + rm[:, None] * K + k[None, :], mask=mmask[:, None] & (k < K)[None, :],
                                 other=0.0), E)
         if EXACT_DOT:
-            d = tl.dot(xt.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
+            xt, w = xt.to(tl.float32), w.to(tl.float32)
+        if WFIRST:
+            acc += tl.dot(w, tl.trans(xt), input_precision="ieee" if EXACT_DOT else None) * sc[:, None]
         else:
-            d = tl.dot(xt, tl.trans(w))
-        acc += d * sc[None, :]
+            acc += tl.dot(xt, tl.trans(w), input_precision="ieee" if EXACT_DOT else None) * sc[None, :]
+    if WFIRST:
+        acc = tl.trans(acc)
     return acc
 
 
@@ -788,7 +798,7 @@ def tile_kernel(
         HALF_BF16: tl.constexpr, MEMBERS: tl.constexpr, MEMBER_BITS: tl.constexpr, VICTIM: tl.constexpr, ZB: tl.constexpr, ZB2: tl.constexpr,
         SCALE: tl.constexpr, DQB: tl.constexpr, ROW: tl.constexpr,
         DOT: tl.constexpr, HALF_DOT: tl.constexpr, EXACT_DOT: tl.constexpr, ATOMIC: tl.constexpr,
-        OUT_MAX: tl.constexpr, STAGES: tl.constexpr):
+        OUT_MAX: tl.constexpr, STAGES: tl.constexpr, WFIRST: tl.constexpr):
     """Any M, any packing (module docstring). ``out``: [M, N] (float32 when ``ATOMIC``).
 
     ``EXACT_DOT`` (the interpreter) multiplies the same operands in float32 IEEE arithmetic, as the
@@ -801,7 +811,7 @@ def tile_kernel(
         acc = half_dot_loop(codes_ptr, zeros_ptr, x_ptr, scales_ptr, stable_ptr, absmax_ptr, rows_ptr,
                             row_words, zero_words, s_row_stride, NG, dq_offset, rn, nmask, rm, mmask,
                             tl.program_id(2) * steps_per_program, steps_per_program, K, Kp, B, EPG, KS, BM, BN, FLIP,
-                            DECODE == 1, MBITS, ZB, SCALE, DQB, ROW, EXACT_DOT, STAGES)
+                            DECODE == 1, MBITS, ZB, SCALE, DQB, ROW, EXACT_DOT, STAGES, WFIRST)
     else:
         acc = tl.zeros((BM, BN), tl.float32)
         for step in tl.range(steps_per_program, num_stages=STAGES):

@@ -196,7 +196,8 @@ def test_half_pair_path_is_not_taken_where_two_words_span_two_groups(rng, kernel
                                                      "fp4_e3m0", "fp8_e4m3", "fp8_e5m2", "mxfp8_e4m3"])
 def test_half_pair_tile_dot_and_the_float32_decode(name, rng, kernel_device):
     """tensor-core tiles of integer and minifloat codes in words take the fp16 pairs (``half_tile``, x's
-    columns in the pairs' order); both that and the float32 decode agree with the float64 reference on
+    columns in the pairs' order), with the weights as the MMA's first operand or its second; all three and
+    the float32 decode agree with the float64 reference on
     odd M and N, both activation dtypes, with split-K and without, and with a row that uses every code."""
     w = (rng.standard_normal((45, 1024)) * 0.02).astype(np.float32)
     w[3] = np.linspace(-1.0, 1.0, 1024)  # a row whose groups use every code
@@ -209,7 +210,8 @@ def test_half_pair_tile_dot_and_the_float32_decode(name, rng, kernel_device):
         assert launch.kernel == "tile_dot" and launch.half_pairs, launch.describe()
         x = torch.randn(m, 1024, generator=gen).to(dtype).to(kernel_device)
         check_matmul(x, qt, dev, launch)
-        check_matmul(x, qt, dev, dataclasses.replace(launch, half_pairs=False))
+        check_matmul(x, qt, dev, dataclasses.replace(launch, weights_first=not launch.weights_first))
+        check_matmul(x, qt, dev, dataclasses.replace(launch, half_pairs=False, weights_first=False))
 
 
 def test_half_pair_tile_dot_is_not_taken_where_a_step_is_too_short(rng, kernel_device):
@@ -219,8 +221,10 @@ def test_half_pair_tile_dot_is_not_taken_where_a_step_is_too_short(rng, kernel_d
     for qt in (F.quantize(w, "int4", group_size=16), F.quantize(w, "int3")):
         dev = qt.to(kernel_device)
         launch = dispatch.choose(dev.plan, 16)
-        assert launch.kernel == "tile_dot" and not launch.half_pairs
+        assert launch.kernel == "tile_dot" and not launch.half_pairs and not launch.weights_first
         check_matmul(torch.randn(16, 256).half().to(kernel_device), qt, dev, launch)
+        with pytest.raises(ValueError, match="weights_first is a launch of the fp16-pair tile_dot or of trip_int8"):
+            dataclasses.replace(launch, weights_first=True)
     with pytest.raises(ValueError, match="tile_dot of integer or minifloat codes, got tile_dot with decode 'pairs'"):
         dataclasses.replace(dispatch.choose(F.quantize(w, "int4").to(kernel_device).plan, 16), decode="pairs")
 
@@ -427,11 +431,12 @@ def test_tile_rows_follow_what_was_timed(rng):
     """M = 16: the fp16 pair tile_dot takes its tile (rows, warps, stages) from HALF_DOT_TILE, int8 from
     its own entry; bit streams and tables keep DOT_BN's 128 rows; M = 1: the fp16 pair tile for int4."""
     w = (rng.standard_normal((256, 1024)) * 0.02).astype(np.float32)
-    tiles = {name: (launch.bn, launch.warps, launch.stages, launch.half_pairs)
+    tiles = {name: (launch.bn, launch.warps, launch.stages, launch.weights_first, launch.half_pairs)
              for name in ("int4", "int8", "ternary", "int4_asym", "int3", "nf4")
              for launch in [dispatch.choose(F.quantize(w, name).to("cpu").plan, 16)]}
-    half, eight = dispatch.HALF_DOT_TILE[16], dispatch.HALF_DOT_TILES[(16, 8, False)]
+    half = dispatch.HALF_DOT_TILE[16]
+    eight = dispatch.HALF_DOT_TILES.get((16, 8, False), half)
     assert tiles == {"int4": (*half, True), "int8": (*eight, True), "ternary": (*half, True),
-                     "int4_asym": (*half, True), "int3": (128, 4, 3, False), "nf4": (128, 4, 3, False)}
+                     "int4_asym": (*half, True), "int3": (128, 4, 3, False, False), "nf4": (128, 4, 3, False, False)}
     launch = dispatch.choose(F.quantize(w, "int4").to("cpu").plan, 1)
     assert (launch.bn, launch.ks, launch.stages) == (32, 1024, 1)

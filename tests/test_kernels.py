@@ -246,7 +246,8 @@ def test_pair_table_decode_every_path(name, weights, kernel_device):
         if launch.kernel not in ("tile", "tile_dot", "gemv_words") or float32_math and not dev.plan.half_exact:
             continue
         x = torch.randn(m, weights.shape[1], generator=gen).to(dtype).to(kernel_device)
-        check_matmul(x, qt, dev, dataclasses.replace(launch, decode="pairs", half_pairs=False))
+        check_matmul(x, qt, dev, dataclasses.replace(launch, decode="pairs", half_pairs=False,
+                                                     weights_first=False))
 
 
 def test_pair_table_holds_the_rounded_table():

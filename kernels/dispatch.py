@@ -66,8 +66,8 @@ DOT_WARPS = {16: 4, 32: 8, 64: 8}
 # at (64, 2, 1) against 107.9 at (64, 1, 1), 123.6 at (64, 4, 1), 132.1 at (128, 4, 1) and 211.6 at (64, 4, 3); int8
 # 98.0 at (64, 4, 3) against 135.8 at (64, 2, 1); M=64 int4 180.8 at (64, 4, 1) against 233.4 at (64, 2, 1) and 212.2
 # at (64, 8, 1). With 8 warps at M=64, 32 or 128 rows crashed for int4_asym (an illegal address, triton 3.6)
-HALF_DOT_TILE = {16: (128, 4, 1, True), 32: (128, 4, 1, True), 64: (128, 4, 1, True)}
-HALF_DOT_TILES = {}
+HALF_DOT_TILE = {16: (64, 2, 1, False), 32: (128, 4, 1, True), 64: (128, 4, 1, True)}
+HALF_DOT_TILES = {(16, 8, False): (64, 4, 3, False)}
 HALF_FLOAT_BITS = (4, 8)  # minifloat widths of whole words that the pair decode of tile_dot takes
 
 

@@ -25,7 +25,7 @@ from hwlab.formats.packing import pack_codes
 NIBBLES = 8  # int4 codes in one int32 word
 K_MULTIPLE = 32  # K must be a multiple of this: whole words, and int8 MMA's K step (32 bytes)
 ACC_LIMIT = 2**31 - 1  # int32 accumulators: K * max|qa| * max|qw| must stay below this
-TRIP_BN, TRIP_BM, TRIP_KS = 128, 16, 128  # rows, batch rows and K elements per program step
+TRIP_BN, TRIP_BM, TRIP_KS = 128, 16, 256  # rows, batch rows and K elements per program step
 TRIP_WARPS = 4  # warps of a program: one warpgroup, the unit of sm_90's wgmma
 TRIP_STAGES = 1  # software pipeline depth of the K loop (tl.range num_stages)
 # backend="auto" takes the CuPy dp4a kernel up to this many activation rows, Triton's tensor cores above:

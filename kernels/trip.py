@@ -29,9 +29,9 @@ TRIP_BN, TRIP_BM, TRIP_KS = 128, 16, 256  # rows, batch rows and K elements per 
 TRIP_WARPS = 4  # warps of a program: one warpgroup, the unit of sm_90's wgmma
 TRIP_STAGES = 1  # software pipeline depth of the K loop (tl.range num_stages)
 # backend="auto" takes the CuPy dp4a kernel up to this many activation rows, Triton's tensor cores above:
-# on the H200 dp4a took 42 / 90 / 293 us at M = 1 / 4 / 16 (K=8192, N=28672), Triton 127 / 128 / 129 us
-# (BENCHMARKS.md, bench/results/gpu_kernels_h200.json); one dp4a pass covers 8 rows
-CUPY_MAX_M = 8
+# on the H200 (K=8192, N=28672, CUDA graph; bench/results/gpu_kernels_h200_run8.json) dp4a took 42.2 / 89.8 /
+# 290.5 us at M = 1 / 4 / 16, the weights-first Triton kernel 56.6 / 60.1 / 62.7 us
+CUPY_MAX_M = 1
 BACKENDS = ("auto", "triton", "cupy")
 WAVES = 2  # programs per SM that split-K aims for at small N
 

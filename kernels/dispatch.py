@@ -60,8 +60,11 @@ STAGES = {"gemv_mixed": 1, "tile": 1, "tile_dot": 3}
 # 128 rows spends 9.1 instructions a code against 10.4 with 64; BM=64 spills registers with 4 warps, not with 8)
 DOT_BN = {16: 128, 32: 64, 64: 64}
 DOT_WARPS = {16: 4, 32: 8, 64: 8}
-# ... and for the fp16 pair decode (half_dot_applies): (rows, warps, stages) by batch tile, and where timed
-# otherwise by (BM, code bits, zero points). Fewer warps read x's tile (every warp reads all of it) fewer times.
+# ... and for the fp16 pair decode (half_dot_applies): (rows, warps, stages, weights first) by batch tile, and where
+# timed otherwise by (BM, code bits, zero points). Fewer warps read x's tile (every warp reads all of it) fewer times.
+# Weights first (Launch.weights_first), run 8 (bench/results/gpu_launch_variants_h200_run8.log): M=64 int4 148.5 us
+# at (128, 4, 1, True) against 179.8 at run 7's (64, 4, 1, False), 161.9 at 64 rows, 215.7 with 8 warps; M=16 int4
+# 103.4 against 100.8 with run 7's tile, which it keeps; M=32 (not timed) takes M=64's.
 # H200, CUDA graph, K=8192 N=28672 (bench/results/gpu_launch_variants_h200_run7.log, calls 1-3): M=16 int4 102.1 us
 # at (64, 2, 1) against 107.9 at (64, 1, 1), 123.6 at (64, 4, 1), 132.1 at (128, 4, 1) and 211.6 at (64, 4, 3); int8
 # 98.0 at (64, 4, 3) against 135.8 at (64, 2, 1); M=64 int4 180.8 at (64, 4, 1) against 233.4 at (64, 2, 1) and 212.2

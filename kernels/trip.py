@@ -160,7 +160,7 @@ def trip_accumulate(x_codes, w: TripWeights, *, backend: str = "auto"):
         from .cupy_kernels import trip_matmul_cupy
 
         return trip_matmul_cupy(x_codes, w.words)
-    from .dispatch import check_runnable, device_sms
+    from .dispatch import check_runnable, device_sms, interpreted
 
     check_runnable(x_codes.device)
     m, k = x_codes.shape
@@ -170,8 +170,6 @@ def trip_accumulate(x_codes, w: TripWeights, *, backend: str = "auto"):
     acc = (torch.zeros if split > 1 else torch.empty)((m, n), dtype=torch.int32, device=x_codes.device)
     grid = (math.ceil(n / TRIP_BN), math.ceil(m / TRIP_BM), split)
     from . import trip_kernels
-
-    from .dispatch import interpreted
 
     trip_kernels.trip_int8_kernel[grid](x_codes, w.words.view(torch.int8), acc, m, n, k, steps, BM=TRIP_BM, BN=TRIP_BN,
                                         KS=TRIP_KS, ATOMIC=split > 1, PTX=not interpreted(), STAGES=TRIP_STAGES,

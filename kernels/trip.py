@@ -131,7 +131,8 @@ def trip_launch(m: int, n: int, k: int, sms: int = 1):
     tiles = math.ceil(n / TRIP_BN) * math.ceil(m / TRIP_BM)
     split = max(1, min(steps, (WAVES * sms) // tiles))
     per = math.ceil(steps / split)
-    return Launch("trip_int8", TRIP_BN, TRIP_BM, TRIP_KS, math.ceil(steps / per), per, "int", TRIP_WARPS, TRIP_STAGES)
+    return Launch("trip_int8", TRIP_BN, TRIP_BM, TRIP_KS, math.ceil(steps / per), per, "int", TRIP_WARPS, TRIP_STAGES,
+                  weights_first=True)
 
 
 def cupy_available(device) -> bool:

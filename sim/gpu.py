@@ -48,11 +48,14 @@ class GPUConfig:
     kernel_us: float  # a kernel's start and tail on the device
     host_call_us: float  # host time of one hwlab matmul call from Python (checks, allocation, launch)
     pair_tile_efficiency: float  # issue_efficiency of tile_dot's fp16-pair decode (Launch.half_pairs)
+    weights_first_efficiency: float  # issue_efficiency of a tile with the weights first (Launch.weights_first)
 
-    def issue_rate(self, pair_tile: bool = False) -> float:
+    def issue_rate(self, pair_tile: bool = False, weights_first: bool = False) -> float:
         """Thread-instructions per microsecond at ``issue_efficiency`` (``pair_tile_efficiency`` for an
-        fp16-pair tile)."""
-        efficiency = self.pair_tile_efficiency if pair_tile else self.issue_efficiency
+        fp16-pair tile, ``weights_first_efficiency`` for a tile whose decoded weights are the MMA's first
+        operand)."""
+        efficiency = (self.weights_first_efficiency if weights_first else self.pair_tile_efficiency if pair_tile
+                      else self.issue_efficiency)
         return self.sms * SCHEDULERS * LANES * self.clock_ghz * 1e3 * efficiency
 
 
@@ -69,10 +72,16 @@ PRESETS = {
     # (bench/results/gpu_launch_variants_h200_run7.json, call 3: int4, int4_asym, int2, ternary, int8,
     # fp4_e2m1, fp8_e4m3 at M = 16 and 64, K=8192 N=28672; 0.29-0.41 on the decode-bound rows): their
     # static count halved against the float32 tile decode while their time fell by a third.
-    "h200": GPUConfig("h200", 132, 1.98, 4270.0, 0.74, 0.62, 60.0, 3.0, 12.0, pair_tile_efficiency=0.31),
+    # weights_first_efficiency 0.18: the median over the weights-first fp16-pair tiles at M = 64 of run 8
+    # (bench/results/gpu_kernels_h200_run8.json: int4, int4_asym, int2, int8, ternary, fp4_e2m1, fp8_e4m3,
+    # 0.16-0.22), their counts (wgmma from registers) lower again while their time fell by a fifth; TRIP's
+    # int8 kernel (weights first too, not fitted) then comes within 25% of its measured time.
+    "h200": GPUConfig("h200", 132, 1.98, 4270.0, 0.74, 0.62, 60.0, 3.0, 12.0, pair_tile_efficiency=0.31,
+                      weights_first_efficiency=0.18),
     # H100 SXM 80GB: 132 SMs, 1.98 GHz, 50 MB L2 (NVIDIA H100 white paper); copy 3020 GB/s measured
     # with the same peers script (shared/REFERENCES.md); the other constants as on the H200.
-    "h100": GPUConfig("h100", 132, 1.98, 3020.0, 0.74, 0.62, 50.0, 3.0, 12.0, pair_tile_efficiency=0.31),
+    "h100": GPUConfig("h100", 132, 1.98, 3020.0, 0.74, 0.62, 50.0, 3.0, 12.0, pair_tile_efficiency=0.31,
+                      weights_first_efficiency=0.18),
 }
 
 
@@ -129,7 +138,7 @@ def predict(gpu, fmt: str, m: int, k: int, n: int, *, bits_per_weight: float, la
         moved += (launch.split + 2) * 4 * m * n  # float32 partial sums added, read and zeroed by the last program
     memory = moved / (gpu.copy_gbps * 1e3 * gpu.stream_fraction)
     decoded = n * k * math.ceil(m / max(launch.bm, 1))
-    decode = decoded * instructions_per_code(fmt, launch.kernel, launch.bm) / gpu.issue_rate(launch.half_pairs)
+    decode = decoded * instructions_per_code(fmt, launch.kernel, launch.bm) / gpu.issue_rate(launch.half_pairs, launch.weights_first)
     device = max(memory, decode) + gpu.kernel_us
     us = max(device, gpu.host_call_us)
     bound = "host" if gpu.host_call_us >= device else "memory" if memory >= decode else "decode"

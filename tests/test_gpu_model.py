@@ -12,6 +12,7 @@ class FakeLaunch:
     bm: int
     split: int
     half_pairs: bool = False
+    weights_first: bool = False
 
 
 def test_every_counted_row_has_weighted_and_raw_counts():
@@ -39,6 +40,9 @@ def test_fp16_pair_tiles_issue_at_their_own_rate():
     pairs = gpu.predict("h200", "int4", 16, 8192, 28672, bits_per_weight=4.125,
                         launch=FakeLaunch("tile_dot", 16, 2, half_pairs=True))
     assert pairs.decode_us == pytest.approx(float32.decode_us * h200.issue_efficiency / h200.pair_tile_efficiency)
+    first = gpu.predict("h200", "int4", 16, 8192, 28672, bits_per_weight=4.125,
+                        launch=FakeLaunch("tile_dot", 16, 2, half_pairs=True, weights_first=True))
+    assert first.decode_us == pytest.approx(float32.decode_us * h200.issue_efficiency / h200.weights_first_efficiency)
 
 
 def test_unknown_counts_and_presets_are_refused():

@@ -138,7 +138,8 @@ def predict(gpu, fmt: str, m: int, k: int, n: int, *, bits_per_weight: float, la
         moved += (launch.split + 2) * 4 * m * n  # float32 partial sums added, read and zeroed by the last program
     memory = moved / (gpu.copy_gbps * 1e3 * gpu.stream_fraction)
     decoded = n * k * math.ceil(m / max(launch.bm, 1))
-    decode = decoded * instructions_per_code(fmt, launch.kernel, launch.bm) / gpu.issue_rate(launch.half_pairs, launch.weights_first)
+    rate = gpu.issue_rate(launch.half_pairs, launch.weights_first)
+    decode = decoded * instructions_per_code(fmt, launch.kernel, launch.bm) / rate
     device = max(memory, decode) + gpu.kernel_us
     us = max(device, gpu.host_call_us)
     bound = "host" if gpu.host_call_us >= device else "memory" if memory >= decode else "decode"

@@ -429,14 +429,13 @@ def test_quantize_linears_skips_by_name():
 
 
 def test_tile_rows_follow_what_was_timed(rng):
-    """M = 16: the fp16 pair tile_dot takes its tile (rows, warps, stages) from HALF_DOT_TILE, int8 from
+    """M = 16: the fp16 pair tile_dot takes its tile (rows, warps, stages, weights first) from HALF_DOT_TILE, int8 from
     its own entry; bit streams and tables keep DOT_BN's 128 rows; M = 1: the fp16 pair tile for int4."""
     w = (rng.standard_normal((256, 1024)) * 0.02).astype(np.float32)
     tiles = {name: (launch.bn, launch.warps, launch.stages, launch.weights_first, launch.half_pairs)
              for name in ("int4", "int8", "ternary", "int4_asym", "int3", "nf4")
              for launch in [dispatch.choose(F.quantize(w, name).to("cpu").plan, 16)]}
-    half = dispatch.HALF_DOT_TILE[16]
-    eight = dispatch.HALF_DOT_TILES.get((16, 8, False), half)
+    half, eight = dispatch.HALF_DOT_TILE[16], dispatch.HALF_DOT_TILES[(16, 8, False)]
     assert tiles == {"int4": (*half, True), "int8": (*eight, True), "ternary": (*half, True),
                      "int4_asym": (*half, True), "int3": (128, 4, 3, False, False), "nf4": (128, 4, 3, False, False)}
     launch = dispatch.choose(F.quantize(w, "int4").to("cpu").plan, 1)

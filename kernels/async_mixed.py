@@ -19,6 +19,7 @@ from .device import DeviceTensor
 
 MODES = ("async", "sync", "cupy")
 GEMV_BN, TILE_BN, TILE_BM = 128, 64, 16  # rows (and activation rows) per program
+TILE_WEIGHTS_FIRST = False  # the tile kernel's decoded weights as the MMA's first operand (WFIRST)
 WAVES = 4  # programs per SM that split-K aims for (as hwlab.kernels.dispatch)
 ASYNC_WARPS = 4
 ASYNC_KERNELS = ("mixed_gemv_async", "mixed_tile_async")
@@ -132,7 +133,8 @@ def mixed_matmul(x, dt, *, mode: str = "async", out=None):
 def launch_arguments(dt: DeviceTensor, m: int, x_dtype: str, launch) -> tuple:
     """``(kernel, grid, positional arguments, keyword arguments)`` of an asynchronous ``launch``, as
     :class:`hwlab.kernels.dispatch.Prepared` takes them (``x``, ``out``, workspace and counts None)."""
-    from .dispatch import FP32_ONE_BITS, OUT_MAX, interpreted
+    from .dispatch import HALF_XCHUNK, OUT_MAX, interpreted
+    from .half_pairs import half_top, half_word_ptx
 
     n, k = dt.shape
     ptrs, widths = _operands(dt)
@@ -143,10 +145,13 @@ def launch_arguments(dt: DeviceTensor, m: int, x_dtype: str, launch) -> tuple:
                 ptrs["rows"], None, None, None]
     strides = [widths["codes4"], widths["codes2"], widths["flags"], widths["zeros4"], widths["zeros2"], launch.steps]
     if launch.kernel == "mixed_gemv_async":
+        half = dict(HALF_TOP=half_top(4), HALF_PTX="" if interpreted() else half_word_ptx(4, 0),
+                    HALF_XCHUNK=HALF_XCHUNK, HALF_XCHUNKS=math.ceil(groups * g / HALF_XCHUNK))
         return (kern.mixed_gemv_async_kernel, (math.ceil(n / bn), split, 1),
-                pointers + [n, k, groups, *strides, FP32_ONE_BITS], dict(kwargs, EVEN=k == groups * g))
+                pointers + [n, k, groups, *strides], dict(kwargs, EVEN=k == groups * g, **half))
     return (kern.mixed_tile_async_kernel, (math.ceil(n / bn), math.ceil(m / bm), split),
-            pointers + [m, n, k, groups, *strides], dict(kwargs, BM=bm, EXACT_DOT=interpreted()))
+            pointers + [m, n, k, groups, *strides], dict(kwargs, BM=bm, EXACT_DOT=interpreted(),
+                                                          WFIRST=TILE_WEIGHTS_FIRST))
 
 
 def _kernels_async():

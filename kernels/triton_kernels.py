@@ -333,6 +333,16 @@ def half_products(u, x_ptr, cw, K, xs, EVEN: tl.constexpr, B: tl.constexpr, FLIP
     E - 1 rounds once in fp16 (unit roundoff 2**-11), relative to ``sum |q x'|``. ``PTX`` empty (the
     interpreter runs no PTX): the same decode and fp16 products in Triton operations, summed in
     float32 per pair of codes."""
+    we, wo = _columns(u.to(tl.int32, bitcast=True))
+    return half_column_products(we, wo, x_ptr, cw, K, xs, EVEN, B, FLIP, PTX)
+
+
+@triton.jit
+def half_column_products(we, wo, x_ptr, cw, K, xs, EVEN: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr,
+                         PTX: tl.constexpr):
+    """:func:`half_products` of the words whose even and odd columns (of ``cw``) are ``we`` and ``wo``
+    (int32 ``[BN, P/2]`` each), for a caller that builds the two halves of its words apart (each in the
+    layout the PTX call takes, so no layout conversion joins them first)."""
     E: tl.constexpr = 32 // B
     x0, s0 = _x_pair(x_ptr, cw, K, xs, 0, E, EVEN)
     x1, s1 = _x_pair(x_ptr, cw, K, xs, 1, E, EVEN)
@@ -348,7 +358,6 @@ def half_products(u, x_ptr, cw, K, xs, EVEN: tl.constexpr, B: tl.constexpr, FLIP
         x7, s7 = _x_pair(x_ptr, cw, K, xs, 7, E, EVEN)
         xsum += s4 + s5 + s6 + s7
     if PTX != "":  # two words a call (half_pairs.WORDS): word columns 2c and 2c + 1
-        we, wo = _columns(u.to(tl.int32, bitcast=True))
         x0e, x0o = _columns(x0)
         x1e, x1o = _columns(x1)
         if B == 8:
@@ -373,6 +382,7 @@ def half_products(u, x_ptr, cw, K, xs, EVEN: tl.constexpr, B: tl.constexpr, FLIP
         se, so = _columns(xsum[None, :])
         xsum = tl.reshape(se + so, (se.shape[1],))
     else:
+        u = tl.reshape(tl.join(we, wo), (we.shape[0], 2 * we.shape[1])).to(tl.uint32, bitcast=True)
         part = _half_pair_product(u, x0, 0, B, FLIP) + _half_pair_product(u, x1, 1, B, FLIP)
         if B <= 4:
             part += _half_pair_product(u, x2, 2, B, FLIP) + _half_pair_product(u, x3, 3, B, FLIP)

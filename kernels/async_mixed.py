@@ -19,6 +19,7 @@ from .device import DeviceTensor
 
 MODES = ("async", "sync", "cupy")
 GEMV_BN, TILE_BN, TILE_BM = 128, 64, 16  # rows (and activation rows) per program
+GEMV_GROUPS_PER_STEP = 1  # groups a step of the M = 1 kernel loads per row (a divisor of 16)
 TILE_WEIGHTS_FIRST = False  # the tile kernel's decoded weights as the MMA's first operand (WFIRST)
 WAVES = 4  # programs per SM that split-K aims for (as hwlab.kernels.dispatch)
 ASYNC_WARPS = 4
@@ -81,9 +82,10 @@ def async_launch(dt: DeviceTensor, m: int, sms: int = 1):
 
     n, groups = dt.shape[0], dt.plan.groups
     kernel, bn, bm = ("mixed_gemv_async", GEMV_BN, 1) if m == 1 else ("mixed_tile_async", TILE_BN, TILE_BM)
+    per_step = GEMV_GROUPS_PER_STEP if m == 1 else 1
     tiles = math.ceil(n / bn) * math.ceil(m / bm)
     split = max(1, min(groups, (WAVES * sms) // tiles))
-    steps = math.ceil(groups / split)
+    steps = per_step * math.ceil(groups / split / per_step)  # whole steps a program
     return Launch(kernel, bn, bm, dt.group_size, math.ceil(groups / steps), steps, "int", ASYNC_WARPS)
 
 
@@ -147,8 +149,9 @@ def launch_arguments(dt: DeviceTensor, m: int, x_dtype: str, launch) -> tuple:
     if launch.kernel == "mixed_gemv_async":
         half = dict(HALF_TOP=half_top(4), HALF_PTX="" if interpreted() else half_word_ptx(4, 0),
                     HALF_XCHUNK=HALF_XCHUNK, HALF_XCHUNKS=math.ceil(groups * g / HALF_XCHUNK))
-        return (kern.mixed_gemv_async_kernel, (math.ceil(n / bn), split, 1),
-                pointers + [n, k, groups, *strides], dict(kwargs, EVEN=k == groups * g, **half))
+        s = GEMV_GROUPS_PER_STEP
+        return (kern.mixed_gemv_async_kernel, (math.ceil(n / bn), split, 1), pointers + [n, k, groups, *strides],
+                dict(kwargs, S=s, EVEN=k == groups * g and groups % s == 0, **half))
     return (kern.mixed_tile_async_kernel, (math.ceil(n / bn), math.ceil(m / bm), split),
             pointers + [m, n, k, groups, *strides], dict(kwargs, BM=bm, EXACT_DOT=interpreted(),
                                                           WFIRST=TILE_WEIGHTS_FIRST))

@@ -95,9 +95,9 @@ class Launch:
         if self.half_pairs and (self.kernel != "tile_dot" or self.decode not in ("int", "float")):
             raise ValueError(f"a launch with fp16 pairs is a tile_dot of integer or minifloat codes, got "
                              f"{self.kernel} with decode {self.decode!r} (replace half_pairs=False as well)")
-        if self.weights_first and not (self.half_pairs or self.kernel == "trip_int8"):
-            raise ValueError(f"weights_first is a launch of the fp16-pair tile_dot or of trip_int8, got {self.kernel} "
-                             f"without fp16 pairs (replace weights_first=False as well)")
+        if self.weights_first and not (self.half_pairs or self.kernel in ("trip_int8", "mixed_tile_async")):
+            raise ValueError(f"weights_first is a launch of the fp16-pair tile_dot, trip_int8 or mixed_tile_async, got "
+                             f"{self.kernel} without fp16 pairs (replace weights_first=False as well)")
 
     def describe(self) -> str:
         return (f"{self.kernel}: BN={self.bn} BM={self.bm} KS={self.ks}, split-K {self.split} x {self.steps} steps, "

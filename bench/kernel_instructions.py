@@ -191,10 +191,10 @@ def count_async_and_trip(batches=BATCHES) -> list[dict]:
     layer = trip.TripWeights.from_layer(trip_quantize(rng.standard_normal((256, K)), rng.standard_normal((4, K))),
                                         "cpu")
     for m in batches:
-        async_mixed.mixed_matmul(torch.zeros(m, K, dtype=torch.float16), dev)
-        bn, bm = (async_mixed.GEMV_BN, 1) if m == 1 else (async_mixed.TILE_BN, async_mixed.TILE_BM)
-        rows.append(_row("mixed_2_4", m, "mixed_gemv_async" if m == 1 else "mixed_tile_async", "int", bn, bm,
-                         dev.group_size, results[-1]))
+        x = torch.zeros(m, K, dtype=torch.float16)
+        async_mixed.mixed_matmul(x, dev)
+        launch = dev.prepared[("async", x.shape, x.dtype, x.device)].launch  # the tile the layer takes
+        rows.append(_row("mixed_2_4", m, launch.kernel, "int", launch.bn, launch.bm, dev.group_size, results[-1]))
         trip.trip_accumulate(torch.zeros(m, K, dtype=torch.int8), layer)
         rows.append(_row("trip_w4a8", m, "trip_int8", "int", trip.TRIP_BN, trip.TRIP_BM, trip.TRIP_KS, results[-1]))
     return rows

@@ -28,6 +28,10 @@ GEMV_GROUPS_PER_STEP = 1  # groups a step of the M = 1 kernel loads per row (a d
 # 183.1 against 313.8 us in a graph (64 rows)
 TILE_WEIGHTS_FIRST = True
 WAVES = 4  # programs per SM that split-K aims for (as hwlab.kernels.dispatch)
+# ... for the M = 1 GEMV: more, shorter programs along K keep more loads in flight (its L1/TEX pipe is 85% busy
+# at 20% occupancy, bench/results/ncu_mixed_async_m1_h200_run9.txt). H200 run 9, K=8192 N=28672, CUDA graph:
+# 87.8 us at 16 against 95.1 at 4 and 91.7 at 8
+GEMV_WAVES = 16
 ASYNC_WARPS = 4
 ASYNC_KERNELS = ("mixed_gemv_async", "mixed_tile_async")
 STREAM_BITS = {"codes4": 4, "codes2": 2, "zeros4": 4, "zeros2": 2}  # what the kernels decode
@@ -84,8 +88,8 @@ def async_launch(dt: DeviceTensor, m: int, sms: int = 1):
     """The :class:`~hwlab.kernels.dispatch.Launch` of the asynchronous kernel for ``m`` activation rows
     on ``sms`` multiprocessors: ``mixed_gemv_async`` (M = 1; a step is ``GEMV_GROUPS_PER_STEP`` groups) or
     ``mixed_tile_async`` (a step is one group; ``TILE_BN_LARGE`` rows where the layer has a row tile of them
-    per SM, its weights first: ``TILE_WEIGHTS_FIRST``), split along K so that about ``WAVES`` programs run per
-    SM."""
+    per SM, its weights first: ``TILE_WEIGHTS_FIRST``), split along K so that about ``GEMV_WAVES`` (M = 1) or
+    ``WAVES`` programs run per SM."""
     from .dispatch import Launch
 
     n, groups = dt.shape[0], dt.plan.groups
@@ -94,7 +98,7 @@ def async_launch(dt: DeviceTensor, m: int, sms: int = 1):
         bn = TILE_BN_LARGE
     per_step = GEMV_GROUPS_PER_STEP if m == 1 else 1
     tiles = math.ceil(n / bn) * math.ceil(m / bm)
-    split = max(1, min(groups, (WAVES * sms) // tiles))
+    split = max(1, min(groups, ((GEMV_WAVES if m == 1 else WAVES) * sms) // tiles))
     steps = per_step * math.ceil(groups / split / per_step)  # whole steps a program
     return Launch(kernel, bn, bm, dt.group_size, math.ceil(groups / steps), steps, "int", ASYNC_WARPS,
                   weights_first=m > 1 and TILE_WEIGHTS_FIRST)

@@ -25,8 +25,16 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_kernels import (finish, half_column_products, half_scale, half_tile, load_field, mask_all, pair_order,
-                             popcount32)
+from .triton_kernels import (
+    finish,
+    half_column_products,
+    half_scale,
+    half_tile,
+    load_field,
+    mask_all,
+    pair_order,
+    popcount32,
+)
 
 
 @triton.jit

@@ -23,7 +23,6 @@ GEMV_BN, TILE_BN, TILE_BM = 128, 64, 16  # rows (and activation rows) per progra
 # the GPU): H200 run 9, K=8192 N=28672 M=16, 173.4 against 183.1 us in a graph for 64 rows (4096 x 4096: 64 rows
 # 15.7, 128 rows 18.9 us)
 TILE_BN_LARGE = 128
-GEMV_GROUPS_PER_STEP = 1  # groups a step of the M = 1 kernel loads per row (a divisor of 16)
 # the tile kernel's decoded weights as the MMA's first operand (WFIRST): H200 run 9, K=8192 N=28672 M=16,
 # 183.1 against 313.8 us in a graph (64 rows)
 TILE_WEIGHTS_FIRST = True
@@ -86,9 +85,8 @@ def _operands(dt: DeviceTensor) -> tuple:
 
 def async_launch(dt: DeviceTensor, m: int, sms: int = 1):
     """The :class:`~hwlab.kernels.dispatch.Launch` of the asynchronous kernel for ``m`` activation rows
-    on ``sms`` multiprocessors: ``mixed_gemv_async`` (M = 1; a step is ``GEMV_GROUPS_PER_STEP`` groups) or
-    ``mixed_tile_async`` (a step is one group; ``TILE_BN_LARGE`` rows where the layer has a row tile of them
-    per SM, its weights first: ``TILE_WEIGHTS_FIRST``), split along K so that about ``GEMV_WAVES`` (M = 1) or
+    on ``sms`` multiprocessors: ``mixed_gemv_async`` (M = 1) or ``mixed_tile_async`` (``TILE_BN_LARGE`` rows
+    where the layer has a row tile of them per SM, its weights first: ``TILE_WEIGHTS_FIRST``), split along K so that about ``GEMV_WAVES`` (M = 1) or
     ``WAVES`` programs run per SM."""
     from .dispatch import Launch
 
@@ -96,10 +94,9 @@ def async_launch(dt: DeviceTensor, m: int, sms: int = 1):
     kernel, bn, bm = ("mixed_gemv_async", GEMV_BN, 1) if m == 1 else ("mixed_tile_async", TILE_BN, TILE_BM)
     if m > 1 and math.ceil(n / TILE_BN_LARGE) >= sms:
         bn = TILE_BN_LARGE
-    per_step = GEMV_GROUPS_PER_STEP if m == 1 else 1
     tiles = math.ceil(n / bn) * math.ceil(m / bm)
     split = max(1, min(groups, ((GEMV_WAVES if m == 1 else WAVES) * sms) // tiles))
-    steps = per_step * math.ceil(groups / split / per_step)  # whole steps a program
+    steps = math.ceil(groups / split)  # groups a program
     return Launch(kernel, bn, bm, dt.group_size, math.ceil(groups / steps), steps, "int", ASYNC_WARPS,
                   weights_first=m > 1 and TILE_WEIGHTS_FIRST)
 
@@ -164,9 +161,8 @@ def launch_arguments(dt: DeviceTensor, m: int, x_dtype: str, launch) -> tuple:
     if launch.kernel == "mixed_gemv_async":
         half = dict(HALF_TOP=half_top(4), HALF_PTX="" if interpreted() else half_word_ptx(4, 0),
                     HALF_XCHUNK=HALF_XCHUNK, HALF_XCHUNKS=math.ceil(groups * g / HALF_XCHUNK))
-        s = GEMV_GROUPS_PER_STEP
         return (kern.mixed_gemv_async_kernel, (math.ceil(n / bn), split, 1), pointers + [n, k, groups, *strides],
-                dict(kwargs, S=s, EVEN=k == groups * g and groups % s == 0, **half))
+                dict(kwargs, EVEN=k == groups * g, **half))
     return (kern.mixed_tile_async_kernel, (math.ceil(n / bn), math.ceil(m / bm), split),
             pointers + [m, n, k, groups, *strides], dict(kwargs, BM=bm, EXACT_DOT=interpreted(),
                                                           WFIRST=launch.weights_first))

@@ -19,12 +19,14 @@ import dataclasses
 import functools
 import math
 
+import numpy as np
+
 from hwlab.formats.scales import BF16_LARGEST, FP16_LARGEST
 
 from .async_mixed import ASYNC_KERNELS
 from .device import PAIR_TABLE_MAX, DeviceTensor
 from .half_pairs import HALF_BITS, WORDS, half_top, half_word_ptx
-from .plan import KernelPlan
+from .plan import KernelPlan, minifloat_in_fp16
 
 PACK_IDS = {"words": 0, "bits": 1, "trit5": 2, "mixed": 3}
 DECODE_IDS = {"int": 0, "float": 1, "lut": 2, "pairs": 3}
@@ -72,6 +74,8 @@ DOT_WARPS = {16: 4, 32: 8, 64: 8}
 HALF_DOT_TILE = {16: (64, 2, 1, False), 32: (128, 4, 1, True), 64: (128, 4, 1, True)}
 HALF_DOT_TILES = {(16, 8, False): (64, 4, 3, False)}
 HALF_FLOAT_BITS = (4, 8)  # minifloat widths of whole words that the pair decode of tile_dot takes
+# ... and of gemv_words (M = 1; empty: those minifloats gather from a table in registers, as before H200 run 10)
+HALF_GEMV_FLOAT_BITS = (4, 8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +150,7 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
         while words > 1 and words * per_word > MAX_GROUPS_PER_STEP * epg:
             words //= 2
         ks = words * per_word
-        if decode == "float" and plan.lut.size <= REGISTER_TABLE_MAX:
+        if decode == "float" and plan.lut.size <= REGISTER_TABLE_MAX and not half_pairs_apply(plan, decode):
             decode = "lut"  # a gather from a small table in registers: fewer issue slots than the pair select tree
     elif m == 1:
         kernel, bn, bm, ks = "tile", TILE_BN, 1, step_of_group
@@ -172,10 +176,26 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
 
 def half_pairs_apply(plan: KernelPlan, decode: str) -> bool:
     """Whether ``gemv_words_kernel`` takes the fp16 pair path (:mod:`hwlab.kernels.half_pairs`):
-    integer codes of 2, 4 or 8 bits, no type ids, groups of an even number of words (the PTX sums
+    integer codes of 2, 4 or 8 bits, or minifloat codes of :data:`HALF_GEMV_FLOAT_BITS` without zero points
+    whose binary16 placements leave x' a range of at least 1 (:func:`half_pair_top`; not fp8_e5m2, whose
+    placements are its values, up to 57344), no type ids, groups of an even number of words (the PTX sums
     two words of one group)."""
-    return (decode == "int" and plan.bits in HALF_BITS and plan.member_rule == "none"
-            and plan.elements_per_group % (WORDS * 32 // plan.bits) == 0)
+    if decode == "int":
+        codes = plan.bits in HALF_BITS
+    else:
+        codes = (decode == "float" and plan.bits in HALF_GEMV_FLOAT_BITS and not plan.zero_bits
+                 and half_pair_top(plan) >= 1)
+    return codes and plan.member_rule == "none" and plan.elements_per_group % (WORDS * 32 // plan.bits) == 0
+
+
+def half_pair_top(plan: KernelPlan) -> int:
+    """:func:`~hwlab.kernels.half_pairs.half_top` of the plan's codes: integers up to ``2**bits - 1``, or
+    minifloats up to their largest finite binary16 placement (:func:`~hwlab.kernels.plan.minifloat_in_fp16`
+    of every code: a code without a value counts too, so a corrupted one cannot overflow a sum)."""
+    if plan.decode != "float":
+        return half_top(plan.bits)
+    placed = np.abs(minifloat_in_fp16(np.arange(1 << plan.bits), plan.bits, plan.mbits))
+    return half_top(plan.bits, float(placed[np.isfinite(placed)].max()))
 
 
 def half_dot_applies(plan: KernelPlan, decode: str, ks: int) -> bool:
@@ -183,7 +203,7 @@ def half_dot_applies(plan: KernelPlan, decode: str, ks: int) -> bool:
     (zero points, if any, in code units: ``q - z`` is then an integer, exact in fp16) or minifloat codes of
     4 or 8 bits placed in binary16, in whole words, and steps of ``ks`` codes that hold at least 16 of each
     pair index (``tl.dot``'s K: ``2 * ks * bits / 32``)."""
-    integer = half_pairs_apply(plan, decode) and (not plan.zero_bits or plan.decode_scale == 1.0)
+    integer = decode == "int" and half_pairs_apply(plan, decode) and (not plan.zero_bits or plan.decode_scale == 1.0)
     minifloat = decode == "float" and plan.bits in HALF_FLOAT_BITS and not plan.zero_bits
     return (plan.packing == "words" and plan.member_rule == "none" and (integer or minifloat)
             and 2 * ks * plan.bits // 32 >= DOT_MIN)
@@ -194,7 +214,8 @@ def _half_flags(plan: KernelPlan, launch: Launch) -> dict:
     where the kernel is compiled (the interpreter runs its Triton twin)."""
     if not half_pairs_apply(plan, launch.decode):
         return dict(HALF_TOP=0, HALF_PTX="", HALF_XCHUNK=1, HALF_XCHUNKS=0)
-    return dict(HALF_TOP=half_top(plan.bits), HALF_PTX="" if interpreted() else half_word_ptx(plan.bits, plan.flip),
+    ptx = "" if interpreted() else half_word_ptx(plan.bits, plan.flip, plan.mbits if launch.decode == "float" else None)
+    return dict(HALF_TOP=half_pair_top(plan), HALF_PTX=ptx,
                 HALF_XCHUNK=HALF_XCHUNK, HALF_XCHUNKS=math.ceil(plan.padded_cols / HALF_XCHUNK))
 
 

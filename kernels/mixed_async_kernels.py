@@ -86,78 +86,38 @@ def _first_rank(flags_ptr, rn, nmask, flag_words, first):
 
 
 @triton.jit
-def _per_column(t, COLS: tl.constexpr):
-    """``[BN, S]`` entries per row and group as ``[BN, COLS]``, each group's over its ``COLS / S`` columns."""
-    return tl.reshape(tl.broadcast_to(t[:, :, None], (t.shape[0], t.shape[1], COLS // t.shape[1])), (t.shape[0], COLS))
-
-
-@triton.jit
-def _load_groups(codes4_ptr, codes2_ptr, flags_ptr, zeros4_ptr, zeros2_ptr, scales_ptr, rn, nmask, g0, rank, NG,
-                 row_words4, row_words2, flag_words, zero_words4, zero_words2, G: tl.constexpr, S: tl.constexpr):
-    """Issue every load of groups ``g0 .. g0 + S`` of rows ``rn`` (``g0`` a multiple of ``S``, which divides 16;
-    ``rank``: the row's 4-bit groups before ``g0``): the groups' flags (one word), both streams' words (each row
-    reads only its own width, so a row's 4-bit groups of the step are one run of ``codes4`` and its 2-bit ones one
-    run of ``codes2``: the 4-bit words as their even and odd columns and the 2-bit words, ``[BN, S, G / 16]``
-    each), zero points and scale codes (``[BN, S]``), and the step's 4-bit groups per row."""
-    H: tl.constexpr = G // 16
-    t = tl.arange(0, S)
-    valid = nmask[:, None] & (g0 + t < NG)[None, :]
-    flags = tl.load(flags_ptr + rn * flag_words + g0 // 32, mask=nmask, other=0).to(tl.uint32, bitcast=True)
-    bits = (flags >> (g0 % 32)) & ((1 << S) - 1)
-    wide = (((bits[:, None] >> t.to(tl.uint32)[None, :]) & 1) == 1) & valid
-    narrow = (~wide) & valid
-    r4 = rank[:, None] + popcount32(bits[:, None] & ((tl.full((S,), 1, tl.uint32) << t.to(tl.uint32)) - 1)[None, :]
-                                    ).to(tl.int32)  # rank of each group among the row's 4-bit groups
-    r2 = (g0 + t)[None, :] - r4
-    j = tl.arange(0, H)[None, None, :]
-    even = codes4_ptr + (rn[:, None] * row_words4 + r4 * (G // 8))[:, :, None] + 2 * j
-    u4e = tl.load(even, mask=wide[:, :, None], other=0, eviction_policy="evict_first").to(tl.uint32, bitcast=True)
-    u4o = tl.load(even + 1, mask=wide[:, :, None], other=0, eviction_policy="evict_first").to(tl.uint32, bitcast=True)
-    u2 = tl.load(codes2_ptr + (rn[:, None] * row_words2 + r2 * H)[:, :, None] + j, mask=narrow[:, :, None], other=0,
-                 eviction_policy="evict_first").to(tl.uint32, bitcast=True)
-    z4 = load_field(zeros4_ptr, zero_words4, rn[:, None], r4, wide, 4)
-    z2 = load_field(zeros2_ptr, zero_words2, rn[:, None], r2, narrow, 2)
-    code = tl.load(scales_ptr + rn[:, None] * NG + (g0 + t)[None, :], mask=valid, other=0)
-    return wide, u4e, u4o, u2, tl.where(wide, z4, z2), code, popcount32(bits).to(tl.int32)
-
-
-@triton.jit
 def mixed_gemv_async_kernel(x_ptr, codes4_ptr, codes2_ptr, flags_ptr, zeros4_ptr, zeros2_ptr, scales_ptr, rows_ptr,
                             out_ptr, work_ptr, count_ptr, N, K, NG, row_words4, row_words2, flag_words, zero_words4, zero_words2,
-                            steps_per_program, G: tl.constexpr, BN: tl.constexpr, S: tl.constexpr, EVEN: tl.constexpr,
+                            steps_per_program, G: tl.constexpr, BN: tl.constexpr, EVEN: tl.constexpr,
                             ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr, HALF_TOP: tl.constexpr, HALF_PTX: tl.constexpr,
                             HALF_XCHUNK: tl.constexpr, HALF_XCHUNKS: tl.constexpr):
-    """M = 1. Program ``(i, s)`` owns rows ``i*BN ..`` and groups ``s*steps_per_program ..`` (a multiple of
-    ``S``); a step is ``S`` groups (:func:`_load_groups`: each row's runs of both streams); ``EVEN``: K is whole
-    steps (no activation masks). Every row's group arrives as 4-bit words (a 2-bit group spread,
+    """M = 1. Program ``(i, s)`` owns rows ``i*BN ..`` and groups ``s*steps_per_program ..``; ``EVEN``: K is
+    whole groups (no activation masks). Every row's group arrives as 4-bit words (a 2-bit group spread,
     :func:`_as_wide`) and is decoded as fp16 pairs (:func:`~hwlab.kernels.triton_kernels.half_column_products`,
     unsigned codes: ``HALF_TOP`` of 4 bits, ``HALF_PTX`` its PTX where compiled); x is scaled into the pairs'
     range once a program (``HALF_XCHUNK(S)``, :func:`~hwlab.kernels.triton_kernels.half_scale`)."""
     P: tl.constexpr = G // 8
-    COLS: tl.constexpr = S * P // 2 if HALF_PTX != "" else S * P  # half_column_products' columns a step
     rn = tl.program_id(0) * BN + tl.arange(0, BN)
     nmask = rn < N
     first = tl.program_id(1) * steps_per_program
     last = tl.minimum(first + steps_per_program, NG)
     rank = _first_rank(flags_ptr, rn, nmask, flag_words, first)
     xs, unscale = half_scale(x_ptr, K, HALF_XCHUNK, HALF_XCHUNKS, HALF_TOP)
-    acc = tl.zeros((BN, COLS), tl.float32)  # summed over word columns after the loop
-    wide_n, u4e_n, u4o_n, u2_n, zero_n, code_n, count_n = _load_groups(
+    acc = tl.zeros((BN, P // 2 if HALF_PTX != "" else P), tl.float32)  # summed over word columns after the loop
+    wide_n, u4e_n, u4o_n, u2_n, zero_n, code_n = _load_group(
         codes4_ptr, codes2_ptr, flags_ptr, zeros4_ptr, zeros2_ptr, scales_ptr, rn, mask_all(nmask, first < last), first,
-        rank, NG, row_words4, row_words2, flag_words, zero_words4, zero_words2, G, S)
-    for g in range(first, last, S):
+        rank, NG, row_words4, row_words2, flag_words, zero_words4, zero_words2, G)
+    for g in range(first, last):
         wide, u4e, u4o, u2, zero, code = wide_n, u4e_n, u4o_n, u2_n, zero_n, code_n
-        rank += count_n
-        wide_n, u4e_n, u4o_n, u2_n, zero_n, code_n, count_n = _load_groups(  # in flight while step g is decoded
-            codes4_ptr, codes2_ptr, flags_ptr, zeros4_ptr, zeros2_ptr, scales_ptr, rn, mask_all(nmask, g + S < last),
-            g + S, rank, NG, row_words4, row_words2, flag_words, zero_words4, zero_words2, G, S)
-        we, wo = _as_wide(wide[:, :, None], u4e, u4o, u2)
-        part, xsum = half_column_products(tl.reshape(we, (BN, S * P // 2)).to(tl.int32, bitcast=True),
-                                          tl.reshape(wo, (BN, S * P // 2)).to(tl.int32, bitcast=True), x_ptr,
-                                          g * P + tl.arange(0, S * P), K, xs, EVEN, 4, 0, HALF_PTX)
-        # per word column: sum (q - zero) x', unscaled (exact: a power of two), times its group's scale code
-        acc += ((part - _per_column(zero.to(tl.float32), COLS) * xsum[None, :])
-                * (unscale * _per_column(code.to(tl.float32), COLS)))
+        rank += wide.to(tl.int32)
+        wide_n, u4e_n, u4o_n, u2_n, zero_n, code_n = _load_group(  # in flight while group g is scaled and decoded
+            codes4_ptr, codes2_ptr, flags_ptr, zeros4_ptr, zeros2_ptr, scales_ptr, rn, mask_all(nmask, g + 1 < last),
+            g + 1, rank, NG, row_words4, row_words2, flag_words, zero_words4, zero_words2, G)
+        we, wo = _as_wide(wide[:, None], u4e, u4o, u2)
+        part, xsum = half_column_products(we.to(tl.int32, bitcast=True), wo.to(tl.int32, bitcast=True), x_ptr,
+                                          g * P + tl.arange(0, P), K, xs, EVEN, 4, 0, False, 0, HALF_PTX)
+        # per word column: sum (q - zero) x', unscaled (exact: a power of two), times the group's scale code
+        acc += (part - zero.to(tl.float32)[:, None] * xsum[None, :]) * (unscale * code.to(tl.float32)[:, None])
     y = tl.sum(acc, axis=1) * tl.load(rows_ptr + rn, mask=nmask, other=0.0).to(tl.float32)
     finish(y, out_ptr, rn, nmask, work_ptr, count_ptr, tl.program_id(0), tl.num_programs(1), ATOMIC, OUT_MAX)
 

@@ -303,10 +303,16 @@ def _float_pair_values(u, i: tl.constexpr, B: tl.constexpr, MBITS: tl.constexpr)
 
 
 @triton.jit
-def _half_pair_product(u, xbits, i: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr):
-    """``[BN, P]`` float32: codes ``i`` and ``i + E/2`` times their x' (the twin's product step)."""
+def _half_pair_product(u, xbits, i: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr, FLOAT: tl.constexpr,
+                       MBITS: tl.constexpr):
+    """``[BN, P]`` float32: codes ``i`` and ``i + E/2`` (integers, or minifloats placed in binary16 where
+    ``FLOAT``) times their x' (the twin's product step)."""
     xp = tl.join((xbits & 0xFFFF).to(tl.int16), (xbits >> 16).to(tl.int16)).to(tl.float16, bitcast=True)
-    return tl.sum((_half_pair_values(u, i, B, FLIP) * xp).to(tl.float32), axis=2)
+    if FLOAT:
+        v = _float_pair_values(u, i, B, MBITS)
+    else:
+        v = _half_pair_values(u, i, B, FLIP)
+    return tl.sum((v * xp).to(tl.float32), axis=2)
 
 
 @triton.jit
@@ -317,7 +323,7 @@ def _columns(t):
 
 @triton.jit
 def half_products(u, x_ptr, cw, K, xs, EVEN: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr,
-                  PTX: tl.constexpr):
+                  FLOAT: tl.constexpr, MBITS: tl.constexpr, PTX: tl.constexpr):
     """``sum_j q_j * x'_j`` over the codes of every uint32 word ``u`` ([BN, P]), float32, with ``x' = x * xs``,
     and ``sum_j x'_j`` ([P], float32); with ``PTX``, each of both per pair of word columns (2c, 2c + 1:
     ``[BN, P/2]`` and ``[P/2]``).
@@ -325,7 +331,9 @@ def half_products(u, x_ptr, cw, K, xs, EVEN: tl.constexpr, B: tl.constexpr, FLIP
     Codes ``i`` and ``i + E/2`` of a word (E = 32 / B codes) sit in the two halves of one 32-bit
     register, so two codes become fp16 values with one logic op and one HFMA2: the code, its sign bit
     flipped (``FLIP``), is put into the mantissa of fp16 1024 (``0x6400``; 1024 + 2**(p B) c is exact
-    while p B + B <= 10, else the word is shifted once), then scaled by 2**(-p B) and offset; the
+    while p B + B <= 10, else the word is shifted once), then scaled by 2**(-p B) and offset. ``FLOAT``:
+    sign-magnitude minifloat codes of ``MBITS`` mantissa bits, each pair's bits moved into binary16 fields
+    (:func:`_float_pair_values`: the value times ``2**(15 - bias)``, subnormals included). The
     products with x' and their sum over two words are fp16 HFMA2s (``PTX``:
     :func:`~hwlab.kernels.half_pairs.half_word_ptx`), widened to float32 once per two words. ``xs``
     (:func:`half_scale`) keeps every fp16 partial sum finite (``TOP``:
@@ -334,12 +342,12 @@ def half_products(u, x_ptr, cw, K, xs, EVEN: tl.constexpr, B: tl.constexpr, FLIP
     interpreter runs no PTX): the same decode and fp16 products in Triton operations, summed in
     float32 per pair of codes."""
     we, wo = _columns(u.to(tl.int32, bitcast=True))
-    return half_column_products(we, wo, x_ptr, cw, K, xs, EVEN, B, FLIP, PTX)
+    return half_column_products(we, wo, x_ptr, cw, K, xs, EVEN, B, FLIP, FLOAT, MBITS, PTX)
 
 
 @triton.jit
 def half_column_products(we, wo, x_ptr, cw, K, xs, EVEN: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr,
-                         PTX: tl.constexpr):
+                         FLOAT: tl.constexpr, MBITS: tl.constexpr, PTX: tl.constexpr):
     """:func:`half_products` of the words whose even and odd columns (of ``cw``) are ``we`` and ``wo``
     (int32 ``[BN, P/2]`` each), for a caller that builds the two halves of its words apart (each in the
     layout the PTX call takes, so no layout conversion joins them first)."""
@@ -383,12 +391,16 @@ def half_column_products(we, wo, x_ptr, cw, K, xs, EVEN: tl.constexpr, B: tl.con
         xsum = tl.reshape(se + so, (se.shape[1],))
     else:
         u = tl.reshape(tl.join(we, wo), (we.shape[0], 2 * we.shape[1])).to(tl.uint32, bitcast=True)
-        part = _half_pair_product(u, x0, 0, B, FLIP) + _half_pair_product(u, x1, 1, B, FLIP)
+        part = (_half_pair_product(u, x0, 0, B, FLIP, FLOAT, MBITS)
+                + _half_pair_product(u, x1, 1, B, FLIP, FLOAT, MBITS))
         if B <= 4:
-            part += _half_pair_product(u, x2, 2, B, FLIP) + _half_pair_product(u, x3, 3, B, FLIP)
+            part += (_half_pair_product(u, x2, 2, B, FLIP, FLOAT, MBITS)
+                     + _half_pair_product(u, x3, 3, B, FLIP, FLOAT, MBITS))
         if B <= 2:
-            part += (_half_pair_product(u, x4, 4, B, FLIP) + _half_pair_product(u, x5, 5, B, FLIP)
-                     + _half_pair_product(u, x6, 6, B, FLIP) + _half_pair_product(u, x7, 7, B, FLIP))
+            part += (_half_pair_product(u, x4, 4, B, FLIP, FLOAT, MBITS)
+                     + _half_pair_product(u, x5, 5, B, FLIP, FLOAT, MBITS)
+                     + _half_pair_product(u, x6, 6, B, FLIP, FLOAT, MBITS)
+                     + _half_pair_product(u, x7, 7, B, FLIP, FLOAT, MBITS))
     return part, xsum
 
 
@@ -421,9 +433,9 @@ def gemv_words_kernel(
         HALF_XCHUNK: tl.constexpr, HALF_XCHUNKS: tl.constexpr, STAGES: tl.constexpr):
     """M = 1 with codes in whole words (module docstring). ``out``: [N] (float32 when ``ATOMIC``).
     ``one_bits``: FP32_ONE_BITS, passed at run time so that it lives in a register (:func:`placed_code`).
-    ``HALF_TOP`` > 0 (integer decodes only, :func:`~hwlab.kernels.dispatch.half_pairs_apply`): codes
+    ``HALF_TOP`` > 0 (integer and minifloat decodes, :func:`~hwlab.kernels.dispatch.half_pairs_apply`): codes
     through fp16 pairs (:func:`half_products`), x scaled into ``[2**(HALF_TOP-1), 2**HALF_TOP)``
-    (:func:`half_scale`, ``HALF_XCHUNK(S)``); 0: the float32 placement."""
+    (:func:`half_scale`, ``HALF_XCHUNK(S)``); 0: the float32 placement or a table."""
     E: tl.constexpr = 32 // B
     P: tl.constexpr = KS // E
     MASK: tl.constexpr = (1 << B) - 1
@@ -483,7 +495,7 @@ def gemv_words_kernel(
         if DECODE == 3 and MEMBERS == 1:  # every row's (or word's) member's pair table
             words0 = _pair_words(lut_ptr, member)
         if HALF_TOP > 0:
-            part, xsum = half_products(u, x_ptr, cw, K, xs, EVEN, B, FLIP, HALF_PTX)
+            part, xsum = half_products(u, x_ptr, cw, K, xs, EVEN, B, FLIP, DECODE == 1, MBITS, HALF_PTX)
         else:
             part = tl.zeros((BN, P), tl.float32)
             xsum = tl.zeros((P,), tl.float32)

@@ -58,23 +58,6 @@ def test_async_split_k_is_one_launch_that_leaves_the_workspace_zeroed(rng, kerne
     assert torch.isnan(out[0]).all() and torch.isfinite(out[1:]).all()
 
 
-@pytest.mark.parametrize("per_step, n, k, group_size", [(4, 70, 1024, 64), (2, 33, 640, 128), (8, 20, 2048, 64)])
-def test_async_gemv_steps_of_several_groups(rng, kernel_device, monkeypatch, per_step, n, k, group_size):
-    """GEMV_GROUPS_PER_STEP > 1: each row's runs of both streams in one step, split-K in whole steps, a last
-    step past the last group (640 / 128 = 5 groups in steps of 2) masked, against the float64 reference."""
-    from hwlab.kernels import async_mixed, dispatch
-
-    monkeypatch.setattr(async_mixed, "GEMV_GROUPS_PER_STEP", per_step)
-    qt = mixed(rng, n, k, group_size=group_size)
-    dev = qt.to(kernel_device)
-    launch = async_mixed.async_launch(dev, 1, sms=8)
-    assert launch.steps % per_step == 0 and launch.split > 1
-    x = torch.from_numpy(rng.standard_normal((1, k)).astype(np.float16)).to(kernel_device)
-    out = torch.full((1, n), float("nan"), dtype=torch.float16, device=kernel_device)
-    dispatch.run(x, dev, out, launch)
-    assert torch.isfinite(out).all() and worst_error(out, x, qt) <= 1.0
-
-
 def test_async_prepared_launch_is_kept_and_checks_stay(rng, kernel_device):
     dev = mixed(rng, 48, 256, group_size=64).to(kernel_device)
     x = torch.from_numpy(rng.standard_normal((3, 256)).astype(np.float16)).to(kernel_device)

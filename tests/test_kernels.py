@@ -140,19 +140,24 @@ def test_every_decode_of_the_fast_gemv(name, weights, kernel_device):
 
 
 HALF_PAIR_FORMATS = ["int4", "int4_asym", "int2", "int8", "ternary"]
+HALF_PAIR_MINIFLOATS = ["fp4_e2m1", "fp4_e1m2", "fp4_e3m0", "fp8_e4m3", "mxfp4", "nvfp4"]
 
 
-@pytest.mark.parametrize("name", HALF_PAIR_FORMATS)
+@pytest.mark.parametrize("name", HALF_PAIR_FORMATS + HALF_PAIR_MINIFLOATS)
 def test_half_pair_path_over_the_whole_fp16_range(name, rng, kernel_device):
-    """The fp16 pair path of gemv_words (integer codes of 2, 4, 8 bits): activations from fp16
-    subnormals to 65504 in one row, one row of zeros, a lone huge value among tiny ones, and bf16
-    beyond the fp16 range; every output finite and within the bound, on every split-K."""
+    """The fp16 pair path of gemv_words (integer codes of 2, 4, 8 bits, minifloats of 4 and 8 bits placed in
+    binary16, their subnormals included): activations from fp16 subnormals to 65504 in one row, one row of
+    zeros, a lone huge value among tiny ones, and bf16 beyond the fp16 range; every output finite and within
+    the bound, on every split-K."""
     w = (rng.standard_normal((48, 1024)) * 0.02).astype(np.float32)
+    w[7] = np.linspace(-0.06, 0.06, 1024)  # a row whose groups use every code (as small as the rest: no overflow)
     qt = F.quantize(w, name)
     dev = qt.to(kernel_device)
     launch = dispatch.choose(dev.plan, 1)
     assert launch.kernel == "gemv_words" and dispatch.half_pairs_apply(dev.plan, launch.decode)
-    assert (launch.bn, launch.ks) == (dispatch.HALF_TILE[0], dispatch.HALF_TILE[1] * 32 // dev.plan.bits)
+    # whole steps of HALF_TILE's words, halved where they would hold more than MAX_GROUPS_PER_STEP groups (mx, nv)
+    assert launch.bn == dispatch.HALF_TILE[0] and launch.ks in (dispatch.HALF_TILE[1] * 32 // dev.plan.bits >> h
+                                                                 for h in range(4))
     wide = np.exp2(rng.uniform(-24, 15.9, 1024)) * rng.choice([-1, 1], 1024)
     lone = np.full(1024, 1e-6)
     lone[517] = -65504.0
@@ -163,7 +168,7 @@ def test_half_pair_path_over_the_whole_fp16_range(name, rng, kernel_device):
             check_matmul(x, qt, dev, dispatch.choose(dev.plan, 1, sms=sms))
 
 
-@pytest.mark.parametrize("name", ["int4", "int8", "int4_asym"])
+@pytest.mark.parametrize("name", ["int4", "int8", "int4_asym", "fp4_e2m1", "fp8_e4m3"])
 def test_half_pair_path_with_an_infinite_activation(name, rng, kernel_device):
     """An inf in x gives what torch's linear gives, saturated: +-largest where the weight of its column
     is nonzero, NaN where it is zero (inf * 0); it does not poison the activation scale. With zero
@@ -181,6 +186,22 @@ def test_half_pair_path_with_an_infinite_activation(name, rng, kernel_device):
     want = torch.from_numpy(reference_matmul(x, qt)).clamp(-65504.0, 65504.0)
     assert (torch.isnan(got) == torch.isnan(want)).all() and torch.isnan(want).any()
     assert (got[~torch.isnan(want)] == want[~torch.isnan(want)]).all()
+
+
+def test_minifloats_the_pairs_cannot_hold_gather_from_a_table(rng, kernel_device, monkeypatch):
+    """fp8_e5m2's binary16 placements are its values (up to 57344): x' would need a range below 1, so its
+    GEMV stays on the table; without HALF_GEMV_FLOAT_BITS the 4-bit minifloats gather from registers."""
+    w = (rng.standard_normal((32, 512)) * 0.02).astype(np.float32)
+    e5m2 = F.quantize(w, "fp8_e5m2").to(kernel_device)
+    assert dispatch.half_pair_top(e5m2.plan) < 1 and not dispatch.half_pairs_apply(e5m2.plan, "float")
+    x = torch.randn(1, 512).half().to(kernel_device)
+    check_matmul(x, F.quantize(w, "fp8_e5m2"), e5m2)
+    monkeypatch.setattr(dispatch, "HALF_GEMV_FLOAT_BITS", ())
+    qt = F.quantize(w, "fp4_e2m1")
+    dev = qt.to(kernel_device)
+    launch = dispatch.choose(dev.plan, 1)
+    assert launch.kernel == "gemv_words" and launch.decode == "lut"
+    check_matmul(x, qt, dev, launch)
 
 
 def test_half_pair_path_is_not_taken_where_two_words_span_two_groups(rng, kernel_device):

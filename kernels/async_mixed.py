@@ -86,8 +86,8 @@ def _operands(dt: DeviceTensor) -> tuple:
 def async_launch(dt: DeviceTensor, m: int, sms: int = 1):
     """The :class:`~hwlab.kernels.dispatch.Launch` of the asynchronous kernel for ``m`` activation rows
     on ``sms`` multiprocessors: ``mixed_gemv_async`` (M = 1) or ``mixed_tile_async`` (``TILE_BN_LARGE`` rows
-    where the layer has a row tile of them per SM, its weights first: ``TILE_WEIGHTS_FIRST``), split along K so that about ``GEMV_WAVES`` (M = 1) or
-    ``WAVES`` programs run per SM."""
+    where the layer has a row tile of them per SM, its weights first: ``TILE_WEIGHTS_FIRST``), split along K
+    so that about ``GEMV_WAVES`` (M = 1) or ``WAVES`` programs run per SM."""
     from .dispatch import Launch
 
     n, groups = dt.shape[0], dt.plan.groups

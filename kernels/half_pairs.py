@@ -3,7 +3,8 @@ two integer codes of one uint32 word become an fp16x2 register with one LOP3 (th
 mantissa of fp16 1024, the "magic number" conversion of FasterTransformer's and Marlin's int4
 kernels) and one HFMA2, two minifloat codes with two shifts and two logic ops (their bits moved into
 binary16 fields, as Marlin's FP4 dequantization does), and multiply fp16 activations two at a time.
-This module holds the host side: the PTX of one word and the activation range that keeps every fp16 partial sum finite."""
+This module holds the host side: the PTX of one word and the activation range that keeps every fp16
+partial sum finite."""
 from __future__ import annotations
 
 import math

@@ -31,7 +31,10 @@ from .plan import KernelPlan, minifloat_in_fp16
 PACK_IDS = {"words": 0, "bits": 1, "trit5": 2, "mixed": 3}
 DECODE_IDS = {"int": 0, "float": 1, "lut": 2, "pairs": 3}
 MEMBER_IDS = {"none": 0, "group": 1, "pairs": 2}
-SCALE_IDS = {"float": 0, "bf16": 1, "table": 2}
+SCALE_IDS = {"float": 0, "bf16": 1, "table": 2, "exponent": 3}  # "exponent": a table that is E8M0 (_scale_id)
+EXPONENT_SCALES = True  # E8M0 scale tables decoded from the code (False: looked up, as before H200 run 10)
+E8M0_CODE_BITS = np.where(np.arange(256) == 0, 1 << 22, np.where(np.arange(256) == 255, 0, np.arange(256) << 23)
+                          ).astype(np.uint32)  # binary32 bits of E8M0 codes 0-254 (2**(c - 127); 0: 2**-127) and 255 (NaN read as 0)
 X_DTYPES = ("float16", "bfloat16")
 OUT_MAX = {"float16": FP16_LARGEST, "bfloat16": BF16_LARGEST, "float32": 3.4028234663852886e38}
 GEMV_BN, TILE_BN = 128, 64  # rows per program of gemv_mixed and of the M = 1 tile kernel
@@ -227,6 +230,15 @@ def _table_decode(plan: KernelPlan, decode: str, exact_in_half: bool) -> str:
     if decode == "lut" and plan.table_size <= PAIR_TABLE_MAX and (plan.half_exact or not exact_in_half):
         return "pairs"
     return decode
+
+
+def _scale_id(plan: KernelPlan) -> int:
+    """The kernels' ``SCALE``: the plan's scale kind, or ``exponent`` where its 256-entry table is E8M0's, bit for
+    bit (:data:`E8M0_CODE_BITS`, as the plan reads code 255), which the kernels compute from the code (a shift
+    and two selects) instead of a dependent table load per group."""
+    if EXPONENT_SCALES and plan.scale_kind == "table" and np.array_equal(plan.scale_table.view(np.uint32), E8M0_CODE_BITS):
+        return SCALE_IDS["exponent"]
+    return SCALE_IDS[plan.scale_kind]
 
 
 def _next_power_of_two(n: int) -> int:
@@ -554,5 +566,5 @@ def _build_operands(qt: DeviceTensor, decode: str, math_dtype: str) -> tuple[dic
                  TSIZE=plan.table_size, HALF_BF16=half == "bfloat16", MEMBERS=MEMBER_IDS[plan.member_rule],
                  MEMBER_BITS=max(plan.member_bits, 1),
                  VICTIM=plan.victim_code, ZB=plan.zero_bits, ZB2=qt.layout["zeros2"].bits if mixed else 0,
-                 SCALE=SCALE_IDS[plan.scale_kind], DQB=plan.double_quant_block, ROW=plan.has_row_scales)
+                 SCALE=_scale_id(plan), DQB=plan.double_quant_block, ROW=plan.has_row_scales)
     return ops, sizes, flags

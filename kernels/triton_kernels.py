@@ -150,7 +150,8 @@ def _pair_member(q, partner, odd, VICTIM: tl.constexpr):
 @triton.jit
 def _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, n, g, mask, s_row_stride, NG, dq_offset,
            SCALE: tl.constexpr, DQB: tl.constexpr, ROW: tl.constexpr):
-    """float32 scale of group ``g`` of row ``n``: stored float, raw bf16 or 8-bit code looked up,
+    """float32 scale of group ``g`` of row ``n``: stored float, raw bf16, E8M0 code as an exponent or 8-bit code
+    looked up,
     then NF4 double quantization's block absmax and offset, then the int8 row scale."""
     idx = n * s_row_stride + g
     if SCALE == 0:
@@ -158,6 +159,9 @@ def _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, n, g, mask, s_row_strid
     elif SCALE == 1:
         raw = tl.load(scales_ptr + idx, mask=mask, other=0).to(tl.int32) & 0xFFFF
         s = (raw << 16).to(tl.float32, bitcast=True)
+    elif SCALE == 3:  # E8M0 (hwlab.kernels.dispatch.E8M0_CODE_BITS): 2**(code - 127), code 0 subnormal, 255 read as 0
+        code = tl.load(scales_ptr + idx, mask=mask, other=0).to(tl.int32) & 0xFF
+        s = tl.where(code == 0, 1 << 22, tl.where(code == 255, 0, code << 23)).to(tl.float32, bitcast=True)
     else:
         code = tl.load(scales_ptr + idx, mask=mask, other=0).to(tl.int32)
         s = tl.load(stable_ptr + code)

@@ -59,6 +59,24 @@ def test_device_dequantize_is_bit_exact(name, rng, kernel_device):
     np.testing.assert_array_equal(w, qt.dequantize())
 
 
+@pytest.mark.parametrize("name", ["mxfp4", "mxint8"])
+def test_e8m0_scales_are_decoded_as_exponents_over_their_whole_range(name, rng, kernel_device):
+    """E8M0 group scales from 2**-127 to 2**110 (the subnormal code 0 included: the float32 table reads 2**-127 as
+    a subnormal) are computed from the code, bit for bit as the table gives them; nvfp4's E4M3 keeps its table.
+    (Not to 2**127: mxint8's kernels multiply code by scale before the table's 2**-6, which overflows float32
+    above about 2**121, with the table as well.)"""
+    exponents = np.linspace(-125, 110, 64).round()
+    w = rng.standard_normal((64, 128)) * np.exp2(exponents)[:, None]
+    w[0] = 2.0**-125 * np.linspace(-1.0, 1.0, 128)  # a row whose scales reach code 0 (2**-127) or next to it
+    qt = F.quantize(w.astype(np.float32), name)
+    dev = qt.to(kernel_device)
+    assert dispatch._scale_id(dev.plan) == dispatch.SCALE_IDS["exponent"]
+    assert qt.unpacked().scales.min() <= 2.0**-126 and qt.unpacked().scales.max() >= 2.0**100
+    np.testing.assert_array_equal(kernels.dequantize(dev).cpu().numpy(), qt.dequantize())
+    nv = F.quantize((rng.standard_normal((8, 64)) * 0.02).astype(np.float32), "nvfp4").to(kernel_device)
+    assert dispatch._scale_id(nv.plan) == dispatch.SCALE_IDS["table"]
+
+
 @pytest.mark.parametrize("name", ALL_FORMATS)
 def test_matmul_every_format(name, weights, kernel_device):
     qt = F.quantize(weights, name)

@@ -33,8 +33,10 @@ DECODE_IDS = {"int": 0, "float": 1, "lut": 2, "pairs": 3}
 MEMBER_IDS = {"none": 0, "group": 1, "pairs": 2}
 SCALE_IDS = {"float": 0, "bf16": 1, "table": 2, "exponent": 3}  # "exponent": a table that is E8M0 (_scale_id)
 EXPONENT_SCALES = True  # E8M0 scale tables decoded from the code (False: looked up, as before H200 run 10)
+# binary32 bits of E8M0 codes (OCP MX v1.0: 2**(c - 127) for codes 0-254, code 0 a binary32 subnormal; 255 is NaN,
+# which the plan's table reads as 0)
 E8M0_CODE_BITS = np.where(np.arange(256) == 0, 1 << 22, np.where(np.arange(256) == 255, 0, np.arange(256) << 23)
-                          ).astype(np.uint32)  # binary32 bits of E8M0 codes 0-254 (2**(c - 127); 0: 2**-127) and 255 (NaN read as 0)
+                          ).astype(np.uint32)
 X_DTYPES = ("float16", "bfloat16")
 OUT_MAX = {"float16": FP16_LARGEST, "bfloat16": BF16_LARGEST, "float32": 3.4028234663852886e38}
 GEMV_BN, TILE_BN = 128, 64  # rows per program of gemv_mixed and of the M = 1 tile kernel

@@ -150,12 +150,12 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
         kernel, bn, bm, ks = "gemv_mixed", GEMV_BN, 1, epg
     elif m == 1 and per_word and epg % per_word == 0:
         kernel, bm = "gemv_words", 1
-        bn, words, stages = (HALF_TILE if half_pairs_apply(plan, decode)
-                             else MEMBER_TILE if plan.member_rule != "none" else OTHER_TILE)
+        pairs = half_pairs_apply(plan, decode)
+        bn, words, stages = HALF_TILE if pairs else MEMBER_TILE if plan.member_rule != "none" else OTHER_TILE
         while words > 1 and words * per_word > MAX_GROUPS_PER_STEP * epg:
             words //= 2
         ks = words * per_word
-        if decode == "float" and plan.lut.size <= REGISTER_TABLE_MAX and not half_pairs_apply(plan, decode):
+        if decode == "float" and plan.lut.size <= REGISTER_TABLE_MAX and not pairs:
             decode = "lut"  # a gather from a small table in registers: fewer issue slots than the pair select tree
     elif m == 1:
         kernel, bn, bm, ks = "tile", TILE_BN, 1, step_of_group

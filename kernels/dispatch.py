@@ -450,7 +450,7 @@ def _arguments(qt: DeviceTensor, m: int, x_dtype: str, launch: Launch) -> tuple:
             ops["absmax"], ops["row_scales"], out, work, count,
             n, qt.shape[1], sizes["row_words"], sizes["zero_words"], sizes["member_words"], sizes["s_row_stride"],
             sizes["groups"], launch.steps, math.ceil(qt.plan.padded_cols / launch.ks),
-            sizes["value_scale"], sizes["zero_unit"], sizes["dq_offset"], FP32_ONE_BITS], dict(
+            sizes["value_scale"], sizes["scale_unit"], sizes["zero_unit"], sizes["dq_offset"], FP32_ONE_BITS], dict(
             KS=launch.ks, BN=launch.bn, GPS=_groups_per_step(qt.plan, launch.ks),
             EVEN=n % launch.bn == 0 and qt.shape[1] == qt.plan.padded_cols and qt.plan.padded_cols % launch.ks == 0,
             FLIP_WORD=_flip_word(qt.plan), TROWS=qt.plan.lut.shape[0],
@@ -462,14 +462,14 @@ def _arguments(qt: DeviceTensor, m: int, x_dtype: str, launch: Launch) -> tuple:
             x2, ops["codes"], ops["codes2"], ops["group_bits"], ops["zeros"], ops["zeros2"], ops["scales"],
             ops["scale_table"], ops["row_scales"], out, work, count, n, qt.shape[1], sizes["row_words"],
             sizes["row_words2"], sizes["flag_words"], sizes["zero_words"], sizes["zero_words2"], sizes["groups"],
-            launch.steps, FP32_ONE_BITS, sizes["value_scale"]], dict(
+            launch.steps, FP32_ONE_BITS, sizes["value_scale"], sizes["scale_unit"]], dict(
             G=launch.ks, BN=launch.bn, ZB4=flags["ZB"], ZB2=flags["ZB2"],
             EVEN=n % launch.bn == 0 and qt.shape[1] == qt.plan.padded_cols, ATOMIC=atomic, OUT_MAX=out_max,
             STAGES=launch.stages, num_warps=launch.warps)
     grid = (math.ceil(n / launch.bn), math.ceil(m / launch.bm), launch.split)
     return kern.tile_kernel, grid, [
         x2, *_tile_pointers(ops), out, work, count, m, n, qt.shape[1], qt.plan.padded_cols, *_tile_sizes(sizes),
-        launch.steps, sizes["value_scale"], sizes["zero_unit"], sizes["dq_offset"]], dict(
+        launch.steps, sizes["value_scale"], sizes["scale_unit"], sizes["zero_unit"], sizes["dq_offset"]], dict(
         KS=launch.ks, BN=launch.bn, BM=launch.bm, DOT=launch.kernel == "tile_dot",
         HALF_DOT=launch.half_pairs, WFIRST=launch.weights_first, EXACT_DOT=interpreted(),
         **dict(common, PACK=_tile_packing(qt.plan, launch.ks)))
@@ -493,9 +493,29 @@ def dequantize(qt: DeviceTensor):
     grid = (math.ceil(n / bn), math.ceil(plan.padded_cols / ks))
     _kernels().dequantize_kernel[grid](
         *_tile_pointers(ops), out, n, k, plan.padded_cols, *_tile_sizes(sizes),
-        sizes["value_scale"], sizes["zero_unit"], sizes["dq_offset"], KS=ks, BN=bn, num_warps=NUM_WARPS,
+        sizes["value_scale"], sizes["scale_unit"], sizes["zero_unit"], sizes["dq_offset"], KS=ks, BN=bn,
+        num_warps=NUM_WARPS,
         **dict(flags, PACK=_tile_packing(plan, ks)))
     return out
+
+
+def split_value_scale(value_scale: float) -> tuple[float, float]:
+    """``(scale_unit, rest)``, ``scale_unit * rest == value_scale`` exactly (``scale_unit`` a power of two): the
+    kernels multiply every group scale by ``scale_unit`` before it meets codes or partial sums, and their outputs
+    by ``rest``, in [1, 2**128), so no decoded value times its scale exceeds the weight it makes.
+
+    * A value scale in [1, 2**128) stays whole (``scale_unit`` 1, as before).
+    * Below 1, its power of two goes into the scales: mxint8's 2**-6 (code 127 times an E8M0 scale of 2**122 or
+      more overflows float32; the weight, 2**-6 of it, does not).
+    * From 2**128 on, its excess over 2**127: NVFP4's float32 tensor scale times 2**14 (the binary16 placement of
+      its codes) for weights above about 5.6e37.
+
+    Folded scales are exact unless they need bits below 2**-149: E8M0's 2**-127 times 2**-6 is an exact
+    subnormal; an E4M3 scale (lowest bit 2**-9) times 2**e is exact for e >= -140, and NVFP4's value scale is at
+    least 2**-135 (IEEE 754 binary32)."""
+    exponent = math.frexp(value_scale)[1] - 1  # value_scale in [2**exponent, 2**(exponent + 1))
+    scale_unit = 2.0 ** (min(exponent, 0) + max(exponent - 127, 0))
+    return scale_unit, value_scale / scale_unit
 
 
 def _without(d: dict, *keys) -> dict:
@@ -558,10 +578,12 @@ def _build_operands(qt: DeviceTensor, decode: str, math_dtype: str) -> tuple[dic
     width = {op: (stored[op].shape[1] if op in stored else 0) for op in ("codes2", "group_bits", "zeros", "zeros2",
                                                                         "members")}
     unit = plan.lut_scale if decode in ("lut", "pairs") else plan.decode_scale
+    scale_unit, value_scale = split_value_scale(plan.value_scale(decode))
     sizes = dict(row_words=plan.row_words, row_words2=width["codes2"], flag_words=width["group_bits"],
                  zero_words=width["zeros"], zero_words2=width["zeros2"], member_words=width["members"],
                  s_row_stride=plan.groups if plan.scale_rows > 1 else 0, groups=plan.groups,
-                 value_scale=plan.value_scale(decode), zero_unit=1.0 / unit, dq_offset=plan.double_quant_offset)
+                 value_scale=value_scale, scale_unit=scale_unit, zero_unit=1.0 / unit,
+                 dq_offset=plan.double_quant_offset)
     mixed = plan.packing == "mixed"
     flags = dict(B=plan.bits, B2=qt.layout["codes2"].bits if mixed else 1, EPG=plan.elements_per_group,
                  PACK=PACK_IDS[plan.packing], DECODE=DECODE_IDS[decode], FLIP=plan.flip, MBITS=plan.mbits,

@@ -30,9 +30,15 @@ every datatype of a family, built-in or user-defined:
     and masks; x's columns read in the pairs' order), 3.9 instructions a code for int4 at M = 16
     against 9.4 for the float32 decode (static SASS).
 ``dequantize_kernel``
-    The weights themselves, float32 ``[N, K]``: ``(value * scale) * value_scale``, the same
-    product, rounded once, as :meth:`~hwlab.formats.Unpacked.dequantize` for every format but
+    The weights themselves, float32 ``[N, K]``: ``(value * (scale * scale_unit)) * value_scale``, the
+    same product, rounded once, as :meth:`~hwlab.formats.Unpacked.dequantize` for every format but
     NF4 double quantization (whose float32 second level rounds twice, as bitsandbytes does).
+
+The plan's value scale is applied as two factors (:func:`~hwlab.kernels.dispatch.split_value_scale`):
+``scale_unit``, a power of two (at most 1 unless the value scale passes float32's range), multiplies each
+scale as it is read (:func:`_scale`), before it meets codes or partial sums, and ``value_scale``, the rest,
+in [1, 2**128), the outputs; so a decoded value times its scale never exceeds the weight it makes (mxint8:
+code 127 times an E8M0 scale of 2**127 overflows float32, the weight, times 2**-6 first, is 2**128 - 2**121).
 
 Split-K programs add float32 partial sums into a workspace that stays zeroed between calls, and
 the last program of a tile stores the sum (``ATOMIC``, :func:`finish`); a program that owns all of
@@ -148,11 +154,11 @@ def _pair_member(q, partner, odd, VICTIM: tl.constexpr):
 
 
 @triton.jit
-def _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, n, g, mask, s_row_stride, NG, dq_offset,
+def _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, n, g, mask, s_row_stride, NG, dq_offset, scale_unit,
            SCALE: tl.constexpr, DQB: tl.constexpr, ROW: tl.constexpr):
     """float32 scale of group ``g`` of row ``n``: stored float, raw bf16, E8M0 code as an exponent or 8-bit code
-    looked up,
-    then NF4 double quantization's block absmax and offset, then the int8 row scale."""
+    looked up, then NF4 double quantization's block absmax and offset, then the int8 row scale, times
+    ``scale_unit`` (module docstring)."""
     idx = n * s_row_stride + g
     if SCALE == 0:
         s = tl.load(scales_ptr + idx, mask=mask, other=0.0).to(tl.float32)
@@ -169,7 +175,7 @@ def _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, n, g, mask, s_row_strid
         s = s * tl.load(absmax_ptr + (n * NG + g) // DQB, mask=mask, other=0.0) + dq_offset
     if ROW:
         s = s * tl.load(rows_ptr + n, mask=mask, other=0.0).to(tl.float32)
-    return s
+    return s * scale_unit
 
 
 @triton.jit
@@ -425,7 +431,7 @@ def gemv_words_kernel(
         x_ptr, codes_ptr, zeros_ptr, members_ptr, lut_ptr, scales_ptr, stable_ptr, absmax_ptr, rows_ptr, out_ptr,
         work_ptr, count_ptr,
         N, K, row_words, zero_words, member_words, s_row_stride, NG, steps_per_program, n_steps,
-        value_scale, zero_unit, dq_offset, one_bits,
+        value_scale, scale_unit, zero_unit, dq_offset, one_bits,
         B: tl.constexpr, EPG: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr, GPS: tl.constexpr,
         EVEN: tl.constexpr,
         DECODE: tl.constexpr, FLIP: tl.constexpr, FLIP_WORD: tl.constexpr, MBITS: tl.constexpr,
@@ -536,7 +542,7 @@ def gemv_words_kernel(
             z = load_field(zeros_ptr, zero_words, gn, gg, gmask, ZB).to(tl.float32)
             part -= _spread(z, GPS, COLS) * zero_unit * xsum[None, :]
         sc = _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, gn, gg, gmask, s_row_stride, NG, dq_offset,
-                    SCALE, DQB, ROW)
+                    scale_unit, SCALE, DQB, ROW)
         if HALF_TOP > 0:
             part = part * unscale  # exact (a power of two), before the scale: no overflow the float32 path lacks
         acc += part * _spread(sc, GPS, COLS)
@@ -575,8 +581,8 @@ def gemv_mixed_kernel(
         x_ptr, codes4_ptr, codes2_ptr, flags_ptr, zeros4_ptr, zeros2_ptr, scales_ptr, stable_ptr, rows_ptr, out_ptr,
         work_ptr, count_ptr,
         N, K, row_words4, row_words2, flag_words, zero_words4, zero_words2, NG, steps_per_program, one_bits,
-        value_scale, G: tl.constexpr, BN: tl.constexpr, ZB4: tl.constexpr, ZB2: tl.constexpr, EVEN: tl.constexpr,
-        ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr, STAGES: tl.constexpr):
+        value_scale, scale_unit, G: tl.constexpr, BN: tl.constexpr, ZB4: tl.constexpr, ZB2: tl.constexpr,
+        EVEN: tl.constexpr, ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr, STAGES: tl.constexpr):
     """M = 1 for ``mixed_2_4``: a step is one group; each row reads its 4-bit or its 2-bit stream (a
     flag per group), at the rank its earlier groups of that width give (a running count per row).
     Both streams decode as :func:`placed_code` unsigned codes; zero points and int8 scale codes times the
@@ -604,7 +610,7 @@ def gemv_mixed_kernel(
         z2 = load_field(zeros2_ptr, zero_words2, rn, g - rank, narrow, ZB2).to(tl.float32)
         dot = tl.where(wide, s4 - z4 * xs, s2 - z2 * xs)
         code = tl.load(scales_ptr + rn * NG + g, mask=nmask, other=0).to(tl.int32)
-        acc += dot * tl.load(stable_ptr + code)
+        acc += dot * (tl.load(stable_ptr + code) * scale_unit)
         rank += wide.to(tl.int32)
     y = acc * tl.load(rows_ptr + rn, mask=nmask, other=0.0).to(tl.float32) * value_scale
     finish(y, out_ptr, rn, nmask, work_ptr, count_ptr, tl.program_id(0), tl.num_programs(1), ATOMIC, OUT_MAX)
@@ -769,7 +775,8 @@ def _words(codes_ptr, row_words, rn, mask, k0, E: tl.constexpr, W: tl.constexpr)
 
 @triton.jit
 def half_dot_loop(codes_ptr, zeros_ptr, x_ptr, scales_ptr, stable_ptr, absmax_ptr, rows_ptr,
-                  row_words, zero_words, s_row_stride, NG, dq_offset, rn, nmask, rm, mmask, first, steps, K, Kp,
+                  row_words, zero_words, s_row_stride, NG, dq_offset, scale_unit, rn, nmask, rm, mmask, first, steps,
+                  K, Kp,
                   B: tl.constexpr, EPG: tl.constexpr, KS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                   FLIP: tl.constexpr, FLOAT: tl.constexpr, MBITS: tl.constexpr, ZB: tl.constexpr, SCALE: tl.constexpr,
                   DQB: tl.constexpr, ROW: tl.constexpr, EXACT_DOT: tl.constexpr, STAGES: tl.constexpr,
@@ -794,7 +801,7 @@ def half_dot_loop(codes_ptr, zeros_ptr, x_ptr, scales_ptr, stable_ptr, absmax_pt
         u = _words(codes_ptr, row_words, rn, nmask, k0, E, W)
         g = k0 // EPG
         sc = _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, rn, g, mask_all(nmask, k0 < Kp), s_row_stride, NG,
-                    dq_offset, SCALE, DQB, ROW)
+                    dq_offset, scale_unit, SCALE, DQB, ROW)
         w = half_tile(u, B, FLIP, FLOAT, MBITS)
         if ZB > 0:
             w = w - load_field(zeros_ptr, zero_words, rn, g, nmask, ZB).to(tl.float16)[:, None]
@@ -818,7 +825,7 @@ def tile_kernel(
         x_ptr, codes_ptr, codes2_ptr, flags_ptr, zeros_ptr, zeros2_ptr, members_ptr, lut_ptr,
         scales_ptr, stable_ptr, absmax_ptr, rows_ptr, out_ptr, work_ptr, count_ptr,
         M, N, K, Kp, row_words, row_words2, flag_words, zero_words, zero_words2, member_words, s_row_stride, NG,
-        steps_per_program, value_scale, zero_unit, dq_offset,
+        steps_per_program, value_scale, scale_unit, zero_unit, dq_offset,
         B: tl.constexpr, B2: tl.constexpr, EPG: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
         PACK: tl.constexpr, DECODE: tl.constexpr, FLIP: tl.constexpr, MBITS: tl.constexpr, TSIZE: tl.constexpr,
         HALF_BF16: tl.constexpr, MEMBERS: tl.constexpr, MEMBER_BITS: tl.constexpr, VICTIM: tl.constexpr, ZB: tl.constexpr, ZB2: tl.constexpr,
@@ -835,7 +842,7 @@ def tile_kernel(
     mmask = rm < M
     if HALF_DOT:
         acc = half_dot_loop(codes_ptr, zeros_ptr, x_ptr, scales_ptr, stable_ptr, absmax_ptr, rows_ptr,
-                            row_words, zero_words, s_row_stride, NG, dq_offset, rn, nmask, rm, mmask,
+                            row_words, zero_words, s_row_stride, NG, dq_offset, scale_unit, rn, nmask, rm, mmask,
                             tl.program_id(2) * steps_per_program, steps_per_program, K, Kp, B, EPG, KS, BM, BN, FLIP,
                             DECODE == 1, MBITS, ZB, SCALE, DQB, ROW, EXACT_DOT, STAGES, WFIRST)
     else:
@@ -845,7 +852,7 @@ def tile_kernel(
             k = k0 + tl.arange(0, KS)
             g = k0 // EPG
             sc = _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, rn, g, mask_all(nmask, k0 < Kp), s_row_stride,
-                        NG, dq_offset, SCALE, DQB, ROW)
+                        NG, dq_offset, scale_unit, SCALE, DQB, ROW)
             v = _tile_values(codes_ptr, codes2_ptr, flags_ptr, zeros_ptr, zeros2_ptr, members_ptr, lut_ptr,
                              row_words, row_words2, flag_words, zero_words, zero_words2, member_words, zero_unit,
                              rn, nmask, k0, g, Kp, B, EPG, KS, BN, PACK, DECODE, FLIP, MBITS, TSIZE, HALF_BF16,
@@ -871,7 +878,7 @@ def dequantize_kernel(
         codes_ptr, codes2_ptr, flags_ptr, zeros_ptr, zeros2_ptr, members_ptr, lut_ptr,
         scales_ptr, stable_ptr, absmax_ptr, rows_ptr, out_ptr,
         N, K, Kp, row_words, row_words2, flag_words, zero_words, zero_words2, member_words, s_row_stride, NG,
-        value_scale, zero_unit, dq_offset,
+        value_scale, scale_unit, zero_unit, dq_offset,
         B: tl.constexpr, B2: tl.constexpr, EPG: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr,
         PACK: tl.constexpr, DECODE: tl.constexpr, FLIP: tl.constexpr, MBITS: tl.constexpr, TSIZE: tl.constexpr,
         HALF_BF16: tl.constexpr, MEMBERS: tl.constexpr, MEMBER_BITS: tl.constexpr, VICTIM: tl.constexpr, ZB: tl.constexpr, ZB2: tl.constexpr,
@@ -887,6 +894,6 @@ def dequantize_kernel(
                      rn, nmask, k0, g, Kp, B, EPG, KS, BN, PACK, DECODE, FLIP, MBITS, TSIZE, HALF_BF16, MEMBERS,
                      MEMBER_BITS, VICTIM, ZB, ZB2, B2)
     sc = _scale(scales_ptr, stable_ptr, absmax_ptr, rows_ptr, rn, g, nmask, s_row_stride, NG, dq_offset,
-                SCALE, DQB, ROW)
+                scale_unit, SCALE, DQB, ROW)
     w = saturate((v * sc[:, None]) * value_scale, FP32_MAX)
     tl.store(out_ptr + rn[:, None] * K + k[None, :], w, mask=nmask[:, None] & (k < K)[None, :])

@@ -61,20 +61,52 @@ def test_device_dequantize_is_bit_exact(name, rng, kernel_device):
 
 @pytest.mark.parametrize("name", ["mxfp4", "mxint8"])
 def test_e8m0_scales_are_decoded_as_exponents_over_their_whole_range(name, rng, kernel_device):
-    """E8M0 group scales from 2**-127 to 2**110 (the subnormal code 0 included: the float32 table reads 2**-127 as
-    a subnormal) are computed from the code, bit for bit as the table gives them; nvfp4's E4M3 keeps its table.
-    (Not to 2**127: mxint8's kernels multiply code by scale before the table's 2**-6, which overflows float32
-    above about 2**121, with the table as well.)"""
-    exponents = np.linspace(-125, 110, 64).round()
+    """E8M0 group scales from 2**-127 to 2**126 (the subnormal code 0 included: the float32 table reads 2**-127 as
+    a subnormal) are computed from the code, bit for bit as the table gives them; nvfp4's E4M3 keeps its table."""
+    exponents = np.linspace(-125, 125, 64).round()
     w = rng.standard_normal((64, 128)) * np.exp2(exponents)[:, None]
     w[0] = 2.0**-125 * np.linspace(-1.0, 1.0, 128)  # a row whose scales reach code 0 (2**-127) or next to it
     qt = F.quantize(w.astype(np.float32), name)
     dev = qt.to(kernel_device)
     assert dispatch._scale_id(dev.plan) == dispatch.SCALE_IDS["exponent"]
-    assert qt.unpacked().scales.min() <= 2.0**-126 and qt.unpacked().scales.max() >= 2.0**100
+    assert qt.unpacked().scales.min() <= 2.0**-126 and qt.unpacked().scales.max() >= 2.0**120
     np.testing.assert_array_equal(kernels.dequantize(dev).cpu().numpy(), qt.dequantize())
     nv = F.quantize((rng.standard_normal((8, 64)) * 0.02).astype(np.float32), "nvfp4").to(kernel_device)
     assert dispatch._scale_id(nv.plan) == dispatch.SCALE_IDS["table"]
+
+
+@pytest.mark.parametrize("name, options, exponent_scales", [
+    ("mxint8", {}, True), ("mxint8", {}, False), ("nvfp4", {}, True), ("mxfp8_e4m3", {}, True),
+    ("int8", {"scale_dtype": "fp32"}, True)], ids=["mxint8", "mxint8-e8m0-table", "nvfp4", "mxfp8", "int8-fp32"])
+def test_weights_near_the_float32_limit_stay_finite(name, options, exponent_scales, rng, kernel_device, monkeypatch):
+    """Weights up to 3.3e38 (mxint8: codes times 2**-6 times E8M0 scales up to 2**127, as exponents and looked up;
+    nvfp4: a value scale, tensor scale times 2**14, above 2**128; mxfp8 and int8 with fp32 scales as controls) are
+    dequantized bit for bit and multiplied at M = 1 (gemv_words, its table decode, the tile kernel with split-K)
+    and M = 16 (tile_dot with and without fp16 pairs): bf16 outputs, inside bf16's range, within the bound, fp16
+    ones saturated with the reference's sign. (The kernels multiplied codes or partial sums by the scale before
+    the plan's value scale, and code 127 times 2**127 overflows float32.)"""
+    monkeypatch.setattr(dispatch, "EXPONENT_SCALES", exponent_scales)
+    w = rng.uniform(-1.0, 1.0, (32, 256)) * 3.3e38
+    w[::2] = np.abs(w[::2])  # rows of one sign: group sums of codes times x above 2, past 2**128 at 2**127
+    qt = F.quantize(w.astype(np.float32), name, **options)
+    dev = qt.to(kernel_device)
+    assert np.abs(qt.dequantize()).max() > 2.0**127
+    np.testing.assert_array_equal(kernels.dequantize(dev).cpu().numpy(), qt.dequantize())
+    x = torch.from_numpy(rng.uniform(0.5, 1.0, (16, 256)) * 2.0**-9)  # |x @ W^T| < 256 * 2**-9 * 3.3e38 < 2**127
+    plan = dev.plan
+    ks = min(dispatch.KS_MAX, plan.elements_per_group & -plan.elements_per_group)
+    tile = dispatch.Launch("tile", dispatch.TILE_BN, 1, ks, 2, plan.padded_cols // ks // 2, plan.decode)  # split-K
+    gemv, dot = dispatch.choose(plan, 1), dispatch.choose(plan, 16)  # dot: split-K where K holds several groups
+    assert gemv.kernel == "gemv_words" and dot.kernel == "tile_dot"
+    for m, launches in ((1, [gemv, dataclasses.replace(gemv, decode="lut"), tile]),
+                        (16, [dot, dataclasses.replace(dot, half_pairs=False, weights_first=False)])):
+        for launch in launches:
+            check_matmul(x[:m].bfloat16().to(kernel_device), qt, dev, launch)
+            half = x[:m].half()
+            out = poisoned((m, 32), torch.float16, dev.device)
+            dispatch.run(half.to(kernel_device), dev, out, launch)
+            want = np.sign(reference_matmul(half, qt)) * 65504.0
+            np.testing.assert_array_equal(out.double().cpu().numpy(), want, err_msg=launch.describe())
 
 
 @pytest.mark.parametrize("name", ALL_FORMATS)

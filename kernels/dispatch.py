@@ -25,7 +25,7 @@ from hwlab.formats.scales import BF16_LARGEST, FP16_LARGEST
 
 from .async_mixed import ASYNC_KERNELS
 from .device import PAIR_TABLE_MAX, DeviceTensor
-from .half_pairs import HALF_BITS, WORDS, half_top, half_word_ptx
+from .half_pairs import HALF_BITS, LUT_BITS, LUT_ENTRIES, WORDS, half_top, half_word_ptx
 from .plan import KernelPlan, minifloat_in_fp16
 
 PACK_IDS = {"words": 0, "bits": 1, "trit5": 2, "mixed": 3}
@@ -81,6 +81,10 @@ HALF_DOT_TILES = {(16, 8, False): (64, 4, 3, False)}
 HALF_FLOAT_BITS = (4, 8)  # minifloat widths of whole words that the pair decode of tile_dot takes
 # ... and of gemv_words (M = 1; empty: those minifloats gather from a table in registers, as before H200 run 10)
 HALF_GEMV_FLOAT_BITS = (4, 8)
+# ... and whether it reads 16-entry tables (NF4, the FP4 splits' tables, lookup tables) as binary16 from byte
+# permutes of registers (half_pairs._lut_word; False: a gather from the float32 table, as before)
+HALF_GEMV_TABLES = True
+FP16_SMALLEST_NORMAL = 2.0**-14  # IEEE binary16: from here to FP16_LARGEST, rounding to fp16 errs by 2**-11 at most
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,22 +185,38 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
 
 def half_pairs_apply(plan: KernelPlan, decode: str) -> bool:
     """Whether ``gemv_words_kernel`` takes the fp16 pair path (:mod:`hwlab.kernels.half_pairs`):
-    integer codes of 2, 4 or 8 bits, or minifloat codes of :data:`HALF_GEMV_FLOAT_BITS` without zero points
+    integer codes of 2, 4 or 8 bits; minifloat codes of :data:`HALF_GEMV_FLOAT_BITS` without zero points
     whose binary16 placements leave x' a range of at least 1 (:func:`half_pair_top`; not fp8_e5m2, whose
-    placements are its values, up to 57344), no type ids, groups of an even number of words (the PTX sums
-    two words of one group)."""
+    placements are its values, up to 57344); 4-bit codes of a table (:func:`half_table_applies`). No type ids,
+    groups of an even number of words (the PTX sums two words of one group)."""
     if decode == "int":
         codes = plan.bits in HALF_BITS
+    elif decode == "float":
+        codes = plan.bits in HALF_GEMV_FLOAT_BITS and not plan.zero_bits and half_pair_top(plan) >= 1
     else:
-        codes = (decode == "float" and plan.bits in HALF_GEMV_FLOAT_BITS and not plan.zero_bits
-                 and half_pair_top(plan) >= 1)
+        codes = decode == "lut" and half_table_applies(plan) and half_pair_top(plan) >= 1
     return codes and plan.member_rule == "none" and plan.elements_per_group % (WORDS * 32 // plan.bits) == 0
 
 
+def half_table_applies(plan: KernelPlan) -> bool:
+    """Whether the fp16 pair GEMV reads the plan's table as binary16 (:data:`HALF_GEMV_TABLES`): 4-bit codes
+    without zero points or type ids, at most :data:`~hwlab.kernels.half_pairs.LUT_ENTRIES` entries, each 0 or
+    of a magnitude in fp16's normal range, so that each rounds to binary16 by at most 2**-11 of itself, as a
+    table value rounds to x's dtype on the tensor cores (``matmul``'s error bound)."""
+    if not HALF_GEMV_TABLES or plan.bits != LUT_BITS or plan.zero_bits or plan.member_rule != "none":
+        return False
+    values = np.abs(plan.lut[0].astype(np.float64))
+    return plan.table_size <= LUT_ENTRIES and bool(np.all(
+        (values == 0) | ((values >= FP16_SMALLEST_NORMAL) & (values <= FP16_LARGEST))))
+
+
 def half_pair_top(plan: KernelPlan) -> int:
-    """:func:`~hwlab.kernels.half_pairs.half_top` of the plan's codes: integers up to ``2**bits - 1``, or
-    minifloats up to their largest finite binary16 placement (:func:`~hwlab.kernels.plan.minifloat_in_fp16`
-    of every code: a code without a value counts too, so a corrupted one cannot overflow a sum)."""
+    """:func:`~hwlab.kernels.half_pairs.half_top` of the plan's codes: integers up to ``2**bits - 1``, minifloats
+    up to their largest finite binary16 placement (:func:`~hwlab.kernels.plan.minifloat_in_fp16` of every code: a
+    code without a value counts too, so a corrupted one cannot overflow a sum), table codes up to the largest
+    binary16 entry."""
+    if plan.decode == "lut":
+        return half_top(plan.bits, max(float(np.abs(plan.lut[0].astype(np.float16)).max()), FP16_SMALLEST_NORMAL))
     if plan.decode != "float":
         return half_top(plan.bits)
     placed = np.abs(minifloat_in_fp16(np.arange(1 << plan.bits), plan.bits, plan.mbits))
@@ -219,7 +239,8 @@ def _half_flags(plan: KernelPlan, launch: Launch) -> dict:
     where the kernel is compiled (the interpreter runs its Triton twin)."""
     if not half_pairs_apply(plan, launch.decode):
         return dict(HALF_TOP=0, HALF_PTX="", HALF_XCHUNK=1, HALF_XCHUNKS=0)
-    ptx = "" if interpreted() else half_word_ptx(plan.bits, plan.flip, plan.mbits if launch.decode == "float" else None)
+    ptx = "" if interpreted() else half_word_ptx(plan.bits, plan.flip, plan.mbits if launch.decode == "float" else None,
+                                                 table=launch.decode == "lut")
     return dict(HALF_TOP=half_pair_top(plan), HALF_PTX=ptx,
                 HALF_XCHUNK=HALF_XCHUNK, HALF_XCHUNKS=math.ceil(plan.padded_cols / HALF_XCHUNK))
 

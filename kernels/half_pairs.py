@@ -2,9 +2,10 @@
 two integer codes of one uint32 word become an fp16x2 register with one LOP3 (the codes in the
 mantissa of fp16 1024, the "magic number" conversion of FasterTransformer's and Marlin's int4
 kernels) and one HFMA2, two minifloat codes with two shifts and two logic ops (their bits moved into
-binary16 fields, as Marlin's FP4 dequantization does), and multiply fp16 activations two at a time.
-This module holds the host side: the PTX of one word and the activation range that keeps every fp16
-partial sum finite."""
+binary16 fields, as Marlin's FP4 dequantization does), two codes of a 16-entry table (NF4, the FP4 splits'
+tables, user lookup tables) with byte permutes of the table held in eight registers (:func:`_lut_word`), and
+multiply fp16 activations two at a time. This module holds the host side: the PTX of one word and the
+activation range that keeps every fp16 partial sum finite."""
 from __future__ import annotations
 
 import math
@@ -16,6 +17,8 @@ from hwlab.formats.scales import FP16_LARGEST
 HALF_BITS = (2, 4, 8)  # code widths with a PTX word (1-bit words stay on the float32 placement)
 WORDS = 2  # uint32 words summed in fp16 before one widening to float32 (halves the conversions)
 HALF_TOP_MAX = 15  # activations x' below 2**15: finite in fp16 (FP16_LARGEST = 65504), whatever the codes
+LUT_BITS = 4  # code width of the table decode: 16 entries, 32 bytes in eight registers (PTX ISA, prmt.b32)
+LUT_ENTRIES = 1 << LUT_BITS
 
 
 def half_top(bits: int, largest: float | None = None) -> int:
@@ -28,28 +31,79 @@ def half_top(bits: int, largest: float | None = None) -> int:
     return min(HALF_TOP_MAX, math.floor(math.log2(FP16_LARGEST / (WORDS * (16 // bits) * largest))))
 
 
-def half_word_ptx(bits: int, flip: int, mbits: int | None = None) -> str:
+def half_word_ptx(bits: int, flip: int, mbits: int | None = None, table: bool = False) -> str:
     """PTX of :data:`WORDS` words of :func:`half_products` for ``bits``-bit codes (2, 4 or 8), sign bit
     ``flip``: ``$0`` (f32) = the words' ``sum q x'``, ``$1``..``$WORDS`` the words, then each word's x'
-    pairs (f16x2: codes ``i`` and ``i + E/2``). Integer codes (``mbits`` None), per word of E codes: E/2
-    LOP3, at most one shift, E/2 HADD2/HFMA2 to decode. Sign-magnitude minifloats of ``mbits`` mantissa bits
-    (4 or 8 bits wide): each pair placed in binary16 (:func:`hwlab.kernels.plan.minifloat_in_fp16`, the value
-    times ``2**(15 - bias)``) with two shifts, an AND and a LOP3, no offset. Then E/2 HMUL2/HFMA2 for the
-    products; two conversions and one add per WORDS words."""
+    pairs (f16x2: codes ``i`` and ``i + E/2``). Integer codes (``mbits`` None, no ``table``), per word of E
+    codes: E/2 LOP3, at most one shift, E/2 HADD2/HFMA2 to decode. Sign-magnitude minifloats of ``mbits``
+    mantissa bits (4 or 8 bits wide): each pair placed in binary16 (:func:`hwlab.kernels.plan.minifloat_in_fp16`,
+    the value times ``2**(15 - bias)``) with two shifts, an AND and a LOP3, no offset. ``table``: 4-bit codes
+    read from a binary16 table whose bytes are the last eight operands (:func:`lut_registers`; run-time
+    values, so that they stay in registers rather than being moved in from uniform registers before each
+    permute), 23 integer instructions a word (:func:`_lut_word`). Then E/2 HMUL2/HFMA2 for the products; two
+    conversions and one add per WORDS words."""
     pairs = 16 // bits
     lines = ["{", ".reg .b32 t, h, s, k, c, m, g;", ".reg .b16 a, b;", ".reg .f32 lo, hi;"]
+    if table:
+        if bits != LUT_BITS:
+            raise ValueError(f"the table decode reads {LUT_BITS}-bit codes, not {bits}-bit ones")
+        lines += [".reg .b32 sa, sb, ta, tb, la, ha, lb, hb, v, e;"]
+        registers = [f"${1 + WORDS + WORDS * pairs + r}" for r in range(8)]
     first = True
     for word in range(WORDS):
         src = f"${1 + word}"
-        if mbits is None:
+        if table:
+            lines += _lut_word(src, registers)
+        elif mbits is None:
             lines.append(f"shr.u32 t, {src}, {(10 // bits) * bits};")
         for i in range(pairs):
-            lines += _int_pair(src, i, bits, flip) if mbits is None else _float_pair(src, i, bits, mbits)
+            if table:
+                lines.append(_lut_pair(i))
+            elif mbits is None:
+                lines += _int_pair(src, i, bits, flip)
+            else:
+                lines += _float_pair(src, i, bits, mbits)
             x = f"${1 + WORDS + word * pairs + i}"
             lines.append(f"mul.rn.f16x2 s, h, {x};" if first else f"fma.rn.f16x2 s, h, {x}, s;")
             first = False
     lines += ["mov.b32 {a, b}, s;", "cvt.f32.f16 lo, a;", "cvt.f32.f16 hi, b;", "add.f32 $0, lo, hi;", "}"]
     return "\n".join(lines)
+
+
+def lut_registers(table: np.ndarray) -> list[int]:
+    """The eight 32-bit registers the table decode permutes: byte ``k`` of register ``r`` is the low byte
+    (registers 0-3) or the high byte (4-7) of entry ``4 (r % 4) + k`` of ``table`` (uint16 binary16 patterns,
+    at most :data:`LUT_ENTRIES`; missing entries 0), so each register pair holds one byte of eight entries."""
+    patterns = np.zeros(LUT_ENTRIES, np.uint32)
+    patterns[:len(table)] = np.asarray(table, np.uint16)
+    low, high = patterns & 0xFF, patterns >> 8
+    return [int(sum(int(b) << (8 * k) for k, b in enumerate(part[4 * r:4 * r + 4])))
+            for part in (low, high) for r in range(4)]
+
+
+def _lut_word(src: str, q: list[str]) -> list[str]:
+    """PTX looking up the eight 4-bit codes ``c0..c7`` of word ``src`` in the registers ``q`` (:func:`lut_registers`)
+    (``prmt.b32``: a selector nibble picks one of the eight bytes of two registers, or with its bit 3 set
+    replicates that byte's top bit). Each selector holds four codes, ``sa`` = (c0, c1, c4, c5) and ``sb`` =
+    (c2, c3, c6, c7), and looks up the low and the high bytes of entries 0-7 as it is and of entries 8-15 with
+    bit 3 flipped (``ta``, ``tb``). A byte mask from each code's bit 3 (``v``: the top bit of byte k is bit 3
+    of code 2k + 1 in the word, of code 2k in the word shifted by 4) picks one of the two (LOP3 0xd8: ``m ? b :
+    a``). The result: ``la``/``ha`` the low/high bytes of codes (c0, c1, c4, c5), ``lb``/``hb`` of the rest."""
+    lines = [f"prmt.b32 sa, {src}, 0, 0x0020;", f"prmt.b32 sb, {src}, 0, 0x0031;",
+             "xor.b32 ta, sa, 0x8888;", "xor.b32 tb, sb, 0x8888;", f"shl.b32 e, {src}, 4;"]
+    for half, selectors, mask in (("a", ("sa", "ta"), 0xEAC8), ("b", ("sb", "tb"), 0xFBD9)):
+        lines.append(f"prmt.b32 v, e, {src}, {mask:#06x};")
+        for byte, base in (("l", 0), ("h", 4)):
+            lines += [f"prmt.b32 t, {q[base]}, {q[base + 1]}, {selectors[0]};",
+                      f"prmt.b32 g, {q[base + 2]}, {q[base + 3]}, {selectors[1]};",
+                      f"lop3.b32 {byte}{half}, t, g, v, 0xd8;"]
+    return lines
+
+
+def _lut_pair(i: int) -> str:
+    """PTX joining codes ``i`` and ``i + 4`` (their low and high bytes from :func:`_lut_word`) into ``h``."""
+    half = "a" if i in (0, 1) else "b"
+    return f"prmt.b32 h, l{half}, h{half}, {0x6240 if i % 2 == 0 else 0x7351:#06x};"
 
 
 def _int_pair(src: str, i: int, bits: int, flip: int) -> list[str]:

@@ -313,13 +313,66 @@ def _float_pair_values(u, i: tl.constexpr, B: tl.constexpr, MBITS: tl.constexpr)
 
 
 @triton.jit
-def _half_pair_product(u, xbits, i: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr, FLOAT: tl.constexpr,
+def _table_byte(lut_ptr, e: tl.constexpr, HIGH: tl.constexpr, TSIZE: tl.constexpr):
+    """The low (or ``HIGH``) byte of entry ``e`` of the float32 table at ``lut_ptr`` rounded to binary16 (to
+    nearest even); 0 past its ``TSIZE`` entries."""
+    if e < TSIZE:
+        bits = tl.load(lut_ptr + e).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
+        byte = (bits >> 8) & 0xFF if HIGH else bits & 0xFF
+    else:
+        byte = 0
+    return byte
+
+
+@triton.jit
+def _table_register(lut_ptr, r: tl.constexpr, TSIZE: tl.constexpr):
+    """Register ``r`` of :func:`~hwlab.kernels.half_pairs.lut_registers`: one byte of four entries."""
+    E: tl.constexpr = 4 * (r % 4)
+    HIGH: tl.constexpr = r >= 4
+    return (_table_byte(lut_ptr, E, HIGH, TSIZE) | (_table_byte(lut_ptr, E + 1, HIGH, TSIZE) << 8)
+            | (_table_byte(lut_ptr, E + 2, HIGH, TSIZE) << 16) | (_table_byte(lut_ptr, E + 3, HIGH, TSIZE) << 24))
+
+
+@triton.jit
+def lut_registers(lut_ptr, TSIZE: tl.constexpr, PAIR: tl.constexpr):
+    """The eight int32 registers of the fp16 pair table decode (``PAIR`` 2: the float32 table at ``lut_ptr``
+    of ``TSIZE`` <= 16 entries as binary16 bytes, :func:`~hwlab.kernels.half_pairs.lut_registers`), built
+    once per program; zeros for the other decodes, which do not read them."""
+    if PAIR == 2:
+        table = (_table_register(lut_ptr, 0, TSIZE), _table_register(lut_ptr, 1, TSIZE),
+                 _table_register(lut_ptr, 2, TSIZE), _table_register(lut_ptr, 3, TSIZE),
+                 _table_register(lut_ptr, 4, TSIZE), _table_register(lut_ptr, 5, TSIZE),
+                 _table_register(lut_ptr, 6, TSIZE), _table_register(lut_ptr, 7, TSIZE))
+    else:
+        table = (0, 0, 0, 0, 0, 0, 0, 0)
+    return table
+
+
+@triton.jit
+def _table_pair_values(u, table, i: tl.constexpr):
+    """4-bit codes ``i`` and ``i + 4`` of every word ``u`` read from the bytes of ``table``
+    (:func:`lut_registers`) as fp16, ``[BN, P, 2]`` (the interpreter's twin of
+    :func:`~hwlab.kernels.half_pairs._lut_word`): entry c's low byte is byte c % 4 of register c // 4, its high
+    byte the same byte of register 4 + c // 4."""
+    q = tl.join((u >> (4 * i)) & 15, (u >> (16 + 4 * i)) & 15).to(tl.int32)
+    r = q >> 2
+    shift = (q & 3) * 8
+    low = tl.where(r == 0, table[0], tl.where(r == 1, table[1], tl.where(r == 2, table[2], table[3])))
+    high = tl.where(r == 0, table[4], tl.where(r == 1, table[5], tl.where(r == 2, table[6], table[7])))
+    bits = ((low >> shift) & 0xFF) | (((high >> shift) & 0xFF) << 8)
+    return bits.to(tl.int16).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def _half_pair_product(u, xbits, table, i: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr, PAIR: tl.constexpr,
                        MBITS: tl.constexpr):
-    """``[BN, P]`` float32: codes ``i`` and ``i + E/2`` (integers, or minifloats placed in binary16 where
-    ``FLOAT``) times their x' (the twin's product step)."""
+    """``[BN, P]`` float32: codes ``i`` and ``i + E/2`` (``PAIR`` 0: integers; 1: minifloats placed in binary16;
+    2: 4-bit codes of the binary16 ``table``, :func:`lut_registers`) times their x' (the twin's product step)."""
     xp = tl.join((xbits & 0xFFFF).to(tl.int16), (xbits >> 16).to(tl.int16)).to(tl.float16, bitcast=True)
-    if FLOAT:
+    if PAIR == 1:
         v = _float_pair_values(u, i, B, MBITS)
+    elif PAIR == 2:
+        v = _table_pair_values(u, table, i)
     else:
         v = _half_pair_values(u, i, B, FLIP)
     return tl.sum((v * xp).to(tl.float32), axis=2)
@@ -332,8 +385,8 @@ def _columns(t):
 
 
 @triton.jit
-def half_products(u, x_ptr, cw, K, xs, EVEN: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr,
-                  FLOAT: tl.constexpr, MBITS: tl.constexpr, PTX: tl.constexpr):
+def half_products(u, x_ptr, table, cw, K, xs, EVEN: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr,
+                  PAIR: tl.constexpr, MBITS: tl.constexpr, PTX: tl.constexpr):
     """``sum_j q_j * x'_j`` over the codes of every uint32 word ``u`` ([BN, P]), float32, with ``x' = x * xs``,
     and ``sum_j x'_j`` ([P], float32); with ``PTX``, each of both per pair of word columns (2c, 2c + 1:
     ``[BN, P/2]`` and ``[P/2]``).
@@ -341,9 +394,11 @@ def half_products(u, x_ptr, cw, K, xs, EVEN: tl.constexpr, B: tl.constexpr, FLIP
     Codes ``i`` and ``i + E/2`` of a word (E = 32 / B codes) sit in the two halves of one 32-bit
     register, so two codes become fp16 values with one logic op and one HFMA2: the code, its sign bit
     flipped (``FLIP``), is put into the mantissa of fp16 1024 (``0x6400``; 1024 + 2**(p B) c is exact
-    while p B + B <= 10, else the word is shifted once), then scaled by 2**(-p B) and offset. ``FLOAT``:
-    sign-magnitude minifloat codes of ``MBITS`` mantissa bits, each pair's bits moved into binary16 fields
-    (:func:`_float_pair_values`: the value times ``2**(15 - bias)``, subnormals included). The
+    while p B + B <= 10, else the word is shifted once), then scaled by 2**(-p B) and offset (``PAIR`` 0).
+    ``PAIR`` 1: sign-magnitude minifloat codes of ``MBITS`` mantissa bits, each pair's bits moved into binary16
+    fields (:func:`_float_pair_values`: the value times ``2**(15 - bias)``, subnormals included). ``PAIR`` 2:
+    4-bit codes of a binary16 table held in eight registers, ``table`` (:func:`lut_registers`), read with byte
+    permutes (:func:`~hwlab.kernels.half_pairs.half_word_ptx`). The
     products with x' and their sum over two words are fp16 HFMA2s (``PTX``:
     :func:`~hwlab.kernels.half_pairs.half_word_ptx`), widened to float32 once per two words. ``xs``
     (:func:`half_scale`) keeps every fp16 partial sum finite (``TOP``:
@@ -352,12 +407,12 @@ def half_products(u, x_ptr, cw, K, xs, EVEN: tl.constexpr, B: tl.constexpr, FLIP
     interpreter runs no PTX): the same decode and fp16 products in Triton operations, summed in
     float32 per pair of codes."""
     we, wo = _columns(u.to(tl.int32, bitcast=True))
-    return half_column_products(we, wo, x_ptr, cw, K, xs, EVEN, B, FLIP, FLOAT, MBITS, PTX)
+    return half_column_products(we, wo, x_ptr, table, cw, K, xs, EVEN, B, FLIP, PAIR, MBITS, PTX)
 
 
 @triton.jit
-def half_column_products(we, wo, x_ptr, cw, K, xs, EVEN: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr,
-                         FLOAT: tl.constexpr, MBITS: tl.constexpr, PTX: tl.constexpr):
+def half_column_products(we, wo, x_ptr, table, cw, K, xs, EVEN: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr,
+                         PAIR: tl.constexpr, MBITS: tl.constexpr, PTX: tl.constexpr):
     """:func:`half_products` of the words whose even and odd columns (of ``cw``) are ``we`` and ``wo``
     (int32 ``[BN, P/2]`` each), for a caller that builds the two halves of its words apart (each in the
     layout the PTX call takes, so no layout conversion joins them first)."""
@@ -384,7 +439,12 @@ def half_column_products(we, wo, x_ptr, cw, K, xs, EVEN: tl.constexpr, B: tl.con
         else:
             x2e, x2o = _columns(x2)
             x3e, x3o = _columns(x3)
-            if B == 4:
+            if B == 4 and PAIR == 2:  # the table's eight registers last
+                part = tl.inline_asm_elementwise(PTX, "=f" + ",r" * 18,
+                                                 [we, wo, x0e, x1e, x2e, x3e, x0o, x1o, x2o, x3o, table[0], table[1],
+                                                  table[2], table[3], table[4], table[5], table[6], table[7]],
+                                                 dtype=tl.float32, is_pure=True, pack=1)
+            elif B == 4:
                 part = tl.inline_asm_elementwise(PTX, "=f" + ",r" * 10,
                                                  [we, wo, x0e, x1e, x2e, x3e, x0o, x1o, x2o, x3o],
                                                  dtype=tl.float32, is_pure=True, pack=1)
@@ -401,16 +461,16 @@ def half_column_products(we, wo, x_ptr, cw, K, xs, EVEN: tl.constexpr, B: tl.con
         xsum = tl.reshape(se + so, (se.shape[1],))
     else:
         u = tl.reshape(tl.join(we, wo), (we.shape[0], 2 * we.shape[1])).to(tl.uint32, bitcast=True)
-        part = (_half_pair_product(u, x0, 0, B, FLIP, FLOAT, MBITS)
-                + _half_pair_product(u, x1, 1, B, FLIP, FLOAT, MBITS))
+        part = (_half_pair_product(u, x0, table, 0, B, FLIP, PAIR, MBITS)
+                + _half_pair_product(u, x1, table, 1, B, FLIP, PAIR, MBITS))
         if B <= 4:
-            part += (_half_pair_product(u, x2, 2, B, FLIP, FLOAT, MBITS)
-                     + _half_pair_product(u, x3, 3, B, FLIP, FLOAT, MBITS))
+            part += (_half_pair_product(u, x2, table, 2, B, FLIP, PAIR, MBITS)
+                     + _half_pair_product(u, x3, table, 3, B, FLIP, PAIR, MBITS))
         if B <= 2:
-            part += (_half_pair_product(u, x4, 4, B, FLIP, FLOAT, MBITS)
-                     + _half_pair_product(u, x5, 5, B, FLIP, FLOAT, MBITS)
-                     + _half_pair_product(u, x6, 6, B, FLIP, FLOAT, MBITS)
-                     + _half_pair_product(u, x7, 7, B, FLIP, FLOAT, MBITS))
+            part += (_half_pair_product(u, x4, table, 4, B, FLIP, PAIR, MBITS)
+                     + _half_pair_product(u, x5, table, 5, B, FLIP, PAIR, MBITS)
+                     + _half_pair_product(u, x6, table, 6, B, FLIP, PAIR, MBITS)
+                     + _half_pair_product(u, x7, table, 7, B, FLIP, PAIR, MBITS))
     return part, xsum
 
 
@@ -443,7 +503,7 @@ def gemv_words_kernel(
         HALF_XCHUNK: tl.constexpr, HALF_XCHUNKS: tl.constexpr, STAGES: tl.constexpr):
     """M = 1 with codes in whole words (module docstring). ``out``: [N] (float32 when ``ATOMIC``).
     ``one_bits``: FP32_ONE_BITS, passed at run time so that it lives in a register (:func:`placed_code`).
-    ``HALF_TOP`` > 0 (integer and minifloat decodes, :func:`~hwlab.kernels.dispatch.half_pairs_apply`): codes
+    ``HALF_TOP`` > 0 (integer, minifloat, 16-entry table codes: :func:`~hwlab.kernels.dispatch.half_pairs_apply`): codes
     through fp16 pairs (:func:`half_products`), x scaled into ``[2**(HALF_TOP-1), 2**HALF_TOP)``
     (:func:`half_scale`, ``HALF_XCHUNK(S)``); 0: the float32 placement or a table."""
     E: tl.constexpr = 32 // B
@@ -462,6 +522,7 @@ def gemv_words_kernel(
     last = tl.minimum(first + steps_per_program, n_steps)
     if HALF_TOP > 0:
         xs, unscale = half_scale(x_ptr, K, HALF_XCHUNK, HALF_XCHUNKS, HALF_TOP)
+        half_table = lut_registers(lut_ptr, TSIZE, DECODE)
     for step in tl.range(first, last, num_stages=STAGES):
         k0 = step * KS
         cw = k0 // E + tl.arange(0, P)
@@ -496,7 +557,7 @@ def gemv_words_kernel(
             member = load_field(members_ptr, member_words, gn, gg, gmask, MEMBER_BITS).to(tl.int32)
             if GPS == 1:
                 member = member[:, None]
-        if DECODE == 2 and REGISTER_TABLE:  # every row's table (its group's member), or all members' tables
+        if DECODE == 2 and REGISTER_TABLE and HALF_TOP == 0:  # each row's table (its group's member), or all tables
             if MEMBERS == 1 and GPS == 1:
                 table = tl.load(lut_ptr + member * TSIZE + tl.arange(0, TSIZE)[None, :])
                 member = 0
@@ -505,7 +566,7 @@ def gemv_words_kernel(
         if DECODE == 3 and MEMBERS == 1:  # every row's (or word's) member's pair table
             words0 = _pair_words(lut_ptr, member)
         if HALF_TOP > 0:
-            part, xsum = half_products(u, x_ptr, cw, K, xs, EVEN, B, FLIP, DECODE == 1, MBITS, HALF_PTX)
+            part, xsum = half_products(u, x_ptr, half_table, cw, K, xs, EVEN, B, FLIP, DECODE, MBITS, HALF_PTX)
         else:
             part = tl.zeros((BN, P), tl.float32)
             xsum = tl.zeros((P,), tl.float32)

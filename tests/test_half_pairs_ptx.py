@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import hwlab.formats as F
-from hwlab.kernels.half_pairs import WORDS, half_word_ptx
+from hwlab.kernels.half_pairs import WORDS, half_word_ptx, lut_registers
 from hwlab.kernels.plan import build_plan, minifloat_in_fp16
 
 OPERAND = re.compile(r"^(\w+(?:\.\w+)*)\s+(.*);$")
@@ -34,6 +34,18 @@ def _lop3(a: int, b: int, c: int, lut: int) -> int:
     return out
 
 
+def _prmt(a: int, b: int, selector: int) -> int:
+    """PTX ``prmt.b32`` (default mode): result byte i is byte ``n & 7`` of the eight bytes ``b:a`` for the
+    selector's nibble i ``n``, or that byte's top bit replicated where ``n & 8``."""
+    pool = (a | (b << 32)).to_bytes(8, "little")
+    out = 0
+    for i in range(4):
+        n = (selector >> (4 * i)) & 0xF
+        byte = pool[n & 7]
+        out |= ((0xFF if byte & 0x80 else 0) if n & 8 else byte) << (8 * i)
+    return out
+
+
 def decoded_pairs(ptx: str, words: list[int]) -> list[np.ndarray]:
     """Run the PTX's integer and f16x2 steps on ``words``; the fp16 pair ``h`` each product multiplies, in order."""
     regs = {f"${1 + i}": w for i, w in enumerate(words)}
@@ -52,6 +64,10 @@ def decoded_pairs(ptx: str, words: list[int]) -> list[np.ndarray]:
             regs[args[0]] = value(args[1]) >> int(args[2])
         elif op == "and.b32":
             regs[args[0]] = value(args[1]) & value(args[2])
+        elif op == "xor.b32":
+            regs[args[0]] = value(args[1]) ^ value(args[2])
+        elif op == "prmt.b32":
+            regs[args[0]] = _prmt(*(value(a) for a in args[1:4]))
         elif op == "lop3.b32":
             regs[args[0]] = _lop3(*(value(a) for a in args[1:4]), int(args[4], 0))
         elif op == "mov.b32" and not args[0].startswith("{"):
@@ -106,3 +122,31 @@ def test_minifloat_ptx_places_every_code_in_binary16(name, rng):
     placed = minifloat_in_fp16(np.arange(1 << bits), bits, mbits) * plan.decode_scale
     valued = plan.lut[0] != 0
     np.testing.assert_array_equal(placed[valued], plan.lut[0][valued] * plan.lut_scale)
+
+
+@pytest.mark.parametrize("name", ["nf4", "flint4", "fp4_ea_pos", "shift4", "random"])
+def test_table_ptx_reads_every_code_from_its_binary16_table(name, rng):
+    """The byte-permute table decode: every code in every position of both words gives its table entry as
+    binary16 (the fp16 rounding of the plan's normalised table), whatever the bytes (a random table of
+    16-bit patterns too, NaN patterns included)."""
+    if name == "random":
+        table = rng.integers(0, 2**16, 16).astype(np.uint16)
+    else:
+        plan = build_plan(F.quantize((rng.standard_normal((4, 256)) * 0.05).astype(np.float32), name))
+        assert plan.decode == "lut" and plan.lut.shape[1] <= 16
+        table = plan.lut[0].astype(np.float16).view(np.uint16)
+    ptx = half_word_ptx(4, 0, table=True)
+    padded = np.zeros(16, np.uint16)
+    padded[:len(table)] = table
+    words = every_code_words(4, rng)
+    x_pairs = [0] * (WORDS * 4)  # the activation operands, not read by the decode
+    for a, b in zip(words[::2], words[1::2]):
+        got = decoded_pairs(ptx, [a, b, *x_pairs, *lut_registers(table)])
+        entry = lambda c: padded[c].view(np.float16).astype(np.float64)  # noqa: E731
+        want = [p for x in (a, b) for p in expected_pairs(x, 4, entry)]
+        np.testing.assert_array_equal(np.array(got).view(np.uint64), np.array(want).view(np.uint64))
+
+
+def test_table_ptx_reads_only_4_bit_codes():
+    with pytest.raises(ValueError, match="4-bit codes, not 2-bit"):
+        half_word_ptx(2, 0, table=True)

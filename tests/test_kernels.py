@@ -16,8 +16,8 @@ pytest.importorskip("triton", reason="triton is not installed")
 
 from hwlab import kernels  # noqa: E402
 from hwlab.kernels import dispatch  # noqa: E402
-from hwlab.kernels.reference import reference_matmul  # noqa: E402
-from hwlab.kernels.testing import worst_error  # noqa: E402
+from hwlab.kernels.reference import reference_matmul, reference_weights  # noqa: E402
+from hwlab.kernels.testing import half_terms, matmul_tolerance, scale_bound, worst_error  # noqa: E402
 
 ALL_FORMATS = F.list_formats()
 def poisoned(shape, dtype, device):
@@ -83,7 +83,8 @@ def test_weights_near_the_float32_limit_stay_finite(name, options, exponent_scal
     nvfp4: a value scale, tensor scale times 2**14, above 2**128; mxfp8 and int8 with fp32 scales as controls) are
     dequantized bit for bit and multiplied at M = 1 (gemv_words, its table decode, the tile kernel with split-K)
     and M = 16 (tile_dot with and without fp16 pairs): bf16 outputs, inside bf16's range, within the bound, fp16
-    ones saturated with the reference's sign. (The kernels multiplied codes or partial sums by the scale before
+    ones saturated with the reference's sign wherever the bound leaves it no doubt (the fp16 pair GEMV's partial
+    sums may flip a row that nearly cancels), and none beyond 65504. (The kernels multiplied codes or partial sums by the scale before
     the plan's value scale, and code 127 times 2**127 overflows float32.)"""
     monkeypatch.setattr(dispatch, "EXPONENT_SCALES", exponent_scales)
     w = rng.uniform(-1.0, 1.0, (32, 256)) * 3.3e38
@@ -105,8 +106,14 @@ def test_weights_near_the_float32_limit_stay_finite(name, options, exponent_scal
             half = x[:m].half()
             out = poisoned((m, 32), torch.float16, dev.device)
             dispatch.run(half.to(kernel_device), dev, out, launch)
-            want = np.sign(reference_matmul(half, qt)) * 65504.0
-            np.testing.assert_array_equal(out.double().cpu().numpy(), want, err_msg=launch.describe())
+            ref = torch.from_numpy(reference_matmul(half, qt))
+            tol = matmul_tolerance(half, torch.from_numpy(reference_weights(qt)), torch.from_numpy(scale_bound(qt)),
+                                   ref, half_terms(plan, m) if launch.decode == plan.decode else 0)
+            got, clear = out.double().cpu(), ref.abs() > tol  # the sign is known where |ref| exceeds the bound
+            assert got.abs().le(65504.0).all(), launch.describe()
+            np.testing.assert_array_equal(got[clear].numpy(), (ref.sign() * 65504.0)[clear].numpy(),
+                                          err_msg=launch.describe())
+            assert clear.double().mean() > 0.9, launch.describe()
 
 
 @pytest.mark.parametrize("name", ALL_FORMATS)

@@ -192,9 +192,9 @@ def half_pairs_apply(plan: KernelPlan, decode: str) -> bool:
     if decode == "int":
         codes = plan.bits in HALF_BITS
     elif decode == "float":
-        codes = plan.bits in HALF_GEMV_FLOAT_BITS and not plan.zero_bits and half_pair_top(plan) >= 1
+        codes = plan.bits in HALF_GEMV_FLOAT_BITS and not plan.zero_bits and half_pair_top(plan, decode) >= 1
     else:
-        codes = decode == "lut" and half_table_applies(plan) and half_pair_top(plan) >= 1
+        codes = decode == "lut" and half_table_applies(plan) and half_pair_top(plan, decode) >= 1
     return codes and plan.member_rule == "none" and plan.elements_per_group % (WORDS * 32 // plan.bits) == 0
 
 
@@ -210,14 +210,15 @@ def half_table_applies(plan: KernelPlan) -> bool:
         (values == 0) | ((values >= FP16_SMALLEST_NORMAL) & (values <= FP16_LARGEST))))
 
 
-def half_pair_top(plan: KernelPlan) -> int:
-    """:func:`~hwlab.kernels.half_pairs.half_top` of the plan's codes: integers up to ``2**bits - 1``, minifloats
-    up to their largest finite binary16 placement (:func:`~hwlab.kernels.plan.minifloat_in_fp16` of every code: a
-    code without a value counts too, so a corrupted one cannot overflow a sum), table codes up to the largest
-    binary16 entry."""
-    if plan.decode == "lut":
+def half_pair_top(plan: KernelPlan, decode: str) -> int:
+    """:func:`~hwlab.kernels.half_pairs.half_top` of the plan's codes read with ``decode`` (the launch's: a
+    minifloat plan may be read through its table): integers up to ``2**bits - 1``, minifloats up to their
+    largest finite binary16 placement (:func:`~hwlab.kernels.plan.minifloat_in_fp16` of every code: a code
+    without a value counts too, so a corrupted one cannot overflow a sum), table codes up to the largest binary16
+    entry."""
+    if decode == "lut":
         return half_top(plan.bits, max(float(np.abs(plan.lut[0].astype(np.float16)).max()), FP16_SMALLEST_NORMAL))
-    if plan.decode != "float":
+    if decode != "float":
         return half_top(plan.bits)
     placed = np.abs(minifloat_in_fp16(np.arange(1 << plan.bits), plan.bits, plan.mbits))
     return half_top(plan.bits, float(placed[np.isfinite(placed)].max()))
@@ -241,7 +242,7 @@ def _half_flags(plan: KernelPlan, launch: Launch) -> dict:
         return dict(HALF_TOP=0, HALF_PTX="", HALF_XCHUNK=1, HALF_XCHUNKS=0)
     ptx = "" if interpreted() else half_word_ptx(plan.bits, plan.flip, plan.mbits if launch.decode == "float" else None,
                                                  table=launch.decode == "lut")
-    return dict(HALF_TOP=half_pair_top(plan), HALF_PTX=ptx,
+    return dict(HALF_TOP=half_pair_top(plan, launch.decode), HALF_PTX=ptx,
                 HALF_XCHUNK=HALF_XCHUNK, HALF_XCHUNKS=math.ceil(plan.padded_cols / HALF_XCHUNK))
 
 

@@ -250,7 +250,7 @@ def test_minifloats_the_pairs_cannot_hold_gather_from_a_table(rng, kernel_device
     GEMV stays on the table; without HALF_GEMV_FLOAT_BITS the 4-bit minifloats gather from registers."""
     w = (rng.standard_normal((32, 512)) * 0.02).astype(np.float32)
     e5m2 = F.quantize(w, "fp8_e5m2").to(kernel_device)
-    assert dispatch.half_pair_top(e5m2.plan) < 1 and not dispatch.half_pairs_apply(e5m2.plan, "float")
+    assert dispatch.half_pair_top(e5m2.plan, "float") < 1 and not dispatch.half_pairs_apply(e5m2.plan, "float")
     x = torch.randn(1, 512).half().to(kernel_device)
     check_matmul(x, F.quantize(w, "fp8_e5m2"), e5m2)
     monkeypatch.setattr(dispatch, "HALF_GEMV_FLOAT_BITS", ())

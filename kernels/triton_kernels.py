@@ -366,7 +366,7 @@ def _table_pair_values(u, table, i: tl.constexpr):
 @triton.jit
 def _half_pair_product(u, xbits, table, i: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr, PAIR: tl.constexpr,
                        MBITS: tl.constexpr):
-    """``[BN, P]`` float32: codes ``i`` and ``i + E/2`` (``PAIR`` 0: integers; 1: minifloats placed in binary16;
+    """``[BN, P, 2]`` fp16: codes ``i`` and ``i + E/2`` (``PAIR`` 0: integers; 1: minifloats placed in binary16;
     2: 4-bit codes of the binary16 ``table``, :func:`lut_registers`) times their x' (the twin's product step)."""
     xp = tl.join((xbits & 0xFFFF).to(tl.int16), (xbits >> 16).to(tl.int16)).to(tl.float16, bitcast=True)
     if PAIR == 1:
@@ -375,7 +375,7 @@ def _half_pair_product(u, xbits, table, i: tl.constexpr, B: tl.constexpr, FLIP: 
         v = _table_pair_values(u, table, i)
     else:
         v = _half_pair_values(u, i, B, FLIP)
-    return tl.sum((v * xp).to(tl.float32), axis=2)
+    return v * xp
 
 
 @triton.jit
@@ -404,8 +404,8 @@ def half_products(u, x_ptr, table, cw, K, xs, EVEN: tl.constexpr, B: tl.constexp
     (:func:`half_scale`) keeps every fp16 partial sum finite (``TOP``:
     :func:`~hwlab.kernels.half_pairs.half_top`). Error: each product and each addition of a half's
     E - 1 rounds once in fp16 (unit roundoff 2**-11), relative to ``sum |q x'|``. ``PTX`` empty (the
-    interpreter runs no PTX): the same decode and fp16 products in Triton operations, summed in
-    float32 per pair of codes."""
+    interpreter runs no PTX): the same decode and fp16 products in Triton operations, each word's summed in
+    fp16 (so an x' range too wide for the decode overflows on the CPU too) and widened per word."""
     we, wo = _columns(u.to(tl.int32, bitcast=True))
     return half_column_products(we, wo, x_ptr, table, cw, K, xs, EVEN, B, FLIP, PAIR, MBITS, PTX)
 
@@ -459,18 +459,19 @@ def half_column_products(we, wo, x_ptr, table, cw, K, xs, EVEN: tl.constexpr, B:
                     dtype=tl.float32, is_pure=True, pack=1)
         se, so = _columns(xsum[None, :])
         xsum = tl.reshape(se + so, (se.shape[1],))
-    else:
+    else:  # the twin: a word's products summed in fp16 in the PTX's order, as its halves are (overflow shows)
         u = tl.reshape(tl.join(we, wo), (we.shape[0], 2 * we.shape[1])).to(tl.uint32, bitcast=True)
-        part = (_half_pair_product(u, x0, table, 0, B, FLIP, PAIR, MBITS)
-                + _half_pair_product(u, x1, table, 1, B, FLIP, PAIR, MBITS))
+        h = _half_pair_product(u, x0, table, 0, B, FLIP, PAIR, MBITS) + _half_pair_product(u, x1, table, 1, B, FLIP,
+                                                                                            PAIR, MBITS)
         if B <= 4:
-            part += (_half_pair_product(u, x2, table, 2, B, FLIP, PAIR, MBITS)
-                     + _half_pair_product(u, x3, table, 3, B, FLIP, PAIR, MBITS))
+            h = h + _half_pair_product(u, x2, table, 2, B, FLIP, PAIR, MBITS)
+            h = h + _half_pair_product(u, x3, table, 3, B, FLIP, PAIR, MBITS)
         if B <= 2:
-            part += (_half_pair_product(u, x4, table, 4, B, FLIP, PAIR, MBITS)
-                     + _half_pair_product(u, x5, table, 5, B, FLIP, PAIR, MBITS)
-                     + _half_pair_product(u, x6, table, 6, B, FLIP, PAIR, MBITS)
-                     + _half_pair_product(u, x7, table, 7, B, FLIP, PAIR, MBITS))
+            h = h + _half_pair_product(u, x4, table, 4, B, FLIP, PAIR, MBITS)
+            h = h + _half_pair_product(u, x5, table, 5, B, FLIP, PAIR, MBITS)
+            h = h + _half_pair_product(u, x6, table, 6, B, FLIP, PAIR, MBITS)
+            h = h + _half_pair_product(u, x7, table, 7, B, FLIP, PAIR, MBITS)
+        part = tl.sum(h.to(tl.float32), axis=2)
     return part, xsum
 
 

@@ -79,7 +79,8 @@ DOT_WARPS = {16: 4, 32: 8, 64: 8}
 HALF_DOT_TILE = {16: (64, 2, 1, False), 32: (128, 4, 1, True), 64: (128, 4, 1, True)}
 HALF_DOT_TILES = {(16, 8, False): (64, 4, 3, False)}
 HALF_FLOAT_BITS = (4, 8)  # minifloat widths of whole words that the pair decode of tile_dot takes
-# ... and of gemv_words (M = 1; empty: those minifloats gather from a table in registers, as before H200 run 10)
+# ... and of gemv_words (M = 1; empty: those minifloats read their table, as fp16 pairs where HALF_GEMV_TABLES takes
+# it, else gathered from registers as before H200 run 10)
 HALF_GEMV_FLOAT_BITS = (4, 8)
 # ... and whether it reads 16-entry tables (NF4, the FP4 splits' tables, lookup tables) as binary16 from byte
 # permutes of registers (half_pairs._lut_word; False: a gather from the float32 table, as before)
@@ -155,12 +156,13 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
     elif m == 1 and per_word and epg % per_word == 0:
         kernel, bm = "gemv_words", 1
         pairs = half_pairs_apply(plan, decode)
+        if decode == "float" and plan.lut.size <= REGISTER_TABLE_MAX and not pairs:
+            decode = "lut"  # its table: as fp16 pairs where it can be, else gathered from registers
+            pairs = half_pairs_apply(plan, decode)  # (fewer issue slots than the pair select tree either way)
         bn, words, stages = HALF_TILE if pairs else MEMBER_TILE if plan.member_rule != "none" else OTHER_TILE
         while words > 1 and words * per_word > MAX_GROUPS_PER_STEP * epg:
             words //= 2
         ks = words * per_word
-        if decode == "float" and plan.lut.size <= REGISTER_TABLE_MAX and not pairs:
-            decode = "lut"  # a gather from a small table in registers: fewer issue slots than the pair select tree
     elif m == 1:
         kernel, bn, bm, ks = "tile", TILE_BN, 1, step_of_group
         decode = _table_decode(plan, decode, exact_in_half=True)

@@ -461,8 +461,8 @@ def half_column_products(we, wo, x_ptr, table, cw, K, xs, EVEN: tl.constexpr, B:
         xsum = tl.reshape(se + so, (se.shape[1],))
     else:  # the twin: a word's products summed in fp16 in the PTX's order, as its halves are (overflow shows)
         u = tl.reshape(tl.join(we, wo), (we.shape[0], 2 * we.shape[1])).to(tl.uint32, bitcast=True)
-        h = _half_pair_product(u, x0, table, 0, B, FLIP, PAIR, MBITS) + _half_pair_product(u, x1, table, 1, B, FLIP,
-                                                                                            PAIR, MBITS)
+        h = _half_pair_product(u, x0, table, 0, B, FLIP, PAIR, MBITS)
+        h = h + _half_pair_product(u, x1, table, 1, B, FLIP, PAIR, MBITS)
         if B <= 4:
             h = h + _half_pair_product(u, x2, table, 2, B, FLIP, PAIR, MBITS)
             h = h + _half_pair_product(u, x3, table, 3, B, FLIP, PAIR, MBITS)

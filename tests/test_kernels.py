@@ -247,7 +247,8 @@ def test_half_pair_path_with_an_infinite_activation(name, rng, kernel_device):
 
 def test_minifloats_the_pairs_cannot_hold_gather_from_a_table(rng, kernel_device, monkeypatch):
     """fp8_e5m2's binary16 placements are its values (up to 57344): x' would need a range below 1, so its
-    GEMV stays on the table; without HALF_GEMV_FLOAT_BITS the 4-bit minifloats gather from registers."""
+    GEMV stays on the table; without HALF_GEMV_FLOAT_BITS the 4-bit minifloats read theirs as fp16 pairs, and
+    gather from registers without HALF_GEMV_TABLES too."""
     w = (rng.standard_normal((32, 512)) * 0.02).astype(np.float32)
     e5m2 = F.quantize(w, "fp8_e5m2").to(kernel_device)
     assert dispatch.half_pair_top(e5m2.plan, "float") < 1 and not dispatch.half_pairs_apply(e5m2.plan, "float")
@@ -256,8 +257,14 @@ def test_minifloats_the_pairs_cannot_hold_gather_from_a_table(rng, kernel_device
     monkeypatch.setattr(dispatch, "HALF_GEMV_FLOAT_BITS", ())
     qt = F.quantize(w, "fp4_e2m1")
     dev = qt.to(kernel_device)
-    launch = dispatch.choose(dev.plan, 1)
-    assert launch.kernel == "gemv_words" and launch.decode == "lut"
+    launch = dispatch.choose(dev.plan, 1)  # its table as fp16 pairs, on the pair path's tile
+    assert launch.kernel == "gemv_words" and launch.decode == "lut" and dispatch.half_pairs_apply(dev.plan, "lut")
+    assert (launch.bn, launch.ks // 8, launch.stages) == dispatch.HALF_TILE  # 8 codes a word
+    check_matmul(x, qt, dev, launch)
+    monkeypatch.setattr(dispatch, "HALF_GEMV_TABLES", False)
+    launch = dispatch.choose(dev.plan, 1)  # and gathered from registers, as before H200 run 10
+    assert launch.decode == "lut" and not dispatch.half_pairs_apply(dev.plan, "lut")
+    assert (launch.bn, launch.ks // 8, launch.stages) == dispatch.OTHER_TILE
     check_matmul(x, qt, dev, launch)
 
 

@@ -3,7 +3,8 @@
 The stored arrays are copied to the device once, bit for bit (``uint32`` words travel as
 ``int32``, raw ``bfloat16`` bits as ``int16``: torch has no arithmetic for the unsigned types),
 beside the small tables the kernel plan adds (the value table in float32 and rounded to each
-activation dtype, the same as 16-bit patterns in pairs, the 256-entry scale table). A tensor stays where it is put: no kernel moves
+activation dtype, the same as 16-bit patterns in pairs, the binary16 table as the byte-permute registers of
+the fp16 pair decode, the 256-entry scale table). A tensor stays where it is put: no kernel moves
 it, and :meth:`DeviceTensor.to` is the only call that copies it.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 
 from hwlab.formats.scales import round_to_significand
 
+from .half_pairs import LUT_ENTRIES, lut_registers
 from .plan import KernelPlan, build_plan
 
 TORCH_STORAGE = {"uint32": "int32", "uint16": "int16"}  # same bits, a dtype torch computes with
@@ -50,13 +52,24 @@ def pair_table(table: np.ndarray, dtype: str) -> np.ndarray:
     return (padded[:, 0::2] | (padded[:, 1::2] << 16)).view(np.int32)
 
 
+def register_table(table: np.ndarray) -> np.ndarray:
+    """int32 ``[members, 8]``: each member's row of ``table`` (float32) rounded to binary16 (nearest even) as the
+    eight registers of the fp16 pair table decode (:func:`~hwlab.kernels.half_pairs.lut_registers`); zeros for
+    tables of more than :data:`~hwlab.kernels.half_pairs.LUT_ENTRIES` entries, which it never reads."""
+    if table.shape[1] > LUT_ENTRIES:
+        return np.zeros((table.shape[0], 8), np.int32)
+    patterns = table.astype(np.float16).view(np.uint16)
+    return np.array([lut_registers(row) for row in patterns], np.uint32).view(np.int32)
+
+
 class DeviceTensor:
     """The stored arrays of a :class:`~hwlab.formats.QuantizedTensor` as torch tensors on ``device``.
 
     Attributes: ``format``, ``shape`` ``(N, K)``, ``group_size``, ``options``, ``layout`` (the
     descriptors of the source tensor), ``plan`` (:class:`~hwlab.kernels.plan.KernelPlan`),
     ``arrays`` (name -> torch tensor) and ``tables`` (``lut_float32``, ``lut_float16``,
-    ``lut_bfloat16``, ``pairs_float16``, ``pairs_bfloat16`` (:func:`pair_table`), ``scale_table``). Build one with ``qt.to(device)``.
+    ``lut_bfloat16``, ``pairs_float16``, ``pairs_bfloat16`` (:func:`pair_table`), ``registers``
+    (:func:`register_table`), ``scale_table``). Build one with ``qt.to(device)``.
     """
 
     def __init__(self, source, plan: KernelPlan, arrays: dict, tables: dict):
@@ -83,6 +96,7 @@ class DeviceTensor:
                   for dtype in ("float32", "float16", "bfloat16")}
         tables.update({f"pairs_{dtype}": torch.from_numpy(pair_table(plan.lut, dtype)).to(device)
                        for dtype in ("float16", "bfloat16")})
+        tables["registers"] = torch.from_numpy(register_table(plan.lut)).to(device)
         scale_table = plan.scale_table if plan.scale_table is not None else np.zeros(1, np.float32)
         tables["scale_table"] = torch.from_numpy(scale_table.copy()).to(device)
         return cls(qt, plan, arrays, tables)

@@ -24,7 +24,7 @@ import numpy as np
 from hwlab.formats.scales import BF16_LARGEST, FP16_LARGEST
 
 from .async_mixed import ASYNC_KERNELS
-from .device import PAIR_TABLE_MAX, DeviceTensor
+from .device import PAIR_TABLE_MAX, DeviceTensor, register_table
 from .half_pairs import HALF_BITS, LUT_BITS, LUT_ENTRIES, WORDS, half_top, half_word_ptx
 from .plan import KernelPlan, minifloat_in_fp16
 
@@ -189,25 +189,27 @@ def half_pairs_apply(plan: KernelPlan, decode: str) -> bool:
     """Whether ``gemv_words_kernel`` takes the fp16 pair path (:mod:`hwlab.kernels.half_pairs`):
     integer codes of 2, 4 or 8 bits; minifloat codes of :data:`HALF_GEMV_FLOAT_BITS` without zero points
     whose binary16 placements leave x' a range of at least 1 (:func:`half_pair_top`; not fp8_e5m2, whose
-    placements are its values, up to 57344); 4-bit codes of a table (:func:`half_table_applies`). No type ids,
-    groups of an even number of words (the PTX sums two words of one group)."""
+    placements are its values, up to 57344); 4-bit codes of a table (:func:`half_table_applies`), with a type id
+    per group (BitMoD) too. Groups of an even number of words (the PTX sums two words of one group)."""
     if decode == "int":
         codes = plan.bits in HALF_BITS
     elif decode == "float":
         codes = plan.bits in HALF_GEMV_FLOAT_BITS and not plan.zero_bits and half_pair_top(plan, decode) >= 1
     else:
         codes = decode == "lut" and half_table_applies(plan) and half_pair_top(plan, decode) >= 1
-    return codes and plan.member_rule == "none" and plan.elements_per_group % (WORDS * 32 // plan.bits) == 0
+    members = plan.member_rule == "none" or (plan.member_rule == "group" and decode == "lut")
+    return codes and members and plan.elements_per_group % (WORDS * 32 // plan.bits) == 0
 
 
 def half_table_applies(plan: KernelPlan) -> bool:
     """Whether the fp16 pair GEMV reads the plan's table as binary16 (:data:`HALF_GEMV_TABLES`): 4-bit codes
-    without zero points or type ids, at most :data:`~hwlab.kernels.half_pairs.LUT_ENTRIES` entries, each 0 or
-    of a magnitude in fp16's normal range, so that each rounds to binary16 by at most 2**-11 of itself, as a
-    table value rounds to x's dtype on the tensor cores (``matmul``'s error bound)."""
-    if not HALF_GEMV_TABLES or plan.bits != LUT_BITS or plan.zero_bits or plan.member_rule != "none":
+    without zero points, with no type ids or one per group, at most :data:`~hwlab.kernels.half_pairs.LUT_ENTRIES`
+    entries a member, each 0 or of a magnitude in fp16's normal range, so that each rounds to binary16 by at most
+    2**-11 of itself, as a table value rounds to x's dtype on the tensor cores (``matmul``'s error bound)."""
+    if (not HALF_GEMV_TABLES or plan.bits != LUT_BITS or plan.zero_bits
+            or plan.member_rule not in ("none", "group")):
         return False
-    values = np.abs(plan.lut[0].astype(np.float64))
+    values = np.abs(plan.lut.astype(np.float64))
     return plan.table_size <= LUT_ENTRIES and bool(np.all(
         (values == 0) | ((values >= FP16_SMALLEST_NORMAL) & (values <= FP16_LARGEST))))
 
@@ -218,8 +220,8 @@ def half_pair_top(plan: KernelPlan, decode: str) -> int:
     largest finite binary16 placement (:func:`~hwlab.kernels.plan.minifloat_in_fp16` of every code: a code
     without a value counts too, so a corrupted one cannot overflow a sum), table codes up to the largest binary16
     entry."""
-    if decode == "lut":
-        return half_top(plan.bits, max(float(np.abs(plan.lut[0].astype(np.float16)).max()), FP16_SMALLEST_NORMAL))
+    if decode == "lut":  # every member's table
+        return half_top(plan.bits, max(float(np.abs(plan.lut.astype(np.float16)).max()), FP16_SMALLEST_NORMAL))
     if decode != "float":
         return half_top(plan.bits)
     placed = np.abs(minifloat_in_fp16(np.arange(1 << plan.bits), plan.bits, plan.mbits))
@@ -241,11 +243,21 @@ def _half_flags(plan: KernelPlan, launch: Launch) -> dict:
     """``gemv_words_kernel``'s ``HALF_TOP`` and ``HALF_PTX`` (:func:`half_pairs_apply`); the PTX only
     where the kernel is compiled (the interpreter runs its Triton twin)."""
     if not half_pairs_apply(plan, launch.decode):
-        return dict(HALF_TOP=0, HALF_PTX="", HALF_XCHUNK=1, HALF_XCHUNKS=0)
+        return dict(HALF_TOP=0, HALF_PTX="", HALF_XCHUNK=1, HALF_XCHUNKS=0, TABLE_VARY=0)
+    table = launch.decode == "lut"
     ptx = "" if interpreted() else half_word_ptx(plan.bits, plan.flip, plan.mbits if launch.decode == "float" else None,
-                                                 table=launch.decode == "lut")
+                                                 table=table)
     return dict(HALF_TOP=half_pair_top(plan, launch.decode), HALF_PTX=ptx,
-                HALF_XCHUNK=HALF_XCHUNK, HALF_XCHUNKS=math.ceil(plan.padded_cols / HALF_XCHUNK))
+                HALF_XCHUNK=HALF_XCHUNK, HALF_XCHUNKS=math.ceil(plan.padded_cols / HALF_XCHUNK),
+                TABLE_VARY=varying_registers(register_table(plan.lut)) if table else 0)
+
+
+def varying_registers(registers: np.ndarray) -> int:
+    """A bit per register of the fp16 pair table decode (``[members, 8]``,
+    :func:`~hwlab.kernels.device.register_table`) that differs between members (``gemv_words_kernel``'s
+    ``TABLE_VARY``: those are read per type id)."""
+    differs = np.any(registers != registers[:1], axis=0)
+    return sum(1 << int(r) for r in np.flatnonzero(differs))
 
 
 def _table_decode(plan: KernelPlan, decode: str, exact_in_half: bool) -> str:
@@ -470,12 +482,15 @@ def _arguments(qt: DeviceTensor, m: int, x_dtype: str, launch: Launch) -> tuple:
     if launch.kernel == "gemv_words":
         grid = (math.ceil(n / launch.bn), launch.split, 1)
         return kern.gemv_words_kernel, grid, [
-            x2, ops["codes"], ops["zeros"], ops["members"], ops["lut"], ops["scales"], ops["scale_table"],
+            x2, ops["codes"], ops["zeros"], ops["members"],
+            qt.tables["registers"] if launch.decode == "lut" and half_pairs_apply(qt.plan, "lut") else ops["lut"],
+            ops["scales"], ops["scale_table"],
             ops["absmax"], ops["row_scales"], out, work, count,
             n, qt.shape[1], sizes["row_words"], sizes["zero_words"], sizes["member_words"], sizes["s_row_stride"],
             sizes["groups"], launch.steps, math.ceil(qt.plan.padded_cols / launch.ks),
             sizes["value_scale"], sizes["scale_unit"], sizes["zero_unit"], sizes["dq_offset"], FP32_ONE_BITS], dict(
-            KS=launch.ks, BN=launch.bn, GPS=_groups_per_step(qt.plan, launch.ks),
+            KS=launch.ks, BN=launch.bn,
+            GPS=_groups_per_step(qt.plan, launch.ks, half_pairs_apply(qt.plan, launch.decode)),
             EVEN=n % launch.bn == 0 and qt.shape[1] == qt.plan.padded_cols and qt.plan.padded_cols % launch.ks == 0,
             FLIP_WORD=_flip_word(qt.plan), TROWS=qt.plan.lut.shape[0],
             REGISTER_TABLE=qt.plan.lut.size <= REGISTER_TABLE_MAX,
@@ -556,14 +571,14 @@ def _tile_sizes(sizes: dict) -> tuple:
             sizes["member_words"], sizes["s_row_stride"], sizes["groups"])
 
 
-def _groups_per_step(plan: KernelPlan, ks: int) -> int:
+def _groups_per_step(plan: KernelPlan, ks: int, pairs: bool) -> int:
     """``gemv_words_kernel``'s ``GPS``: 1 when a step of ``ks`` elements lies in one group, the groups of a
-    step when it holds whole groups (and no type ids, which are read per row or per word), else 0
-    (entries per word)."""
+    step when it holds whole groups (and no type ids, which the float32 decodes read per row or per word; the
+    fp16 ``pairs`` read them per row and group too), else 0 (entries per word)."""
     epg = plan.elements_per_group
     if epg % ks == 0:
         return 1
-    return ks // epg if ks % epg == 0 and plan.member_rule == "none" else 0
+    return ks // epg if ks % epg == 0 and (plan.member_rule == "none" or pairs) else 0
 
 
 def _flip_word(plan: KernelPlan) -> int:

@@ -313,54 +313,67 @@ def _float_pair_values(u, i: tl.constexpr, B: tl.constexpr, MBITS: tl.constexpr)
 
 
 @triton.jit
-def _table_byte(lut_ptr, e: tl.constexpr, HIGH: tl.constexpr, TSIZE: tl.constexpr):
-    """The low (or ``HIGH``) byte of entry ``e`` of the float32 table at ``lut_ptr`` rounded to binary16 (to
-    nearest even); 0 past its ``TSIZE`` entries."""
-    if e < TSIZE:
-        bits = tl.load(lut_ptr + e).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
-        byte = (bits >> 8) & 0xFF if HIGH else bits & 0xFF
-    else:
-        byte = 0
-    return byte
-
-
-@triton.jit
-def _table_register(lut_ptr, r: tl.constexpr, TSIZE: tl.constexpr):
-    """Register ``r`` of :func:`~hwlab.kernels.half_pairs.lut_registers`: one byte of four entries."""
-    E: tl.constexpr = 4 * (r % 4)
-    HIGH: tl.constexpr = r >= 4
-    return (_table_byte(lut_ptr, E, HIGH, TSIZE) | (_table_byte(lut_ptr, E + 1, HIGH, TSIZE) << 8)
-            | (_table_byte(lut_ptr, E + 2, HIGH, TSIZE) << 16) | (_table_byte(lut_ptr, E + 3, HIGH, TSIZE) << 24))
-
-
-@triton.jit
-def lut_registers(lut_ptr, TSIZE: tl.constexpr, PAIR: tl.constexpr):
-    """The eight int32 registers of the fp16 pair table decode (``PAIR`` 2: the float32 table at ``lut_ptr``
-    of ``TSIZE`` <= 16 entries as binary16 bytes, :func:`~hwlab.kernels.half_pairs.lut_registers`), built
-    once per program; zeros for the other decodes, which do not read them."""
+def lut_registers(reg_ptr, member, PAIR: tl.constexpr):
+    """The eight int32 registers of the fp16 pair table decode (``PAIR`` 2: member ``member``'s row of the int32
+    ``[members, 8]`` table at ``reg_ptr``, :func:`~hwlab.kernels.device.register_table`, i.e.
+    :func:`~hwlab.kernels.half_pairs.lut_registers` of its binary16 entries), loaded once per program; zeros for
+    the other decodes, which do not read them."""
     if PAIR == 2:
-        table = (_table_register(lut_ptr, 0, TSIZE), _table_register(lut_ptr, 1, TSIZE),
-                 _table_register(lut_ptr, 2, TSIZE), _table_register(lut_ptr, 3, TSIZE),
-                 _table_register(lut_ptr, 4, TSIZE), _table_register(lut_ptr, 5, TSIZE),
-                 _table_register(lut_ptr, 6, TSIZE), _table_register(lut_ptr, 7, TSIZE))
+        row = reg_ptr + member * 8
+        table = (tl.load(row), tl.load(row + 1), tl.load(row + 2), tl.load(row + 3),
+                 tl.load(row + 4), tl.load(row + 5), tl.load(row + 6), tl.load(row + 7))
     else:
         table = (0, 0, 0, 0, 0, 0, 0, 0)
     return table
 
 
 @triton.jit
-def _table_pair_values(u, table, i: tl.constexpr):
-    """4-bit codes ``i`` and ``i + 4`` of every word ``u`` read from the bytes of ``table``
-    (:func:`lut_registers`) as fp16, ``[BN, P, 2]`` (the interpreter's twin of
-    :func:`~hwlab.kernels.half_pairs._lut_word`): entry c's low byte is byte c % 4 of register c // 4, its high
+def _member_register(reg_ptr, ids, register, r: tl.constexpr, VARY: tl.constexpr, G: tl.constexpr,
+                     COLS: tl.constexpr):
+    """Register ``r`` of each type id's table where it differs between members (bit ``r`` of ``VARY``), as
+    ``[R, COLS]`` columns (:func:`_spread`), else ``register`` (member 0's, the same for all)."""
+    if (VARY >> r) & 1:
+        register = _spread(tl.load(reg_ptr + ids * 8 + r), G, COLS)
+    return register
+
+
+@triton.jit
+def member_registers(reg_ptr, ids, table, VARY: tl.constexpr, G: tl.constexpr, COLS: tl.constexpr):
+    """The pair table registers of every row's and group's type id (``ids``: int32, one per row and group as
+    :func:`_spread` takes them): :func:`lut_registers` ``table`` of member 0, with the registers that differ
+    between members (``VARY``, a bit per register, :func:`~hwlab.kernels.dispatch.varying_registers`; BitMoD's
+    members differ in entry 8 alone, so in one register) loaded per type id from the L1-resident table at
+    ``reg_ptr``."""
+    return (_member_register(reg_ptr, ids, table[0], 0, VARY, G, COLS),
+            _member_register(reg_ptr, ids, table[1], 1, VARY, G, COLS),
+            _member_register(reg_ptr, ids, table[2], 2, VARY, G, COLS),
+            _member_register(reg_ptr, ids, table[3], 3, VARY, G, COLS),
+            _member_register(reg_ptr, ids, table[4], 4, VARY, G, COLS),
+            _member_register(reg_ptr, ids, table[5], 5, VARY, G, COLS),
+            _member_register(reg_ptr, ids, table[6], 6, VARY, G, COLS),
+            _member_register(reg_ptr, ids, table[7], 7, VARY, G, COLS))
+
+
+@triton.jit
+def _table_entry(q, table):
+    """The binary16 patterns (int32) of the 4-bit codes ``q`` in ``table`` (:func:`lut_registers`; each register a
+    scalar or a tensor that broadcasts with ``q``): entry c's low byte is byte c % 4 of register c // 4, its high
     byte the same byte of register 4 + c // 4."""
-    q = tl.join((u >> (4 * i)) & 15, (u >> (16 + 4 * i)) & 15).to(tl.int32)
     r = q >> 2
     shift = (q & 3) * 8
     low = tl.where(r == 0, table[0], tl.where(r == 1, table[1], tl.where(r == 2, table[2], table[3])))
     high = tl.where(r == 0, table[4], tl.where(r == 1, table[5], tl.where(r == 2, table[6], table[7])))
-    bits = ((low >> shift) & 0xFF) | (((high >> shift) & 0xFF) << 8)
-    return bits.to(tl.int16).to(tl.float16, bitcast=True)
+    return ((low >> shift) & 0xFF) | (((high >> shift) & 0xFF) << 8)
+
+
+@triton.jit
+def _table_pair_values(u, table, i: tl.constexpr):
+    """4-bit codes ``i`` and ``i + 4`` of every word ``u`` read from the bytes of ``table``
+    (:func:`lut_registers`) as fp16, ``[BN, P, 2]`` (the interpreter's twin of
+    :func:`~hwlab.kernels.half_pairs._lut_word`)."""
+    low = _table_entry(((u >> (4 * i)) & 15).to(tl.int32), table)
+    high = _table_entry(((u >> (16 + 4 * i)) & 15).to(tl.int32), table)
+    return tl.join(low, high).to(tl.int16).to(tl.float16, bitcast=True)
 
 
 @triton.jit
@@ -501,12 +514,14 @@ def gemv_words_kernel(
         MEMBER_BITS: tl.constexpr,
         VICTIM: tl.constexpr, ZB: tl.constexpr, SCALE: tl.constexpr, DQB: tl.constexpr, ROW: tl.constexpr,
         ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr, HALF_TOP: tl.constexpr, HALF_PTX: tl.constexpr,
-        HALF_XCHUNK: tl.constexpr, HALF_XCHUNKS: tl.constexpr, STAGES: tl.constexpr):
+        HALF_XCHUNK: tl.constexpr, HALF_XCHUNKS: tl.constexpr, TABLE_VARY: tl.constexpr, STAGES: tl.constexpr):
     """M = 1 with codes in whole words (module docstring). ``out``: [N] (float32 when ``ATOMIC``).
     ``one_bits``: FP32_ONE_BITS, passed at run time so that it lives in a register (:func:`placed_code`).
     ``HALF_TOP`` > 0 (integer, minifloat, 16-entry table codes: :func:`~hwlab.kernels.dispatch.half_pairs_apply`): codes
     through fp16 pairs (:func:`half_products`), x scaled into ``[2**(HALF_TOP-1), 2**HALF_TOP)``
-    (:func:`half_scale`, ``HALF_XCHUNK(S)``); 0: the float32 placement or a table."""
+    (:func:`half_scale`, ``HALF_XCHUNK(S)``); 0: the float32 placement or a table. A table read as fp16 pairs
+    (``DECODE`` 2, ``HALF_TOP`` > 0): ``lut_ptr`` is the int32 register table, and with type ids (``MEMBERS`` 1)
+    the registers of bitmask ``TABLE_VARY`` are read per type id (:func:`member_registers`)."""
     E: tl.constexpr = 32 // B
     P: tl.constexpr = KS // E
     MASK: tl.constexpr = (1 << B) - 1
@@ -523,7 +538,7 @@ def gemv_words_kernel(
     last = tl.minimum(first + steps_per_program, n_steps)
     if HALF_TOP > 0:
         xs, unscale = half_scale(x_ptr, K, HALF_XCHUNK, HALF_XCHUNKS, HALF_TOP)
-        half_table = lut_registers(lut_ptr, TSIZE, DECODE)
+        half_table = lut_registers(lut_ptr, 0, DECODE)  # lut_ptr: the register table (dispatch._arguments)
     for step in tl.range(first, last, num_stages=STAGES):
         k0 = step * KS
         cw = k0 // E + tl.arange(0, P)
@@ -544,7 +559,7 @@ def gemv_words_kernel(
             gg = k0 // EPG
             gmask = nmask
         elif GPS > 1:  # the step holds GPS whole groups: one entry per row and group
-            tl.static_assert(MEMBERS == 0, "type ids are read per row or per word")
+            tl.static_assert(MEMBERS == 0 or HALF_TOP > 0, "the float32 decodes read type ids per row or per word")
             gn = rn[:, None]
             gg = (k0 // EPG + tl.arange(0, GPS))[None, :]
             gmask = nmask[:, None] & (gg < NG)
@@ -555,9 +570,8 @@ def gemv_words_kernel(
             gmask = nmask[:, None] & (gw < row_words)[None, :]
         member = 0
         if MEMBERS == 1:
-            member = load_field(members_ptr, member_words, gn, gg, gmask, MEMBER_BITS).to(tl.int32)
-            if GPS == 1:
-                member = member[:, None]
+            ids = load_field(members_ptr, member_words, gn, gg, gmask, MEMBER_BITS).to(tl.int32)
+            member = ids[:, None] if GPS == 1 else ids
         if DECODE == 2 and REGISTER_TABLE and HALF_TOP == 0:  # each row's table (its group's member), or all tables
             if MEMBERS == 1 and GPS == 1:
                 table = tl.load(lut_ptr + member * TSIZE + tl.arange(0, TSIZE)[None, :])
@@ -567,7 +581,10 @@ def gemv_words_kernel(
         if DECODE == 3 and MEMBERS == 1:  # every row's (or word's) member's pair table
             words0 = _pair_words(lut_ptr, member)
         if HALF_TOP > 0:
-            part, xsum = half_products(u, x_ptr, half_table, cw, K, xs, EVEN, B, FLIP, DECODE, MBITS, HALF_PTX)
+            step_table = half_table
+            if DECODE == 2 and MEMBERS == 1:  # each row's (or word's) member's table
+                step_table = member_registers(lut_ptr, ids, half_table, TABLE_VARY, GPS, COLS)
+            part, xsum = half_products(u, x_ptr, step_table, cw, K, xs, EVEN, B, FLIP, DECODE, MBITS, HALF_PTX)
         else:
             part = tl.zeros((BN, P), tl.float32)
             xsum = tl.zeros((P,), tl.float32)

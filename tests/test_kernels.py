@@ -277,6 +277,33 @@ def test_half_pair_path_is_not_taken_where_two_words_span_two_groups(rng, kernel
     check_matmul(torch.randn(1, 256).half().to(kernel_device), qt, dev)
 
 
+@pytest.mark.parametrize("group_size", [128, 48])
+def test_type_ids_pick_each_group_s_pair_table(group_size, rng, kernel_device):
+    """bitmod_fp4's M = 1 GEMV reads its four 16-entry tables as fp16 pairs: member 0's registers for the whole
+    program, and the one register the members differ in (entry 8's high byte: +-0.625 or +-1) per row's and
+    group's type id, a step holding eight groups of 128 (groups of 48: an id per pair of words). Every legal code
+    under every type id, the ids changing from group to group, on one program along K and on split-K, in both
+    activation dtypes."""
+    w = (rng.standard_normal((24, 1152)) * 0.02).astype(np.float32)
+    qt = F.quantize(w, "bitmod_fp4", group_size=group_size)
+    legal = F.get_format("bitmod_fp4").legal_codes()
+    ids = rng.integers(0, legal.shape[0], (24, qt.layout["type_ids"].entries))
+    codes = np.stack([rng.choice(np.flatnonzero(legal[i]), group_size) for i in ids.ravel()]).reshape(24, -1)
+    codes[:4] = np.arange(codes.shape[1]) % 16  # rows whose every group runs through all 16 codes
+    qt = dataclasses.replace(qt, arrays=dict(qt.arrays, codes=pack_codes(codes, 4),
+                                             type_ids=pack_codes(ids, qt.layout["type_ids"].bits)))
+    dev = qt.to(kernel_device)
+    launch = dispatch.choose(dev.plan, 1)
+    assert launch.kernel == "gemv_words" and launch.decode == "lut" and launch.bn == dispatch.HALF_TILE[0]
+    assert (launch.ks % group_size == 0) == (group_size == 128)  # whole groups a step, or an id per two words
+    registers = dev.tables["registers"].cpu().numpy()
+    assert dispatch.half_pairs_apply(dev.plan, "lut") and dispatch.varying_registers(registers) == 1 << 6
+    gen = torch.Generator().manual_seed(3)
+    for dtype, sms in ((torch.float16, 1), (torch.bfloat16, 64)):
+        x = torch.randn(1, 1152, generator=gen).to(dtype).to(kernel_device)
+        check_matmul(x, qt, dev, dispatch.choose(dev.plan, 1, sms=sms))
+
+
 @pytest.mark.parametrize("name", HALF_PAIR_FORMATS + ["int8_asym", "int2_asym", "mxint8", "fp4_e2m1", "fp4_e1m2",
                                                      "fp4_e3m0", "fp8_e4m3", "fp8_e5m2", "mxfp8_e4m3"])
 def test_half_pair_tile_dot_and_the_float32_decode(name, rng, kernel_device):

@@ -45,8 +45,12 @@ GEMV_BN, TILE_BN = 128, 64  # rows per program of gemv_mixed and of the M = 1 ti
 # the DRAM stream rows instead of 64-byte pieces of 256 rows. H200, CUDA graph times at K=8192 N=28672
 # (bench/results/gpu_launch_variants_h200_run6.log):
 HALF_TILE = (32, 128, 1)  # fp16 pair path: int4 38.1 us against 54.0 at (256, 16, 1); int2 34.8 against 41.4
+# (and bitmod_fp4's type ids, run 12, gpu_launch_variants_h200_run12.log: 64.8 us against 66.5 at (16, 128, 1),
+# 73.3 at (64, 64, 1), 90.9 at (32, 64, 1))
 OTHER_TILE = (32, 64, 3)  # other decodes: nf4 76.3 us, fp4_e2m1 78.6 against 168 and 169 at (128, 16, 1)
-MEMBER_TILE = (128, 16, 1)  # type ids (read per row when a step lies in one group): bitmod_fp4 176 us, 451+ at OTHER_TILE
+# type ids of tables the pairs do not take (read per row when a step lies in one group): bitmod_fp4 176 us before
+# run 12 (HALF_GEMV_TABLES=False), 451+ at OTHER_TILE
+MEMBER_TILE = (128, 16, 1)
 MAX_GROUPS_PER_STEP = 16  # words per step are halved until a step holds at most this many groups (nvfp4: 16 of 16)
 # gemv_words takes at least 32 rows: with 16, triton 3.6 fails to compile its table decodes for sm_90
 # (TritonGPUOptimizeThreadLocality; shift2 in tests/test_kernels.py, H200)

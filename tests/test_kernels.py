@@ -304,6 +304,18 @@ def test_type_ids_pick_each_group_s_pair_table(group_size, rng, kernel_device):
         check_matmul(x, qt, dev, dispatch.choose(dev.plan, 1, sms=sms))
 
 
+def test_a_user_mixture_of_unlike_tables_reads_every_register_per_type_id(rng, kernel_device):
+    """A user's mixture of nf4, fp4_e2m1 and flint4 (three tables with nothing in common) takes the same path with
+    all eight registers read per type id, and no kernel code of its own."""
+    mix = F.define_mixture("three_tables", ["nf4", "fp4_e2m1", "flint4"], register=False)
+    qt = F.quantize((rng.standard_normal((40, 2048)) * 0.02).astype(np.float32), mix)
+    dev = qt.to(kernel_device)
+    assert dispatch.half_pairs_apply(dev.plan, "lut") and dispatch.choose(dev.plan, 1).kernel == "gemv_words"
+    assert dispatch.varying_registers(dev.tables["registers"].cpu().numpy()) == 0xFF
+    assert set(np.unique(qt.unpacked().member)) == {0, 1, 2}  # every member chosen somewhere
+    check_matmul(torch.randn(1, 2048).half().to(kernel_device), qt, dev)
+
+
 @pytest.mark.parametrize("name", HALF_PAIR_FORMATS + ["int8_asym", "int2_asym", "mxint8", "fp4_e2m1", "fp4_e1m2",
                                                      "fp4_e3m0", "fp8_e4m3", "fp8_e5m2", "mxfp8_e4m3"])
 def test_half_pair_tile_dot_and_the_float32_decode(name, rng, kernel_device):

@@ -1,4 +1,5 @@
-"""CUDA C++ kernels through CuPy (``cupy.RawModule``): the ``mixed_2_4`` cp.async GEMV and the TRIP dp4a matmul.
+"""CUDA C++ kernels through CuPy (``cupy.RawModule``): the ``mixed_2_4`` cp.async GEMV, the TRIP dp4a matmul and
+the small-batch integer matmul on tensor cores.
 
 :func:`mixed_gemv_cupy`
     ``y = x @ W^T`` for M = 1 and a ``mixed_2_4`` :class:`~hwlab.kernels.DeviceTensor`
@@ -8,6 +9,10 @@
 :func:`trip_matmul_cupy`
     exact int32 ``acc = x_codes @ w^T`` of int8 activation codes and int4 weight words
     (``kernels/cuda/trip_dp4a.cu``, ``dp4a``), bit-exact against :func:`hwlab.sim.trip.integer_matmul`.
+:func:`int_mma_cupy`
+    fp16 ``y = x @ W^T`` for M <= 16 and integer codes in whole words (int2, int4, int8, with or without zero
+    points; ``kernels/cuda/int_mma.cu``): ``mma.sync`` m16n8k16 with the weights decoded straight into the A
+    fragment registers and x staged once per block in B-fragment order (:func:`mma_fragment_k`).
 
 CuPy is imported only when a kernel is called (``pip install cupy-cuda13x``, or the ``gpu`` extra).
 Torch tensors are shared by their raw device pointers (no copies), and the kernels run on torch's
@@ -24,9 +29,10 @@ import numpy as np
 
 from .async_mixed import kernel_pointer, stream_names
 from .device import DeviceTensor
+from .dispatch import OUT_MAX, split_value_scale, split_workspace
 
 CUDA_DIR = Path(__file__).with_name("cuda")
-MIXED_SOURCE, TRIP_SOURCE = "mixed_gemv_async.cu", "trip_dp4a.cu"
+MIXED_SOURCE, TRIP_SOURCE, MMA_SOURCE = "mixed_gemv_async.cu", "trip_dp4a.cu", "int_mma.cu"
 NVRTC_OPTIONS = ("-std=c++17",)
 MIXED_STAGES = (2, 3)  # instantiated pipeline depths (rows in flight per warp, counting the one decoded)
 DEFAULT_STAGES = 2  # double buffering
@@ -40,9 +46,19 @@ TRIP_ACC_BOUND = 1905  # |x| <= 127 times the +8-offset weight byte <= 15: |acc|
 X_PAD = 4  # floats after each group of x in shared memory (mixed_gemv_async.cu's X_PAD)
 FP16_OUT_MAX = 65504.0
 SM90_SHARED_PER_BLOCK, SM90_SHARED_PER_SM = 232448, 233472  # cudaDevAttrMaxSharedMemoryPerBlockOptin, ..PerMultiprocessor
+# int_mma.cu tiles (module constants, so that bench/cupy_mma_probe.py can time others)
+MMA_BITS = (2, 4, 8)  # code widths of whole words it decodes (half_pairs.int_pair_constants)
+MMA_MAX_M = 16  # batch rows: two m16n8k16 tiles of 8
+MMA_WORDS = (4, 2, 1)  # words a lane loads per row and chunk (a 16, 8 or 4-byte vector): the largest that fits a group
+MMA_WARPS = 8  # warps a block (at most MMA_WARPS_MAX: the kernel's __launch_bounds__(256))
+MMA_WARPS_MAX = 8
+MMA_TILES = 1  # 16-row tiles a warp decodes at once (2: x's fragments read once for 32 rows)
+MMA_PREFETCH = 4  # chunks whose loads are in flight while a warp decodes one (the register ring)
+MMA_X_BYTES = 64 * 1024  # the x tile a block stages in shared memory, at most (bounds its K range)
+MMA_WAVES = 4  # blocks per SM that split-K aims for
 INSTALL_HINT = "pip install cupy-cuda13x (or the hwlab 'gpu' extra: pip install 'hwlab[gpu]')"
 
-_modules: dict = {}  # (source, device index) -> (RawModule, {name: RawKernel})
+_modules: dict = {}  # (source, names, device index) -> (RawModule, {name: RawKernel})
 _streams: dict = {}  # torch stream pointer -> cupy ExternalStream
 _device_info: dict = {}  # device index -> (SMs, max opt-in shared bytes per block, shared bytes per SM)
 
@@ -76,8 +92,8 @@ def trip_kernel_name(mb: int) -> str:
 
 
 def _module(source: str, names: tuple, device_index: int):
-    """The compiled module of ``source`` on a device and its kernels (compiled once per device)."""
-    key = (source, device_index)
+    """The compiled module of ``source`` on a device and its kernels ``names`` (compiled once per device)."""
+    key = (source, names, device_index)
     cached = _modules.get(key)
     if cached is None:
         cupy = _cupy()
@@ -321,4 +337,158 @@ def trip_matmul_cupy(x_codes, w_words, *, out=None):
         out = torch.empty((m, n), dtype=torch.int32, device=device)
     _launch(kernel, index, grid, 32 * TRIP_WARPS,
             (_ptr(x_codes), _ptr(w_words), _ptr(out), np.int32(m), np.int32(n), np.int32(k)), 0, device)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# int MMA: small batches on tensor cores, integer codes decoded into the A fragments
+
+
+def mma_words(bits: int, group: int) -> int:
+    """Words V a lane of ``int_mma`` loads per row and chunk for ``bits``-bit codes in groups of ``group``: the
+    largest of :data:`MMA_WORDS` whose chunk (a quad's 4 V words, 4 V E codes) divides the group and gives an
+    even number of mmas (V E / 4, two a shared-memory slot); 0 where none does."""
+    e = 32 // bits
+    return next((v for v in MMA_WORDS if group % (4 * v * e) == 0 and v * e % 8 == 0), 0)
+
+
+def mma_fragment_k(bits: int, v: int) -> np.ndarray:
+    """int ``[4, V E / 2, 2]``: the chunk column (physical code ``k`` of a row's chunk of 4 V E codes) of half
+    ``h`` of pair ``P`` of a lane with ``t = lane % 4`` (``kernels/cuda/int_mma.cu``'s K permutation). Pair P is
+    code ``p`` and ``p + E/2`` of the lane's word ``q`` (P = q E/2 + p): ``(V t + q) E + p + h E/2``. mma ``s``
+    of the chunk reads pairs 2s (its a0, a1 and b0: logical k ``2t + h``) and 2s + 1 (a2, a3, b1: ``2t + 8 + h``)."""
+    e = 32 // bits
+    t, pair, h = np.meshgrid(np.arange(4), np.arange(v * e // 2), np.arange(2), indexing="ij")
+    return (v * t + pair // (e // 2)) * e + pair % (e // 2) + h * (e // 2)
+
+
+def mma_x_word(i: int, j: int, pair: int, lane: int, mmas: int, nj: int) -> int:
+    """The 32-bit word of ``int_mma``'s staged x tile that holds pair ``pair`` (two halves, :func:`mma_fragment_k`)
+    of batch row ``8 j + lane // 4`` for lane ``lane``, chunk ``i`` of the block, ``mmas`` mmas a chunk, ``nj``
+    batch tiles of 8: slots of 16 bytes, 32 lanes side by side (``x_word`` in the source)."""
+    return (((i * nj + j) * (mmas // 2) + pair // 4) * 32 + lane) * 4 + pair % 4
+
+
+def mma_unsupported(plan) -> str | None:
+    """Why :func:`int_mma_cupy` cannot read a plan's tensor, or None: integer codes of :data:`MMA_BITS` in whole
+    words without type ids, float scales (fp16 or fp32) per group with nothing else folded in, zero points (if
+    any) in code units and in whole fields of a word, groups of whole chunks (:func:`mma_words`)."""
+    if plan.packing != "words" or plan.decode != "int" or plan.bits not in MMA_BITS or plan.member_rule != "none":
+        return (f"it reads integer codes of {MMA_BITS} bits in whole words (int2, int4, int8 and their _asym), "
+                f"not {plan.describe()}")
+    if plan.scale_kind != "float" or plan.has_row_scales or plan.double_quant_block:
+        return f"it reads plain fp16 or fp32 group scales, not {plan.describe()}"
+    if plan.zero_bits and (32 % plan.zero_bits or plan.decode_scale != 1.0):
+        return f"it reads zero points of 1, 2, 4, 8 or 16 bits in code units, not {plan.describe()}"
+    if not mma_words(plan.bits, plan.elements_per_group) or plan.padded_cols != plan.groups * plan.elements_per_group:
+        return (f"groups must hold whole chunks of {4 * (32 // plan.bits)} or a multiple of "
+                f"{max(4 * (32 // plan.bits), 32)} codes, got group_size {plan.elements_per_group}")
+    return None
+
+
+def mma_kernel_name(bits: int, flip: int, zero_bits: int, v: int, nj: int, tiles: int, prefetch: int,
+                    scale: str) -> str:
+    return (f"int_mma<{bits}, {flip}, {zero_bits}, {v}, {nj}, {tiles}, {prefetch}, "
+            f"{'float' if scale == 'float32' else 'unsigned short'}>")
+
+
+def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) -> dict:
+    """Name, grid, block, shared bytes and sizes of :func:`int_mma_cupy` for ``m`` batch rows of a plan (pure
+    Python; the tile constants as they are now). Split-K: the fewest splits that keep a block's x tile within
+    :data:`MMA_X_BYTES` and give about :data:`MMA_WAVES` blocks per SM."""
+    reason = mma_unsupported(plan)
+    if reason:
+        raise ValueError(f"int_mma_cupy: {reason}")
+    if not 1 <= MMA_WARPS <= MMA_WARPS_MAX or MMA_TILES < 1 or MMA_PREFETCH < 1:
+        raise ValueError(f"int_mma_cupy: MMA_WARPS must be 1..{MMA_WARPS_MAX}, MMA_TILES and MMA_PREFETCH >= 1")
+    n = plan.shape[0]
+    e = 32 // plan.bits
+    v = mma_words(plan.bits, plan.elements_per_group)
+    nj = 1 if m <= 8 else 2
+    ck = 4 * v * e  # codes a chunk
+    chunks = plan.padded_cols // ck
+    chunk_bytes = nj * 8 * ck * 2
+    rows = 16 * MMA_TILES * MMA_WARPS
+    row_blocks = math.ceil(n / rows)
+    fewest = math.ceil(chunks / max(1, MMA_X_BYTES // chunk_bytes))
+    splits = min(chunks, max(fewest, math.ceil(MMA_WAVES * sms / row_blocks)))
+    per_block = math.ceil(chunks / splits)
+    splits = math.ceil(chunks / per_block)  # every block has chunks
+    return dict(name=mma_kernel_name(plan.bits, plan.flip, plan.zero_bits, v, nj, MMA_TILES, MMA_PREFETCH,
+                                     scale_dtype),
+                v=v, nj=nj, chunks=chunks, chunks_per_block=per_block, chunks_per_group=plan.elements_per_group // ck,
+                splits=splits, row_blocks=row_blocks, grid=row_blocks * splits, block=32 * MMA_WARPS,
+                shared=per_block * chunk_bytes)
+
+
+def _check_mma(x, dt, out):
+    """The pure-Python checks of :func:`int_mma_cupy`; returns (x as [M, K], out or None)."""
+    torch = _torch()
+    if not isinstance(dt, DeviceTensor):
+        raise TypeError(f"int_mma_cupy needs a DeviceTensor (qt.to('cuda')), got {type(dt).__name__}")
+    reason = mma_unsupported(dt.plan)
+    if reason:
+        raise ValueError(f"int_mma_cupy: {reason}")
+    scales = dt.arrays[dt.plan.arrays["scales"]]
+    if scales.dtype not in (torch.float16, torch.float32):
+        raise ValueError(f"int_mma_cupy reads fp16 or fp32 scales, got {scales.dtype}")
+    n, k = dt.shape
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch tensor, got {type(x).__name__}")
+    if x.dtype != torch.float16:
+        raise ValueError(f"x must be float16, got {_describe(x)}")
+    if x.dim() not in (1, 2) or x.shape[-1] != k or not 1 <= (x.shape[0] if x.dim() == 2 else 1) <= MMA_MAX_M:
+        raise ValueError(f"x must have shape [M, {k}] with M in 1..{MMA_MAX_M} (or [{k}]; K of the weights), "
+                         f"got {tuple(x.shape)}")
+    if not x.is_contiguous():
+        raise ValueError("x must be contiguous")
+    m = x.shape[0] if x.dim() == 2 else 1
+    if out is not None:
+        if not isinstance(out, torch.Tensor) or out.dtype != torch.float16 or tuple(out.shape) != (m, n):
+            raise ValueError(f"out must be a float16 tensor [{m}, {n}], got {_describe(out)}")
+        if not out.is_contiguous():
+            raise ValueError("out must be contiguous")
+    _check_cuda("x", x)
+    _check_cuda("the weights", dt)
+    if x.device != dt.device or (out is not None and out.device != dt.device):
+        raise ValueError(f"x is on {x.device}, the weights on {dt.device}"
+                         + (f", out on {out.device}" if out is not None else "") + ": they must share one device")
+    if dt.arrays[dt.plan.arrays["codes"]].data_ptr() % 16:
+        raise ValueError("the code words must start at a 16-byte aligned address (the kernel reads 16-byte vectors)")
+    return x.reshape(m, k), out
+
+
+def int_mma_cupy(x, dt: DeviceTensor, *, out=None):
+    """fp16 ``y [M, N] = x @ W^T`` for ``x`` fp16 ``[M, K]`` (M <= 16) or ``[K]`` and integer codes in whole
+    words on the GPU (:func:`mma_unsupported` says which), accumulated in fp32 on tensor cores, the scale applied
+    per chunk of a group, saturated at +-65504 (``dispatch.OUT_MAX``); written into ``out`` when given."""
+    x, out = _check_mma(x, dt, out)
+    torch = _torch()
+    m, n = x.shape[0], dt.shape[0]
+    index = dt.device.index if dt.device.index is not None else torch.cuda.current_device()
+    plan = dt.plan
+    key = ("cupy_mma", m > 8, MMA_WARPS, MMA_TILES, MMA_PREFETCH, MMA_X_BYTES, MMA_WAVES)
+    cached = dt.launch_cache.get(key)
+    if cached is None:
+        scales = dt.arrays[plan.arrays["scales"]]
+        lp = mma_launch_plan(plan, m, str(scales.dtype).removeprefix("torch."), _info(index)[0])
+        kernel = _module(MMA_SOURCE, (lp["name"],), index)[lp["name"]]
+        if kernel.max_dynamic_shared_size_bytes < lp["shared"]:
+            kernel.max_dynamic_shared_size_bytes = lp["shared"]
+        codes = dt.arrays[plan.arrays["codes"]]
+        zeros = dt.arrays[plan.arrays["zeros"]] if plan.zero_bits else codes  # a pointer is never to nothing
+        scale_unit, value_scale = split_value_scale(plan.value_scale("int"))
+        weights = (_ptr(codes), _ptr(scales), _ptr(zeros))
+        sizes = (np.int32(n), np.int32(dt.shape[1]), np.int32(plan.row_words),
+                 np.int32(plan.groups if plan.scale_rows > 1 else 0), np.int32(zeros.shape[1] if plan.zero_bits else 0),
+                 np.int32(lp["chunks"]), np.int32(lp["chunks_per_block"]), np.int32(lp["chunks_per_group"]),
+                 np.int32(lp["splits"]), np.float32(scale_unit), np.float32(value_scale),
+                 np.float32(OUT_MAX["float16"]))
+        cached = dt.launch_cache[key] = (kernel, weights, sizes, lp, index)
+    kernel, weights, sizes, lp, index = cached
+    if out is None:
+        out = torch.empty((m, n), dtype=torch.float16, device=dt.device)
+    work, count = split_workspace(dt.device, m * n, lp["row_blocks"]) if lp["splits"] > 1 else (out, out)
+    args = (_ptr(x), *weights, _ptr(out), _ptr(work), _ptr(count), np.int32(m), *sizes)
+    _launch(kernel, index, lp["grid"], lp["block"], args, lp["shared"], dt.device)
     return out

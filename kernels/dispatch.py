@@ -404,7 +404,8 @@ class Prepared:
         if self.launch.kernel == "dequantize_then_torch":
             _dequantize_then_torch(x2, self.qt, out2)
             return
-        work, count = _workspace(x2.device, self.m * self.qt.shape[0], self.tiles) if self.atomic else (out2, out2)
+        work, count = (split_workspace(x2.device, self.m * self.qt.shape[0], self.tiles) if self.atomic
+                       else (out2, out2))
         compiled = self.compiled
         xp, op = x2.data_ptr(), out2.data_ptr()
         if compiled is not None and not (xp | op) & 15:
@@ -449,8 +450,9 @@ def _stream(index):
 _WORKSPACES: dict = {}  # (device, stream) -> (float32 workspace, int32 arrival counts), kept zeroed by the kernels
 
 
-def _workspace(device, size: int, tiles: int):
-    """The split-K workspace of at least ``size`` float32 and ``tiles`` counts for the current stream."""
+def split_workspace(device, size: int, tiles: int):
+    """The split-K workspace of at least ``size`` float32 and ``tiles`` counts for the current stream (shared by
+    the Triton kernels and :func:`hwlab.kernels.cupy_kernels.int_mma_cupy`: each leaves both zeroed)."""
     key = (device, _stream(device.index) if device.type == "cuda" else 0)
     pair = _WORKSPACES.get(key)
     if pair is None or pair[0].numel() < size or pair[1].numel() < tiles:

@@ -106,18 +106,31 @@ def _lut_pair(i: int) -> str:
     return f"prmt.b32 h, l{half}, h{half}, {0x6240 if i % 2 == 0 else 0x7351:#06x};"
 
 
-def _int_pair(src: str, i: int, bits: int, flip: int) -> list[str]:
-    """PTX putting integer codes ``i`` and ``i + E/2`` of word ``src`` (``t``: it shifted right once) into
-    ``h`` as exact fp16 values: the code in the mantissa of fp16 1024, then scaled and offset."""
+def int_pair_constants(i: int, bits: int, flip: int) -> tuple[bool, int, int, float, float]:
+    """``(shifted, fields, magic, scale, offset)`` of integer pair ``i`` (codes ``i`` and ``i + E/2`` of a word of
+    ``bits``-bit codes, sign bit ``flip``): ``h = (src & fields) ^ magic`` holds, in each half, binary16 1024 with
+    the code (its sign bit flipped) in the mantissa from bit ``p0`` up, where ``src`` is the word, or the word
+    shifted right by ``(10 // bits) * bits`` once the ``10 // bits`` codes that fit a mantissa are used up
+    (``shifted``); then ``h * scale + offset`` (``scale = 2**-p0``) is the code's integer value, exactly. The fp16
+    pair decodes of ``gemv_words`` (:func:`half_word_ptx`), ``tile_dot`` (its Triton twin) and the CuPy MMA kernel
+    (``kernels/cuda/int_mma.cu``'s ``int_pair``) all compute these."""
     window = 10 // bits
     p0 = (i % window) * bits
     mask = (1 << bits) - 1
     fields = (mask << p0) | (mask << (16 + p0))
     magic = 0x64006400 | (flip << p0) | (flip << (16 + p0))
-    lines = [f"lop3.b32 h, {src if i < window else 't'}, {fields:#010x}, {magic:#010x}, 0x6a;",
-             f"mov.b32 c, {_f16x2_bits(-((1 << (10 - p0)) + flip)):#010x};"]
-    if p0:
-        return lines + [f"mov.b32 k, {_f16x2_bits(2.0 ** -p0):#010x};", "fma.rn.f16x2 h, h, k, c;"]
+    return i >= window, fields, magic, 2.0**-p0, -float((1 << (10 - p0)) + flip)
+
+
+def _int_pair(src: str, i: int, bits: int, flip: int) -> list[str]:
+    """PTX putting integer codes ``i`` and ``i + E/2`` of word ``src`` (``t``: it shifted right once) into
+    ``h`` as exact fp16 values: the code in the mantissa of fp16 1024, then scaled and offset
+    (:func:`int_pair_constants`)."""
+    shifted, fields, magic, scale, offset = int_pair_constants(i, bits, flip)
+    lines = [f"lop3.b32 h, {'t' if shifted else src}, {fields:#010x}, {magic:#010x}, 0x6a;",
+             f"mov.b32 c, {_f16x2_bits(offset):#010x};"]
+    if scale != 1.0:
+        return lines + [f"mov.b32 k, {_f16x2_bits(scale):#010x};", "fma.rn.f16x2 h, h, k, c;"]
     return lines + ["add.rn.f16x2 h, h, c;"]
 
 

@@ -51,7 +51,7 @@ def test_async_split_k_is_one_launch_that_leaves_the_workspace_zeroed(rng, kerne
         out = torch.full((m, 70), float("nan"), dtype=torch.float16, device=kernel_device)
         dispatch.run(x, dev, out, launch)
         assert torch.isfinite(out).all() and worst_error(out, x, qt) <= 1.0
-    work, count = dispatch._workspace(x.device, m * 70, 1)
+    work, count = dispatch.split_workspace(x.device, m * 70, 1)
     assert not work.any() and not count.any()
     x[0, 5] = float("nan")
     dispatch.run(x, dev, out, launch)

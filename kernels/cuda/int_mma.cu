@@ -1,0 +1,387 @@
+// hwlab: y = x @ dequant(W)^T for small batches (M <= 16) on tensor cores, the weights decoded straight into
+// the registers of mma.sync's A operand (no shared-memory round trip for weights).
+//
+// Operands. x fp16 [M, K] (row-major); codes: B-bit integer codes (B = 2, 4, 8) in uint32 words [N, row_words],
+// code k of a row at bits B (k % E) of word k / E (E = 32 / B codes a word, hwlab's "words" packing); a float
+// scale per (row, group of G codes) (fp16 or fp32, row stride s_row_stride: 0 = one row for all); optional
+// ZB-bit zero points (a little-endian stream of fields per row, zero_words words a row). A weight is
+// ((code ^ FLIP) - FLIP - zero) * scale * scale_unit * value_scale (hwlab.kernels.dispatch.split_value_scale).
+//
+// Product. y^T = W x^T: mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 (PTX ISA, "Warp-level matrix
+// multiply-accumulate instructions", "Matrix Fragments for mma.m16n8k16 with floating point type") with A = 16
+// weight rows x 16 of K and B = x^T (16 of K x 8 batch rows; NJ = 2 such tiles for 9..16 rows). Lane l,
+// g = l / 4, t = l % 4 holds a0 = A(g, 2t..2t+1), a1 = A(g+8, 2t..2t+1), a2 = A(g, 2t+8..2t+9),
+// a3 = A(g+8, 2t+8..2t+9); b0 = B(2t..2t+1, g), b1 = B(2t+8..2t+9, g); c0, c1 = D(g, 2t..2t+1), c2, c3 =
+// D(g+8, 2t..2t+1).
+//
+// Chunks and the K permutation. A warp owns MT tiles of 16 rows. Per chunk each lane loads V consecutive words
+// (a 4V-byte vector) of row g and of row g+8 of each tile: the quad (t = 0..3) covers 4V consecutive words,
+// CK = 4 V E codes (int4 with V = 4: 128 codes, one group of g128). Each word decodes into E/2 fp16x2 "pairs"
+// (pair p = codes p and p + E/2 of the word, low and high half: the magic-number decode of
+// hwlab.kernels.half_pairs.int_pair_constants). The lane's pairs P = q E/2 + p (word q of its V) are its A
+// registers in order: mma s of the chunk takes P = 2s as a0/a1 and P = 2s+1 as a2/a3. So logical k
+// 2t + h + 8r of mma s is physical code (V t + q) E + p + h E/2 of the chunk, P = 2s + r, q = P / (E/2),
+// p = P % (E/2) (hwlab.kernels.cupy_kernels.mma_fragment_k, its Python mirror). A dot product may add its
+// terms in any order, so x is staged in shared memory once per block already permuted into B-fragment order:
+// word ((((i NJ + j) (S/2) + P / 4) 32 + lane) 4 + P % 4) of the tile (chunk i of the block, batch tile j,
+// S = V E / 4 mmas a chunk) holds x[8j + g][chunk k (V t + q) E + p + (0, E/2)], and each lane reads its b0, b1
+// of two mmas with one conflict-free LDS.128 (32 lanes, 512 contiguous bytes).
+//
+// Numerics (as triton_kernels.half_dot_loop): codes decode exactly to fp16 integers, the tensor cores sum a
+// chunk's products in fp32 into a zeroed accumulator, and acc += chunk_acc * (scale * scale_unit) (FFMA) per
+// chunk (a chunk lies in one group); y = acc * value_scale, saturated at +-out_max (NaN stays NaN) and rounded
+// to fp16 once.
+//
+// Parallelism. A block of `warps` warps owns 16 MT warps rows and a range of chunks_per_block chunks (split-K:
+// `splits` blocks a row block, adjacent in blockIdx.x); it stages x for that range once (one barrier), then each
+// warp streams its rows with the loads of the next D chunks in flight while it decodes one (a register ring).
+// Split-K blocks add fp32 sums into `work` (zeroed) and count their arrivals per row block; the last one
+// reads the sums back (leaving zeros), stores y and resets the count (the semaphore of CUTLASS's split-K serial
+// reduction; hwlab.kernels.triton_kernels.finish does the same). No includes: compiles with NVRTC
+// (cupy.RawModule) and with nvcc -std=c++17.
+
+#define HW_DEV __device__ __forceinline__
+
+namespace hwmma {
+
+constexpr int LANES = 32;
+constexpr int MAX_THREADS = 256;  // warps <= 8 a block (hwlab.kernels.cupy_kernels.MMA_WARPS_MAX)
+constexpr unsigned HALF_1024X2 = 0x64006400u;  // binary16 1024.0 in both halves: ulp 1 (the magic number)
+
+// ---- binary16 bits (IEEE 754) --------------------------------------------------------------------------------
+
+// Bits of the integer v, 0 < |v| < 2048 (exact in binary16: 11 significant bits).
+HW_DEV constexpr unsigned half_of_int(int v) {
+  const unsigned sign = v < 0 ? 0x8000u : 0u;
+  const int a = v < 0 ? -v : v;
+  int e = 0;
+  while ((2 << e) <= a) ++e;  // 2^e <= a < 2^(e+1)
+  return sign | unsigned((e + 15) << 10) | unsigned((a - (1 << e)) << (10 - e));
+}
+HW_DEV constexpr unsigned pair_of(unsigned half) { return half | (half << 16); }
+// Bits of 2^-p, 0 <= p <= 14 (a normal number: exponent field 15 - p).
+HW_DEV constexpr unsigned half_of_pow2_neg(int p) { return unsigned(15 - p) << 10; }
+
+HW_DEV unsigned half_of_int_rt(int v) {  // half_of_int at run time (zero points): cvt.rn.f16.s32, exact here
+  unsigned short h;
+  asm("cvt.rn.f16.s32 %0, %1;" : "=h"(h) : "r"(v));
+  return h;
+}
+HW_DEV float half_to_float(unsigned short h) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+  return f;
+}
+HW_DEV unsigned short float_to_half(float f) {
+  unsigned short h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+  return h;
+}
+HW_DEV float scale_value(unsigned short s) { return half_to_float(s); }
+HW_DEV float scale_value(float s) { return s; }
+
+// ---- PTX wrappers --------------------------------------------------------------------------------------------
+
+HW_DEV unsigned lop3_and_xor(unsigned a, unsigned b, unsigned c) {  // (a & b) ^ c
+  unsigned d;
+  asm("lop3.b32 %0, %1, %2, %3, 0x6a;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+HW_DEV unsigned hadd2(unsigned a, unsigned b) {
+  unsigned d;
+  asm("add.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+HW_DEV unsigned hfma2(unsigned a, unsigned b, unsigned c) {
+  unsigned d;
+  asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+// D += A B for one m16n8k16 tile (fp16 inputs, fp32 accumulators).
+HW_DEV void mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// V consecutive code words from global memory, streamed (ld.global.cs: evict first); zeros where !ok.
+template <int V>
+HW_DEV void load_words(unsigned (&w)[V], const unsigned* p, bool ok) {
+#pragma unroll
+  for (int i = 0; i < V; ++i) w[i] = 0u;
+  if (!ok) return;
+  if constexpr (V == 4) {
+    asm("ld.global.cs.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "l"(p));
+  } else if constexpr (V == 2) {
+    asm("ld.global.cs.v2.u32 {%0, %1}, [%2];" : "=r"(w[0]), "=r"(w[1]) : "l"(p));
+  } else {
+    asm("ld.global.cs.u32 %0, [%1];" : "=r"(w[0]) : "l"(p));
+  }
+}
+
+// ---- the decode: hwlab.kernels.half_pairs.int_pair_constants --------------------------------------------------
+
+// Pair p (codes p and p + E/2 of `word`) as exact fp16 values minus `zero`: the codes (shifted into the low bits
+// of each half once the window of 10 / B codes is used up) in the mantissa of binary16 1024 with the sign bit
+// flipped (one LOP3), times 2^-p0 and offset by -(2^(10 - p0) + FLIP + zero) (one HFMA2, or one HADD2 at p0 = 0).
+template <int B, int FLIP, int ZB>
+HW_DEV unsigned int_pair(unsigned word, int p, int zero) {
+  constexpr int WINDOW = 10 / B;
+  constexpr unsigned MASK = (1u << B) - 1u;
+  const int p0 = (p % WINDOW) * B;
+  const unsigned src = p < WINDOW ? word : word >> (WINDOW * B);
+  const unsigned fields = (MASK << p0) | (MASK << (16 + p0));
+  const unsigned magic = HALF_1024X2 | (unsigned(FLIP) << p0) | (unsigned(FLIP) << (16 + p0));
+  const unsigned h = lop3_and_xor(src, fields, magic);
+  const int offset = -((1 << (10 - p0)) + FLIP);
+  unsigned c;
+  if constexpr (ZB > 0) c = pair_of(half_of_int_rt(offset - zero));
+  else c = pair_of(half_of_int(offset));
+  return p0 ? hfma2(h, pair_of(half_of_pow2_neg(p0)), c) : hadd2(h, c);
+}
+
+// ---- one chunk of one warp: codes, scales, zero points of its rows ----------------------------------------------
+
+template <int V, int MT, int ZB, typename S>
+struct Chunk {
+  unsigned w[MT][2][V];  // code words of rows g and g + 8 of each tile
+  S s[MT][2];            // raw scales (converted when used, so that a load is waited for only then)
+  unsigned z[MT][2];     // the word holding the zero point (ZB > 0)
+  int zshift;            // its bit offset
+};
+
+struct Rows {  // where a lane's rows are
+  const unsigned* codes;
+  int row_words, s_row_stride, zero_words, chunks_per_group, N;
+  int n0;  // first row of the warp
+  int g, t;
+};
+
+template <int V, int MT, int ZB, int E, typename S>
+HW_DEV void load_chunk(Chunk<V, MT, ZB, S>& ch, const Rows& r, const S* scales, const unsigned* zeros, int c,
+                       bool ok) {
+  constexpr int CK = 4 * V * E;
+  const int group = c / r.chunks_per_group;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = r.n0 + 16 * mt + r.g + 8 * h;
+      const bool in = ok && row < r.N;
+      load_words<V>(ch.w[mt][h], r.codes + (long long)row * r.row_words + c * (CK / E) + V * r.t, in);
+      ch.s[mt][h] = in ? __ldg(scales + (long long)row * r.s_row_stride + group) : S(0);
+      if constexpr (ZB > 0) ch.z[mt][h] = in ? __ldg(zeros + (long long)row * r.zero_words + group * ZB / 32) : 0u;
+    }
+  }
+  ch.zshift = (group * ZB) & 31;
+}
+
+// ---- x staged in B-fragment order ----------------------------------------------------------------------------
+
+// Word of the staged tile holding pair P of lane `lane` for chunk i (of the block) and batch tile j.
+template <int S_, int NJ>
+HW_DEV int x_word(int i, int j, int P, int lane) {
+  return (((i * NJ + j) * (S_ / 2) + P / 4) * LANES + lane) * 4 + P % 4;
+}
+
+// The E halves x[m][k .. k + E) as raw bits (0 outside [0, M) x [0, K)).
+template <int E>
+HW_DEV void load_halves(unsigned (&h)[E], const unsigned short* x, int m, int M, int k, int K, bool vec) {
+  const unsigned short* p = x + (long long)m * K + k;
+  if (vec && m < M && k + E <= K) {  // E * 2 bytes from a 2E-byte aligned address
+    if constexpr (E == 4) {
+      const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+      const unsigned u[2] = {v.x, v.y};
+#pragma unroll
+      for (int j = 0; j < E; ++j) h[j] = (u[j / 2] >> (16 * (j % 2))) & 0xffffu;
+    } else {
+#pragma unroll
+      for (int q = 0; q < E / 8; ++q) {
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(p) + q);
+        const unsigned u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int j = 0; j < 8; ++j) h[8 * q + j] = (u[j / 2] >> (16 * (j % 2))) & 0xffffu;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < E; ++j) h[j] = (m < M && k + j < K) ? unsigned(p[j]) : 0u;
+  }
+}
+
+// Every thread of the block: x for chunks c0 .. c0 + cn into `xs`, permuted (module comment). Item order
+// (chunk, batch tile, word q, g, t), t fastest: 32 consecutive items fill the 32 lanes of one 16-byte slot, so a
+// warp's stores are contiguous (conflict-free STS.128, or STS.64 for int8's two pairs a word).
+template <int B, int V, int NJ>
+HW_DEV void stage_x(unsigned* xs, const unsigned short* x, int M, int K, int c0, int cn) {
+  constexpr int E = 32 / B, CK = 4 * V * E, S_ = V * E / 4, HALF = E / 2;
+  const bool vec = ((reinterpret_cast<unsigned long long>(x) | (unsigned long long)K * 2u) & 15u) == 0;
+  const int items = cn * NJ * V * LANES;
+  for (int item = threadIdx.x; item < items; item += blockDim.x) {
+    const int lane = item & 31, g = lane >> 2, t = lane & 3;
+    const int q = (item >> 5) % V, j = (item >> 5) / V % NJ, i = (item >> 5) / V / NJ;
+    unsigned h[E];
+    load_halves<E>(h, x, 8 * j + g, M, (c0 + i) * CK + (V * t + q) * E, K, vec);
+    if constexpr (HALF == 2) {  // pairs 2q, 2q + 1: half a slot
+      *reinterpret_cast<uint2*>(xs + x_word<S_, NJ>(i, j, q * HALF, lane)) =
+          make_uint2(h[0] | (h[2] << 16), h[1] | (h[3] << 16));
+    } else {
+#pragma unroll
+      for (int p = 0; p < HALF; p += 4) {  // pairs P = q HALF + p .. + 3 (P a multiple of 4): one slot
+        *reinterpret_cast<uint4*>(xs + x_word<S_, NJ>(i, j, q * HALF + p, lane)) =
+            make_uint4(h[p] | (h[p + HALF] << 16), h[p + 1] | (h[p + 1 + HALF] << 16),
+                       h[p + 2] | (h[p + 2 + HALF] << 16), h[p + 3] | (h[p + 3 + HALF] << 16));
+      }
+    }
+  }
+}
+
+// ---- one chunk's mmas ----------------------------------------------------------------------------------------
+
+// acc[mt][j] += (sum over the chunk of W x^T) * scale of each row, W decoded from ch, x from the staged tile.
+template <int B, int FLIP, int ZB, int V, int NJ, int MT, typename S>
+HW_DEV void mma_chunk(float (&acc)[MT][NJ][4], const Chunk<V, MT, ZB, S>& ch, const uint4* xt, int lane,
+                      float scale_unit) {
+  constexpr int E = 32 / B, S_ = V * E / 4, HALF = E / 2;
+  int zero[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) zero[mt][h] = ZB ? int((ch.z[mt][h] >> ch.zshift) & ((1u << ZB) - 1u)) : 0;
+  float part[MT][NJ][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) part[mt][j][e] = 0.f;
+#pragma unroll
+  for (int s2 = 0; s2 < S_ / 2; ++s2) {  // two mmas a slot: b0, b1 of mma 2 s2, then of mma 2 s2 + 1
+    uint4 b[NJ];
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) b[j] = xt[(j * (S_ / 2) + s2) * LANES + lane];
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const int P = 4 * s2 + 2 * u;  // pairs P (a0, a1) and P + 1 (a2, a3)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const unsigned a[4] = {
+            int_pair<B, FLIP, ZB>(ch.w[mt][0][P / HALF], P % HALF, zero[mt][0]),
+            int_pair<B, FLIP, ZB>(ch.w[mt][1][P / HALF], P % HALF, zero[mt][1]),
+            int_pair<B, FLIP, ZB>(ch.w[mt][0][(P + 1) / HALF], (P + 1) % HALF, zero[mt][0]),
+            int_pair<B, FLIP, ZB>(ch.w[mt][1][(P + 1) / HALF], (P + 1) % HALF, zero[mt][1])};
+#pragma unroll
+        for (int j = 0; j < NJ; ++j) mma16816(part[mt][j], a, u ? b[j].z : b[j].x, u ? b[j].w : b[j].y);
+      }
+    }
+  }
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    const float s0 = scale_value(ch.s[mt][0]) * scale_unit, s1 = scale_value(ch.s[mt][1]) * scale_unit;
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+      acc[mt][j][0] = fmaf(part[mt][j][0], s0, acc[mt][j][0]);
+      acc[mt][j][1] = fmaf(part[mt][j][1], s0, acc[mt][j][1]);
+      acc[mt][j][2] = fmaf(part[mt][j][2], s1, acc[mt][j][2]);
+      acc[mt][j][3] = fmaf(part[mt][j][3], s1, acc[mt][j][3]);
+    }
+  }
+}
+
+HW_DEV float saturate(float y, float out_max) {  // comparisons are false for NaN: it passes through
+  return y > out_max ? out_max : (y < -out_max ? -out_max : y);
+}
+
+}  // namespace hwmma
+
+// Template parameters: B code bits, FLIP sign flip (0 or 2^(B-1)), ZB zero-point bits (0: none), V words a lane
+// loads per row and chunk, NJ batch tiles of 8, MT row tiles of 16 a warp, D chunks in flight, S scale type
+// (unsigned short: fp16 bits; float). Grid: row blocks x splits (1-D, split fastest); block: `warps` x 32
+// threads; dynamic shared memory: chunks_per_block x NJ x 8 x CK x 2 bytes.
+template <int B, int FLIP, int ZB, int V, int NJ, int MT, int D, typename S>
+__global__ void __launch_bounds__(hwmma::MAX_THREADS)
+    int_mma(const unsigned short* __restrict__ x, const unsigned* __restrict__ codes, const S* __restrict__ scales,
+            const unsigned* __restrict__ zeros, unsigned short* __restrict__ out, float* __restrict__ work,
+            int* __restrict__ count, int M, int N, int K, int row_words, int s_row_stride, int zero_words,
+            int chunks, int chunks_per_block, int chunks_per_group, int splits, float scale_unit,
+            float value_scale, float out_max) {
+  using namespace hwmma;
+  constexpr int E = 32 / B, S_ = V * E / 4;
+  static_assert(32 % B == 0 && B >= 2 && B <= 8 && S_ % 2 == 0, "B in {2, 4, 8}; an even number of mmas a chunk");
+  extern __shared__ uint4 xs[];
+  __shared__ int last;
+  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  const int split = blockIdx.x % splits, rb = blockIdx.x / splits;
+  const int c0 = split * chunks_per_block, cn = min(chunks_per_block, chunks - c0);  // cn > 0 (launch plan)
+  Rows r{codes, row_words, s_row_stride, zero_words, chunks_per_group, N,
+         (rb * warps + int(threadIdx.x >> 5)) * 16 * MT, lane >> 2, lane & 3};
+
+  Chunk<V, MT, ZB, S> ring[D];
+#pragma unroll
+  for (int d = 0; d < D; ++d) load_chunk<V, MT, ZB, E, S>(ring[d], r, scales, zeros, c0 + d, d < cn);
+  stage_x<B, V, NJ>(reinterpret_cast<unsigned*>(xs), x, M, K, c0, cn);
+  __syncthreads();
+
+  float acc[MT][NJ][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][j][e] = 0.f;
+  for (int base = 0; base < cn; base += D) {
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+      const int i = base + d;
+      if (i < cn) {  // uniform over the block
+        Chunk<V, MT, ZB, S> next;
+        load_chunk<V, MT, ZB, E, S>(next, r, scales, zeros, c0 + i + D, i + D < cn);
+        mma_chunk<B, FLIP, ZB, V, NJ, MT, S>(acc, ring[d], xs + i * NJ * (S_ / 2) * LANES, lane, scale_unit);
+        ring[d] = next;
+      }
+    }
+  }
+
+  // y[m][n]: element e of acc[mt][j] is batch row 8j + 2t + e % 2, weight row n0 + 16 mt + g + 8 (e / 2)
+  if (splits == 1) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int m = 8 * j + 2 * r.t + (e & 1), n = r.n0 + 16 * mt + r.g + 8 * (e >> 1);
+          if (m < M && n < N) out[(long long)m * N + n] = float_to_half(saturate(acc[mt][j][e] * value_scale, out_max));
+        }
+    return;
+  }
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int m = 8 * j + 2 * r.t + (e & 1), n = r.n0 + 16 * mt + r.g + 8 * (e >> 1);
+        if (m < M && n < N) atomicAdd(work + (long long)m * N + n, acc[mt][j][e] * value_scale);
+      }
+  __threadfence();  // this block's adds before its arrival (release)
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(count + rb, 1) == splits - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();  // every block's adds before the reads (acquire)
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int m = 8 * j + 2 * r.t + (e & 1), n = r.n0 + 16 * mt + r.g + 8 * (e >> 1);
+        if (m < M && n < N) {
+          const float total = atomicExch(work + (long long)m * N + n, 0.f);  // read the sum, leave zero
+          out[(long long)m * N + n] = float_to_half(saturate(total, out_max));
+        }
+      }
+  if (threadIdx.x == 0) atomicExch(count + rb, 0);
+}

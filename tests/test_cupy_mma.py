@@ -1,0 +1,269 @@
+"""The small-batch integer MMA kernel: kernels/cuda/int_mma.cu and hwlab.kernels.cupy_kernels.int_mma_cupy.
+
+* Always (where nvcc exists): the source compiles for sm_90 without spills, with HMMA and LOP3 in its SASS.
+* Always (CPU): the argument checks raise before CuPy is touched; the launch plan; a numpy emulation of what
+  every lane loads, decodes (half_pairs.int_pair_constants) and feeds to mma.sync m16n8k16 (the PTX ISA's
+  fragment layout) from the x tile staged as stage_x stages it, reproducing ``x @ W^T`` in float64.
+* ``gpu``-marked (skipped with the reason without CUDA or CuPy): against the float64 reference with
+  ``kernels.testing.worst_error`` (the Triton tile_dot's bound), odd M and N, outputs poisoned first.
+"""
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed")
+
+import hwlab.formats as F  # noqa: E402
+from hwlab.kernels import cupy_kernels as ck  # noqa: E402
+from hwlab.kernels.half_pairs import int_pair_constants  # noqa: E402
+from hwlab.kernels.plan import build_plan  # noqa: E402
+
+NVCC = shutil.which("nvcc")
+SIGNATURE = ("(const unsigned short*, const unsigned*, const {s}*, const unsigned*, unsigned short*, float*, int*, "
+             + ", ".join(["int"] * 10) + ", float, float, float)")
+COMPILED = [(4, 8, 0, 4, 2, 1, 4, "float16"), (4, 0, 4, 4, 1, 1, 4, "float16"), (8, 128, 0, 4, 2, 2, 2, "float32"),
+            (2, 2, 0, 2, 2, 1, 4, "float16")]
+
+
+def _cuda_ready() -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA GPU on this machine"
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return f"CuPy is not installed ({ck.INSTALL_HINT})"
+    return None
+
+
+def _quantize(fmt, n, k, gs=128, seed=0):
+    w = (np.random.default_rng(seed).standard_normal((n, k)) * 0.02).astype(np.float32)
+    return F.quantize(w, fmt, group_size=gs, pad=k % gs != 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# compile (CPU, nvcc)
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+def test_int_mma_compiles_without_spills(tmp_path):
+    names = [ck.mma_kernel_name(*c) for c in COMPILED]
+    lines = [f'#include "{ck.CUDA_DIR / ck.MMA_SOURCE}"']
+    lines += [f"template __global__ void {name}{SIGNATURE.format(s=name.split(', ')[-1][:-1])};" for name in names]
+    wrapper = tmp_path / "instances.cu"
+    wrapper.write_text("\n".join(lines) + "\n")
+    cubin = tmp_path / "int_mma.cubin"
+    done = subprocess.run([NVCC, "-arch=sm_90", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(cubin),
+                           str(wrapper)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    report = done.stderr + done.stdout
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
+    assert len(spills) == len(names) and all(s == ("0", "0") for s in spills), report
+    cuobjdump = shutil.which("cuobjdump")
+    if cuobjdump:
+        sass = subprocess.run([cuobjdump, "-sass", str(cubin)], capture_output=True, text=True).stdout
+        for op in ("HMMA.16816.F32", "LOP3", "LDS.128"):
+            assert op in sass, f"no {op} in the SASS"
+        assert "LDL" not in sass and "STL" not in sass, "local memory in the SASS"
+
+
+def test_int_mma_source_has_no_includes():
+    assert "#include" not in ck.kernel_source(ck.MMA_SOURCE)  # NVRTC without headers
+
+
+# ------------------------------------------------------------------------------------------------
+# argument checks (CPU tensors: the errors come before CuPy is touched)
+
+def test_int_mma_argument_errors_on_cpu():
+    dt = _quantize("int4", 8, 256).to("cpu")
+    x = torch.zeros(3, 256, dtype=torch.float16)
+    with pytest.raises(TypeError, match="DeviceTensor"):
+        ck.int_mma_cupy(x, dt.source)
+    with pytest.raises(ValueError, match="integer codes"):
+        ck.int_mma_cupy(x, _quantize("nf4", 8, 256).to("cpu"))
+    with pytest.raises(ValueError, match="integer codes"):
+        ck.int_mma_cupy(x, _quantize("int3", 8, 256).to("cpu"))
+    with pytest.raises(ValueError, match="group_size 16"):
+        ck.int_mma_cupy(x, _quantize("int4", 8, 256, gs=16).to("cpu"))
+    with pytest.raises(TypeError, match="torch tensor"):
+        ck.int_mma_cupy(np.zeros((3, 256), np.float16), dt)
+    with pytest.raises(ValueError, match="float16"):
+        ck.int_mma_cupy(x.bfloat16(), dt)
+    with pytest.raises(ValueError, match=r"M in 1..16"):
+        ck.int_mma_cupy(torch.zeros(17, 256, dtype=torch.float16), dt)
+    with pytest.raises(ValueError, match=r"\[M, 256\]"):
+        ck.int_mma_cupy(torch.zeros(3, 255, dtype=torch.float16), dt)
+    with pytest.raises(ValueError, match="contiguous"):
+        ck.int_mma_cupy(torch.zeros(256, 3, dtype=torch.float16).T, dt)
+    with pytest.raises(ValueError, match=r"out must be a float16 tensor \[3, 8\]"):
+        ck.int_mma_cupy(x, dt, out=torch.zeros(3, 8))
+    with pytest.raises(ValueError, match="CUDA device"):
+        ck.int_mma_cupy(x, dt)
+    with pytest.raises(ValueError, match="CUDA device"):
+        ck.int_mma_cupy(x[0], dt)
+
+
+def test_int_mma_refuses_other_scales():
+    for fmt in ("mxint8",):
+        with pytest.raises(ValueError, match="int_mma_cupy"):
+            ck.mma_launch_plan(build_plan(_quantize(fmt, 8, 256, gs=32)), 4)
+
+
+# ------------------------------------------------------------------------------------------------
+# launch plan (pure Python)
+
+@pytest.mark.parametrize("fmt,gs,v", [("int4", 128, 4), ("int4", 64, 2), ("int4", 32, 1), ("int8", 128, 4),
+                                      ("int8", 32, 2), ("int2", 128, 2), ("int2", 64, 1), ("int4_asym", 128, 4)])
+def test_mma_words(fmt, gs, v):
+    plan = build_plan(_quantize(fmt, 4, 256, gs=gs))
+    assert ck.mma_words(plan.bits, gs) == v and ck.mma_unsupported(plan) is None
+
+
+@pytest.mark.parametrize("m", [1, 8, 9, 16])
+def test_mma_launch_plan_large_layer(m):
+    plan = build_plan(_quantize("int4", 8, 8192))
+    plan = type(plan)(**dict(plan.__dict__, shape=(28672, 8192)))
+    lp = ck.mma_launch_plan(plan, m)
+    assert lp["nj"] == (1 if m <= 8 else 2) and lp["v"] == 4 and lp["chunks"] == 64
+    assert lp["shared"] <= ck.MMA_X_BYTES and lp["shared"] == lp["chunks_per_block"] * lp["nj"] * 8 * 128 * 2
+    assert (lp["splits"] - 1) * lp["chunks_per_block"] < lp["chunks"] <= lp["splits"] * lp["chunks_per_block"]
+    assert lp["grid"] == lp["row_blocks"] * lp["splits"] >= ck.MMA_WAVES * 132
+    assert lp["name"] == f"int_mma<4, 8, 0, 4, {lp['nj']}, 1, {ck.MMA_PREFETCH}, unsigned short>"
+
+
+# ------------------------------------------------------------------------------------------------
+# the fragments, emulated (CPU)
+
+def _pair_values(word: int, p: int, bits: int, flip: int, zero: int) -> tuple[float, float]:
+    """int_mma.cu's int_pair in numpy: the two halves, decoded with fp16 arithmetic (exact: checked)."""
+    shifted, fields, magic, scale, offset = int_pair_constants(p, bits, flip)
+    src = word >> ((10 // bits) * bits) if shifted else word
+    h = (src & fields) ^ magic
+    halves = np.array([h & 0xFFFF, h >> 16], np.uint16).view(np.float16)
+    out = halves.astype(np.float64) * scale + (offset - zero)
+    assert np.array_equal(out.astype(np.float16).astype(np.float64), out)  # HFMA2's result is exact
+    return float(out[0]), float(out[1])
+
+
+def _stage_x(x: np.ndarray, bits: int, v: int, nj: int) -> np.ndarray:
+    """stage_x in numpy for one chunk: float64 [words, 2] (the two halves of each word), its item order."""
+    e = 32 // bits
+    half, mmas = e // 2, v * e // 4
+    tile = np.full((nj * (mmas // 2) * 32 * 4, 2), np.nan)
+    for item in range(nj * v * 32):
+        lane, q, j = item & 31, (item >> 5) % v, (item >> 5) // v % nj
+        g, t = lane >> 2, lane & 3
+        h = x[8 * j + g, (v * t + q) * e:(v * t + q + 1) * e]
+        for p in range(half):
+            word = ck.mma_x_word(0, j, q * half + p, lane, mmas, nj)
+            assert np.isnan(tile[word]).all(), "a word staged twice"
+            tile[word] = h[p], h[p + half]
+    assert not np.isnan(tile).any(), "a word never staged"
+    return tile
+
+
+@pytest.mark.parametrize("bits,flip,zero_bits,v", [(4, 8, 0, 4), (4, 0, 4, 4), (4, 8, 0, 1), (8, 128, 0, 4),
+                                                   (8, 0, 8, 2), (2, 2, 0, 2), (2, 0, 2, 1)])
+def test_fragment_emulation_reproduces_the_product(bits, flip, zero_bits, v):
+    rng = np.random.default_rng(bits * 100 + v)
+    e, nj = 32 // bits, 2
+    ck_codes, mmas, half = 4 * v * e, v * e // 4, e // 2
+    codes = rng.integers(0, 1 << bits, (16, ck_codes))
+    zeros = rng.integers(0, 1 << zero_bits, 16) if zero_bits else np.zeros(16, np.int64)
+    words = (codes.reshape(16, 4 * v, e) << (bits * np.arange(e))).sum(axis=2)  # code k at bits B (k % E)
+    x = rng.standard_normal((8 * nj, ck_codes)).astype(np.float16).astype(np.float64)
+    tile = _stage_x(x, bits, v, nj)
+    got = np.zeros((16, 8 * nj))
+    for s in range(mmas):
+        for j in range(nj):
+            a, b = np.zeros((16, 16)), np.zeros((16, 8))
+            for lane in range(32):
+                g, t = lane >> 2, lane & 3
+                for r in range(2):  # pair 2s: a0, a1, b0 (k 2t..); pair 2s + 1: a2, a3, b1 (k 2t + 8..)
+                    pair = 2 * s + r
+                    q, p = pair // half, pair % half
+                    for row in (g, g + 8):
+                        a[row, 2 * t + 8 * r:2 * t + 8 * r + 2] = _pair_values(int(words[row, v * t + q]), p, bits,
+                                                                               flip, int(zeros[row]))
+                    b[2 * t + 8 * r:2 * t + 8 * r + 2, g] = tile[ck.mma_x_word(0, j, pair, lane, mmas, nj)]
+            got[:, 8 * j:8 * j + 8] += a @ b
+    signed = (codes ^ flip) - flip - zeros[:, None]
+    np.testing.assert_allclose(got, signed @ x.T, rtol=1e-12, atol=1e-9)
+    k = ck.mma_fragment_k(bits, v)  # each lane's pairs cover the chunk once
+    assert sorted(k.ravel()) == list(range(ck_codes))
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU
+
+GPU_CASES = [("int4", 1, 4096, 1024, 128), ("int4", 3, 100, 1000, 128), ("int4", 16, 259, 4096, 128),
+             ("int4", 9, 33, 8192, 128), ("int4", 5, 17, 256, 64), ("int4_asym", 16, 130, 2048, 128),
+             ("int4_asym", 2, 77, 1500, 128), ("int8", 7, 70, 2048, 128), ("int8", 16, 48, 512, 32),
+             ("int2", 12, 300, 2048, 128), ("int8_asym", 4, 40, 1024, 128), ("int2_asym", 16, 64, 768, 64)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cuda_ready() is not None, reason=str(_cuda_ready()))
+@pytest.mark.parametrize("fmt,m,n,k,gs", GPU_CASES, ids=lambda v: str(v))
+def test_int_mma_cupy_against_reference(fmt, m, n, k, gs):
+    from hwlab.kernels.testing import worst_error
+
+    qt = _quantize(fmt, n, k, gs, seed=m * 1000 + n)
+    dt = qt.to("cuda")
+    for trial in range(2):  # fresh inputs, poisoned outputs
+        x = (torch.randn(m, k, device="cuda") * (1 + 3 * trial)).half()
+        out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
+        got = ck.int_mma_cupy(x, dt, out=out)
+        assert got is out
+        torch.cuda.synchronize()
+        assert torch.isfinite(got).all()
+        worst = worst_error(got, x, qt)
+        assert worst <= 1.0, f"{fmt} M={m} N={n} K={k} gs={gs}: error {worst:.3g} x tolerance"
+    if m == 1:
+        assert torch.equal(ck.int_mma_cupy(x[0], dt), got)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cuda_ready() is not None, reason=str(_cuda_ready()))
+def test_int_mma_cupy_saturates_and_leaves_the_workspace_zeroed():
+    from hwlab.kernels import dispatch
+
+    qt = _quantize("int4", 256, 8192)
+    dt = qt.to("cuda")
+    x = torch.full((16, 8192), 60000.0, device="cuda").half()
+    y = ck.int_mma_cupy(x, dt)
+    assert torch.isfinite(y).all() and float(y.abs().max()) == 65504
+    lp = ck.mma_launch_plan(dt.plan, 16, "float16", torch.cuda.get_device_properties(0).multi_processor_count)
+    assert lp["splits"] > 1
+    work, count = dispatch.split_workspace(x.device, 16 * 256, lp["row_blocks"])
+    torch.cuda.synchronize()
+    assert not work.any() and not count.any()
+    x[3, 5] = float("nan")
+    y = ck.int_mma_cupy(x, dt)
+    assert torch.isnan(y[3]).all() and torch.isfinite(y[torch.arange(16) != 3]).all()
+
+
+TILE_VARIANTS = [dict(MMA_WAVES=0), dict(MMA_WAVES=0, MMA_TILES=2, MMA_WARPS=3), dict(MMA_PREFETCH=1),
+                 dict(MMA_PREFETCH=3, MMA_TILES=2), dict(MMA_X_BYTES=4096, MMA_WARPS=1)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cuda_ready() is not None, reason=str(_cuda_ready()))
+@pytest.mark.parametrize("constants", TILE_VARIANTS, ids=lambda v: str(v))
+@pytest.mark.parametrize("fmt,m,n,k", [("int4", 16, 200, 2048), ("int4_asym", 5, 77, 1500), ("int8", 11, 90, 1024)])
+def test_int_mma_cupy_tile_variants(constants, fmt, m, n, k, monkeypatch):
+    """Other tile constants (MMA_WAVES=0: no split-K, each block stores its rows) give correct results too."""
+    from hwlab.kernels.testing import worst_error
+
+    for name, value in constants.items():
+        monkeypatch.setattr(ck, name, value)
+    qt = _quantize(fmt, n, k, seed=n)
+    dt = qt.to("cuda")
+    lp = ck.mma_launch_plan(dt.plan, m, "float16", torch.cuda.get_device_properties(0).multi_processor_count)
+    assert (lp["splits"] == 1) == (constants.get("MMA_WAVES") == 0)
+    x = torch.randn(m, k, device="cuda").half()
+    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
+    ck.int_mma_cupy(x, dt, out=out)
+    torch.cuda.synchronize()
+    assert worst_error(out, x, qt) <= 1.0

@@ -220,8 +220,9 @@ def test_int_mma_cupy_against_reference(fmt, m, n, k, gs):
         assert torch.isfinite(got).all()
         worst = worst_error(got, x, qt)
         assert worst <= 1.0, f"{fmt} M={m} N={n} K={k} gs={gs}: error {worst:.3g} x tolerance"
-    if m == 1:
-        assert torch.equal(ck.int_mma_cupy(x[0], dt), got)
+    if m == 1:  # [K] in, [1, N] out (split-K's fp32 atomics add in any order: not bit for bit the same)
+        single = ck.int_mma_cupy(x[0], dt)
+        assert single.shape == (1, n) and worst_error(single, x, qt) <= 1.0
 
 
 @pytest.mark.gpu

@@ -58,6 +58,7 @@ MMA_TILES = 1  # 16-row tiles a warp decodes at once (2: x's fragments read once
 MMA_PREFETCH = 2
 MMA_X_BYTES = 64 * 1024  # the x tile a block stages in shared memory, at most (bounds its K range)
 MMA_WAVES = 4  # blocks per SM that split-K aims for
+MMA_BLOCKS_PER_SM = 2  # persistent blocks an SM, each looping over row blocks (0: a block per row block and split)
 INSTALL_HINT = "pip install cupy-cuda13x (or the hwlab 'gpu' extra: pip install 'hwlab[gpu]')"
 
 _modules: dict = {}  # (source, names, device index) -> (RawModule, {name: RawKernel})
@@ -397,7 +398,8 @@ def mma_kernel_name(bits: int, flip: int, zero_bits: int, v: int, nj: int, tiles
 def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) -> dict:
     """Name, grid, block, shared bytes and sizes of :func:`int_mma_cupy` for ``m`` batch rows of a plan (pure
     Python; the tile constants as they are now). Split-K: the fewest splits that keep a block's x tile within
-    :data:`MMA_X_BYTES` and give about :data:`MMA_WAVES` blocks per SM."""
+    :data:`MMA_X_BYTES` and give about :data:`MMA_WAVES` blocks per SM; then :data:`MMA_BLOCKS_PER_SM` blocks an
+    SM, each looping over row blocks (``blocks_per_split`` a split)."""
     reason = mma_unsupported(plan)
     if reason:
         raise ValueError(f"int_mma_cupy: {reason}")
@@ -416,11 +418,13 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
     splits = min(chunks, max(fewest, math.ceil(MMA_WAVES * sms / row_blocks)))
     per_block = math.ceil(chunks / splits)
     splits = math.ceil(chunks / per_block)  # every block has chunks
+    resident = math.ceil(MMA_BLOCKS_PER_SM * sms / splits) if MMA_BLOCKS_PER_SM > 0 else row_blocks
+    blocks_per_split = min(row_blocks, max(1, resident))
     return dict(name=mma_kernel_name(plan.bits, plan.flip, plan.zero_bits, v, nj, MMA_TILES, MMA_PREFETCH,
                                      scale_dtype),
                 v=v, nj=nj, chunks=chunks, chunks_per_block=per_block, chunks_per_group=plan.elements_per_group // ck,
-                splits=splits, row_blocks=row_blocks, grid=row_blocks * splits, block=32 * MMA_WARPS,
-                shared=per_block * chunk_bytes)
+                splits=splits, row_blocks=row_blocks, blocks_per_split=blocks_per_split,
+                grid=blocks_per_split * splits, block=32 * MMA_WARPS, shared=per_block * chunk_bytes)
 
 
 def _check_mma(x, dt, out):
@@ -469,7 +473,7 @@ def int_mma_cupy(x, dt: DeviceTensor, *, out=None):
     m, n = x.shape[0], dt.shape[0]
     index = dt.device.index if dt.device.index is not None else torch.cuda.current_device()
     plan = dt.plan
-    key = ("cupy_mma", m > 8, MMA_WARPS, MMA_TILES, MMA_PREFETCH, MMA_X_BYTES, MMA_WAVES)
+    key = ("cupy_mma", m > 8, MMA_WARPS, MMA_TILES, MMA_PREFETCH, MMA_X_BYTES, MMA_WAVES, MMA_BLOCKS_PER_SM)
     cached = dt.launch_cache.get(key)
     if cached is None:
         scales = dt.arrays[plan.arrays["scales"]]
@@ -484,7 +488,7 @@ def int_mma_cupy(x, dt: DeviceTensor, *, out=None):
         sizes = (np.int32(n), np.int32(dt.shape[1]), np.int32(plan.row_words),
                  np.int32(plan.groups if plan.scale_rows > 1 else 0), np.int32(zeros.shape[1] if plan.zero_bits else 0),
                  np.int32(lp["chunks"]), np.int32(lp["chunks_per_block"]), np.int32(lp["chunks_per_group"]),
-                 np.int32(lp["splits"]), np.float32(scale_unit), np.float32(value_scale),
+                 np.int32(lp["splits"]), np.int32(lp["row_blocks"]), np.float32(scale_unit), np.float32(value_scale),
                  np.float32(OUT_MAX["float16"]))
         cached = dt.launch_cache[key] = (kernel, weights, sizes, lp, index)
     kernel, weights, sizes, lp, index = cached

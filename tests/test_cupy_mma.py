@@ -23,7 +23,7 @@ from hwlab.kernels.plan import build_plan  # noqa: E402
 
 NVCC = shutil.which("nvcc")
 SIGNATURE = ("(const unsigned short*, const unsigned*, const {s}*, const unsigned*, unsigned short*, float*, int*, "
-             + ", ".join(["int"] * 10) + ", float, float, float)")
+             + ", ".join(["int"] * 11) + ", float, float, float)")
 COMPILED = [(4, 8, 0, 4, 2, 1, 4, "float16"), (4, 0, 4, 4, 1, 1, 4, "float16"), (8, 128, 0, 4, 2, 2, 2, "float32"),
             (2, 2, 0, 2, 2, 1, 4, "float16")]
 
@@ -128,7 +128,8 @@ def test_mma_launch_plan_large_layer(m):
     assert lp["nj"] == (1 if m <= 8 else 2) and lp["v"] == 4 and lp["chunks"] == 64
     assert lp["shared"] <= ck.MMA_X_BYTES and lp["shared"] == lp["chunks_per_block"] * lp["nj"] * 8 * 128 * 2
     assert (lp["splits"] - 1) * lp["chunks_per_block"] < lp["chunks"] <= lp["splits"] * lp["chunks_per_block"]
-    assert lp["grid"] == lp["row_blocks"] * lp["splits"] >= ck.MMA_WAVES * 132
+    assert lp["row_blocks"] * lp["splits"] >= ck.MMA_WAVES * 132  # the work, in row blocks and splits
+    assert lp["grid"] == lp["blocks_per_split"] * lp["splits"] == ck.MMA_BLOCKS_PER_SM * 132  # persistent blocks
     assert lp["name"] == f"int_mma<4, 8, 0, 4, {lp['nj']}, 1, {ck.MMA_PREFETCH}, unsigned short>"
 
 

@@ -32,13 +32,15 @@
 // chunk (a chunk lies in one group); y = acc * value_scale, saturated at +-out_max (NaN stays NaN) and rounded
 // to fp16 once.
 //
-// Parallelism. A block of `warps` warps owns 16 MT warps rows and a range of chunks_per_block chunks (split-K:
-// `splits` blocks a row block, adjacent in blockIdx.x); it stages x for that range once (one barrier), then each
-// warp streams its rows with the loads of the next D chunks in flight while it decodes one (a register ring).
-// Split-K blocks add fp32 sums into `work` (zeroed) and count their arrivals per row block; the last one
-// reads the sums back (leaving zeros), stores y and resets the count (the semaphore of CUTLASS's split-K serial
-// reduction; hwlab.kernels.triton_kernels.finish does the same). No includes: compiles with NVRTC
-// (cupy.RawModule) and with nvcc -std=c++17.
+// Parallelism. A block of `warps` warps owns a range of chunks_per_block chunks (split-K: `splits` blocks a row
+// block, adjacent in blockIdx.x) and stages x for that range once (one barrier). It then loops over row blocks of
+// 16 MT warps rows (persistent: about two blocks an SM, so x is staged once per block, not once per row block),
+// each warp streaming its rows with the loads of the next D chunks in flight while it decodes one (a register
+// ring; the next row block's first D are issued before this one's stores). Split-K blocks add fp32 sums into
+// `work` (zeroed) and count their arrivals per row block; the last one reads the sums back (leaving zeros), stores
+// y and resets the count (the semaphore of CUTLASS's split-K serial reduction;
+// hwlab.kernels.triton_kernels.finish does the same). No includes: compiles with NVRTC (cupy.RawModule) and with
+// nvcc -std=c++17.
 
 #define HW_DEV __device__ __forceinline__
 
@@ -293,57 +295,13 @@ HW_DEV float saturate(float y, float out_max) {  // comparisons are false for Na
   return y > out_max ? out_max : (y < -out_max ? -out_max : y);
 }
 
-}  // namespace hwmma
-
-// Template parameters: B code bits, FLIP sign flip (0 or 2^(B-1)), ZB zero-point bits (0: none), V words a lane
-// loads per row and chunk, NJ batch tiles of 8, MT row tiles of 16 a warp, D chunks in flight, S scale type
-// (unsigned short: fp16 bits; float). Grid: row blocks x splits (1-D, split fastest); block: `warps` x 32
-// threads; dynamic shared memory: chunks_per_block x NJ x 8 x CK x 2 bytes.
-template <int B, int FLIP, int ZB, int V, int NJ, int MT, int D, typename S>
-__global__ void __launch_bounds__(hwmma::MAX_THREADS)
-    int_mma(const unsigned short* __restrict__ x, const unsigned* __restrict__ codes, const S* __restrict__ scales,
-            const unsigned* __restrict__ zeros, unsigned short* __restrict__ out, float* __restrict__ work,
-            int* __restrict__ count, int M, int N, int K, int row_words, int s_row_stride, int zero_words,
-            int chunks, int chunks_per_block, int chunks_per_group, int splits, float scale_unit,
-            float value_scale, float out_max) {
-  using namespace hwmma;
-  constexpr int E = 32 / B, S_ = V * E / 4;
-  static_assert(32 % B == 0 && B >= 2 && B <= 8 && S_ % 2 == 0, "B in {2, 4, 8}; an even number of mmas a chunk");
-  extern __shared__ uint4 xs[];
-  __shared__ int last;
-  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-  const int split = blockIdx.x % splits, rb = blockIdx.x / splits;
-  const int c0 = split * chunks_per_block, cn = min(chunks_per_block, chunks - c0);  // cn > 0 (launch plan)
-  Rows r{codes, row_words, s_row_stride, zero_words, chunks_per_group, N,
-         (rb * warps + int(threadIdx.x >> 5)) * 16 * MT, lane >> 2, lane & 3};
-
-  Chunk<V, MT, ZB, S> ring[D];
-#pragma unroll
-  for (int d = 0; d < D; ++d) load_chunk<V, MT, ZB, E, S>(ring[d], r, scales, zeros, c0 + d, d < cn);
-  stage_x<B, V, NJ>(reinterpret_cast<unsigned*>(xs), x, M, K, c0, cn);
-  __syncthreads();
-
-  float acc[MT][NJ][4];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int j = 0; j < NJ; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[mt][j][e] = 0.f;
-  for (int base = 0; base < cn; base += D) {
-#pragma unroll
-    for (int d = 0; d < D; ++d) {
-      const int i = base + d;
-      if (i < cn) {  // uniform over the block
-        Chunk<V, MT, ZB, S> next;
-        load_chunk<V, MT, ZB, E, S>(next, r, scales, zeros, c0 + i + D, i + D < cn);
-        mma_chunk<B, FLIP, ZB, V, NJ, MT, S>(acc, ring[d], xs + i * NJ * (S_ / 2) * LANES, lane, scale_unit);
-        ring[d] = next;
-      }
-    }
-  }
-
-  // y[m][n]: element e of acc[mt][j] is batch row 8j + 2t + e % 2, weight row n0 + 16 mt + g + 8 (e / 2)
+// y[m][n] of a finished row block `rb`: element e of acc[mt][j] is batch row 8j + 2t + e % 2, weight row
+// n0 + 16 mt + g + 8 (e / 2). One split: stored. Split-K: fp32 sums added into `work` (zeroed), the blocks'
+// arrivals counted per row block; the last one reads the sums back (leaving zeros), stores y and resets the count
+// (the semaphore of CUTLASS's split-K serial reduction). Every thread of the block calls it (barriers inside).
+template <int NJ, int MT>
+HW_DEV void store_rows(const float (&acc)[MT][NJ][4], const Rows& r, int rb, unsigned short* out, float* work,
+                       int* count, int M, int splits, float value_scale, float out_max, int& last) {
   if (splits == 1) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -352,7 +310,7 @@ __global__ void __launch_bounds__(hwmma::MAX_THREADS)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int m = 8 * j + 2 * r.t + (e & 1), n = r.n0 + 16 * mt + r.g + 8 * (e >> 1);
-          if (m < M && n < N) out[(long long)m * N + n] = float_to_half(saturate(acc[mt][j][e] * value_scale, out_max));
+          if (m < M && n < r.N) out[(long long)m * r.N + n] = float_to_half(saturate(acc[mt][j][e] * value_scale, out_max));
         }
     return;
   }
@@ -363,10 +321,10 @@ __global__ void __launch_bounds__(hwmma::MAX_THREADS)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int m = 8 * j + 2 * r.t + (e & 1), n = r.n0 + 16 * mt + r.g + 8 * (e >> 1);
-        if (m < M && n < N) atomicAdd(work + (long long)m * N + n, acc[mt][j][e] * value_scale);
+        if (m < M && n < r.N) atomicAdd(work + (long long)m * r.N + n, acc[mt][j][e] * value_scale);
       }
   __threadfence();  // this block's adds before its arrival (release)
-  __syncthreads();
+  __syncthreads();  // (also: every thread has read `last` of the block's previous row block)
   if (threadIdx.x == 0) last = atomicAdd(count + rb, 1) == splits - 1;
   __syncthreads();
   if (!last) return;
@@ -378,10 +336,75 @@ __global__ void __launch_bounds__(hwmma::MAX_THREADS)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int m = 8 * j + 2 * r.t + (e & 1), n = r.n0 + 16 * mt + r.g + 8 * (e >> 1);
-        if (m < M && n < N) {
-          const float total = atomicExch(work + (long long)m * N + n, 0.f);  // read the sum, leave zero
-          out[(long long)m * N + n] = float_to_half(saturate(total, out_max));
+        if (m < M && n < r.N) {
+          const float total = atomicExch(work + (long long)m * r.N + n, 0.f);  // read the sum, leave zero
+          out[(long long)m * r.N + n] = float_to_half(saturate(total, out_max));
         }
       }
   if (threadIdx.x == 0) atomicExch(count + rb, 0);
+}
+
+}  // namespace hwmma
+
+// Template parameters: B code bits, FLIP sign flip (0 or 2^(B-1)), ZB zero-point bits (0: none), V words a lane
+// loads per row and chunk, NJ batch tiles of 8, MT row tiles of 16 a warp, D chunks in flight, S scale type
+// (unsigned short: fp16 bits; float). Grid: splits x blocks_per_split (1-D, split fastest), each block looping over
+// row blocks rb = blockIdx.x / splits, + gridDim.x / splits, ... < row_blocks (persistent: x is staged once for
+// all of them); block: `warps` x 32 threads; dynamic shared memory: chunks_per_block x NJ x 8 x CK x 2 bytes.
+template <int B, int FLIP, int ZB, int V, int NJ, int MT, int D, typename S>
+__global__ void __launch_bounds__(hwmma::MAX_THREADS)
+    int_mma(const unsigned short* __restrict__ x, const unsigned* __restrict__ codes, const S* __restrict__ scales,
+            const unsigned* __restrict__ zeros, unsigned short* __restrict__ out, float* __restrict__ work,
+            int* __restrict__ count, int M, int N, int K, int row_words, int s_row_stride, int zero_words,
+            int chunks, int chunks_per_block, int chunks_per_group, int splits, int row_blocks, float scale_unit,
+            float value_scale, float out_max) {
+  using namespace hwmma;
+  constexpr int E = 32 / B, S_ = V * E / 4;
+  static_assert(32 % B == 0 && B >= 2 && B <= 8 && S_ % 2 == 0, "B in {2, 4, 8}; an even number of mmas a chunk");
+  extern __shared__ uint4 xs[];
+  __shared__ int last;
+  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, warp = int(threadIdx.x >> 5);
+  const int split = blockIdx.x % splits, rb_step = gridDim.x / splits;
+  const int c0 = split * chunks_per_block, cn = min(chunks_per_block, chunks - c0);  // cn > 0 (launch plan)
+  int rb = blockIdx.x / splits;  // < row_blocks (launch plan)
+  Rows r{codes, row_words, s_row_stride, zero_words, chunks_per_group, N, (rb * warps + warp) * 16 * MT,
+         lane >> 2, lane & 3};
+
+  Chunk<V, MT, ZB, S> ring[D];
+#pragma unroll
+  for (int d = 0; d < D; ++d) load_chunk<V, MT, ZB, E, S>(ring[d], r, scales, zeros, c0 + d, d < cn);
+  stage_x<B, V, NJ>(reinterpret_cast<unsigned*>(xs), x, M, K, c0, cn);
+  __syncthreads();
+
+  while (true) {
+    float acc[MT][NJ][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[mt][j][e] = 0.f;
+    for (int base = 0; base < cn; base += D) {
+#pragma unroll
+      for (int d = 0; d < D; ++d) {
+        const int i = base + d;
+        if (i < cn) {  // uniform over the block
+          Chunk<V, MT, ZB, S> next;
+          load_chunk<V, MT, ZB, E, S>(next, r, scales, zeros, c0 + i + D, i + D < cn);
+          mma_chunk<B, FLIP, ZB, V, NJ, MT, S>(acc, ring[d], xs + i * NJ * (S_ / 2) * LANES, lane, scale_unit);
+          ring[d] = next;
+        }
+      }
+    }
+    const int done = rb;
+    const Rows rows = r;
+    rb += rb_step;
+    if (rb < row_blocks) {  // the next row block's first chunks in flight during this one's stores
+      r.n0 = (rb * warps + warp) * 16 * MT;
+#pragma unroll
+      for (int d = 0; d < D; ++d) load_chunk<V, MT, ZB, E, S>(ring[d], r, scales, zeros, c0 + d, d < cn);
+    }
+    store_rows<NJ, MT>(acc, rows, done, out, work, count, M, splits, value_scale, out_max, last);
+    if (rb >= row_blocks) return;
+  }
 }

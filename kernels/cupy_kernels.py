@@ -53,7 +53,7 @@ MMA_WORDS = (4, 2, 1)  # words a lane loads per row and chunk (a 16, 8 or 4-byte
 MMA_WARPS = 8  # warps a block (at most MMA_WARPS_MAX: the kernel's __launch_bounds__(256))
 MMA_WARPS_MAX = 8
 MMA_TILES = 1  # 16-row tiles a warp decodes at once (2: x's fragments read once for 32 rows)
-# chunks whose loads are in flight while a warp decodes one (the register ring). H200, CUDA graph, int4 K=8192 N=28672
+# chunks a warp decodes while the loads of the next as many are in flight (two register sets). H200, CUDA graph, int4 K=8192 N=28672
 # (bench/results/cupy_mma_probe_h200_first.json): M=16 78.0 us at 2 against 88.0 at 4 and 89.6 at 6 (Triton: 101.5)
 MMA_PREFETCH = 2
 MMA_X_BYTES = 64 * 1024  # the x tile a block stages in shared memory, at most (bounds its K range)

@@ -35,8 +35,9 @@
 // Parallelism. A block of `warps` warps owns a range of chunks_per_block chunks (split-K: `splits` blocks a row
 // block, adjacent in blockIdx.x) and stages x for that range once (one barrier). It then loops over row blocks of
 // 16 MT warps rows (persistent: about two blocks an SM, so x is staged once per block, not once per row block),
-// each warp streaming its rows with the loads of the next D chunks in flight while it decodes one (a register
-// ring; the next row block's first D are issued before this one's stores). Split-K blocks add fp32 sums into
+// each warp streaming its rows: the loads of the next D chunks are issued back to back (a burst of 4 D V
+// contiguous words a row) and in flight while it decodes the current D (two register sets; the next row block's
+// first D are issued before this one's stores). Split-K blocks add fp32 sums into
 // `work` (zeroed) and count their arrivals per row block; the last one reads the sums back (leaving zeros), stores
 // y and resets the count (the semaphore of CUTLASS's split-K serial reduction;
 // hwlab.kernels.triton_kernels.finish does the same). No includes: compiles with NVRTC (cupy.RawModule) and with
@@ -370,9 +371,9 @@ __global__ void __launch_bounds__(hwmma::MAX_THREADS)
   Rows r{codes, row_words, s_row_stride, zero_words, chunks_per_group, N, (rb * warps + warp) * 16 * MT,
          lane >> 2, lane & 3};
 
-  Chunk<V, MT, ZB, S> ring[D];
+  Chunk<V, MT, ZB, S> cur[D], nxt[D];
 #pragma unroll
-  for (int d = 0; d < D; ++d) load_chunk<V, MT, ZB, E, S>(ring[d], r, scales, zeros, c0 + d, d < cn);
+  for (int d = 0; d < D; ++d) load_chunk<V, MT, ZB, E, S>(cur[d], r, scales, zeros, c0 + d, d < cn);
   stage_x<B, V, NJ>(reinterpret_cast<unsigned*>(xs), x, M, K, c0, cn);
   __syncthreads();
 
@@ -385,16 +386,19 @@ __global__ void __launch_bounds__(hwmma::MAX_THREADS)
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[mt][j][e] = 0.f;
     for (int base = 0; base < cn; base += D) {
+      // the next D chunks of each row back to back (4 D V contiguous words a row in one burst), in flight while
+      // this D are decoded
+#pragma unroll
+      for (int d = 0; d < D; ++d)
+        load_chunk<V, MT, ZB, E, S>(nxt[d], r, scales, zeros, c0 + base + D + d, base + D + d < cn);
 #pragma unroll
       for (int d = 0; d < D; ++d) {
         const int i = base + d;
-        if (i < cn) {  // uniform over the block
-          Chunk<V, MT, ZB, S> next;
-          load_chunk<V, MT, ZB, E, S>(next, r, scales, zeros, c0 + i + D, i + D < cn);
-          mma_chunk<B, FLIP, ZB, V, NJ, MT, S>(acc, ring[d], xs + i * NJ * (S_ / 2) * LANES, lane, scale_unit);
-          ring[d] = next;
-        }
+        if (i < cn)  // uniform over the block
+          mma_chunk<B, FLIP, ZB, V, NJ, MT, S>(acc, cur[d], xs + i * NJ * (S_ / 2) * LANES, lane, scale_unit);
       }
+#pragma unroll
+      for (int d = 0; d < D; ++d) cur[d] = nxt[d];
     }
     const int done = rb;
     const Rows rows = r;
@@ -402,7 +406,7 @@ __global__ void __launch_bounds__(hwmma::MAX_THREADS)
     if (rb < row_blocks) {  // the next row block's first chunks in flight during this one's stores
       r.n0 = (rb * warps + warp) * 16 * MT;
 #pragma unroll
-      for (int d = 0; d < D; ++d) load_chunk<V, MT, ZB, E, S>(ring[d], r, scales, zeros, c0 + d, d < cn);
+      for (int d = 0; d < D; ++d) load_chunk<V, MT, ZB, E, S>(cur[d], r, scales, zeros, c0 + d, d < cn);
     }
     store_rows<NJ, MT>(acc, rows, done, out, work, count, M, splits, value_scale, out_max, last);
     if (rb >= row_blocks) return;

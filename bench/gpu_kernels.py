@@ -132,7 +132,6 @@ def hwlab_formats(run: Run, formats, shapes, batches, gpu_model: str):
     from hwlab.kernels import dispatch, matmul
 
     rng = np.random.default_rng(0)
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
     for fmt in formats:
         for k, n in shapes:
             try:
@@ -142,7 +141,7 @@ def hwlab_formats(run: Run, formats, shapes, batches, gpu_model: str):
                 for m in batches:
                     x = torch.randn(m, k, device="cuda", dtype=torch.float16)
                     out = torch.empty(m, n, device="cuda", dtype=torch.float16)
-                    launch = dispatch.choose(first.plan, m, sms)
+                    launch = dispatch.launch_for(first, m, "float16")
                     extra = dict(format=fmt, bits_per_weight=qt.bits_per_weight, kernel=launch.describe(),
                                  **prediction(gpu_model, fmt, m, k, n, qt.bits_per_weight, launch))
                     timed(run, f"hwlab_{fmt}", m, k, n, lambda w: matmul(x, w, out=out), items, first.nbytes, **extra)
@@ -443,8 +442,8 @@ def repredict(path: str, new_path: str, gpu_model: str) -> str:
     rng = np.random.default_rng(0)
     for row in rows:
         fmt = row.get("format")
-        if not row["name"].startswith("hwlab_") or fmt is None:
-            continue
+        if not row["name"].startswith("hwlab_") or fmt is None or row.get("kernel", "").startswith("int_mma_cupy"):
+            continue  # (the CuPy tensor-core kernel has no instruction count: no prediction, as in the run)
         if (fmt, row["K"]) not in plans:
             small = F.quantize((rng.standard_normal((QUANTIZED_ROWS, row["K"])) * 0.02).astype(np.float32), fmt)
             plans[fmt, row["K"]] = small.to("cpu").plan

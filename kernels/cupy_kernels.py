@@ -53,7 +53,7 @@ MMA_WORDS = (4, 2, 1)  # words a lane loads per row and chunk (a 16, 8 or 4-byte
 MMA_WARPS = 8  # warps a block (at most MMA_WARPS_MAX: the kernel's __launch_bounds__(256))
 MMA_WARPS_MAX = 8
 MMA_TILES = 1  # 16-row tiles a warp decodes at once (2: x's fragments read once for 32 rows)
-# chunks a warp decodes while the loads of the next as many are in flight (two register sets). H200, CUDA graph, int4 K=8192 N=28672
+# chunks a warp decodes while the loads of the next as many are in flight (two register sets). H200, CUDA graph,
 # (bench/results/cupy_mma_probe_h200_first.json): M=16 78.0 us at 2 against 88.0 at 4 and 89.6 at 6 (Triton: 101.5)
 MMA_PREFETCH = 2
 MMA_X_BYTES = 64 * 1024  # the x tile a block stages in shared memory, at most (bounds its K range)
@@ -423,7 +423,7 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
     return dict(name=mma_kernel_name(plan.bits, plan.flip, plan.zero_bits, v, nj, MMA_TILES, MMA_PREFETCH,
                                      scale_dtype),
                 v=v, nj=nj, chunks=chunks, chunks_per_block=per_block, chunks_per_group=plan.elements_per_group // ck,
-                splits=splits, row_blocks=row_blocks, blocks_per_split=blocks_per_split,
+                rows=rows, codes_per_chunk=ck, splits=splits, row_blocks=row_blocks, blocks_per_split=blocks_per_split,
                 grid=blocks_per_split * splits, block=32 * MMA_WARPS, shared=per_block * chunk_bytes)
 
 
@@ -469,32 +469,43 @@ def int_mma_cupy(x, dt: DeviceTensor, *, out=None):
     words on the GPU (:func:`mma_unsupported` says which), accumulated in fp32 on tensor cores, the scale applied
     per chunk of a group, saturated at +-65504 (``dispatch.OUT_MAX``); written into ``out`` when given."""
     x, out = _check_mma(x, dt, out)
-    torch = _torch()
-    m, n = x.shape[0], dt.shape[0]
-    index = dt.device.index if dt.device.index is not None else torch.cuda.current_device()
-    plan = dt.plan
-    key = ("cupy_mma", m > 8, MMA_WARPS, MMA_TILES, MMA_PREFETCH, MMA_X_BYTES, MMA_WAVES, MMA_BLOCKS_PER_SM)
-    cached = dt.launch_cache.get(key)
-    if cached is None:
-        scales = dt.arrays[plan.arrays["scales"]]
-        lp = mma_launch_plan(plan, m, str(scales.dtype).removeprefix("torch."), _info(index)[0])
-        kernel = _module(MMA_SOURCE, (lp["name"],), index)[lp["name"]]
-        if kernel.max_dynamic_shared_size_bytes < lp["shared"]:
-            kernel.max_dynamic_shared_size_bytes = lp["shared"]
-        codes = dt.arrays[plan.arrays["codes"]]
-        zeros = dt.arrays[plan.arrays["zeros"]] if plan.zero_bits else codes  # a pointer is never to nothing
-        scale_unit, value_scale = split_value_scale(plan.value_scale("int"))
-        weights = (_ptr(codes), _ptr(scales), _ptr(zeros))
-        sizes = (np.int32(n), np.int32(dt.shape[1]), np.int32(plan.row_words),
-                 np.int32(plan.groups if plan.scale_rows > 1 else 0), np.int32(zeros.shape[1] if plan.zero_bits else 0),
-                 np.int32(lp["chunks"]), np.int32(lp["chunks_per_block"]), np.int32(lp["chunks_per_group"]),
-                 np.int32(lp["splits"]), np.int32(lp["row_blocks"]), np.float32(scale_unit), np.float32(value_scale),
-                 np.float32(OUT_MAX["float16"]))
-        cached = dt.launch_cache[key] = (kernel, weights, sizes, lp, index)
-    kernel, weights, sizes, lp, index = cached
     if out is None:
-        out = torch.empty((m, n), dtype=torch.float16, device=dt.device)
-    work, count = split_workspace(dt.device, m * n, lp["row_blocks"]) if lp["splits"] > 1 else (out, out)
-    args = (_ptr(x), *weights, _ptr(out), _ptr(work), _ptr(count), np.int32(m), *sizes)
-    _launch(kernel, index, lp["grid"], lp["block"], args, lp["shared"], dt.device)
+        out = _torch().empty((x.shape[0], dt.shape[0]), dtype=_torch().float16, device=dt.device)
+    int_mma_launcher(dt, x.shape[0])(x, out)
     return out
+
+
+def int_mma_launcher(dt: DeviceTensor, m: int):
+    """``launch(x2, out2)``: :func:`int_mma_cupy` for ``m`` rows of ``dt`` without its checks (``x2`` fp16
+    ``[m, K]`` and ``out2`` fp16 ``[m, N]``, contiguous, on ``dt``'s device: ``dispatch.matmul`` checked them),
+    built once per tensor, row count class and tile constants (the kernel compiled once per device)."""
+    torch = _torch()
+    key = ("cupy_mma", m, MMA_WARPS, MMA_TILES, MMA_PREFETCH, MMA_X_BYTES, MMA_WAVES, MMA_BLOCKS_PER_SM)
+    launch = dt.launch_cache.get(key)
+    if launch is not None:
+        return launch
+    n, plan = dt.shape[0], dt.plan
+    index = dt.device.index if dt.device.index is not None else torch.cuda.current_device()
+    scales = dt.arrays[plan.arrays["scales"]]
+    lp = mma_launch_plan(plan, m, str(scales.dtype).removeprefix("torch."), _info(index)[0])
+    kernel = _module(MMA_SOURCE, (lp["name"],), index)[lp["name"]]
+    if kernel.max_dynamic_shared_size_bytes < lp["shared"]:
+        kernel.max_dynamic_shared_size_bytes = lp["shared"]
+    codes = dt.arrays[plan.arrays["codes"]]
+    zeros = dt.arrays[plan.arrays["zeros"]] if plan.zero_bits else codes  # a pointer is never to nothing
+    scale_unit, value_scale = split_value_scale(plan.value_scale("int"))
+    weights = (_ptr(codes), _ptr(scales), _ptr(zeros))
+    sizes = (np.int32(m), np.int32(n), np.int32(dt.shape[1]), np.int32(plan.row_words),
+             np.int32(plan.groups if plan.scale_rows > 1 else 0), np.int32(zeros.shape[1] if plan.zero_bits else 0),
+             np.int32(lp["chunks"]), np.int32(lp["chunks_per_block"]), np.int32(lp["chunks_per_group"]),
+             np.int32(lp["splits"]), np.int32(lp["row_blocks"]), np.float32(scale_unit), np.float32(value_scale),
+             np.float32(OUT_MAX["float16"]))
+    grid, block, shared, split, rows = lp["grid"], lp["block"], lp["shared"], lp["splits"] > 1, lp["row_blocks"]
+
+    def launch(x2, out2) -> None:
+        work, count = split_workspace(dt.device, m * n, rows) if split else (out2, out2)
+        _launch(kernel, index, grid, block, (_ptr(x2), *weights, _ptr(out2), _ptr(work), _ptr(count), *sizes),
+                shared, dt.device)
+
+    dt.launch_cache[key] = launch
+    return launch

@@ -89,6 +89,12 @@ HALF_GEMV_FLOAT_BITS = (4, 8)
 # ... and whether it reads 16-entry tables (NF4, the FP4 splits' tables, lookup tables) as binary16 from byte
 # permutes of registers (half_pairs._lut_word; False: a gather from the float32 table, as before)
 HALF_GEMV_TABLES = True
+# matmul's kernel for fp16 x of CUPY_MMA_ROWS rows where it reads the plan (integer codes in whole words): the CuPy
+# tensor-core kernel (kernels/cuda/int_mma.cu, cupy_kernels.int_mma_cupy), when CuPy is installed. H200, CUDA graph,
+# int4 K=8192 N=28672 (bench/results/cupy_mma_probe_h200_run12.json): M=16 68.9 us against tile_dot's 101.1, M=4
+# 55.0 against 95.8; at M=1 gemv_words stays (38.6 against 73.6)
+CUPY_MMA = True
+CUPY_MMA_ROWS = (2, 16)
 FP16_SMALLEST_NORMAL = 2.0**-14  # IEEE binary16: from here to FP16_LARGEST, rounding to fp16 errs by 2**-11 at most
 
 
@@ -97,7 +103,8 @@ class Launch:
     """One kernel launch: which kernel, its tile (rows ``bn``, batch rows ``bm``, K step ``ks``),
     split-K (``split`` programs along K, ``steps`` steps each) and the decode it uses."""
 
-    kernel: str  # gemv_words, gemv_mixed, tile, tile_dot, dequantize_then_torch; mixed_*_async (async_mixed)
+    kernel: str  # gemv_words, gemv_mixed, tile, tile_dot, dequantize_then_torch; mixed_*_async (async_mixed);
+    # int_mma_cupy (cupy_kernels: ks codes a chunk, steps chunks a block)
     bn: int
     bm: int
     ks: int
@@ -287,9 +294,39 @@ def _next_power_of_two(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def explain(qt: DeviceTensor, m: int = 1) -> str:
-    """How :func:`matmul` multiplies ``m`` activation rows by ``qt``: its plan and its launch."""
-    return f"{qt.plan.describe()}\n{choose(qt.plan, m, device_sms(qt.device)).describe()}"
+def explain(qt: DeviceTensor, m: int = 1, x_dtype: str = "float16") -> str:
+    """How :func:`matmul` multiplies ``m`` activation rows of ``x_dtype`` by ``qt``: its plan and its launch."""
+    return f"{qt.plan.describe()}\n{launch_for(qt, m, x_dtype).describe()}"
+
+
+def launch_for(qt: DeviceTensor, m: int, x_dtype: str) -> Launch:
+    """The launch :func:`matmul` runs for ``m`` rows of ``x_dtype`` on ``qt``'s device: the CuPy tensor-core
+    kernel where :func:`cupy_mma_applies`, else the Triton launch of :func:`choose`."""
+    if cupy_mma_applies(qt, m, x_dtype):
+        from .cupy_kernels import MMA_WARPS, mma_launch_plan
+
+        lp = mma_launch_plan(qt.plan, m, sms=device_sms(qt.device))
+        return Launch("int_mma_cupy", lp["rows"], 16, lp["codes_per_chunk"], lp["splits"], lp["chunks_per_block"],
+                      "int", MMA_WARPS)
+    return choose(qt.plan, m, device_sms(qt.device))
+
+
+def cupy_mma_applies(qt: DeviceTensor, m: int, x_dtype: str) -> bool:
+    """Whether :func:`matmul` takes :func:`~hwlab.kernels.cupy_kernels.int_mma_cupy` (:data:`CUPY_MMA`): fp16
+    ``x`` of :data:`CUPY_MMA_ROWS` rows on a CUDA device, a plan it reads (``mma_unsupported``), CuPy installed."""
+    if not (CUPY_MMA and CUPY_MMA_ROWS[0] <= m <= CUPY_MMA_ROWS[1] and x_dtype == "float16"
+            and getattr(qt.device, "type", None) == "cuda" and not interpreted() and _cupy_installed()):
+        return False
+    from .cupy_kernels import mma_unsupported
+
+    return mma_unsupported(qt.plan) is None and qt.arrays[qt.plan.arrays["codes"]].data_ptr() % 16 == 0
+
+
+@functools.lru_cache(maxsize=1)
+def _cupy_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("cupy") is not None
 
 
 def device_sms(device) -> int:
@@ -361,7 +398,7 @@ def _prepare(x, qt) -> "Prepared":
     check_runnable(x.device)
     lead = tuple(x.shape[:-1])
     m = math.prod(lead)
-    prepared = Prepared(qt, m, x.dtype, choose(qt.plan, m, device_sms(x.device)) if m else None, lead + (n,))
+    prepared = Prepared(qt, m, x.dtype, launch_for(qt, m, dtype) if m else None, lead + (n,))
     qt.prepared[(x.shape, x.dtype, x.device)] = prepared
     return prepared
 
@@ -386,7 +423,11 @@ class Prepared:
     def __init__(self, qt: DeviceTensor, m: int, x_dtype, launch: Launch | None, out_shape: tuple):
         self.qt, self.m, self.launch, self.out_shape = qt, m, launch, out_shape
         self.compiled = None
-        if launch is None or launch.kernel == "dequantize_then_torch":
+        if launch is not None and launch.kernel == "int_mma_cupy":
+            from .cupy_kernels import int_mma_launcher
+
+            self.mma = int_mma_launcher(qt, m)
+        if launch is None or launch.kernel in ("dequantize_then_torch", "int_mma_cupy"):
             return
         self.fn, self.grid, self.args, self.kwargs = _arguments(qt, m, str(x_dtype).removeprefix("torch."), launch)
         names = self.fn.arg_names
@@ -403,6 +444,9 @@ class Prepared:
             return
         if self.launch.kernel == "dequantize_then_torch":
             _dequantize_then_torch(x2, self.qt, out2)
+            return
+        if self.launch.kernel == "int_mma_cupy":
+            self.mma(x2, out2)
             return
         work, count = (split_workspace(x2.device, self.m * self.qt.shape[0], self.tiles) if self.atomic
                        else (out2, out2))

@@ -269,3 +269,44 @@ def test_int_mma_cupy_tile_variants(constants, fmt, m, n, k, monkeypatch):
     ck.int_mma_cupy(x, dt, out=out)
     torch.cuda.synchronize()
     assert worst_error(out, x, qt) <= 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# matmul's dispatch to the CuPy kernel
+
+def test_matmul_takes_the_cupy_kernel_only_on_cuda():
+    """Off CUDA (here: CPU tensors) ``launch_for`` is the Triton launch of ``choose`` whatever M and dtype."""
+    from hwlab.kernels import dispatch
+
+    dt = _quantize("int4", 64, 1024).to("cpu")
+    for m in (1, 4, 16):
+        assert not dispatch.cupy_mma_applies(dt, m, "float16")
+        assert dispatch.launch_for(dt, m, "float16") == dispatch.choose(dt.plan, m, dispatch.device_sms(dt.device))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cuda_ready() is not None, reason=str(_cuda_ready()))
+@pytest.mark.parametrize("fmt", ["int4", "int4_asym", "int8", "int2"])
+def test_matmul_takes_the_cupy_kernel_for_fp16_batches_of_2_to_16(fmt, monkeypatch):
+    """``hwlab.kernels.matmul`` runs int_mma_cupy for fp16 x of 2..16 rows (any leading shape), and the Triton
+    kernels for M = 1, M > 16, bf16 x, or with ``CUPY_MMA`` off; every output within the bound."""
+    from hwlab import kernels
+    from hwlab.kernels import dispatch
+    from hwlab.kernels.testing import worst_error
+
+    qt = _quantize(fmt, 300, 2048)
+    dt = qt.to("cuda")
+    cases = [((4, 2048), torch.float16, "int_mma_cupy"), ((2, 8, 2048), torch.float16, "int_mma_cupy"),
+             ((1, 2048), torch.float16, "gemv_words"), ((17, 2048), torch.float16, "tile_dot"),
+             ((16, 2048), torch.bfloat16, "tile_dot")]
+    for shape, dtype, kernel in cases:
+        x = torch.randn(*shape, device="cuda").to(dtype)
+        m = x.numel() // 2048
+        assert dispatch.launch_for(dt, m, str(dtype).removeprefix("torch.")).kernel == kernel
+        assert kernel in kernels.explain(dt, m, str(dtype).removeprefix("torch."))
+        out = torch.full(shape[:-1] + (300,), float("nan"), device="cuda", dtype=dtype)
+        kernels.matmul(x, dt, out=out)
+        torch.cuda.synchronize()
+        assert worst_error(out.reshape(m, 300), x.reshape(m, 2048), qt) <= 1.0, (shape, dtype)
+    monkeypatch.setattr(dispatch, "CUPY_MMA", False)
+    assert dispatch.launch_for(dt, 4, "float16").kernel == "tile_dot"

@@ -140,14 +140,14 @@ def timing_rows(variant, layers: dict, device, fp16_us: dict, model: str | None)
     import torch
 
     from hwlab.kernels import matmul
-    from hwlab.kernels.dispatch import choose, device_sms
+    from hwlab.kernels.dispatch import launch_for
 
     rows = []
     for (n, k), names in shape_groups(layers).items():
         weight = quantize(layers[names[0]], variant.format, variant.group_size).to(device)
         x = torch.randn(TIME_ROWS, k, device=device, dtype=torch.float16)
         measured, graph = time_us(lambda x=x, weight=weight: matmul(x, weight))
-        launch = choose(weight.plan, TIME_ROWS, device_sms(device))
+        launch = launch_for(weight, TIME_ROWS, "float16")
         fp16, fp16_graph = fp16_us[(n, k)]
         row = {"format": variant.format, "group_size": variant.group_size, "shape": [n, k], "layers": len(names),
                "m": TIME_ROWS, "kernel": launch.kernel, "split": launch.split, "measured_us": measured,

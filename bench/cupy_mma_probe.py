@@ -60,8 +60,16 @@ def main(argv=None) -> int:
 
     if not torch.cuda.is_available():
         raise SystemExit("cupy_mma_probe.py times CUDA kernels: torch.cuda.is_available() is False here")
+    from hwlab.kernels import dispatch
+
     rng = np.random.default_rng(0)
     rows, k, n = [], args.k, args.n
+    run = bench.Run(args.out)  # its env: GPU, versions, date, commit (bench/gpu_kernels.py)
+    bench.environment(run)
+    bench.copy_bandwidth(run)
+    import cupy
+
+    run.doc["env"]["cupy"] = cupy.__version__
     saved: dict = {}
     for fmt in args.formats:
         qt = bench.tiled_tensor(fmt, k, n, rng)
@@ -74,6 +82,7 @@ def main(argv=None) -> int:
             runs += [("cupy_mma", v, lambda w: cupy_kernels.int_mma_cupy(x, w, out=out)) for v in variants]
             for name, variant, call in runs:
                 apply(variant, saved)
+                dispatch.CUPY_MMA = name != "triton"  # matmul's Triton kernels, not its dispatch to this one
                 row = dict(name=name, variant=variant, format=fmt, M=m, K=k, N=n, bytes=first.nbytes + 2 * m * (k + n))
                 try:
                     out.fill_(float("nan"))
@@ -97,8 +106,9 @@ def main(argv=None) -> int:
                     print(f"{name:9s} {fmt:10s} M={m:2d} FAILED {row['error'][:200]}  {variant!r}", flush=True)
                 rows.append(row)
                 with open(os.path.join(args.out, "cupy_mma.json"), "w") as f:
-                    json.dump(dict(rows=rows), f, indent=1)
+                    json.dump(dict(env=run.doc["env"], rows=rows), f, indent=1)
         apply("", saved)
+        dispatch.CUPY_MMA = True
         del items, first
         torch.cuda.empty_cache()
     return 0

@@ -33,6 +33,7 @@ from .dispatch import OUT_MAX, split_value_scale, split_workspace
 
 CUDA_DIR = Path(__file__).with_name("cuda")
 MIXED_SOURCE, TRIP_SOURCE, MMA_SOURCE = "mixed_gemv_async.cu", "trip_dp4a.cu", "int_mma.cu"
+PRELUDE = "prelude.cuh"  # put in front of every source (kernel_source)
 NVRTC_OPTIONS = ("-std=c++17",)
 MIXED_STAGES = (2, 3)  # instantiated pipeline depths (rows in flight per warp, counting the one decoded)
 DEFAULT_STAGES = 2  # double buffering
@@ -53,12 +54,15 @@ MMA_WORDS = (4, 2, 1)  # words a lane loads per row and chunk (a 16, 8 or 4-byte
 MMA_WARPS = 8  # warps a block (at most MMA_WARPS_MAX: the kernel's __launch_bounds__(256))
 MMA_WARPS_MAX = 8
 MMA_TILES = 1  # 16-row tiles a warp decodes at once (2: x's fragments read once for 32 rows)
-# chunks a warp decodes while the loads of the next as many are in flight (two register sets). H200, CUDA graph,
-# (bench/results/cupy_mma_probe_h200_first.json): M=16 78.0 us at 2 against 88.0 at 4 and 89.6 at 6 (Triton: 101.5)
+# chunks a warp decodes while the loads of the next as many are in flight (two register sets, the next D loaded
+# back to back). H200, CUDA graph, int4 K=8192 N=28672 (bench/results/cupy_mma_probe_h200_run12.log, call 5):
+# M=16 68.9 us at 2 against 72.0 at 4 and 77.4 at 1 (Triton's tile_dot 101.1); M=4 55.0 against 55.1 and 68.5
 MMA_PREFETCH = 2
 MMA_X_BYTES = 64 * 1024  # the x tile a block stages in shared memory, at most (bounds its K range)
 MMA_WAVES = 4  # blocks per SM that split-K aims for
-MMA_BLOCKS_PER_SM = 2  # persistent blocks an SM, each looping over row blocks (0: a block per row block and split)
+# persistent blocks an SM, each looping over row blocks (0: a block per row block and split); same run: M=16 68.9 us
+# at 2 against 75.6 at 0 and 80.1 at 3 (48 KB of x a block); call 4 (before the bursts): 1 block 115.1 us
+MMA_BLOCKS_PER_SM = 2
 INSTALL_HINT = "pip install cupy-cuda13x (or the hwlab 'gpu' extra: pip install 'hwlab[gpu]')"
 
 _modules: dict = {}  # (source, names, device index) -> (RawModule, {name: RawKernel})
@@ -82,8 +86,9 @@ def _cupy():
 
 
 def kernel_source(name: str) -> str:
-    """The CUDA C++ source text of ``kernels/cuda/<name>``."""
-    return (CUDA_DIR / name).read_text()
+    """The CUDA C++ source text of ``kernels/cuda/<name>`` as it is compiled: :data:`PRELUDE` (the helpers every
+    source shares), then the file (``#line`` keeps the compiler's line numbers the file's)."""
+    return f'{(CUDA_DIR / PRELUDE).read_text()}#line 1 "{name}"\n{(CUDA_DIR / name).read_text()}'
 
 
 def mixed_kernel_name(stages: int) -> str:
@@ -304,16 +309,7 @@ def _check_trip(x_codes, w_words, out):
         raise ValueError("w_words has no rows")
     if TRIP_ACC_BOUND * k >= 2**31:
         raise ValueError(f"K={k} is too large for exact int32 accumulation (K * {TRIP_ACC_BOUND} must stay below 2**31)")
-    if out is not None:
-        if not isinstance(out, torch.Tensor) or out.dtype != torch.int32 or tuple(out.shape) != (m, n):
-            raise ValueError(f"out must be a torch.int32 tensor [{m}, {n}], got {_describe(out)}")
-        if not out.is_contiguous():
-            raise ValueError("out must be contiguous")
-    _check_cuda("x_codes", x_codes)
-    _check_cuda("w_words", w_words)
-    if x_codes.device != w_words.device or (out is not None and out.device != w_words.device):
-        raise ValueError(f"x_codes is on {x_codes.device}, w_words on {w_words.device}"
-                         + (f", out on {out.device}" if out is not None else "") + ": they must share one device")
+    _check_out_and_devices(out, torch.int32, "torch.int32", m, n, ("x_codes", x_codes), ("w_words", w_words))
     x_codes, w_words = x_codes.contiguous(), w_words.contiguous()
     for what, t in (("x_codes", x_codes), ("w_words", w_words)):
         if t.data_ptr() % 16:
@@ -427,6 +423,22 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
                 grid=blocks_per_split * splits, block=32 * MMA_WARPS, shared=per_block * chunk_bytes)
 
 
+def _check_out_and_devices(out, dtype, dtype_name: str, m: int, n: int, first: tuple, second: tuple) -> None:
+    """``out`` (if given) a contiguous ``dtype`` tensor ``[m, n]``; both named inputs (``(name, tensor)``) and
+    ``out`` on one CUDA device."""
+    if out is not None:
+        if not isinstance(out, _torch().Tensor) or out.dtype != dtype or tuple(out.shape) != (m, n):
+            raise ValueError(f"out must be a {dtype_name} tensor [{m}, {n}], got {_describe(out)}")
+        if not out.is_contiguous():
+            raise ValueError("out must be contiguous")
+    (a_name, a), (b_name, b) = first, second
+    _check_cuda(a_name, a)
+    _check_cuda(b_name, b)
+    if a.device != b.device or (out is not None and out.device != b.device):
+        raise ValueError(f"{a_name} is on {a.device}, {b_name} on {b.device}"
+                         + (f", out on {out.device}" if out is not None else "") + ": they must share one device")
+
+
 def _check_mma(x, dt, out):
     """The pure-Python checks of :func:`int_mma_cupy`; returns (x as [M, K], out or None)."""
     torch = _torch()
@@ -449,16 +461,7 @@ def _check_mma(x, dt, out):
     if not x.is_contiguous():
         raise ValueError("x must be contiguous")
     m = x.shape[0] if x.dim() == 2 else 1
-    if out is not None:
-        if not isinstance(out, torch.Tensor) or out.dtype != torch.float16 or tuple(out.shape) != (m, n):
-            raise ValueError(f"out must be a float16 tensor [{m}, {n}], got {_describe(out)}")
-        if not out.is_contiguous():
-            raise ValueError("out must be contiguous")
-    _check_cuda("x", x)
-    _check_cuda("the weights", dt)
-    if x.device != dt.device or (out is not None and out.device != dt.device):
-        raise ValueError(f"x is on {x.device}, the weights on {dt.device}"
-                         + (f", out on {out.device}" if out is not None else "") + ": they must share one device")
+    _check_out_and_devices(out, torch.float16, "float16", m, n, ("x", x), ("the weights", dt))
     if dt.arrays[dt.plan.arrays["codes"]].data_ptr() % 16:
         raise ValueError("the code words must start at a 16-byte aligned address (the kernel reads 16-byte vectors)")
     return x.reshape(m, k), out

@@ -75,3 +75,18 @@ def worst_error(got, x, qt) -> float:
     tol = matmul_tolerance(x.detach().cpu(), torch.from_numpy(reference_weights(qt)),
                            torch.from_numpy(scale_bound(qt)), ref, half_terms(build_plan(qt), rows))
     return float(((got.detach().double().cpu() - ref).abs() / tol).max())
+
+
+def cupy_gpu_missing() -> str | None:
+    """Why the CuPy kernels cannot run here (no CUDA GPU, CuPy not installed), or None: a skip reason."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU on this machine"
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        from .cupy_kernels import INSTALL_HINT
+
+        return f"CuPy is not installed ({INSTALL_HINT})"
+    return None

@@ -32,6 +32,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed")
 
 import hwlab.formats as F  # noqa: E402
 from hwlab.kernels import cupy_kernels as ck  # noqa: E402
+from hwlab.kernels.testing import cupy_gpu_missing  # noqa: E402
 
 NVCC = shutil.which("nvcc")
 CUDA_FILES = [ck.MIXED_SOURCE, ck.TRIP_SOURCE]
@@ -51,25 +52,16 @@ def _cuobjdump():
         return None
 
 
-def _cuda_ready() -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA GPU on this machine"
-    try:
-        import cupy  # noqa: F401
-    except ImportError:
-        return f"CuPy is not installed ({ck.INSTALL_HINT})"
-    return None
-
-
 # ------------------------------------------------------------------------------------------------
 # compile (CPU, nvcc)
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
 @pytest.mark.parametrize("name", CUDA_FILES)
 def test_cuda_source_compiles_without_spills(name, tmp_path):
-    cubin = tmp_path / (name + ".cubin")
+    cubin, source = tmp_path / (name + ".cubin"), tmp_path / name
+    source.write_text(ck.kernel_source(name))  # the text NVRTC compiles (the prelude, then the file)
     done = subprocess.run([NVCC, "-arch=sm_90", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(cubin),
-                           str(ck.CUDA_DIR / name)], capture_output=True, text=True)
+                           str(source)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     report = done.stderr + done.stdout
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
@@ -86,7 +78,7 @@ def test_cuda_source_compiles_without_spills(name, tmp_path):
 
 def test_sources_are_package_data():
     installed = importlib.resources.files("hwlab.kernels") / "cuda"  # what an installed package holds
-    for name in CUDA_FILES:
+    for name in CUDA_FILES + [ck.PRELUDE]:
         assert (installed / name).is_file(), f"{name} is not installed with hwlab.kernels (package data)"
     for name in CUDA_FILES:
         assert "#include" not in ck.kernel_source(name), f"{name} must compile under NVRTC without headers"
@@ -209,12 +201,13 @@ def _bound(qt, x, ref):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(_cuda_ready() is not None, reason=str(_cuda_ready()))
+@pytest.mark.skipif(cupy_gpu_missing() is not None, reason=str(cupy_gpu_missing()))
 @pytest.mark.parametrize("stages", ck.MIXED_STAGES)
 @pytest.mark.parametrize("n,k,gs,frac", MIXED_CASES, ids=lambda v: str(v))
 def test_mixed_gemv_cupy_against_reference_and_triton(n, k, gs, frac, stages):
-    from hwlab import kernels
     from hwlab.kernels.reference import reference_matmul
+
+    from hwlab import kernels
 
     rng = np.random.default_rng(n * 7 + k)
     qt, dt = _mixed_gpu(n, k, gs, frac, rng)
@@ -236,7 +229,7 @@ def test_mixed_gemv_cupy_against_reference_and_triton(n, k, gs, frac, stages):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(_cuda_ready() is not None, reason=str(_cuda_ready()))
+@pytest.mark.skipif(cupy_gpu_missing() is not None, reason=str(cupy_gpu_missing()))
 def test_mixed_gemv_cupy_saturates_and_repeats():
     rng = np.random.default_rng(3)
     qt, dt = _mixed_gpu(64, 512, 64, 0.425, rng)
@@ -277,7 +270,7 @@ def _trip_check(qa: np.ndarray, qw: np.ndarray):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(_cuda_ready() is not None, reason=str(_cuda_ready()))
+@pytest.mark.skipif(cupy_gpu_missing() is not None, reason=str(cupy_gpu_missing()))
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 16, 33, 64])
 @pytest.mark.parametrize("n,k", [(1, 32), (37, 96), (300, 1024), (129, 4128)])
 def test_trip_matmul_cupy_random_codes(m, n, k):
@@ -286,7 +279,7 @@ def test_trip_matmul_cupy_random_codes(m, n, k):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(_cuda_ready() is not None, reason=str(_cuda_ready()))
+@pytest.mark.skipif(cupy_gpu_missing() is not None, reason=str(cupy_gpu_missing()))
 def test_trip_matmul_cupy_extremes_and_out():
     k = 4096
     qa = np.full((3, k), -127)
@@ -301,12 +294,13 @@ def test_trip_matmul_cupy_extremes_and_out():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(_cuda_ready() is not None, reason=str(_cuda_ready()))
+@pytest.mark.skipif(cupy_gpu_missing() is not None, reason=str(cupy_gpu_missing()))
 @pytest.mark.parametrize("m", [1, 3, 16])
 @pytest.mark.parametrize("act_bits", [8, 4])
 def test_trip_matmul_cupy_on_sample_weights(m, act_bits):
-    from hwlab.sample import sample_weights
     from hwlab.sim.trip import trip_quantize
+
+    from hwlab.sample import sample_weights
 
     rng = np.random.default_rng(m + act_bits)
     for name, w in sample_weights().items():
@@ -319,7 +313,7 @@ def test_trip_matmul_cupy_on_sample_weights(m, act_bits):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(_cuda_ready() is not None, reason=str(_cuda_ready()))
+@pytest.mark.skipif(cupy_gpu_missing() is not None, reason=str(cupy_gpu_missing()))
 def test_cupy_errors_on_gpu():
     dt = _mixed_cpu().to("cuda")
     x = torch.zeros(256, dtype=torch.float16)

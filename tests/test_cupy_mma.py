@@ -20,22 +20,13 @@ import hwlab.formats as F  # noqa: E402
 from hwlab.kernels import cupy_kernels as ck  # noqa: E402
 from hwlab.kernels.half_pairs import int_pair_constants  # noqa: E402
 from hwlab.kernels.plan import build_plan  # noqa: E402
+from hwlab.kernels.testing import cupy_gpu_missing  # noqa: E402
 
 NVCC = shutil.which("nvcc")
 SIGNATURE = ("(const unsigned short*, const unsigned*, const {s}*, const unsigned*, unsigned short*, float*, int*, "
              + ", ".join(["int"] * 11) + ", float, float, float)")
 COMPILED = [(4, 8, 0, 4, 2, 1, 4, "float16"), (4, 0, 4, 4, 1, 1, 4, "float16"), (8, 128, 0, 4, 2, 2, 2, "float32"),
             (2, 2, 0, 2, 2, 1, 4, "float16")]
-
-
-def _cuda_ready() -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA GPU on this machine"
-    try:
-        import cupy  # noqa: F401
-    except ImportError:
-        return f"CuPy is not installed ({ck.INSTALL_HINT})"
-    return None
 
 
 def _quantize(fmt, n, k, gs=128, seed=0):
@@ -49,7 +40,7 @@ def _quantize(fmt, n, k, gs=128, seed=0):
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
 def test_int_mma_compiles_without_spills(tmp_path):
     names = [ck.mma_kernel_name(*c) for c in COMPILED]
-    lines = [f'#include "{ck.CUDA_DIR / ck.MMA_SOURCE}"']
+    lines = [ck.kernel_source(ck.MMA_SOURCE)]  # the text NVRTC compiles (the prelude, then the file)
     lines += [f"template __global__ void {name}{SIGNATURE.format(s=name.split(', ')[-1][:-1])};" for name in names]
     wrapper = tmp_path / "instances.cu"
     wrapper.write_text("\n".join(lines) + "\n")
@@ -205,7 +196,7 @@ GPU_CASES = [("int4", 1, 4096, 1024, 128), ("int4", 3, 100, 1000, 128), ("int4",
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(_cuda_ready() is not None, reason=str(_cuda_ready()))
+@pytest.mark.skipif(cupy_gpu_missing() is not None, reason=str(cupy_gpu_missing()))
 @pytest.mark.parametrize("fmt,m,n,k,gs", GPU_CASES, ids=lambda v: str(v))
 def test_int_mma_cupy_against_reference(fmt, m, n, k, gs):
     from hwlab.kernels.testing import worst_error
@@ -227,7 +218,7 @@ def test_int_mma_cupy_against_reference(fmt, m, n, k, gs):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(_cuda_ready() is not None, reason=str(_cuda_ready()))
+@pytest.mark.skipif(cupy_gpu_missing() is not None, reason=str(cupy_gpu_missing()))
 def test_int_mma_cupy_saturates_and_leaves_the_workspace_zeroed():
     from hwlab.kernels import dispatch
 
@@ -251,7 +242,7 @@ TILE_VARIANTS = [dict(MMA_WAVES=0), dict(MMA_WAVES=0, MMA_TILES=2, MMA_WARPS=3),
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(_cuda_ready() is not None, reason=str(_cuda_ready()))
+@pytest.mark.skipif(cupy_gpu_missing() is not None, reason=str(cupy_gpu_missing()))
 @pytest.mark.parametrize("constants", TILE_VARIANTS, ids=lambda v: str(v))
 @pytest.mark.parametrize("fmt,m,n,k", [("int4", 16, 200, 2048), ("int4_asym", 5, 77, 1500), ("int8", 11, 90, 1024)])
 def test_int_mma_cupy_tile_variants(constants, fmt, m, n, k, monkeypatch):
@@ -285,14 +276,15 @@ def test_matmul_takes_the_cupy_kernel_only_on_cuda():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(_cuda_ready() is not None, reason=str(_cuda_ready()))
+@pytest.mark.skipif(cupy_gpu_missing() is not None, reason=str(cupy_gpu_missing()))
 @pytest.mark.parametrize("fmt", ["int4", "int4_asym", "int8", "int2"])
 def test_matmul_takes_the_cupy_kernel_for_fp16_batches_of_2_to_16(fmt, monkeypatch):
     """``hwlab.kernels.matmul`` runs int_mma_cupy for fp16 x of 2..16 rows (any leading shape), and the Triton
     kernels for M = 1, M > 16, bf16 x, or with ``CUPY_MMA`` off; every output within the bound."""
-    from hwlab import kernels
     from hwlab.kernels import dispatch
     from hwlab.kernels.testing import worst_error
+
+    from hwlab import kernels
 
     qt = _quantize(fmt, 300, 2048)
     dt = qt.to("cuda")

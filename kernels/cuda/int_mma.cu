@@ -40,10 +40,8 @@
 // first D are issued before this one's stores). Split-K blocks add fp32 sums into
 // `work` (zeroed) and count their arrivals per row block; the last one reads the sums back (leaving zeros), stores
 // y and resets the count (the semaphore of CUTLASS's split-K serial reduction;
-// hwlab.kernels.triton_kernels.finish does the same). No includes: compiles with NVRTC (cupy.RawModule) and with
-// nvcc -std=c++17.
-
-#define HW_DEV __device__ __forceinline__
+// hwlab.kernels.triton_kernels.finish does the same). No includes: compiles after prelude.cuh
+// (cupy_kernels.kernel_source) with NVRTC (cupy.RawModule) and with nvcc -std=c++17.
 
 namespace hwmma {
 
@@ -68,16 +66,6 @@ HW_DEV constexpr unsigned half_of_pow2_neg(int p) { return unsigned(15 - p) << 1
 HW_DEV unsigned half_of_int_rt(int v) {  // half_of_int at run time (zero points): cvt.rn.f16.s32, exact here
   unsigned short h;
   asm("cvt.rn.f16.s32 %0, %1;" : "=h"(h) : "r"(v));
-  return h;
-}
-HW_DEV float half_to_float(unsigned short h) {
-  float f;
-  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-  return f;
-}
-HW_DEV unsigned short float_to_half(float f) {
-  unsigned short h;
-  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
   return h;
 }
 HW_DEV float scale_value(unsigned short s) { return half_to_float(s); }
@@ -240,6 +228,17 @@ HW_DEV void stage_x(unsigned* xs, const unsigned short* x, int M, int K, int c0,
   }
 }
 
+// Every fp32 accumulator of a warp's MT x NJ mma tiles set to 0.
+template <int MT, int NJ>
+HW_DEV void zero_tiles(float (&a)[MT][NJ][4]) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) a[mt][j][e] = 0.f;
+}
+
 // ---- one chunk's mmas ----------------------------------------------------------------------------------------
 
 // acc[mt][j] += (sum over the chunk of W x^T) * scale of each row, W decoded from ch, x from the staged tile.
@@ -253,12 +252,7 @@ HW_DEV void mma_chunk(float (&acc)[MT][NJ][4], const Chunk<V, MT, ZB, S>& ch, co
 #pragma unroll
     for (int h = 0; h < 2; ++h) zero[mt][h] = ZB ? int((ch.z[mt][h] >> ch.zshift) & ((1u << ZB) - 1u)) : 0;
   float part[MT][NJ][4];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int j = 0; j < NJ; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) part[mt][j][e] = 0.f;
+  zero_tiles(part);
 #pragma unroll
   for (int s2 = 0; s2 < S_ / 2; ++s2) {  // two mmas a slot: b0, b1 of mma 2 s2, then of mma 2 s2 + 1
     uint4 b[NJ];
@@ -296,52 +290,41 @@ HW_DEV float saturate(float y, float out_max) {  // comparisons are false for Na
   return y > out_max ? out_max : (y < -out_max ? -out_max : y);
 }
 
-// y[m][n] of a finished row block `rb`: element e of acc[mt][j] is batch row 8j + 2t + e % 2, weight row
-// n0 + 16 mt + g + 8 (e / 2). One split: stored. Split-K: fp32 sums added into `work` (zeroed), the blocks'
+// f(value, m N + n) for every element of a warp's tiles that lies in y: element e of acc[mt][j] is batch row
+// m = 8j + 2t + e % 2, weight row n = n0 + 16 mt + g + 8 (e / 2) (the C fragment of m16n8k16).
+template <int NJ, int MT, typename F>
+HW_DEV void each_output(const float (&acc)[MT][NJ][4], const Rows& r, int M, F&& f) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int m = 8 * j + 2 * r.t + (e & 1), n = r.n0 + 16 * mt + r.g + 8 * (e >> 1);
+        if (m < M && n < r.N) f(acc[mt][j][e], (long long)m * r.N + n);
+      }
+}
+
+// y of a finished row block `rb`. One split: stored. Split-K: fp32 sums added into `work` (zeroed), the blocks'
 // arrivals counted per row block; the last one reads the sums back (leaving zeros), stores y and resets the count
 // (the semaphore of CUTLASS's split-K serial reduction). Every thread of the block calls it (barriers inside).
 template <int NJ, int MT>
 HW_DEV void store_rows(const float (&acc)[MT][NJ][4], const Rows& r, int rb, unsigned short* out, float* work,
                        int* count, int M, int splits, float value_scale, float out_max, int& last) {
   if (splits == 1) {
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int j = 0; j < NJ; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int m = 8 * j + 2 * r.t + (e & 1), n = r.n0 + 16 * mt + r.g + 8 * (e >> 1);
-          if (m < M && n < r.N) out[(long long)m * r.N + n] = float_to_half(saturate(acc[mt][j][e] * value_scale, out_max));
-        }
+    each_output(acc, r, M, [&](float v, long long i) { out[i] = float_to_half(saturate(v * value_scale, out_max)); });
     return;
   }
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int j = 0; j < NJ; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int m = 8 * j + 2 * r.t + (e & 1), n = r.n0 + 16 * mt + r.g + 8 * (e >> 1);
-        if (m < M && n < r.N) atomicAdd(work + (long long)m * r.N + n, acc[mt][j][e] * value_scale);
-      }
+  each_output(acc, r, M, [&](float v, long long i) { atomicAdd(work + i, v * value_scale); });
   __threadfence();  // this block's adds before its arrival (release)
   __syncthreads();  // (also: every thread has read `last` of the block's previous row block)
   if (threadIdx.x == 0) last = atomicAdd(count + rb, 1) == splits - 1;
   __syncthreads();
   if (!last) return;
   __threadfence();  // every block's adds before the reads (acquire)
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int j = 0; j < NJ; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int m = 8 * j + 2 * r.t + (e & 1), n = r.n0 + 16 * mt + r.g + 8 * (e >> 1);
-        if (m < M && n < r.N) {
-          const float total = atomicExch(work + (long long)m * r.N + n, 0.f);  // read the sum, leave zero
-          out[(long long)m * r.N + n] = float_to_half(saturate(total, out_max));
-        }
-      }
+  each_output(acc, r, M, [&](float, long long i) {  // read the sum, leave zero
+    out[i] = float_to_half(saturate(atomicExch(work + i, 0.f), out_max));
+  });
   if (threadIdx.x == 0) atomicExch(count + rb, 0);
 }
 
@@ -379,12 +362,7 @@ __global__ void __launch_bounds__(hwmma::MAX_THREADS)
 
   while (true) {
     float acc[MT][NJ][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int j = 0; j < NJ; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[mt][j][e] = 0.f;
+    zero_tiles(acc);
     for (int base = 0; base < cn; base += D) {
       // the next D chunks of each row back to back (4 D V contiguous words a row in one burst), in flight while
       // this D are decoded

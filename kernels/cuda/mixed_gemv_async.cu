@@ -21,9 +21,8 @@
 //    is then a LOP3 ((r & mask) | 1.0f) giving f = 1 + q 2^(t-23), and an FFMA f * xh accumulates
 //    xh + q x (exact product: f has <= 9 significant bits, xh 11). The offsets sum_k xh are
 //    subtracted once per group.
-// No includes: compiles with NVRTC (cupy.RawModule) and with nvcc -std=c++17.
-
-#define HW_DEV __device__ __forceinline__
+// No includes: compiles after prelude.cuh (cupy_kernels.kernel_source) with NVRTC (cupy.RawModule) and
+// with nvcc -std=c++17.
 
 namespace hw {
 
@@ -49,16 +48,6 @@ HW_DEV void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memor
 template <int N>
 HW_DEV void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
-HW_DEV float half_to_float(unsigned short h) {
-  float f;
-  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-  return f;
-}
-HW_DEV unsigned short float_to_half(float f) {
-  unsigned short h;
-  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-  return h;
-}
 HW_DEV unsigned rotl(unsigned v, unsigned s) {
   unsigned r;
   asm("shf.l.wrap.b32 %0, %1, %1, %2;" : "=r"(r) : "r"(v), "r"(s));
@@ -241,7 +230,7 @@ __global__ void __launch_bounds__(256, 2) mixed_gemv_async(
 
   const int Kp = G * gs;
   for (int k = threadIdx.x; k < Kp; k += blockDim.x) {
-    const float v = k < K ? hw::half_to_float(x[k]) : 0.0f;
+    const float v = k < K ? half_to_float(x[k]) : 0.0f;
     const int g = k / gs;
     xh[g * (gs + hw::X_PAD) + (k - g * gs)] = v * ((k & 1) ? hw::ODD_SCALE : hw::EVEN_SCALE);
   }
@@ -249,7 +238,7 @@ __global__ void __launch_bounds__(256, 2) mixed_gemv_async(
     double se = 0.0, so = 0.0;
     for (int j = lane; j < gs; j += 32) {
       const int k = g * gs + j;
-      const double v = k < K ? (double)hw::half_to_float(x[k]) : 0.0;
+      const double v = k < K ? (double)half_to_float(x[k]) : 0.0;
       if (j & 1) so += v; else se += v;
     }
 #pragma unroll
@@ -272,13 +261,13 @@ __global__ void __launch_bounds__(256, 2) mixed_gemv_async(
                     scales, lane);
     hw::cp_async_commit();
     const int n = gw + j * tw;
-    const float rs = hw::half_to_float(__ldg(row_scales + n));  // used after the row: its latency is hidden
+    const float rs = half_to_float(__ldg(row_scales + n));  // used after the row: its latency is hidden
     hw::cp_async_wait<STAGES - 1>();
     __syncwarp();
     const float acc = hw::row_dot(mine + (j % STAGES) * stage_bytes, n, s, xh, ohe, oho, xsum, scales, lane);
     if (lane == 0) {
       const float y = fminf(fmaxf(acc * rs * value_scale, -hw::FP16_MAX), hw::FP16_MAX);
-      out[n] = hw::float_to_half(y);
+      out[n] = float_to_half(y);
     }
     __syncwarp();
   }

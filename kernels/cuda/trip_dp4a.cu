@@ -9,9 +9,8 @@
 // every step is an exact integer operation (|acc| <= 1905 K < 2^31 is checked by the caller).
 // Mapping: one warp per weight row (grid-stride), lanes split K in 32-element (16-byte) steps,
 // MB activation rows per pass (the row's weights are re-read from L1 for the next MB rows), warp
-// shuffle reduction. No includes: compiles with NVRTC (cupy.RawModule) and with nvcc -std=c++17.
-
-#define HW_DEV __device__ __forceinline__
+// shuffle reduction. No includes: compiles after prelude.cuh (cupy_kernels.kernel_source) with NVRTC
+// (cupy.RawModule) and with nvcc -std=c++17.
 
 namespace hwtrip {
 

@@ -89,12 +89,16 @@ HALF_GEMV_FLOAT_BITS = (4, 8)
 # ... and whether it reads 16-entry tables (NF4, the FP4 splits' tables, lookup tables) as binary16 from byte
 # permutes of registers (half_pairs._lut_word; False: a gather from the float32 table, as before)
 HALF_GEMV_TABLES = True
-# matmul's kernel for fp16 x of CUPY_MMA_ROWS rows where it reads the plan (integer codes in whole words): the CuPy
-# tensor-core kernel (kernels/cuda/int_mma.cu, cupy_kernels.int_mma_cupy), when CuPy is installed. H200, CUDA graph,
-# int4 K=8192 N=28672 (bench/results/cupy_mma_probe_h200_run12.json): M=16 68.9 us against tile_dot's 101.1, M=4
-# 55.0 against 95.8; at M=1 gemv_words stays (38.6 against 73.6)
+# matmul's kernel for fp16 x of CUPY_MMA_ROWS rows, codes of CUPY_MMA_BITS bits in whole words and layers of at least
+# CUPY_MMA_MIN_WEIGHTS weights: the CuPy tensor-core kernel (kernels/cuda/int_mma.cu, cupy_kernels.int_mma_cupy),
+# where CuPy is installed and the kernel reads the plan; where it was timed faster than the Triton kernels. H200, CUDA
+# graph (bench/results/cupy_mma_probe_h200_run12_call6*.log): K=8192 N=28672, M=16 / 4, int4 69.6 / 55.1 us against
+# tile_dot's 101.3 / 95.7, int4_asym 75.0 / 61.9 against 107.0 / 103.2, int8 102.4 against 100.1 at M=16 (not
+# taken); 4096 x 4096 int4 18.4 / 13.1 against 11.7 / 11.8 (not taken); at M = 1 gemv_words (38.6 against 73.6)
 CUPY_MMA = True
 CUPY_MMA_ROWS = (2, 16)
+CUPY_MMA_BITS = (4,)
+CUPY_MMA_MIN_WEIGHTS = 2**27  # N * K: between 4096 x 4096 (2**24, slower) and 8192 x 28672 (1.75 * 2**27, faster)
 FP16_SMALLEST_NORMAL = 2.0**-14  # IEEE binary16: from here to FP16_LARGEST, rounding to fp16 errs by 2**-11 at most
 
 
@@ -313,8 +317,10 @@ def launch_for(qt: DeviceTensor, m: int, x_dtype: str) -> Launch:
 
 def cupy_mma_applies(qt: DeviceTensor, m: int, x_dtype: str) -> bool:
     """Whether :func:`matmul` takes :func:`~hwlab.kernels.cupy_kernels.int_mma_cupy` (:data:`CUPY_MMA`): fp16
-    ``x`` of :data:`CUPY_MMA_ROWS` rows on a CUDA device, a plan it reads (``mma_unsupported``), CuPy installed."""
+    ``x`` of :data:`CUPY_MMA_ROWS` rows on a CUDA device, codes of :data:`CUPY_MMA_BITS` bits, at least
+    :data:`CUPY_MMA_MIN_WEIGHTS` weights, a plan it reads (``mma_unsupported``), CuPy installed."""
     if not (CUPY_MMA and CUPY_MMA_ROWS[0] <= m <= CUPY_MMA_ROWS[1] and x_dtype == "float16"
+            and qt.plan.bits in CUPY_MMA_BITS and math.prod(qt.shape) >= CUPY_MMA_MIN_WEIGHTS
             and getattr(qt.device, "type", None) == "cuda" and not interpreted() and _cupy_installed()):
         return False
     from .cupy_kernels import mma_unsupported

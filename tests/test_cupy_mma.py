@@ -280,14 +280,17 @@ def test_matmul_takes_the_cupy_kernel_only_on_cuda():
 @pytest.mark.parametrize("fmt", ["int4", "int4_asym", "int8", "int2"])
 def test_matmul_takes_the_cupy_kernel_for_fp16_batches_of_2_to_16(fmt, monkeypatch):
     """``hwlab.kernels.matmul`` runs int_mma_cupy for fp16 x of 2..16 rows (any leading shape), and the Triton
-    kernels for M = 1, M > 16, bf16 x, or with ``CUPY_MMA`` off; every output within the bound."""
+    kernels for M = 1, M > 16, bf16 x, or with ``CUPY_MMA`` off; every output within the bound. (The widths and
+    the layer size where it is taken, CUPY_MMA_BITS and CUPY_MMA_MIN_WEIGHTS, are opened to this small layer.)"""
+    from hwlab import kernels
     from hwlab.kernels import dispatch
     from hwlab.kernels.testing import worst_error
 
-    from hwlab import kernels
-
     qt = _quantize(fmt, 300, 2048)
     dt = qt.to("cuda")
+    assert not dispatch.cupy_mma_applies(dt, 4, "float16")  # a small layer: the Triton kernels (timed faster)
+    monkeypatch.setattr(dispatch, "CUPY_MMA_BITS", (2, 4, 8))
+    monkeypatch.setattr(dispatch, "CUPY_MMA_MIN_WEIGHTS", 0)
     cases = [((4, 2048), torch.float16, "int_mma_cupy"), ((2, 8, 2048), torch.float16, "int_mma_cupy"),
              ((1, 2048), torch.float16, "gemv_words"), ((17, 2048), torch.float16, "tile_dot"),
              ((16, 2048), torch.bfloat16, "tile_dot")]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 
 import numpy as np
 
@@ -404,7 +405,16 @@ def _prepare(x, qt) -> "Prepared":
     check_runnable(x.device)
     lead = tuple(x.shape[:-1])
     m = math.prod(lead)
-    prepared = Prepared(qt, m, x.dtype, launch_for(qt, m, dtype) if m else None, lead + (n,))
+    launch = launch_for(qt, m, dtype) if m else None
+    try:
+        prepared = Prepared(qt, m, x.dtype, launch, lead + (n,))
+    except Exception as exc:  # CuPy installed but unusable here (driver, NVRTC): the Triton kernels do the work
+        if launch is None or launch.kernel != "int_mma_cupy":
+            raise
+        warnings.warn(f"hwlab.kernels.matmul: the CuPy tensor-core kernel could not be prepared ({type(exc).__name__}: "
+                      f"{exc}); using the Triton kernels (hwlab.kernels.dispatch.CUPY_MMA = False skips it)",
+                      RuntimeWarning, stacklevel=3)
+        prepared = Prepared(qt, m, x.dtype, choose(qt.plan, m, device_sms(x.device)), lead + (n,))
     qt.prepared[(x.shape, x.dtype, x.device)] = prepared
     return prepared
 

@@ -305,3 +305,24 @@ def test_matmul_takes_the_cupy_kernel_for_fp16_batches_of_2_to_16(fmt, monkeypat
         assert worst_error(out.reshape(m, 300), x.reshape(m, 2048), qt) <= 1.0, (shape, dtype)
     monkeypatch.setattr(dispatch, "CUPY_MMA", False)
     assert dispatch.launch_for(dt, 4, "float16").kernel == "tile_dot"
+
+
+def test_matmul_falls_back_to_triton_where_the_cupy_kernel_cannot_be_prepared(kernel_device, monkeypatch):
+    """CuPy installed but unusable (here: made to fail on the CPU): matmul warns once, names the error, and gives
+    the Triton kernels' result, within the bound."""
+    from hwlab import kernels
+    from hwlab.kernels import dispatch
+    from hwlab.kernels.testing import worst_error
+
+    def broken(dt, m):
+        raise RuntimeError("cudaErrorInsufficientDriver")
+
+    monkeypatch.setattr(dispatch, "cupy_mma_applies", lambda qt, m, x_dtype: True)
+    monkeypatch.setattr(ck, "int_mma_launcher", broken)
+    qt = _quantize("int4", 40, 512)
+    dt = qt.to(kernel_device)
+    x = torch.randn(4, 512).half().to(kernel_device)
+    with pytest.warns(RuntimeWarning, match="could not be prepared.*cudaErrorInsufficientDriver.*Triton"):
+        y = kernels.matmul(x, dt)
+    assert dt.prepared[(x.shape, x.dtype, x.device)].launch.kernel == "tile_dot"
+    assert worst_error(y, x, qt) <= 1.0

@@ -190,6 +190,12 @@ class Format:
         """Raise ``ValueError`` for stored arrays that are well-formed but impossible for this format
         (a type id naming no member, say); :mod:`hwlab.formats.validate` checks codes and scales."""
 
+    def structure_scans(self, layout: dict) -> dict:
+        """Array name -> the :class:`~hwlab.formats.validate.RowScan` objects whose results
+        :meth:`check_stored_structure` takes (:func:`~hwlab.formats.validate.scan_of`) where
+        ``hwlab.load`` ran them on each block of rows as it read them; none by default."""
+        return {}
+
     def encoding_fields(self) -> dict:
         """Family fields of the code layout that hardware uses (e.g. exponent and mantissa bits)."""
         return {"kind": "table"}

@@ -201,15 +201,15 @@ def load(path, *, use_file_format: bool = False) -> QuantizedTensor:
     ``use_file_format=True`` asks for the file's own definition (element formats and mixtures).
     """
     path = os.fspath(path)
-    with storage.open_saved(path) as saved:
+    with storage.open_saved(path) as saved, saved.reading() as finish:  # the helper thread reads meanwhile
         meta = saved.meta
-        try:  # checked before the read, which scans the codes as it goes; raised after the checksums
+        try:  # checked before the rest is read, as the codes are scanned while read; raised after the checksums
             fmt, opts = storage.resolve(path, meta, use_file_format)
             scans = read_scans(fmt, storage.expected_layout(path, meta, saved.entries, fmt, opts), opts)
             found = None
         except StorageError as exc:
             scans, found = {}, exc
-        arrays = saved.read_arrays(scans)
+        arrays = finish(scans)
     if found is not None:
         raise found
     (rows, cols), group_size, padded_cols = meta["shape"], meta["group_size"], meta["padded_cols"]

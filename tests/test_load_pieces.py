@@ -26,7 +26,7 @@ def small_pieces(monkeypatch):
 def both_threads(small_pieces, monkeypatch):
     """In every load, the loading thread's first read waits until the helper thread has begun one, and
     the helper's second until the loading thread has begun one, so that both read, hash and scan
-    pieces (and wait for their turns) whichever claims first; the threads seen."""
+    pieces (and hash each other's) whichever claims first; the threads seen."""
     read_at, seen = storage._Reading._read_at, set()
 
     def interleaved(self, views, offset):
@@ -55,7 +55,7 @@ def same(a, b) -> bool:
 
 def pieces_of(path):
     with storage.open_saved(str(path)) as saved:
-        return saved._pieces({})[2]
+        return saved._pieces()[2]
 
 
 @pytest.mark.parametrize("name, options", [("int4", {}), ("int3", {}), ("fp8_e4m3", {}), ("nf4", {"double_quant": True}),
@@ -141,6 +141,31 @@ def test_an_impossible_scale_in_a_later_piece_is_reported_where_it_is(both_threa
     scales = arrays["scales"].copy()
     scales[700, 5] = value
     arrays["scales"] = scales
+    with pytest.raises(StorageError, match=match):
+        hwlab.load(write(tmp_path / "e.safetensors", arrays, meta))
+
+
+@pytest.mark.parametrize("numba", [True, False])
+@pytest.mark.parametrize("array, row, edit, match", [
+    ("zeros4", 50, lambda words: words | np.uint32(1 << 31),
+     r"array 'zeros4': row 50 has nonzero padding bits past its 3 entries"),
+    ("group_bits", 61, lambda words: words ^ np.uint32(1),
+     r"array 'group_bits': row 61 marks [24] groups as 4-bit, expected 3"),
+])
+def test_padding_bits_and_group_flags_are_checked_where_they_are(both_threads, tmp_path, monkeypatch, numba, array,
+                                                                 row, edit, match):
+    """mixed_2_4's padding bits and its count of 4-bit groups, tested on each piece as it is read
+    (the read's scans, with numba) or after the read: the same row and the same error."""
+    from hwlab.formats import jit
+
+    monkeypatch.setattr(jit, "USE_NUMBA", numba and jit.USE_NUMBA)
+    qt = hwlab.quantize(W, "mixed_2_4", 64)  # 8 groups a row, 3 of them 4-bit
+    path = tmp_path / "q.safetensors"
+    qt.save(path)
+    arrays, meta = read(path)
+    words = arrays[array].copy()
+    words[row] = edit(words[row])
+    arrays[array] = words
     with pytest.raises(StorageError, match=match):
         hwlab.load(write(tmp_path / "e.safetensors", arrays, meta))
 

@@ -203,3 +203,17 @@ def test_group_flag_count_ignores_padding_bits(entries):
 
     words = np.random.default_rng(entries).integers(0, 2**32, (6, -(-entries // 32)), dtype=np.uint64).astype(np.uint32)
     assert (_set_bits_per_row(words, entries) == unpack_codes(words, 1, entries).sum(axis=1)).all()
+
+
+@pytest.mark.parametrize("entries", [1, 5, 31, 32, 33, 64, 86])
+def test_the_read_s_flag_count_scan_finds_the_first_row_the_numpy_count_finds(entries):
+    """FlagCountScan (compiled, run on blocks of rows in any order) names the row the numpy count names."""
+    from hwlab.formats.mixed import FlagCountScan, _first_count_not, _set_bits_per_row
+
+    words = np.random.default_rng(entries).integers(0, 2**32, (40, -(-entries // 32)), dtype=np.uint64)
+    words = words.astype(np.uint32)
+    for count in (int(_set_bits_per_row(words[:1], entries)[0]), -1):
+        scan = FlagCountScan(entries, count)
+        for first, end in ((24, 40), (0, 8), (8, 24)):  # blocks out of order
+            scan.update(words[first:end], first)
+        assert scan.row == _first_count_not(words, entries, count)

@@ -8,6 +8,7 @@ from hwlab.formats.scale_search import clamp_bounds
 from hwlab.formats.scales import StoredScales, get_scale_type
 from hwlab.formats.validate import (
     CodeScan,
+    PaddingScan,
     ValueScan,
     check_scales_within_clamp,
     first_forbidden_row,
@@ -149,3 +150,19 @@ def test_the_clamp_test_on_stored_bits_agrees_with_the_test_on_decoded_scales(en
         assert passed == inside, clamp
         outcomes.add(passed)
     assert outcomes == {True, False}
+
+
+@pytest.mark.parametrize("entries, bits", [(1, 1), (22, 1), (37, 4), (49, 2), (11, 3)])
+def test_padding_scans_of_blocks_in_any_order_give_the_first_row_with_padding_bits(entries, bits):
+    """PaddingScan (compiled) names the first row whose last word has a bit past the codes set."""
+    used = entries * bits % 32
+    words = np.random.default_rng(entries).integers(0, 2**32, (48, -(-entries * bits // 32)), dtype=np.uint64)
+    words = words.astype(np.uint32)
+    words[:, -1] &= np.uint32((1 << used) - 1)
+    for rows in ([], [40], [9, 30]):
+        damaged = words.copy()
+        damaged[rows, -1] |= np.uint32(1 << 31)
+        scan = PaddingScan(entries, bits)
+        for first in (32, 0, 16):  # blocks out of order
+            scan.update(damaged[first:first + 16], first)
+        assert scan.row == (min(rows) if rows else -1)

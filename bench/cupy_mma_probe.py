@@ -2,42 +2,24 @@
 (the Triton path) on the same tensors: correctness against the float64 reference, then times as
 ``bench/gpu_kernels.py`` takes them (weights rotated past the L2, do_bench medians and CUDA-graph times).
 
-Each ``--variant`` is a list of assignments to the tile constants of ``hwlab.kernels.cupy_kernels``
-(``MMA_WARPS=4; MMA_PREFETCH=2``), separated by ``;``; the previous variant's are undone first, an empty
-variant is the shipped configuration. One line per (format, M, variant); ``cupy_mma.json`` in ``--out``.
+Each ``--variant`` is a list of assignments to launch constants, separated by ``;``, as
+``bench/gpu_launch_variants.py`` takes them (``cupy_kernels.MMA_WARPS=4; cupy_kernels.MMA_PREFETCH=2``); the
+previous variant's are undone first, an empty variant is the shipped configuration. One line per (format, M,
+variant); ``cupy_mma.json`` in ``--out``.
 
-    python bench/cupy_mma_probe.py --out DIR --variant "" --variant "MMA_WARPS=4" --variant "MMA_TILES=2"
+    python bench/cupy_mma_probe.py --out DIR --variant "" --variant "cupy_kernels.MMA_WARPS=4" \
+        --variant "cupy_kernels.MMA_TILES=2"
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
 
 import gpu_kernels as bench
+from gpu_launch_variants import apply, statements
 from hwlab.kernels import cupy_kernels
-
-
-def statements(variant: str) -> list[tuple[str, str]]:
-    """``(constant, statement)`` of each assignment of ``variant`` (constants of cupy_kernels named MMA_*)."""
-    found = []
-    for statement in filter(str.strip, variant.split(";")):
-        name = statement.split("=")[0].strip()
-        if not name.startswith("MMA_") or not hasattr(cupy_kernels, name):
-            raise SystemExit(f"--variant {variant!r}: {name!r} is not an MMA_ constant of hwlab.kernels.cupy_kernels")
-        compile(statement.strip(), "--variant", "exec")
-        found.append((name, statement.strip()))
-    return found
-
-
-def apply(variant: str, saved: dict) -> None:
-    for name, value in saved.items():
-        setattr(cupy_kernels, name, copy.deepcopy(value))
-    for name, statement in statements(variant):
-        saved.setdefault(name, copy.deepcopy(getattr(cupy_kernels, name)))
-        exec(statement, vars(cupy_kernels))  # noqa: S102 (the user's own assignment, on their own machine)
 
 
 def main(argv=None) -> int:

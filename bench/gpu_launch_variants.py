@@ -4,7 +4,8 @@ and pipeline depths that :mod:`hwlab.kernels.dispatch` chooses).
 Each ``--variant`` is a list of assignments, separated by ``;``, to constants of
 ``hwlab.kernels.dispatch`` (``HALF_TILE=(32, 128, 1)``, ``STAGES['tile']=3``) or of
 ``hwlab.kernels.async_mixed`` (``async_mixed.GEMV_BN=32``) or of ``hwlab.kernels.trip``
-(``trip.TRIP_WARPS=2``); the previous variant's are undone first,
+(``trip.TRIP_WARPS=2``) or of ``hwlab.kernels.cupy_kernels`` (``cupy_kernels.MMA_PREFETCH=4``, as
+``bench/cupy_mma_probe.py`` takes them too); the previous variant's are undone first,
 an empty variant is the shipped configuration. Every variant times ``--formats`` (and, with
 ``--mixed``, the synchronous, asynchronous and CuPy mixed_2_4 GEMVs; with ``--trip``, the TRIP
 kernels) as ``bench/gpu_kernels.py``
@@ -22,9 +23,9 @@ import os
 import sys
 
 import gpu_kernels as bench
-from hwlab.kernels import async_mixed, dispatch, trip
+from hwlab.kernels import async_mixed, cupy_kernels, dispatch, trip
 
-MODULES = {"dispatch": dispatch, "async_mixed": async_mixed, "trip": trip}
+MODULES = {"dispatch": dispatch, "async_mixed": async_mixed, "trip": trip, "cupy_kernels": cupy_kernels}
 
 
 def statements(variant: str) -> list[tuple[object, str, str]]:

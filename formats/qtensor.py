@@ -200,7 +200,7 @@ def load(path, *, use_file_format: bool = False) -> QuantizedTensor:
     :class:`FormatRebuiltWarning`; a registered format whose definition differs raises, unless
     ``use_file_format=True`` asks for the file's own definition (element formats and mixtures).
     """
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))  # bytes paths too, as open() takes them
     with storage.open_saved(path) as saved, saved.reading() as finish:  # the helper thread reads meanwhile
         meta = saved.meta
         try:  # checked before the rest is read, as the codes are scanned while read; raised after the checksums

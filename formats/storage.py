@@ -109,7 +109,7 @@ def save(qt, path) -> None:
     from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))  # bytes paths too, as open() takes them
     if os.path.isdir(path):
         raise IsADirectoryError(f"cannot save to {path}: it is a directory (name a file, e.g. q.safetensors)")
     folder = os.path.dirname(os.path.abspath(path))
@@ -367,9 +367,13 @@ class _Reading:
         and its scans (the most Python a byte: 0.1 ms for mixed_2_4's) then run while the helper
         reads, not after every other piece."""
         if self._ahead:
-            self._helper = _helper().submit(self._help)
+            try:
+                self._helper = _helper().submit(self._help)
+            except RuntimeError:  # the interpreter is shutting down (atexit): no new threads, this one reads all
+                self._guarded(self._take, 0, self._ahead)
             self._guarded(self._take, self._last, self._last + 1)
-            self._begun.acquire()
+            if self._helper is not None:
+                self._begun.acquire()
 
     def finish(self, scans: dict) -> None:
         """Attach ``scans`` (array name -> the scans of its rows) to every piece, scan the pieces read

@@ -162,6 +162,8 @@ def _sm_count(index: int) -> int:
 
 def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
     """The launch for ``m`` rows of activations on a GPU of ``sms`` multiprocessors."""
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+        raise ValueError(f"m must be a whole number of activation rows, at least 1, got {m!r}")
     n, kp = plan.shape[0], plan.padded_cols
     epg = plan.elements_per_group
     step_of_group = min(KS_MAX, epg & -epg)  # the largest power of two <= 128 dividing the group
@@ -307,6 +309,8 @@ def explain(qt: DeviceTensor, m: int = 1, x_dtype: str = "float16") -> str:
 def launch_for(qt: DeviceTensor, m: int, x_dtype: str) -> Launch:
     """The launch :func:`matmul` runs for ``m`` rows of ``x_dtype`` on ``qt``'s device: the CuPy tensor-core
     kernel where :func:`cupy_mma_applies`, else the Triton launch of :func:`choose`."""
+    if x_dtype not in X_DTYPES:
+        raise ValueError(f"x_dtype must be one of {X_DTYPES} (the activation dtypes matmul takes), got {x_dtype!r}")
     if cupy_mma_applies(qt, m, x_dtype):
         from .cupy_kernels import MMA_WARPS, mma_launch_plan
 

@@ -273,6 +273,12 @@ def test_matmul_takes_the_cupy_kernel_only_on_cuda():
     for m in (1, 4, 16):
         assert not dispatch.cupy_mma_applies(dt, m, "float16")
         assert dispatch.launch_for(dt, m, "float16") == dispatch.choose(dt.plan, m, dispatch.device_sms(dt.device))
+    for m in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="m must be a whole number of activation rows, at least 1, got"):
+            dispatch.launch_for(dt, m, "float16")
+    for dtype in ("fp16", None, torch.float16, "float64"):
+        with pytest.raises(ValueError, match=r"x_dtype must be one of \('float16', 'bfloat16'\)"):
+            dispatch.launch_for(dt, 4, dtype)
 
 
 @pytest.mark.gpu

@@ -238,3 +238,24 @@ def test_a_forked_child_loads_with_its_own_helper_thread(small_pieces, tmp_path)
     child.start()
     child.join(timeout=120)
     assert child.exitcode == 0 and queue.get(timeout=5)
+
+
+def test_a_load_at_interpreter_shutdown_reads_on_its_own_thread(small_pieces, tmp_path):
+    """In an atexit handler no new thread can start (the helper's pool refuses work): the loading thread reads
+    every piece itself, and the file loads exactly (and a bytes path works as a str one)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "q.safetensors"
+    hwlab.quantize(W, "int4", 64).save(path)
+    script = ("import atexit, sys, numpy as np, hwlab\n"
+              "from hwlab.formats import storage\n"
+              f"storage.PIECE_BYTES = {PIECE}\n"
+              f"want = hwlab.load({str(path)!r})\n"
+              "def at_exit():\n"
+              f"    got = hwlab.load({os.fsencode(path)!r})\n"
+              "    ok = all(np.array_equal(got.arrays[k], want.arrays[k]) for k in want.arrays)\n"
+              "    print('exact' if ok else 'DIFFERENT', flush=True)\n"
+              "atexit.register(at_exit)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "exact", done.stderr

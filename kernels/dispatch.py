@@ -551,16 +551,16 @@ def _arguments(qt: DeviceTensor, m: int, x_dtype: str, launch: Launch) -> tuple:
     x2 = out = work = count = None
     if launch.kernel == "gemv_words":
         grid = (math.ceil(n / launch.bn), launch.split, 1)
+        pairs = half_pairs_apply(qt.plan, launch.decode)
         return kern.gemv_words_kernel, grid, [
             x2, ops["codes"], ops["zeros"], ops["members"],
-            qt.tables["registers"] if launch.decode == "lut" and half_pairs_apply(qt.plan, "lut") else ops["lut"],
-            ops["scales"], ops["scale_table"],
-            ops["absmax"], ops["row_scales"], out, work, count,
+            qt.tables["registers"] if pairs and launch.decode == "lut" else ops["lut"],
+            ops["scales"], ops["scale_table"], ops["absmax"], ops["row_scales"], out, work, count,
             n, qt.shape[1], sizes["row_words"], sizes["zero_words"], sizes["member_words"], sizes["s_row_stride"],
             sizes["groups"], launch.steps, math.ceil(qt.plan.padded_cols / launch.ks),
             sizes["value_scale"], sizes["scale_unit"], sizes["zero_unit"], sizes["dq_offset"], FP32_ONE_BITS], dict(
             KS=launch.ks, BN=launch.bn,
-            GPS=_groups_per_step(qt.plan, launch.ks, half_pairs_apply(qt.plan, launch.decode)),
+            GPS=_groups_per_step(qt.plan, launch.ks, pairs),
             EVEN=n % launch.bn == 0 and qt.shape[1] == qt.plan.padded_cols and qt.plan.padded_cols % launch.ks == 0,
             FLIP_WORD=_flip_word(qt.plan), TROWS=qt.plan.lut.shape[0],
             REGISTER_TABLE=qt.plan.lut.size <= REGISTER_TABLE_MAX,

@@ -313,15 +313,15 @@ def _float_pair_values(u, i: tl.constexpr, B: tl.constexpr, MBITS: tl.constexpr)
 
 
 @triton.jit
-def lut_registers(reg_ptr, member, PAIR: tl.constexpr):
-    """The eight int32 registers of the fp16 pair table decode (``PAIR`` 2: member ``member``'s row of the int32
+def lut_registers(reg_ptr, PAIR: tl.constexpr):
+    """The eight int32 registers of the fp16 pair table decode (``PAIR`` 2: member 0's row of the int32
     ``[members, 8]`` table at ``reg_ptr``, :func:`~hwlab.kernels.device.register_table`, i.e.
-    :func:`~hwlab.kernels.half_pairs.lut_registers` of its binary16 entries), loaded once per program; zeros for
-    the other decodes, which do not read them."""
+    :func:`~hwlab.kernels.half_pairs.lut_registers` of its binary16 entries; :func:`member_registers` reads the
+    other members' where they differ), loaded once per program; zeros for the other decodes, which do not read
+    them."""
     if PAIR == 2:
-        row = reg_ptr + member * 8
-        table = (tl.load(row), tl.load(row + 1), tl.load(row + 2), tl.load(row + 3),
-                 tl.load(row + 4), tl.load(row + 5), tl.load(row + 6), tl.load(row + 7))
+        table = (tl.load(reg_ptr), tl.load(reg_ptr + 1), tl.load(reg_ptr + 2), tl.load(reg_ptr + 3),
+                 tl.load(reg_ptr + 4), tl.load(reg_ptr + 5), tl.load(reg_ptr + 6), tl.load(reg_ptr + 7))
     else:
         table = (0, 0, 0, 0, 0, 0, 0, 0)
     return table
@@ -538,7 +538,7 @@ def gemv_words_kernel(
     last = tl.minimum(first + steps_per_program, n_steps)
     if HALF_TOP > 0:
         xs, unscale = half_scale(x_ptr, K, HALF_XCHUNK, HALF_XCHUNKS, HALF_TOP)
-        half_table = lut_registers(lut_ptr, 0, DECODE)  # lut_ptr: the register table (dispatch._arguments)
+        half_table = lut_registers(lut_ptr, DECODE)  # lut_ptr: the register table (dispatch._arguments)
     for step in tl.range(first, last, num_stages=STAGES):
         k0 = step * KS
         cw = k0 // E + tl.arange(0, P)

@@ -6,8 +6,10 @@ for a profiler.
         python bench/profile_gemv.py int4          # on the GPU machine: the third call is profiled
     ncu ... -k regex:tile_kernel -s 2 -c 1 python bench/profile_gemv.py int4 16
     ncu ... -k regex:mixed_gemv_async -s 2 -c 1 python bench/profile_gemv.py mixed_2_4 1 async
+    ncu ... -k regex:int_mma -s 2 -c 1 python bench/profile_gemv.py int4 1 mma
 
-A third argument names a ``mixed_matmul`` mode (``sync``, ``async``, ``cupy``) for ``mixed_2_4``.
+A third argument names a ``mixed_matmul`` mode (``sync``, ``async``, ``cupy``) for ``mixed_2_4``, or ``mma``:
+the CuPy tensor-core kernel (``cupy_kernels.int_mma_cupy``) whatever ``matmul`` would choose.
 """
 from __future__ import annotations
 
@@ -35,7 +37,12 @@ def main(argv=None) -> int:
     dev = repeat_rows(small, N).to("cuda")
     x = torch.randn(m, K, device="cuda", dtype=torch.float16)
     for _ in range(3):
-        y = kernels.matmul(x, dev) if mode is None else mixed_matmul(x, dev, mode=mode)
+        if mode == "mma":
+            from hwlab.kernels.cupy_kernels import int_mma_cupy
+
+            y = int_mma_cupy(x, dev)
+        else:
+            y = kernels.matmul(x, dev) if mode is None else mixed_matmul(x, dev, mode=mode)
     torch.cuda.synchronize()
     print(fmt, mode or "", kernels.explain(dev, m), float(y.float().abs().sum()))
     return 0

@@ -361,11 +361,14 @@ def mma_fragment_k(bits: int, v: int) -> np.ndarray:
     return (v * t + pair // (e // 2)) * e + pair % (e // 2) + h * (e // 2)
 
 
-def mma_x_word(i: int, j: int, pair: int, lane: int, mmas: int, nj: int) -> int:
+def mma_x_word(i: int, j: int, pair: int, lane: int, mmas: int, nj: int, rows: int = 8) -> int:
     """The 32-bit word of ``int_mma``'s staged x tile that holds pair ``pair`` (two halves, :func:`mma_fragment_k`)
-    of batch row ``8 j + lane // 4`` for lane ``lane``, chunk ``i`` of the block, ``mmas`` mmas a chunk, ``nj``
-    batch tiles of 8: slots of 16 bytes, 32 lanes side by side (``x_word`` in the source)."""
-    return (((i * nj + j) * (mmas // 2) + pair // 4) * 32 + lane) * 4 + pair % 4
+    of batch row ``8 j + lane // 4`` for lane ``lane`` (< 4 ``rows``), chunk ``i`` of the block, ``mmas`` mmas a
+    chunk, ``nj`` batch tiles of ``rows`` staged rows (the launch plan's ``x_rows``): slots of 16 bytes, the 4
+    ``rows`` lanes that hold a staged row side by side (``x_word`` in the source)."""
+    if not 0 <= lane < 4 * rows:
+        raise ValueError(f"lane {lane} holds no staged row of {rows} (lanes 0..{4 * rows - 1} do)")
+    return (((i * nj + j) * (mmas // 2) + pair // 4) * 4 * rows + lane) * 4 + pair % 4
 
 
 def mma_unsupported(plan) -> str | None:
@@ -391,6 +394,19 @@ def mma_kernel_name(bits: int, flip: int, zero_bits: int, v: int, nj: int, tiles
             f"{'float' if scale == 'float32' else 'unsigned short'}>")
 
 
+def group_magic(chunks_per_group: int, chunks: int) -> int:
+    """``int_mma``'s multiply-high divisor of chunk indices: ``ceil(2^32 / chunks_per_group)``, so that
+    ``(c * magic) >> 32 == c // chunks_per_group`` for every chunk ``c < chunks`` (exact while ``chunks *
+    chunks_per_group < 2^32``; Granlund and Montgomery, PLDI 1994); 0 for one chunk a group (the group is the
+    chunk)."""
+    if chunks_per_group == 1:
+        return 0
+    if chunks * chunks_per_group >= 2**32:
+        raise ValueError(f"int_mma_cupy: {chunks} chunks of groups of {chunks_per_group} chunks exceed the kernel's "
+                         "32-bit group arithmetic")
+    return -(-(2**32) // chunks_per_group)
+
+
 def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) -> dict:
     """Name, grid, block, shared bytes and sizes of :func:`int_mma_cupy` for ``m`` batch rows of a plan (pure
     Python; the tile constants as they are now). Split-K: the fewest splits that keep a block's x tile within
@@ -405,9 +421,10 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
     e = 32 // plan.bits
     v = mma_words(plan.bits, plan.elements_per_group)
     nj = 1 if m <= 8 else 2
+    x_rows = min(m, 8)  # batch rows staged a tile (two tiles: 8 each)
     ck = 4 * v * e  # codes a chunk
     chunks = plan.padded_cols // ck
-    chunk_bytes = nj * 8 * ck * 2
+    chunk_bytes = nj * x_rows * ck * 2
     rows = 16 * MMA_TILES * MMA_WARPS
     row_blocks = math.ceil(n / rows)
     fewest = math.ceil(chunks / max(1, MMA_X_BYTES // chunk_bytes))
@@ -418,7 +435,9 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
     blocks_per_split = min(row_blocks, max(1, resident))
     return dict(name=mma_kernel_name(plan.bits, plan.flip, plan.zero_bits, v, nj, MMA_TILES, MMA_PREFETCH,
                                      scale_dtype),
-                v=v, nj=nj, chunks=chunks, chunks_per_block=per_block, chunks_per_group=plan.elements_per_group // ck,
+                v=v, nj=nj, x_rows=x_rows, chunks=chunks, chunks_per_block=per_block,
+                chunks_per_group=plan.elements_per_group // ck,
+                group_magic=group_magic(plan.elements_per_group // ck, chunks),
                 rows=rows, codes_per_chunk=ck, splits=splits, row_blocks=row_blocks, blocks_per_split=blocks_per_split,
                 grid=blocks_per_split * splits, block=32 * MMA_WARPS, shared=per_block * chunk_bytes)
 
@@ -500,9 +519,9 @@ def int_mma_launcher(dt: DeviceTensor, m: int):
     weights = (_ptr(codes), _ptr(scales), _ptr(zeros))
     sizes = (np.int32(m), np.int32(n), np.int32(dt.shape[1]), np.int32(plan.row_words),
              np.int32(plan.groups if plan.scale_rows > 1 else 0), np.int32(zeros.shape[1] if plan.zero_bits else 0),
-             np.int32(lp["chunks"]), np.int32(lp["chunks_per_block"]), np.int32(lp["chunks_per_group"]),
-             np.int32(lp["splits"]), np.int32(lp["row_blocks"]), np.float32(scale_unit), np.float32(value_scale),
-             np.float32(OUT_MAX["float16"]))
+             np.int32(lp["chunks"]), np.int32(lp["chunks_per_block"]), np.uint32(lp["group_magic"]),
+             np.int32(lp["splits"]), np.int32(lp["row_blocks"]), np.int32(lp["x_rows"]), np.float32(scale_unit),
+             np.float32(value_scale), np.float32(OUT_MAX["float16"]))
     grid, block, shared, split, rows = lp["grid"], lp["block"], lp["shared"], lp["splits"] > 1, lp["row_blocks"]
 
     def launch(x2, out2) -> None:

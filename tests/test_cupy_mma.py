@@ -24,8 +24,8 @@ from hwlab.kernels.testing import cupy_gpu_missing  # noqa: E402
 
 NVCC = shutil.which("nvcc")
 SIGNATURE = ("(const unsigned short*, const unsigned*, const {s}*, const unsigned*, unsigned short*, float*, int*, "
-             + ", ".join(["int"] * 11) + ", float, float, float)")
-COMPILED = [(4, 8, 0, 4, 2, 1, 4, "float16"), (4, 0, 4, 4, 1, 1, 4, "float16"), (8, 128, 0, 4, 2, 2, 2, "float32"),
+             + ", ".join(["int"] * 8) + ", unsigned, int, int, int, float, float, float)")
+COMPILED = [(4, 8, 0, 4, 1, 1, 2, "float16"), (4, 8, 0, 4, 2, 1, 4, "float16"), (4, 0, 4, 4, 1, 1, 4, "float16"), (8, 128, 0, 4, 2, 2, 2, "float32"),
             (2, 2, 0, 2, 2, 1, 4, "float16")]
 
 
@@ -111,13 +111,25 @@ def test_mma_words(fmt, gs, v):
     assert ck.mma_words(plan.bits, gs) == v and ck.mma_unsupported(plan) is None
 
 
+def test_group_magic_divides_every_chunk_index_exactly():
+    for per_group in (1, 2, 3, 5, 7, 48, 255, 4096):
+        chunks = 2**32 // per_group - 1 if per_group > 1 else 2**20
+        magic = ck.group_magic(per_group, chunks)
+        c = np.concatenate([np.arange(5000), np.arange(chunks - 5000, chunks)]).astype(np.uint64)
+        got = (c * np.uint64(magic)) >> np.uint64(32) if magic else c
+        np.testing.assert_array_equal(got, c // np.uint64(per_group))
+    with pytest.raises(ValueError, match="exceed the kernel's 32-bit group arithmetic"):
+        ck.group_magic(3, 2**31)
+
+
 @pytest.mark.parametrize("m", [1, 8, 9, 16])
 def test_mma_launch_plan_large_layer(m):
     plan = build_plan(_quantize("int4", 8, 8192))
     plan = type(plan)(**dict(plan.__dict__, shape=(28672, 8192)))
     lp = ck.mma_launch_plan(plan, m)
     assert lp["nj"] == (1 if m <= 8 else 2) and lp["v"] == 4 and lp["chunks"] == 64
-    assert lp["shared"] <= ck.MMA_X_BYTES and lp["shared"] == lp["chunks_per_block"] * lp["nj"] * 8 * 128 * 2
+    assert lp["x_rows"] == min(m, 8) and lp["group_magic"] == 0  # one chunk (128 codes) a group
+    assert lp["shared"] <= ck.MMA_X_BYTES and lp["shared"] == lp["chunks_per_block"] * lp["nj"] * lp["x_rows"] * 128 * 2
     assert (lp["splits"] - 1) * lp["chunks_per_block"] < lp["chunks"] <= lp["splits"] * lp["chunks_per_block"]
     assert lp["row_blocks"] * lp["splits"] >= ck.MMA_WAVES * 132  # the work, in row blocks and splits
     assert lp["grid"] == lp["blocks_per_split"] * lp["splits"] == ck.MMA_BLOCKS_PER_SM * 132  # persistent blocks
@@ -138,34 +150,37 @@ def _pair_values(word: int, p: int, bits: int, flip: int, zero: int) -> tuple[fl
     return float(out[0]), float(out[1])
 
 
-def _stage_x(x: np.ndarray, bits: int, v: int, nj: int) -> np.ndarray:
-    """stage_x in numpy for one chunk: float64 [words, 2] (the two halves of each word), its item order."""
+def _stage_x(x: np.ndarray, bits: int, v: int, nj: int, rows: int) -> np.ndarray:
+    """stage_x in numpy for one chunk, ``rows`` batch rows a tile: float64 [words, 2] (the two halves of each
+    word), its item order."""
     e = 32 // bits
-    half, mmas = e // 2, v * e // 4
-    tile = np.full((nj * (mmas // 2) * 32 * 4, 2), np.nan)
-    for item in range(nj * v * 32):
-        lane, q, j = item & 31, (item >> 5) % v, (item >> 5) // v % nj
+    half, mmas, lanes = e // 2, v * e // 4, 4 * rows
+    tile = np.full((nj * (mmas // 2) * lanes * 4, 2), np.nan)
+    for item in range(nj * v * lanes):
+        lane, q, j = item % lanes, item // lanes % v, item // lanes // v % nj
         g, t = lane >> 2, lane & 3
         h = x[8 * j + g, (v * t + q) * e:(v * t + q + 1) * e]
         for p in range(half):
-            word = ck.mma_x_word(0, j, q * half + p, lane, mmas, nj)
+            word = ck.mma_x_word(0, j, q * half + p, lane, mmas, nj, rows)
             assert np.isnan(tile[word]).all(), "a word staged twice"
             tile[word] = h[p], h[p + half]
     assert not np.isnan(tile).any(), "a word never staged"
     return tile
 
 
-@pytest.mark.parametrize("bits,flip,zero_bits,v", [(4, 8, 0, 4), (4, 0, 4, 4), (4, 8, 0, 1), (8, 128, 0, 4),
-                                                   (8, 0, 8, 2), (2, 2, 0, 2), (2, 0, 2, 1)])
-def test_fragment_emulation_reproduces_the_product(bits, flip, zero_bits, v):
-    rng = np.random.default_rng(bits * 100 + v)
-    e, nj = 32 // bits, 2
+@pytest.mark.parametrize("bits,flip,zero_bits,v,m", [(4, 8, 0, 4, 16), (4, 0, 4, 4, 9), (4, 8, 0, 1, 1),
+                                                     (8, 128, 0, 4, 3), (8, 0, 8, 2, 16), (2, 2, 0, 2, 8),
+                                                     (2, 0, 2, 1, 12), (4, 8, 0, 4, 1)])
+def test_fragment_emulation_reproduces_the_product(bits, flip, zero_bits, v, m):
+    rng = np.random.default_rng(bits * 100 + v + m)
+    e, nj, rows = 32 // bits, 1 if m <= 8 else 2, min(m, 8)
     ck_codes, mmas, half = 4 * v * e, v * e // 4, e // 2
     codes = rng.integers(0, 1 << bits, (16, ck_codes))
     zeros = rng.integers(0, 1 << zero_bits, 16) if zero_bits else np.zeros(16, np.int64)
     words = (codes.reshape(16, 4 * v, e) << (bits * np.arange(e))).sum(axis=2)  # code k at bits B (k % E)
     x = rng.standard_normal((8 * nj, ck_codes)).astype(np.float16).astype(np.float64)
-    tile = _stage_x(x, bits, v, nj)
+    x[m:] = 0  # load_halves stages zeros past M
+    tile = _stage_x(x, bits, v, nj, rows)
     got = np.zeros((16, 8 * nj))
     for s in range(mmas):
         for j in range(nj):
@@ -178,7 +193,8 @@ def test_fragment_emulation_reproduces_the_product(bits, flip, zero_bits, v):
                     for row in (g, g + 8):
                         a[row, 2 * t + 8 * r:2 * t + 8 * r + 2] = _pair_values(int(words[row, v * t + q]), p, bits,
                                                                                flip, int(zeros[row]))
-                    b[2 * t + 8 * r:2 * t + 8 * r + 2, g] = tile[ck.mma_x_word(0, j, pair, lane, mmas, nj)]
+                    if lane < 4 * rows:  # the other lanes' B registers are zero
+                        b[2 * t + 8 * r:2 * t + 8 * r + 2, g] = tile[ck.mma_x_word(0, j, pair, lane, mmas, nj, rows)]
             got[:, 8 * j:8 * j + 8] += a @ b
     signed = (codes ^ flip) - flip - zeros[:, None]
     np.testing.assert_allclose(got, signed @ x.T, rtol=1e-12, atol=1e-9)

@@ -22,10 +22,12 @@
 // registers in order: mma s of the chunk takes P = 2s as a0/a1 and P = 2s+1 as a2/a3. So logical k
 // 2t + h + 8r of mma s is physical code (V t + q) E + p + h E/2 of the chunk, P = 2s + r, q = P / (E/2),
 // p = P % (E/2) (hwlab.kernels.cupy_kernels.mma_fragment_k, its Python mirror). A dot product may add its
-// terms in any order, so x is staged in shared memory once per block already permuted into B-fragment order:
-// word ((((i NJ + j) (S/2) + P / 4) 32 + lane) 4 + P % 4) of the tile (chunk i of the block, batch tile j,
-// S = V E / 4 mmas a chunk) holds x[8j + g][chunk k (V t + q) E + p + (0, E/2)], and each lane reads its b0, b1
-// of two mmas with one conflict-free LDS.128 (32 lanes, 512 contiguous bytes).
+// terms in any order, so x is staged in shared memory once per block already permuted into B-fragment order,
+// only for the R = min(M, 8) batch rows a tile has (R = 8 for two tiles): word
+// ((((i NJ + j) (S/2) + P / 4) 4 R + lane) 4 + P % 4) of the tile (chunk i of the block, batch tile j, S = V E / 4
+// mmas a chunk, lane < 4 R) holds x[8j + g][chunk k (V t + q) E + p + (0, E/2)], and each lane of the 4 R that
+// hold a staged row reads its b0, b1 of two mmas with one conflict-free LDS.128 (16 R contiguous words); the other
+// lanes' B registers are zero (batch rows M..7 of the one tile). So a GEMV (M = 1) stages 2 K bytes.
 //
 // Numerics (as triton_kernels.half_dot_loop): codes decode exactly to fp16 integers, the tensor cores sum a
 // chunk's products in fp32 into a zeroed accumulator, and acc += chunk_acc * (scale * scale_unit) (FFMA) per
@@ -36,8 +38,12 @@
 // block, adjacent in blockIdx.x) and stages x for that range once (one barrier). It then loops over row blocks of
 // 16 MT warps rows (persistent: about two blocks an SM, so x is staged once per block, not once per row block),
 // each warp streaming its rows: the loads of the next D chunks are issued back to back (a burst of 4 D V
-// contiguous words a row) and in flight while it decodes the current D (two register sets; the next row block's
-// first D are issued before this one's stores). Split-K blocks add fp32 sums into
+// contiguous words a row) and in flight while it decodes the current D (two register sets that swap roles each
+// D chunks, so nothing is copied; the next row block's first D are issued before this one's stores). A lane's row
+// pointers are set once per row block and a chunk's addresses are offsets from them; the group of chunk c is
+// c / chunks_per_group by a multiply-high with group_magic = ceil(2^32 / chunks_per_group) (0: one chunk a group;
+// exact for c chunks_per_group < 2^32, Granlund and Montgomery, "Division by invariant integers using
+// multiplication", PLDI 1994). Split-K blocks add fp32 sums into
 // `work` (zeroed) and count their arrivals per row block; the last one reads the sums back (leaving zeros), stores
 // y and resets the count (the semaphore of CUTLASS's split-K serial reduction;
 // hwlab.kernels.triton_kernels.finish does the same). No includes: compiles after prelude.cuh
@@ -45,7 +51,6 @@
 
 namespace hwmma {
 
-constexpr int LANES = 32;
 constexpr int MAX_THREADS = 256;  // warps <= 8 a block (hwlab.kernels.cupy_kernels.MMA_WARPS_MAX)
 constexpr unsigned HALF_1024X2 = 0x64006400u;  // binary16 1024.0 in both halves: ulp 1 (the magic number)
 
@@ -143,26 +148,50 @@ struct Chunk {
 };
 
 struct Rows {  // where a lane's rows are
-  const unsigned* codes;
-  int row_words, s_row_stride, zero_words, chunks_per_group, N;
+  int N;
   int n0;  // first row of the warp
   int g, t;
 };
 
-template <int V, int MT, int ZB, int E, typename S>
-HW_DEV void load_chunk(Chunk<V, MT, ZB, S>& ch, const Rows& r, const S* scales, const unsigned* zeros, int c,
-                       bool ok) {
-  constexpr int CK = 4 * V * E;
-  const int group = c / r.chunks_per_group;
+template <int MT, typename S>
+struct RowPointers {  // a lane's rows g and g + 8 of each tile: their first code word (of its quad), scale, zeros
+  const unsigned* w[MT][2];
+  const S* s[MT][2];
+  const unsigned* z[MT][2];
+  bool in[MT][2];  // the row lies in [0, N)
+};
+
+template <int V, int MT, typename S>
+HW_DEV RowPointers<MT, S> row_pointers(const Rows& r, const unsigned* codes, const S* scales, const unsigned* zeros,
+                                       int row_words, int s_row_stride, int zero_words) {
+  RowPointers<MT, S> p;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int row = r.n0 + 16 * mt + r.g + 8 * h;
-      const bool in = ok && row < r.N;
-      load_words<V>(ch.w[mt][h], r.codes + (long long)row * r.row_words + c * (CK / E) + V * r.t, in);
-      ch.s[mt][h] = in ? __ldg(scales + (long long)row * r.s_row_stride + group) : S(0);
-      if constexpr (ZB > 0) ch.z[mt][h] = in ? __ldg(zeros + (long long)row * r.zero_words + group * ZB / 32) : 0u;
+      p.in[mt][h] = row < r.N;
+      p.w[mt][h] = codes + (long long)row * row_words + V * r.t;
+      p.s[mt][h] = scales + (long long)row * s_row_stride;
+      p.z[mt][h] = zeros + (long long)row * zero_words;
+    }
+  }
+  return p;
+}
+
+// Chunk c of the lane's rows (zeros where !ok or outside [0, N)); its group by multiply-high (module comment).
+template <int V, int MT, int ZB, int E, typename S>
+HW_DEV void load_chunk(Chunk<V, MT, ZB, S>& ch, const RowPointers<MT, S>& p, unsigned group_magic, int c, bool ok) {
+  constexpr int CK = 4 * V * E;
+  const int group = group_magic ? int(__umulhi(unsigned(c), group_magic)) : c;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const bool in = ok && p.in[mt][h];
+      load_words<V>(ch.w[mt][h], p.w[mt][h] + c * (CK / E), in);
+      ch.s[mt][h] = in ? __ldg(p.s[mt][h] + group) : S(0);
+      if constexpr (ZB > 0) ch.z[mt][h] = in ? __ldg(p.z[mt][h] + group * ZB / 32) : 0u;
     }
   }
   ch.zshift = (group * ZB) & 31;
@@ -170,10 +199,10 @@ HW_DEV void load_chunk(Chunk<V, MT, ZB, S>& ch, const Rows& r, const S* scales, 
 
 // ---- x staged in B-fragment order ----------------------------------------------------------------------------
 
-// Word of the staged tile holding pair P of lane `lane` for chunk i (of the block) and batch tile j.
+// Word of the staged tile holding pair P of lane `lane` (< 4 R) for chunk i (of the block) and batch tile j.
 template <int S_, int NJ>
-HW_DEV int x_word(int i, int j, int P, int lane) {
-  return (((i * NJ + j) * (S_ / 2) + P / 4) * LANES + lane) * 4 + P % 4;
+HW_DEV int x_word(int i, int j, int P, int lane, int R) {
+  return (((i * NJ + j) * (S_ / 2) + P / 4) * 4 * R + lane) * 4 + P % 4;
 }
 
 // The E halves x[m][k .. k + E) as raw bits (0 outside [0, M) x [0, K)).
@@ -201,26 +230,26 @@ HW_DEV void load_halves(unsigned (&h)[E], const unsigned short* x, int m, int M,
   }
 }
 
-// Every thread of the block: x for chunks c0 .. c0 + cn into `xs`, permuted (module comment). Item order
-// (chunk, batch tile, word q, g, t), t fastest: 32 consecutive items fill the 32 lanes of one 16-byte slot, so a
-// warp's stores are contiguous (conflict-free STS.128, or STS.64 for int8's two pairs a word).
+// Every thread of the block: x for chunks c0 .. c0 + cn into `xs`, permuted (module comment), R rows a tile. Item
+// order (chunk, batch tile, word q, g, t), t fastest: 4 R consecutive items fill the 4 R lanes of one 16-byte slot,
+// so a warp's stores are contiguous (conflict-free STS.128, or STS.64 for int8's two pairs a word).
 template <int B, int V, int NJ>
-HW_DEV void stage_x(unsigned* xs, const unsigned short* x, int M, int K, int c0, int cn) {
+HW_DEV void stage_x(unsigned* xs, const unsigned short* x, int M, int K, int c0, int cn, int R) {
   constexpr int E = 32 / B, CK = 4 * V * E, S_ = V * E / 4, HALF = E / 2;
   const bool vec = ((reinterpret_cast<unsigned long long>(x) | (unsigned long long)K * 2u) & 15u) == 0;
-  const int items = cn * NJ * V * LANES;
+  const int lanes = 4 * R, items = cn * NJ * V * lanes;
   for (int item = threadIdx.x; item < items; item += blockDim.x) {
-    const int lane = item & 31, g = lane >> 2, t = lane & 3;
-    const int q = (item >> 5) % V, j = (item >> 5) / V % NJ, i = (item >> 5) / V / NJ;
+    const int lane = item % lanes, g = lane >> 2, t = lane & 3, rest = item / lanes;
+    const int q = rest % V, j = rest / V % NJ, i = rest / V / NJ;
     unsigned h[E];
     load_halves<E>(h, x, 8 * j + g, M, (c0 + i) * CK + (V * t + q) * E, K, vec);
     if constexpr (HALF == 2) {  // pairs 2q, 2q + 1: half a slot
-      *reinterpret_cast<uint2*>(xs + x_word<S_, NJ>(i, j, q * HALF, lane)) =
+      *reinterpret_cast<uint2*>(xs + x_word<S_, NJ>(i, j, q * HALF, lane, R)) =
           make_uint2(h[0] | (h[2] << 16), h[1] | (h[3] << 16));
     } else {
 #pragma unroll
       for (int p = 0; p < HALF; p += 4) {  // pairs P = q HALF + p .. + 3 (P a multiple of 4): one slot
-        *reinterpret_cast<uint4*>(xs + x_word<S_, NJ>(i, j, q * HALF + p, lane)) =
+        *reinterpret_cast<uint4*>(xs + x_word<S_, NJ>(i, j, q * HALF + p, lane, R)) =
             make_uint4(h[p] | (h[p + HALF] << 16), h[p + 1] | (h[p + 1 + HALF] << 16),
                        h[p + 2] | (h[p + 2 + HALF] << 16), h[p + 3] | (h[p + 3 + HALF] << 16));
       }
@@ -241,9 +270,10 @@ HW_DEV void zero_tiles(float (&a)[MT][NJ][4]) {
 
 // ---- one chunk's mmas ----------------------------------------------------------------------------------------
 
-// acc[mt][j] += (sum over the chunk of W x^T) * scale of each row, W decoded from ch, x from the staged tile.
+// acc[mt][j] += (sum over the chunk of W x^T) * scale of each row, W decoded from ch, x from the staged tile: the
+// lane's slot k of the chunk at xt[k slot_stride] (a lane that holds no staged row reads one zero slot, stride 0).
 template <int B, int FLIP, int ZB, int V, int NJ, int MT, typename S>
-HW_DEV void mma_chunk(float (&acc)[MT][NJ][4], const Chunk<V, MT, ZB, S>& ch, const uint4* xt, int lane,
+HW_DEV void mma_chunk(float (&acc)[MT][NJ][4], const Chunk<V, MT, ZB, S>& ch, const uint4* xt, int slot_stride,
                       float scale_unit) {
   constexpr int E = 32 / B, S_ = V * E / 4, HALF = E / 2;
   int zero[MT][2];
@@ -257,7 +287,7 @@ HW_DEV void mma_chunk(float (&acc)[MT][NJ][4], const Chunk<V, MT, ZB, S>& ch, co
   for (int s2 = 0; s2 < S_ / 2; ++s2) {  // two mmas a slot: b0, b1 of mma 2 s2, then of mma 2 s2 + 1
     uint4 b[NJ];
 #pragma unroll
-    for (int j = 0; j < NJ; ++j) b[j] = xt[(j * (S_ / 2) + s2) * LANES + lane];
+    for (int j = 0; j < NJ; ++j) b[j] = xt[(j * (S_ / 2) + s2) * slot_stride];
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
       const int P = 4 * s2 + 2 * u;  // pairs P (a0, a1) and P + 1 (a2, a3)
@@ -334,57 +364,68 @@ HW_DEV void store_rows(const float (&acc)[MT][NJ][4], const Rows& r, int rb, uns
 // loads per row and chunk, NJ batch tiles of 8, MT row tiles of 16 a warp, D chunks in flight, S scale type
 // (unsigned short: fp16 bits; float). Grid: splits x blocks_per_split (1-D, split fastest), each block looping over
 // row blocks rb = blockIdx.x / splits, + gridDim.x / splits, ... < row_blocks (persistent: x is staged once for
-// all of them); block: `warps` x 32 threads; dynamic shared memory: chunks_per_block x NJ x 8 x CK x 2 bytes.
+// all of them); block: `warps` x 32 threads; dynamic shared memory: chunks_per_block x NJ x x_rows x CK x 2 bytes
+// (x_rows = R, the batch rows staged a tile: min(M, 8)).
 template <int B, int FLIP, int ZB, int V, int NJ, int MT, int D, typename S>
 __global__ void __launch_bounds__(hwmma::MAX_THREADS)
     int_mma(const unsigned short* __restrict__ x, const unsigned* __restrict__ codes, const S* __restrict__ scales,
             const unsigned* __restrict__ zeros, unsigned short* __restrict__ out, float* __restrict__ work,
             int* __restrict__ count, int M, int N, int K, int row_words, int s_row_stride, int zero_words,
-            int chunks, int chunks_per_block, int chunks_per_group, int splits, int row_blocks, float scale_unit,
-            float value_scale, float out_max) {
+            int chunks, int chunks_per_block, unsigned group_magic, int splits, int row_blocks, int x_rows,
+            float scale_unit, float value_scale, float out_max) {
   using namespace hwmma;
   constexpr int E = 32 / B, S_ = V * E / 4;
   static_assert(32 % B == 0 && B >= 2 && B <= 8 && S_ % 2 == 0, "B in {2, 4, 8}; an even number of mmas a chunk");
   extern __shared__ uint4 xs[];
+  __shared__ uint4 zero_slot;  // the B registers of lanes that hold no staged batch row (M < 8)
   __shared__ int last;
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, warp = int(threadIdx.x >> 5);
   const int split = blockIdx.x % splits, rb_step = gridDim.x / splits;
   const int c0 = split * chunks_per_block, cn = min(chunks_per_block, chunks - c0);  // cn > 0 (launch plan)
+  const bool staged = lane < 4 * x_rows;  // the lane's batch rows g (and 8 + g) are staged
+  const uint4* x_lane = staged ? xs + lane : &zero_slot;
+  const int slot_stride = staged ? 4 * x_rows : 0, chunk_stride = staged ? NJ * (S_ / 2) * 4 * x_rows : 0;
   int rb = blockIdx.x / splits;  // < row_blocks (launch plan)
-  Rows r{codes, row_words, s_row_stride, zero_words, chunks_per_group, N, (rb * warps + warp) * 16 * MT,
-         lane >> 2, lane & 3};
+  Rows r{N, (rb * warps + warp) * 16 * MT, lane >> 2, lane & 3};
+  auto pointers = [&] { return row_pointers<V, MT, S>(r, codes, scales, zeros, row_words, s_row_stride, zero_words); };
+  RowPointers<MT, S> p = pointers();
 
-  Chunk<V, MT, ZB, S> cur[D], nxt[D];
+  Chunk<V, MT, ZB, S> one[D], two[D];
+  // chunks base .. base + D of the row block into `set` (nothing where they lie past the block's range)
+  auto load = [&](Chunk<V, MT, ZB, S>(&set)[D], int base) {
 #pragma unroll
-  for (int d = 0; d < D; ++d) load_chunk<V, MT, ZB, E, S>(cur[d], r, scales, zeros, c0 + d, d < cn);
-  stage_x<B, V, NJ>(reinterpret_cast<unsigned*>(xs), x, M, K, c0, cn);
+    for (int d = 0; d < D; ++d) load_chunk<V, MT, ZB, E, S>(set[d], p, group_magic, c0 + base + d, base + d < cn);
+  };
+  auto decode = [&](float(&acc)[MT][NJ][4], const Chunk<V, MT, ZB, S>(&set)[D], int base) {
+#pragma unroll
+    for (int d = 0; d < D; ++d)
+      if (base + d < cn)  // uniform over the block
+        mma_chunk<B, FLIP, ZB, V, NJ, MT, S>(acc, set[d], x_lane + (base + d) * chunk_stride, slot_stride,
+                                             scale_unit);
+  };
+  load(one, 0);
+  stage_x<B, V, NJ>(reinterpret_cast<unsigned*>(xs), x, M, K, c0, cn, x_rows);
+  if (threadIdx.x == 0) zero_slot = make_uint4(0u, 0u, 0u, 0u);
   __syncthreads();
 
   while (true) {
     float acc[MT][NJ][4];
     zero_tiles(acc);
-    for (int base = 0; base < cn; base += D) {
-      // the next D chunks of each row back to back (4 D V contiguous words a row in one burst), in flight while
-      // this D are decoded
-#pragma unroll
-      for (int d = 0; d < D; ++d)
-        load_chunk<V, MT, ZB, E, S>(nxt[d], r, scales, zeros, c0 + base + D + d, base + D + d < cn);
-#pragma unroll
-      for (int d = 0; d < D; ++d) {
-        const int i = base + d;
-        if (i < cn)  // uniform over the block
-          mma_chunk<B, FLIP, ZB, V, NJ, MT, S>(acc, cur[d], xs + i * NJ * (S_ / 2) * LANES, lane, scale_unit);
-      }
-#pragma unroll
-      for (int d = 0; d < D; ++d) cur[d] = nxt[d];
+    // `one` holds chunks base .. base + D (in flight); each half step issues the next D into the other set (a burst
+    // of 4 D V contiguous words a row) before decoding these, and the sets swap roles
+    for (int base = 0; base < cn; base += 2 * D) {
+      load(two, base + D);
+      decode(acc, one, base);
+      load(one, base + 2 * D);
+      decode(acc, two, base + D);
     }
     const int done = rb;
     const Rows rows = r;
     rb += rb_step;
     if (rb < row_blocks) {  // the next row block's first chunks in flight during this one's stores
       r.n0 = (rb * warps + warp) * 16 * MT;
-#pragma unroll
-      for (int d = 0; d < D; ++d) load_chunk<V, MT, ZB, E, S>(cur[d], r, scales, zeros, c0 + d, d < cn);
+      p = pointers();
+      load(one, 0);
     }
     store_rows<NJ, MT>(acc, rows, done, out, work, count, M, splits, value_scale, out_max, last);
     if (rb >= row_blocks) return;

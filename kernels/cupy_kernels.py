@@ -54,12 +54,15 @@ MMA_WORDS = (4, 2, 1)  # words a lane loads per row and chunk (a 16, 8 or 4-byte
 MMA_WARPS = 8  # warps a block (at most MMA_WARPS_MAX: the kernel's __launch_bounds__(256))
 MMA_WARPS_MAX = 8
 MMA_TILES = 1  # 16-row tiles a warp decodes at once (2: x's fragments read once for 32 rows)
-# chunks a warp decodes while the loads of the next as many are in flight (two register sets, the next D loaded
-# back to back). H200, CUDA graph, int4 K=8192 N=28672 (bench/results/cupy_mma_probe_h200_run12.log, call 5):
-# M=16 68.9 us at 2 against 72.0 at 4 and 77.4 at 1 (Triton's tile_dot 101.1); M=4 55.0 against 55.1 and 68.5
-MMA_PREFETCH = 2
+# chunks a warp decodes while the loads of the next as many are in flight (two register sets that swap roles), by
+# batch tiles of 8 (NJ). H200, CUDA graph, int4 K=8192 N=28672 (bench/results/cupy_mma_probe_h200_run13_call3.log):
+# one tile: M=1 42.0 us at 2 against 44.3 at 3 and 49.0 at 1, M=4 46.5 against 48.5 and 55.3; two tiles: M=16
+# 71.3 at 3 against 77.0 at 2 and 73.9 at 1
+MMA_PREFETCH = {1: 2, 2: 3}
 MMA_X_BYTES = 64 * 1024  # the x tile a block stages in shared memory, at most (bounds its K range)
-MMA_WAVES = 4  # blocks per SM that split-K aims for
+# blocks per SM that split-K aims for: 1 (run 13, call 2, same layer: M=1 42.7 us against 49.4 at 4, M=4 46.7
+# against 52.4, M=16 76.2 against 76.4); a larger layer needs no split-K, a smaller one still splits
+MMA_WAVES = 1
 # persistent blocks an SM, each looping over row blocks (0: a block per row block and split); same run: M=16 68.9 us
 # at 2 against 75.6 at 0 and 80.1 at 3 (48 KB of x a block); call 4 (before the bursts): 1 block 115.1 us
 MMA_BLOCKS_PER_SM = 2
@@ -415,8 +418,10 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
     reason = mma_unsupported(plan)
     if reason:
         raise ValueError(f"int_mma_cupy: {reason}")
-    if not 1 <= MMA_WARPS <= MMA_WARPS_MAX or MMA_TILES < 1 or MMA_PREFETCH < 1:
-        raise ValueError(f"int_mma_cupy: MMA_WARPS must be 1..{MMA_WARPS_MAX}, MMA_TILES and MMA_PREFETCH >= 1")
+    if not 1 <= MMA_WARPS <= MMA_WARPS_MAX or MMA_TILES < 1 or sorted(MMA_PREFETCH) != [1, 2] or min(
+            MMA_PREFETCH.values()) < 1:
+        raise ValueError(f"int_mma_cupy: MMA_WARPS must be 1..{MMA_WARPS_MAX}, MMA_TILES >= 1 and MMA_PREFETCH "
+                         f"{{1: chunks, 2: chunks}} (each >= 1), got {MMA_WARPS}, {MMA_TILES}, {MMA_PREFETCH}")
     n = plan.shape[0]
     e = 32 // plan.bits
     v = mma_words(plan.bits, plan.elements_per_group)
@@ -433,7 +438,7 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
     splits = math.ceil(chunks / per_block)  # every block has chunks
     resident = math.ceil(MMA_BLOCKS_PER_SM * sms / splits) if MMA_BLOCKS_PER_SM > 0 else row_blocks
     blocks_per_split = min(row_blocks, max(1, resident))
-    return dict(name=mma_kernel_name(plan.bits, plan.flip, plan.zero_bits, v, nj, MMA_TILES, MMA_PREFETCH,
+    return dict(name=mma_kernel_name(plan.bits, plan.flip, plan.zero_bits, v, nj, MMA_TILES, MMA_PREFETCH[nj],
                                      scale_dtype),
                 v=v, nj=nj, x_rows=x_rows, chunks=chunks, chunks_per_block=per_block,
                 chunks_per_group=plan.elements_per_group // ck,
@@ -502,7 +507,8 @@ def int_mma_launcher(dt: DeviceTensor, m: int):
     ``[m, K]`` and ``out2`` fp16 ``[m, N]``, contiguous, on ``dt``'s device: ``dispatch.matmul`` checked them),
     built once per tensor, row count class and tile constants (the kernel compiled once per device)."""
     torch = _torch()
-    key = ("cupy_mma", m, MMA_WARPS, MMA_TILES, MMA_PREFETCH, MMA_X_BYTES, MMA_WAVES, MMA_BLOCKS_PER_SM)
+    key = ("cupy_mma", m, MMA_WARPS, MMA_TILES, tuple(MMA_PREFETCH.items()), MMA_X_BYTES, MMA_WAVES,
+           MMA_BLOCKS_PER_SM)
     launch = dt.launch_cache.get(key)
     if launch is not None:
         return launch

@@ -132,8 +132,11 @@ def test_mma_launch_plan_large_layer(m):
     assert lp["shared"] <= ck.MMA_X_BYTES and lp["shared"] == lp["chunks_per_block"] * lp["nj"] * lp["x_rows"] * 128 * 2
     assert (lp["splits"] - 1) * lp["chunks_per_block"] < lp["chunks"] <= lp["splits"] * lp["chunks_per_block"]
     assert lp["row_blocks"] * lp["splits"] >= ck.MMA_WAVES * 132  # the work, in row blocks and splits
-    assert lp["grid"] == lp["blocks_per_split"] * lp["splits"] == ck.MMA_BLOCKS_PER_SM * 132  # persistent blocks
-    assert lp["name"] == f"int_mma<4, 8, 0, 4, {lp['nj']}, 1, {ck.MMA_PREFETCH}, unsigned short>"
+    resident = min(lp["row_blocks"], -(-ck.MMA_BLOCKS_PER_SM * 132 // lp["splits"]))  # persistent blocks
+    assert lp["grid"] == lp["blocks_per_split"] * lp["splits"] == resident * lp["splits"]
+    assert (lp["splits"], lp["grid"], lp["shared"]) == {1: (1, 224, 16384), 8: (2, 264, 65536), 9: (4, 264, 65536),
+                                                        16: (4, 264, 65536)}[m]
+    assert lp["name"] == f"int_mma<4, 8, 0, 4, {lp['nj']}, 1, {ck.MMA_PREFETCH[lp['nj']]}, unsigned short>"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -253,8 +256,9 @@ def test_int_mma_cupy_saturates_and_leaves_the_workspace_zeroed():
     assert torch.isnan(y[3]).all() and torch.isfinite(y[torch.arange(16) != 3]).all()
 
 
-TILE_VARIANTS = [dict(MMA_WAVES=0), dict(MMA_WAVES=0, MMA_TILES=2, MMA_WARPS=3), dict(MMA_PREFETCH=1),
-                 dict(MMA_PREFETCH=3, MMA_TILES=2), dict(MMA_X_BYTES=4096, MMA_WARPS=1)]
+TILE_VARIANTS = [dict(MMA_WAVES=0), dict(MMA_WAVES=0, MMA_TILES=2, MMA_WARPS=3), dict(MMA_PREFETCH={1: 1, 2: 1}),
+                 dict(MMA_PREFETCH={1: 3, 2: 4}, MMA_TILES=2), dict(MMA_X_BYTES=4096, MMA_WARPS=1),
+                 dict(MMA_WAVES=4, MMA_PREFETCH={1: 4, 2: 2})]
 
 
 @pytest.mark.gpu

@@ -95,7 +95,9 @@ HALF_GEMV_TABLES = True
 # where CuPy is installed and the kernel reads the plan; where it was timed faster than the Triton kernels. H200, CUDA
 # graph (bench/results/cupy_mma_probe_h200_run12_call6*.log): K=8192 N=28672, M=16 / 4, int4 69.6 / 55.1 us against
 # tile_dot's 101.3 / 95.7, int4_asym 75.0 / 61.9 against 107.0 / 103.2, int8 102.4 against 100.1 at M=16 (not
-# taken); 4096 x 4096 int4 18.4 / 13.1 against 11.7 / 11.8 (not taken); at M = 1 gemv_words (38.6 against 73.6)
+# taken); 4096 x 4096 int4 18.4 / 13.1 against 11.7 / 11.8 (not taken); at M = 1 gemv_words (38.6 against 73.6).
+# Run 13 (cupy_mma_probe_h200_run13_call3.log: x staged for the tile's rows only, no split-K): M = 1 42.0 against
+# gemv_words' 38.3 (still not taken), M = 4 46.5, M = 16 71.3
 CUPY_MMA = True
 CUPY_MMA_ROWS = (2, 16)
 CUPY_MMA_BITS = (4,)

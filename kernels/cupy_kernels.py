@@ -11,8 +11,10 @@ the small-batch integer matmul on tensor cores.
     (``kernels/cuda/trip_dp4a.cu``, ``dp4a``), bit-exact against :func:`hwlab.sim.trip.integer_matmul`.
 :func:`int_mma_cupy`
     fp16 ``y = x @ W^T`` for M <= 16 and integer codes in whole words (int2, int4, int8, with or without zero
-    points; ``kernels/cuda/int_mma.cu``): ``mma.sync`` m16n8k16 with the weights decoded straight into the A
-    fragment registers and x staged once per block in B-fragment order (:func:`mma_fragment_k`).
+    points) or 4-bit codes of one 16-entry table (nf4, the FP4 splits; ``kernels/cuda/int_mma.cu``):
+    ``mma.sync`` m16n8k16 with the weights decoded straight into the A fragment registers (integer codes by the
+    magic-number pairs, table codes by one shared-memory read a byte) and x staged once per block in B-fragment
+    order (:func:`mma_fragment_k`).
 
 CuPy is imported only when a kernel is called (``pip install cupy-cuda13x``, or the ``gpu`` extra).
 Torch tensors are shared by their raw device pointers (no copies), and the kernels run on torch's
@@ -29,7 +31,7 @@ import numpy as np
 
 from .async_mixed import kernel_pointer, stream_names
 from .device import DeviceTensor
-from .dispatch import OUT_MAX, split_value_scale, split_workspace
+from .dispatch import OUT_MAX, split_value_scale, split_workspace, table_fits_binary16
 
 CUDA_DIR = Path(__file__).with_name("cuda")
 MIXED_SOURCE, TRIP_SOURCE, MMA_SOURCE = "mixed_gemv_async.cu", "trip_dp4a.cu", "int_mma.cu"
@@ -60,6 +62,7 @@ MMA_TILES = 1  # 16-row tiles a warp decodes at once (2: x's fragments read once
 # 71.3 at 3 against 77.0 at 2 and 73.9 at 1
 MMA_PREFETCH = {1: 2, 2: 3}
 MMA_X_BYTES = 64 * 1024  # the x tile a block stages in shared memory, at most (bounds its K range)
+MMA_TABLE_BYTES = 256 * 32 * 4  # the table decode's 256 fp16x2 pairs, 32 copies (one a bank), before the x tile
 # blocks per SM that split-K aims for: 1 (run 13, call 2, same layer: M=1 42.7 us against 49.4 at 4, M=4 46.7
 # against 52.4, M=16 76.2 against 76.4); a larger layer needs no split-K, a smaller one still splits
 MMA_WAVES = 1
@@ -354,14 +357,16 @@ def mma_words(bits: int, group: int) -> int:
     return next((v for v in MMA_WORDS if group % (4 * v * e) == 0 and v * e % 8 == 0), 0)
 
 
-def mma_fragment_k(bits: int, v: int) -> np.ndarray:
+def mma_fragment_k(bits: int, v: int, table: bool = False) -> np.ndarray:
     """int ``[4, V E / 2, 2]``: the chunk column (physical code ``k`` of a row's chunk of 4 V E codes) of half
     ``h`` of pair ``P`` of a lane with ``t = lane % 4`` (``kernels/cuda/int_mma.cu``'s K permutation). Pair P is
-    code ``p`` and ``p + E/2`` of the lane's word ``q`` (P = q E/2 + p): ``(V t + q) E + p + h E/2``. mma ``s``
-    of the chunk reads pairs 2s (its a0, a1 and b0: logical k ``2t + h``) and 2s + 1 (a2, a3, b1: ``2t + 8 + h``)."""
+    code ``p`` and ``p + E/2`` of the lane's word ``q`` (P = q E/2 + p): ``(V t + q) E + p + h E/2``; with the
+    ``table`` decode, byte ``p`` of the word: ``(V t + q) E + 2 p + h``. mma ``s`` of the chunk reads pairs 2s
+    (its a0, a1 and b0: logical k ``2t + h``) and 2s + 1 (a2, a3, b1: ``2t + 8 + h``)."""
     e = 32 // bits
     t, pair, h = np.meshgrid(np.arange(4), np.arange(v * e // 2), np.arange(2), indexing="ij")
-    return (v * t + pair // (e // 2)) * e + pair % (e // 2) + h * (e // 2)
+    p = pair % (e // 2)
+    return (v * t + pair // (e // 2)) * e + (2 * p + h if table else p + h * (e // 2))
 
 
 def mma_x_word(i: int, j: int, pair: int, lane: int, mmas: int, nj: int, rows: int = 8) -> int:
@@ -374,13 +379,26 @@ def mma_x_word(i: int, j: int, pair: int, lane: int, mmas: int, nj: int, rows: i
     return (((i * nj + j) * (mmas // 2) + pair // 4) * 4 * rows + lane) * 4 + pair % 4
 
 
+def mma_decode(plan) -> str | None:
+    """How ``int_mma`` decodes a plan's codes: ``"int"`` (integer codes of :data:`MMA_BITS` bits, the magic-number
+    pairs), ``"table"`` (4-bit codes of one table of at most 16 entries that binary16 holds to 2**-11 of each:
+    ``dispatch.table_fits_binary16``; nf4, the FP4 splits, flint4, shift4, a user's table), or None. Both read whole
+    words without type ids."""
+    if plan.packing != "words" or plan.member_rule != "none":
+        return None
+    if plan.decode == "int" and plan.bits in MMA_BITS:
+        return "int"
+    table = plan.bits == 4 and not plan.zero_bits and plan.lut.shape[0] == 1 and table_fits_binary16(plan)
+    return "table" if table else None
+
+
 def mma_unsupported(plan) -> str | None:
-    """Why :func:`int_mma_cupy` cannot read a plan's tensor, or None: integer codes of :data:`MMA_BITS` in whole
-    words without type ids, float scales (fp16 or fp32) per group with nothing else folded in, zero points (if
-    any) in code units and in whole fields of a word, groups of whole chunks (:func:`mma_words`)."""
-    if plan.packing != "words" or plan.decode != "int" or plan.bits not in MMA_BITS or plan.member_rule != "none":
-        return (f"it reads integer codes of {MMA_BITS} bits in whole words (int2, int4, int8 and their _asym), "
-                f"not {plan.describe()}")
+    """Why :func:`int_mma_cupy` cannot read a plan's tensor, or None: codes :func:`mma_decode` reads, float scales
+    (fp16 or fp32) per group with nothing else folded in, zero points (if any) in code units and in whole fields of
+    a word, groups of whole chunks (:func:`mma_words`)."""
+    if mma_decode(plan) is None:
+        return (f"it reads integer codes of {MMA_BITS} bits (int2, int4, int8 and their _asym) or 4-bit codes of one "
+                f"table of at most 16 entries (nf4, the FP4 splits), in whole words, not {plan.describe()}")
     if plan.scale_kind != "float" or plan.has_row_scales or plan.double_quant_block:
         return f"it reads plain fp16 or fp32 group scales, not {plan.describe()}"
     if plan.zero_bits and (32 % plan.zero_bits or plan.decode_scale != 1.0):
@@ -391,9 +409,9 @@ def mma_unsupported(plan) -> str | None:
     return None
 
 
-def mma_kernel_name(bits: int, flip: int, zero_bits: int, v: int, nj: int, tiles: int, prefetch: int,
+def mma_kernel_name(bits: int, flip: int, zero_bits: int, table: bool, v: int, nj: int, tiles: int, prefetch: int,
                     scale: str) -> str:
-    return (f"int_mma<{bits}, {flip}, {zero_bits}, {v}, {nj}, {tiles}, {prefetch}, "
+    return (f"int_mma<{bits}, {flip}, {zero_bits}, {int(table)}, {v}, {nj}, {tiles}, {prefetch}, "
             f"{'float' if scale == 'float32' else 'unsigned short'}>")
 
 
@@ -424,6 +442,7 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
                          f"{{1: chunks, 2: chunks}} (each >= 1), got {MMA_WARPS}, {MMA_TILES}, {MMA_PREFETCH}")
     n = plan.shape[0]
     e = 32 // plan.bits
+    table = mma_decode(plan) == "table"
     v = mma_words(plan.bits, plan.elements_per_group)
     nj = 1 if m <= 8 else 2
     x_rows = min(m, 8)  # batch rows staged a tile (two tiles: 8 each)
@@ -438,13 +457,14 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
     splits = math.ceil(chunks / per_block)  # every block has chunks
     resident = math.ceil(MMA_BLOCKS_PER_SM * sms / splits) if MMA_BLOCKS_PER_SM > 0 else row_blocks
     blocks_per_split = min(row_blocks, max(1, resident))
-    return dict(name=mma_kernel_name(plan.bits, plan.flip, plan.zero_bits, v, nj, MMA_TILES, MMA_PREFETCH[nj],
-                                     scale_dtype),
-                v=v, nj=nj, x_rows=x_rows, chunks=chunks, chunks_per_block=per_block,
+    return dict(name=mma_kernel_name(plan.bits, 0 if table else plan.flip, plan.zero_bits, table, v, nj, MMA_TILES,
+                                     MMA_PREFETCH[nj], scale_dtype),
+                decode="table" if table else "int", v=v, nj=nj, x_rows=x_rows, chunks=chunks, chunks_per_block=per_block,
                 chunks_per_group=plan.elements_per_group // ck,
                 group_magic=group_magic(plan.elements_per_group // ck, chunks),
                 rows=rows, codes_per_chunk=ck, splits=splits, row_blocks=row_blocks, blocks_per_split=blocks_per_split,
-                grid=blocks_per_split * splits, block=32 * MMA_WARPS, shared=per_block * chunk_bytes)
+                grid=blocks_per_split * splits, block=32 * MMA_WARPS,
+                shared=per_block * chunk_bytes + (MMA_TABLE_BYTES if table else 0))
 
 
 def _check_out_and_devices(out, dtype, dtype_name: str, m: int, n: int, first: tuple, second: tuple) -> None:
@@ -492,8 +512,8 @@ def _check_mma(x, dt, out):
 
 
 def int_mma_cupy(x, dt: DeviceTensor, *, out=None):
-    """fp16 ``y [M, N] = x @ W^T`` for ``x`` fp16 ``[M, K]`` (M <= 16) or ``[K]`` and integer codes in whole
-    words on the GPU (:func:`mma_unsupported` says which), accumulated in fp32 on tensor cores, the scale applied
+    """fp16 ``y [M, N] = x @ W^T`` for ``x`` fp16 ``[M, K]`` (M <= 16) or ``[K]`` and integer or table codes in
+    whole words on the GPU (:func:`mma_unsupported` says which), accumulated in fp32 on tensor cores, the scale applied
     per chunk of a group, saturated at +-65504 (``dispatch.OUT_MAX``); written into ``out`` when given."""
     x, out = _check_mma(x, dt, out)
     if out is None:
@@ -521,8 +541,9 @@ def int_mma_launcher(dt: DeviceTensor, m: int):
         kernel.max_dynamic_shared_size_bytes = lp["shared"]
     codes = dt.arrays[plan.arrays["codes"]]
     zeros = dt.arrays[plan.arrays["zeros"]] if plan.zero_bits else codes  # a pointer is never to nothing
-    scale_unit, value_scale = split_value_scale(plan.value_scale("int"))
-    weights = (_ptr(codes), _ptr(scales), _ptr(zeros))
+    table = dt.tables["pairs_float16"] if lp["decode"] == "table" else codes  # entries 2j, 2j + 1 in word j
+    scale_unit, value_scale = split_value_scale(plan.value_scale("lut" if lp["decode"] == "table" else "int"))
+    weights = (_ptr(codes), _ptr(scales), _ptr(zeros), _ptr(table))
     sizes = (np.int32(m), np.int32(n), np.int32(dt.shape[1]), np.int32(plan.row_words),
              np.int32(plan.groups if plan.scale_rows > 1 else 0), np.int32(zeros.shape[1] if plan.zero_bits else 0),
              np.int32(lp["chunks"]), np.int32(lp["chunks_per_block"]), np.uint32(lp["group_magic"]),

@@ -101,6 +101,9 @@ HALF_GEMV_TABLES = True
 CUPY_MMA = True
 CUPY_MMA_ROWS = (2, 16)
 CUPY_MMA_BITS = (4,)
+# its decodes that matmul takes: "table" (nf4, the FP4 splits through 256 shared-memory pairs, run 13) is not timed
+# on a GPU yet, so matmul keeps tile_dot for it; int_mma_cupy reads it when called
+CUPY_MMA_DECODES = ("int",)
 CUPY_MMA_MIN_WEIGHTS = 2**27  # N * K: between 4096 x 4096 (2**24, slower) and 8192 x 28672 (1.75 * 2**27, faster)
 FP16_SMALLEST_NORMAL = 2.0**-14  # IEEE binary16: from here to FP16_LARGEST, rounding to fp16 errs by 2**-11 at most
 
@@ -223,12 +226,15 @@ def half_pairs_apply(plan: KernelPlan, decode: str) -> bool:
 
 def half_table_applies(plan: KernelPlan) -> bool:
     """Whether the fp16 pair GEMV reads the plan's table as binary16 (:data:`HALF_GEMV_TABLES`): 4-bit codes
-    without zero points, with no type ids or one per group, at most :data:`~hwlab.kernels.half_pairs.LUT_ENTRIES`
-    entries a member, each 0 or of a magnitude in fp16's normal range, so that each rounds to binary16 by at most
-    2**-11 of itself, as a table value rounds to x's dtype on the tensor cores (``matmul``'s error bound)."""
-    if (not HALF_GEMV_TABLES or plan.bits != LUT_BITS or plan.zero_bits
-            or plan.member_rule not in ("none", "group")):
-        return False
+    without zero points, with no type ids or one per group, and a table that :func:`table_fits_binary16`."""
+    return (HALF_GEMV_TABLES and plan.bits == LUT_BITS and not plan.zero_bits
+            and plan.member_rule in ("none", "group") and table_fits_binary16(plan))
+
+
+def table_fits_binary16(plan: KernelPlan) -> bool:
+    """At most :data:`~hwlab.kernels.half_pairs.LUT_ENTRIES` entries a member, each 0 or of a magnitude in fp16's
+    normal range, so that each rounds to binary16 by at most 2**-11 of itself, as a table value rounds to x's dtype
+    on the tensor cores (``matmul``'s error bound)."""
     values = np.abs(plan.lut.astype(np.float64))
     return plan.table_size <= LUT_ENTRIES and bool(np.all(
         (values == 0) | ((values >= FP16_SMALLEST_NORMAL) & (values <= FP16_LARGEST))))
@@ -324,15 +330,17 @@ def launch_for(qt: DeviceTensor, m: int, x_dtype: str) -> Launch:
 
 def cupy_mma_applies(qt: DeviceTensor, m: int, x_dtype: str) -> bool:
     """Whether :func:`matmul` takes :func:`~hwlab.kernels.cupy_kernels.int_mma_cupy` (:data:`CUPY_MMA`): fp16
-    ``x`` of :data:`CUPY_MMA_ROWS` rows on a CUDA device, codes of :data:`CUPY_MMA_BITS` bits, at least
+    ``x`` of :data:`CUPY_MMA_ROWS` rows on a CUDA device, codes of :data:`CUPY_MMA_BITS` bits that it decodes as
+    :data:`CUPY_MMA_DECODES`, at least
     :data:`CUPY_MMA_MIN_WEIGHTS` weights, a plan it reads (``mma_unsupported``), CuPy installed."""
     if not (CUPY_MMA and CUPY_MMA_ROWS[0] <= m <= CUPY_MMA_ROWS[1] and x_dtype == "float16"
             and qt.plan.bits in CUPY_MMA_BITS and math.prod(qt.shape) >= CUPY_MMA_MIN_WEIGHTS
             and getattr(qt.device, "type", None) == "cuda" and not interpreted() and _cupy_installed()):
         return False
-    from .cupy_kernels import mma_unsupported
+    from .cupy_kernels import mma_decode, mma_unsupported
 
-    return mma_unsupported(qt.plan) is None and qt.arrays[qt.plan.arrays["codes"]].data_ptr() % 16 == 0
+    return (mma_unsupported(qt.plan) is None and mma_decode(qt.plan) in CUPY_MMA_DECODES
+            and qt.arrays[qt.plan.arrays["codes"]].data_ptr() % 16 == 0)
 
 
 @functools.lru_cache(maxsize=1)

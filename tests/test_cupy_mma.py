@@ -18,15 +18,19 @@ torch = pytest.importorskip("torch", reason="torch is not installed")
 
 import hwlab.formats as F  # noqa: E402
 from hwlab.kernels import cupy_kernels as ck  # noqa: E402
+from hwlab.kernels.device import pair_table  # noqa: E402
 from hwlab.kernels.half_pairs import int_pair_constants  # noqa: E402
 from hwlab.kernels.plan import build_plan  # noqa: E402
 from hwlab.kernels.testing import cupy_gpu_missing  # noqa: E402
 
 NVCC = shutil.which("nvcc")
-SIGNATURE = ("(const unsigned short*, const unsigned*, const {s}*, const unsigned*, unsigned short*, float*, int*, "
+SIGNATURE = ("(const unsigned short*, const unsigned*, const {s}*, const unsigned*, const unsigned*, unsigned short*, "
+             "float*, int*, "
              + ", ".join(["int"] * 8) + ", unsigned, int, int, int, float, float, float)")
-COMPILED = [(4, 8, 0, 4, 1, 1, 2, "float16"), (4, 8, 0, 4, 2, 1, 4, "float16"), (4, 0, 4, 4, 1, 1, 4, "float16"), (8, 128, 0, 4, 2, 2, 2, "float32"),
-            (2, 2, 0, 2, 2, 1, 4, "float16")]
+COMPILED = [(4, 8, 0, False, 4, 1, 1, 2, "float16"), (4, 8, 0, False, 4, 2, 1, 4, "float16"),
+            (4, 0, 4, False, 4, 1, 1, 4, "float16"), (8, 128, 0, False, 4, 2, 2, 2, "float32"),
+            (2, 2, 0, False, 2, 2, 1, 4, "float16"), (4, 0, 0, True, 4, 1, 1, 2, "float16"),
+            (4, 0, 0, True, 4, 2, 1, 3, "float32"), (4, 0, 0, True, 1, 2, 1, 3, "float16")]
 
 
 def _quantize(fmt, n, k, gs=128, seed=0):
@@ -72,7 +76,7 @@ def test_int_mma_argument_errors_on_cpu():
     with pytest.raises(TypeError, match="DeviceTensor"):
         ck.int_mma_cupy(x, dt.source)
     with pytest.raises(ValueError, match="integer codes"):
-        ck.int_mma_cupy(x, _quantize("nf4", 8, 256).to("cpu"))
+        ck.int_mma_cupy(x, _quantize("bitmod_fp4", 8, 256).to("cpu"))  # type ids: more than one table
     with pytest.raises(ValueError, match="integer codes"):
         ck.int_mma_cupy(x, _quantize("int3", 8, 256).to("cpu"))
     with pytest.raises(ValueError, match="group_size 16"):
@@ -93,6 +97,35 @@ def test_int_mma_argument_errors_on_cpu():
         ck.int_mma_cupy(x, dt)
     with pytest.raises(ValueError, match="CUDA device"):
         ck.int_mma_cupy(x[0], dt)
+
+
+@pytest.mark.parametrize("fmt", ["nf4", "fp4_e2m1", "flint4", "shift4", "fp4_er_pos"])
+def test_mma_launch_plan_of_table_codes(fmt):
+    plan = build_plan(_quantize(fmt, 8, 8192))
+    plan = type(plan)(**dict(plan.__dict__, shape=(28672, 8192)))
+    assert ck.mma_decode(plan) == "table" and plan.lut.shape == (1, 16)
+    for m, nj in ((1, 1), (16, 2)):
+        lp = ck.mma_launch_plan(plan, m)
+        assert lp["decode"] == "table" and lp["name"].startswith(f"int_mma<4, 0, 0, 1, 4, {nj}, ")
+        assert lp["shared"] == lp["chunks_per_block"] * nj * min(m, 8) * 128 * 2 + ck.MMA_TABLE_BYTES
+
+
+def test_a_user_table_and_minifloat_need_no_kernel_code():
+    lut = F.define_lut("mma_user_apot4", [0, 0.25, 0.5, 1, 1.5, 2, 3, 4, -0.25, -0.5, -1, -1.5, -2, -3, -4],
+                       register=False)
+    mini = F.define_minifloat("mma_user_e2m1b0", 2, 1, bias=0, register=False)
+    w = (np.random.default_rng(3).standard_normal((8, 256)) * 0.02).astype(np.float32)
+    for fmt in (lut, mini):
+        plan = build_plan(F.quantize(w, fmt))
+        assert ck.mma_decode(plan) == "table" and ck.mma_unsupported(plan) is None, plan.describe()
+    tiny = F.define_lut("mma_user_tiny", [0, 1e-9, 1, 2], bits=4, register=False)  # 1e-9: below fp16's normals
+    assert ck.mma_decode(build_plan(F.quantize(w, tiny))) is None
+
+
+def test_matmul_leaves_table_codes_to_triton_until_timed():
+    from hwlab.kernels import dispatch
+
+    assert "table" not in dispatch.CUPY_MMA_DECODES
 
 
 def test_int_mma_refuses_other_scales():
@@ -136,7 +169,7 @@ def test_mma_launch_plan_large_layer(m):
     assert lp["grid"] == lp["blocks_per_split"] * lp["splits"] == resident * lp["splits"]
     assert (lp["splits"], lp["grid"], lp["shared"]) == {1: (1, 224, 16384), 8: (2, 264, 65536), 9: (4, 264, 65536),
                                                         16: (4, 264, 65536)}[m]
-    assert lp["name"] == f"int_mma<4, 8, 0, 4, {lp['nj']}, 1, {ck.MMA_PREFETCH[lp['nj']]}, unsigned short>"
+    assert lp["decode"] == "int" and lp["name"] == f"int_mma<4, 8, 0, 0, 4, {lp['nj']}, 1, {ck.MMA_PREFETCH[lp['nj']]}, unsigned short>"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,7 +186,23 @@ def _pair_values(word: int, p: int, bits: int, flip: int, zero: int) -> tuple[fl
     return float(out[0]), float(out[1])
 
 
-def _stage_x(x: np.ndarray, bits: int, v: int, nj: int, rows: int) -> np.ndarray:
+def _expanded_table(values: np.ndarray) -> np.ndarray:
+    """int_mma.cu's expand_table in numpy: uint32 [256 * 32] from the binary16 pair words of ``values`` (16)."""
+    words = pair_table(values[None].astype(np.float32), "float16")[0].view(np.uint32)
+    i = np.arange(256 * 32)
+    lo, hi = (i >> 5) & 15, i >> 9
+    half = lambda c: (words[c >> 1] >> (16 * (c & 1))) & 0xFFFF  # noqa: E731
+    return (half(lo) | (half(hi) << 16)).astype(np.uint32)
+
+
+def _table_pair_values(word: int, p: int, expanded: np.ndarray, lane: int) -> tuple[float, float]:
+    """int_mma.cu's table_pair: byte p of ``word`` read from lane ``lane``'s copy of the expanded table."""
+    pair = int(expanded[(((word >> (8 * p)) & 0xFF) << 5) + lane])
+    halves = np.array([pair & 0xFFFF, pair >> 16], np.uint16).view(np.float16)
+    return float(halves[0]), float(halves[1])
+
+
+def _stage_x(x: np.ndarray, bits: int, v: int, nj: int, rows: int, table: bool = False) -> np.ndarray:
     """stage_x in numpy for one chunk, ``rows`` batch rows a tile: float64 [words, 2] (the two halves of each
     word), its item order."""
     e = 32 // bits
@@ -166,16 +215,17 @@ def _stage_x(x: np.ndarray, bits: int, v: int, nj: int, rows: int) -> np.ndarray
         for p in range(half):
             word = ck.mma_x_word(0, j, q * half + p, lane, mmas, nj, rows)
             assert np.isnan(tile[word]).all(), "a word staged twice"
-            tile[word] = h[p], h[p + half]
+            tile[word] = (h[2 * p], h[2 * p + 1]) if table else (h[p], h[p + half])
     assert not np.isnan(tile).any(), "a word never staged"
     return tile
 
 
-@pytest.mark.parametrize("bits,flip,zero_bits,v,m", [(4, 8, 0, 4, 16), (4, 0, 4, 4, 9), (4, 8, 0, 1, 1),
-                                                     (8, 128, 0, 4, 3), (8, 0, 8, 2, 16), (2, 2, 0, 2, 8),
-                                                     (2, 0, 2, 1, 12), (4, 8, 0, 4, 1)])
-def test_fragment_emulation_reproduces_the_product(bits, flip, zero_bits, v, m):
-    rng = np.random.default_rng(bits * 100 + v + m)
+@pytest.mark.parametrize("bits,flip,zero_bits,v,m,table", [
+    (4, 8, 0, 4, 16, False), (4, 0, 4, 4, 9, False), (4, 8, 0, 1, 1, False), (8, 128, 0, 4, 3, False),
+    (8, 0, 8, 2, 16, False), (2, 2, 0, 2, 8, False), (2, 0, 2, 1, 12, False), (4, 8, 0, 4, 1, False),
+    (4, 0, 0, 4, 16, True), (4, 0, 0, 2, 3, True), (4, 0, 0, 1, 1, True)])
+def test_fragment_emulation_reproduces_the_product(bits, flip, zero_bits, v, m, table):
+    rng = np.random.default_rng(bits * 100 + v + m + table)
     e, nj, rows = 32 // bits, 1 if m <= 8 else 2, min(m, 8)
     ck_codes, mmas, half = 4 * v * e, v * e // 4, e // 2
     codes = rng.integers(0, 1 << bits, (16, ck_codes))
@@ -183,7 +233,9 @@ def test_fragment_emulation_reproduces_the_product(bits, flip, zero_bits, v, m):
     words = (codes.reshape(16, 4 * v, e) << (bits * np.arange(e))).sum(axis=2)  # code k at bits B (k % E)
     x = rng.standard_normal((8 * nj, ck_codes)).astype(np.float16).astype(np.float64)
     x[m:] = 0  # load_halves stages zeros past M
-    tile = _stage_x(x, bits, v, nj, rows)
+    tile = _stage_x(x, bits, v, nj, rows, table)
+    values = rng.standard_normal(16).astype(np.float16)  # a user's table, already binary16
+    expanded = _expanded_table(values)
     got = np.zeros((16, 8 * nj))
     for s in range(mmas):
         for j in range(nj):
@@ -194,15 +246,21 @@ def test_fragment_emulation_reproduces_the_product(bits, flip, zero_bits, v, m):
                     pair = 2 * s + r
                     q, p = pair // half, pair % half
                     for row in (g, g + 8):
-                        a[row, 2 * t + 8 * r:2 * t + 8 * r + 2] = _pair_values(int(words[row, v * t + q]), p, bits,
-                                                                               flip, int(zeros[row]))
+                        word = int(words[row, v * t + q])
+                        a[row, 2 * t + 8 * r:2 * t + 8 * r + 2] = (
+                            _table_pair_values(word, p, expanded, lane) if table
+                            else _pair_values(word, p, bits, flip, int(zeros[row])))
                     if lane < 4 * rows:  # the other lanes' B registers are zero
                         b[2 * t + 8 * r:2 * t + 8 * r + 2, g] = tile[ck.mma_x_word(0, j, pair, lane, mmas, nj, rows)]
             got[:, 8 * j:8 * j + 8] += a @ b
-    signed = (codes ^ flip) - flip - zeros[:, None]
-    np.testing.assert_allclose(got, signed @ x.T, rtol=1e-12, atol=1e-9)
-    k = ck.mma_fragment_k(bits, v)  # each lane's pairs cover the chunk once
+    weights = values.astype(np.float64)[codes] if table else (codes ^ flip) - flip - zeros[:, None]
+    np.testing.assert_allclose(got, weights @ x.T, rtol=1e-12, atol=1e-9)
+    k = ck.mma_fragment_k(bits, v, table)  # each lane's pairs cover the chunk once, as staged
     assert sorted(k.ravel()) == list(range(ck_codes))
+    for t in range(4):
+        for pair in range(v * e // 2):
+            word = ck.mma_x_word(0, 0, pair, t, mmas, nj, rows)  # lane t: batch row 0
+            np.testing.assert_array_equal(tile[word], x[0, k[t, pair]])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,7 +269,9 @@ def test_fragment_emulation_reproduces_the_product(bits, flip, zero_bits, v, m):
 GPU_CASES = [("int4", 1, 4096, 1024, 128), ("int4", 3, 100, 1000, 128), ("int4", 16, 259, 4096, 128),
              ("int4", 9, 33, 8192, 128), ("int4", 5, 17, 256, 64), ("int4_asym", 16, 130, 2048, 128),
              ("int4_asym", 2, 77, 1500, 128), ("int8", 7, 70, 2048, 128), ("int8", 16, 48, 512, 32),
-             ("int2", 12, 300, 2048, 128), ("int8_asym", 4, 40, 1024, 128), ("int2_asym", 16, 64, 768, 64)]
+             ("int2", 12, 300, 2048, 128), ("int8_asym", 4, 40, 1024, 128), ("int2_asym", 16, 64, 768, 64),
+             ("nf4", 16, 259, 4096, 128), ("nf4", 1, 4096, 1024, 128), ("fp4_e2m1", 3, 100, 1000, 128),
+             ("flint4", 9, 33, 2048, 64), ("shift4", 5, 17, 256, 32), ("fp4_er_pos", 12, 70, 1024, 128)]
 
 
 @pytest.mark.gpu
@@ -264,7 +324,8 @@ TILE_VARIANTS = [dict(MMA_WAVES=0), dict(MMA_WAVES=0, MMA_TILES=2, MMA_WARPS=3),
 @pytest.mark.gpu
 @pytest.mark.skipif(cupy_gpu_missing() is not None, reason=str(cupy_gpu_missing()))
 @pytest.mark.parametrize("constants", TILE_VARIANTS, ids=lambda v: str(v))
-@pytest.mark.parametrize("fmt,m,n,k", [("int4", 16, 200, 2048), ("int4_asym", 5, 77, 1500), ("int8", 11, 90, 1024)])
+@pytest.mark.parametrize("fmt,m,n,k", [("int4", 16, 200, 2048), ("int4_asym", 5, 77, 1500), ("int8", 11, 90, 1024),
+                                       ("nf4", 7, 90, 1024)])
 def test_int_mma_cupy_tile_variants(constants, fmt, m, n, k, monkeypatch):
     """Other tile constants (MMA_WAVES=0: no split-K, each block stores its rows) give correct results too."""
     from hwlab.kernels.testing import worst_error

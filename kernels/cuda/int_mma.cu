@@ -5,7 +5,8 @@
 // code k of a row at bits B (k % E) of word k / E (E = 32 / B codes a word, hwlab's "words" packing); a float
 // scale per (row, group of G codes) (fp16 or fp32, row stride s_row_stride: 0 = one row for all); optional
 // ZB-bit zero points (a little-endian stream of fields per row, zero_words words a row). A weight is
-// ((code ^ FLIP) - FLIP - zero) * scale * scale_unit * value_scale (hwlab.kernels.dispatch.split_value_scale).
+// ((code ^ FLIP) - FLIP - zero) * scale * scale_unit * value_scale (hwlab.kernels.dispatch.split_value_scale), or
+// with TAB = 1, table[code] * scale * scale_unit * value_scale (the table's entries rounded to binary16).
 //
 // Product. y^T = W x^T: mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 (PTX ISA, "Warp-level matrix
 // multiply-accumulate instructions", "Matrix Fragments for mma.m16n8k16 with floating point type") with A = 16
@@ -28,6 +29,12 @@
 // mmas a chunk, lane < 4 R) holds x[8j + g][chunk k (V t + q) E + p + (0, E/2)], and each lane of the 4 R that
 // hold a staged row reads its b0, b1 of two mmas with one conflict-free LDS.128 (16 R contiguous words); the other
 // lanes' B registers are zero (batch rows M..7 of the one tile). So a GEMV (M = 1) stages 2 K bytes.
+//
+// Table codes (TAB = 1: 4-bit codes of a table of at most 16 entries, one member: nf4, the FP4 splits, flint4,
+// shift4, a user's table). Pair p of a word is its byte p, codes 2p and 2p + 1 (the K permutation above with
+// p + h E/2 replaced by 2p + h). Each block expands the table's 16 binary16 entries into the 256 fp16x2 pairs of a
+// byte, 32 copies side by side (32 KB of shared memory before the x tile): lane l reads pair e at word 32 e + l,
+// in its own bank, so a pair costs a byte extract, an address and one conflict-free LDS.32 (no arithmetic).
 //
 // Numerics (as triton_kernels.half_dot_loop): codes decode exactly to fp16 integers, the tensor cores sum a
 // chunk's products in fp32 into a zeroed accumulator, and acc += chunk_acc * (scale * scale_unit) (FFMA) per
@@ -137,6 +144,33 @@ HW_DEV unsigned int_pair(unsigned word, int p, int zero) {
   return p0 ? hfma2(h, pair_of(half_of_pow2_neg(p0)), c) : hadd2(h, c);
 }
 
+// Physical code (within the lane's E codes of a word) of half h of pair p: the decode's pairing.
+template <int E, int TAB>
+HW_DEV constexpr int pair_code(int p, int h) {
+  return TAB ? 2 * p + h : p + h * (E / 2);
+}
+
+// Pair p (byte p: codes 2p, 2p + 1) of `word` from the lane's copy of the expanded table: entry pair e at shared
+// byte address lane_table + 128 e. One PRMT (byte p zero-extended: selector nibbles p, then 4, bytes of the zero
+// operand), one address (LEA) and one LDS.32.
+HW_DEV unsigned table_pair(unsigned word, int p, unsigned lane_table) {
+  unsigned byte, pair;
+  asm("prmt.b32 %0, %1, 0, %2;" : "=r"(byte) : "r"(word), "r"(0x4440u | unsigned(p)));
+  asm volatile("ld.shared.u32 %0, [%1];" : "=r"(pair) : "r"(lane_table + (byte << 7)));
+  return pair;
+}
+
+// Every thread of the block: the 256 pairs of the table (binary16 entries 2j and 2j + 1 in word j of `table`),
+// 32 copies, pair e at words 32 e .. 32 e + 31 of `expanded`.
+HW_DEV void expand_table(unsigned* expanded, const unsigned* table) {
+  for (int i = threadIdx.x; i < 256 * 32; i += blockDim.x) {
+    const int lo = (i >> 5) & 15, hi = i >> 9;
+    const unsigned a = (__ldg(table + (lo >> 1)) >> (16 * (lo & 1))) & 0xFFFFu;
+    const unsigned b = (__ldg(table + (hi >> 1)) >> (16 * (hi & 1))) & 0xFFFFu;
+    expanded[i] = a | (b << 16);
+  }
+}
+
 // ---- one chunk of one warp: codes, scales, zero points of its rows ----------------------------------------------
 
 template <int V, int MT, int ZB, typename S>
@@ -233,7 +267,7 @@ HW_DEV void load_halves(unsigned (&h)[E], const unsigned short* x, int m, int M,
 // Every thread of the block: x for chunks c0 .. c0 + cn into `xs`, permuted (module comment), R rows a tile. Item
 // order (chunk, batch tile, word q, g, t), t fastest: 4 R consecutive items fill the 4 R lanes of one 16-byte slot,
 // so a warp's stores are contiguous (conflict-free STS.128, or STS.64 for int8's two pairs a word).
-template <int B, int V, int NJ>
+template <int B, int TAB, int V, int NJ>
 HW_DEV void stage_x(unsigned* xs, const unsigned short* x, int M, int K, int c0, int cn, int R) {
   constexpr int E = 32 / B, CK = 4 * V * E, S_ = V * E / 4, HALF = E / 2;
   const bool vec = ((reinterpret_cast<unsigned long long>(x) | (unsigned long long)K * 2u) & 15u) == 0;
@@ -243,15 +277,14 @@ HW_DEV void stage_x(unsigned* xs, const unsigned short* x, int M, int K, int c0,
     const int q = rest % V, j = rest / V % NJ, i = rest / V / NJ;
     unsigned h[E];
     load_halves<E>(h, x, 8 * j + g, M, (c0 + i) * CK + (V * t + q) * E, K, vec);
+    auto pair = [&](int p) { return h[pair_code<E, TAB>(p, 0)] | (h[pair_code<E, TAB>(p, 1)] << 16); };
     if constexpr (HALF == 2) {  // pairs 2q, 2q + 1: half a slot
-      *reinterpret_cast<uint2*>(xs + x_word<S_, NJ>(i, j, q * HALF, lane, R)) =
-          make_uint2(h[0] | (h[2] << 16), h[1] | (h[3] << 16));
+      *reinterpret_cast<uint2*>(xs + x_word<S_, NJ>(i, j, q * HALF, lane, R)) = make_uint2(pair(0), pair(1));
     } else {
 #pragma unroll
       for (int p = 0; p < HALF; p += 4) {  // pairs P = q HALF + p .. + 3 (P a multiple of 4): one slot
         *reinterpret_cast<uint4*>(xs + x_word<S_, NJ>(i, j, q * HALF + p, lane, R)) =
-            make_uint4(h[p] | (h[p + HALF] << 16), h[p + 1] | (h[p + 1 + HALF] << 16),
-                       h[p + 2] | (h[p + 2 + HALF] << 16), h[p + 3] | (h[p + 3 + HALF] << 16));
+            make_uint4(pair(p), pair(p + 1), pair(p + 2), pair(p + 3));
       }
     }
   }
@@ -272,9 +305,9 @@ HW_DEV void zero_tiles(float (&a)[MT][NJ][4]) {
 
 // acc[mt][j] += (sum over the chunk of W x^T) * scale of each row, W decoded from ch, x from the staged tile: the
 // lane's slot k of the chunk at xt[k slot_stride] (a lane that holds no staged row reads one zero slot, stride 0).
-template <int B, int FLIP, int ZB, int V, int NJ, int MT, typename S>
+template <int B, int FLIP, int ZB, int TAB, int V, int NJ, int MT, typename S>
 HW_DEV void mma_chunk(float (&acc)[MT][NJ][4], const Chunk<V, MT, ZB, S>& ch, const uint4* xt, int slot_stride,
-                      float scale_unit) {
+                      unsigned lane_table, float scale_unit) {
   constexpr int E = 32 / B, S_ = V * E / 4, HALF = E / 2;
   int zero[MT][2];
 #pragma unroll
@@ -293,11 +326,12 @@ HW_DEV void mma_chunk(float (&acc)[MT][NJ][4], const Chunk<V, MT, ZB, S>& ch, co
       const int P = 4 * s2 + 2 * u;  // pairs P (a0, a1) and P + 1 (a2, a3)
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        const unsigned a[4] = {
-            int_pair<B, FLIP, ZB>(ch.w[mt][0][P / HALF], P % HALF, zero[mt][0]),
-            int_pair<B, FLIP, ZB>(ch.w[mt][1][P / HALF], P % HALF, zero[mt][1]),
-            int_pair<B, FLIP, ZB>(ch.w[mt][0][(P + 1) / HALF], (P + 1) % HALF, zero[mt][0]),
-            int_pair<B, FLIP, ZB>(ch.w[mt][1][(P + 1) / HALF], (P + 1) % HALF, zero[mt][1])};
+        auto value = [&](int h, int pair) {  // pair `pair` of the lane's row g + 8 h
+          const unsigned word = ch.w[mt][h][pair / HALF];
+          if constexpr (TAB) return table_pair(word, pair % HALF, lane_table);
+          else return int_pair<B, FLIP, ZB>(word, pair % HALF, zero[mt][h]);
+        };
+        const unsigned a[4] = {value(0, P), value(1, P), value(0, P + 1), value(1, P + 1)};
 #pragma unroll
         for (int j = 0; j < NJ; ++j) mma16816(part[mt][j], a, u ? b[j].z : b[j].x, u ? b[j].w : b[j].y);
       }
@@ -360,23 +394,31 @@ HW_DEV void store_rows(const float (&acc)[MT][NJ][4], const Rows& r, int rb, uns
 
 }  // namespace hwmma
 
-// Template parameters: B code bits, FLIP sign flip (0 or 2^(B-1)), ZB zero-point bits (0: none), V words a lane
+// Template parameters: B code bits, FLIP sign flip (0 or 2^(B-1)), ZB zero-point bits (0: none), TAB the table
+// decode (1) or the integer one (0), V words a lane
 // loads per row and chunk, NJ batch tiles of 8, MT row tiles of 16 a warp, D chunks in flight, S scale type
 // (unsigned short: fp16 bits; float). Grid: splits x blocks_per_split (1-D, split fastest), each block looping over
 // row blocks rb = blockIdx.x / splits, + gridDim.x / splits, ... < row_blocks (persistent: x is staged once for
 // all of them); block: `warps` x 32 threads; dynamic shared memory: chunks_per_block x NJ x x_rows x CK x 2 bytes
-// (x_rows = R, the batch rows staged a tile: min(M, 8)).
-template <int B, int FLIP, int ZB, int V, int NJ, int MT, int D, typename S>
+// (x_rows = R, the batch rows staged a tile: min(M, 8)), after the 32 KB expanded table where TAB = 1 (`table`:
+// its 16 binary16 entries, 2j and 2j + 1 in word j; not read where TAB = 0).
+template <int B, int FLIP, int ZB, int TAB, int V, int NJ, int MT, int D, typename S>
 __global__ void __launch_bounds__(hwmma::MAX_THREADS)
     int_mma(const unsigned short* __restrict__ x, const unsigned* __restrict__ codes, const S* __restrict__ scales,
-            const unsigned* __restrict__ zeros, unsigned short* __restrict__ out, float* __restrict__ work,
+            const unsigned* __restrict__ zeros, const unsigned* __restrict__ table, unsigned short* __restrict__ out,
+            float* __restrict__ work,
             int* __restrict__ count, int M, int N, int K, int row_words, int s_row_stride, int zero_words,
             int chunks, int chunks_per_block, unsigned group_magic, int splits, int row_blocks, int x_rows,
             float scale_unit, float value_scale, float out_max) {
   using namespace hwmma;
   constexpr int E = 32 / B, S_ = V * E / 4;
   static_assert(32 % B == 0 && B >= 2 && B <= 8 && S_ % 2 == 0, "B in {2, 4, 8}; an even number of mmas a chunk");
-  extern __shared__ uint4 xs[];
+  static_assert(!TAB || (B == 4 && FLIP == 0 && ZB == 0), "the table decode reads 4-bit codes without zero points");
+  constexpr int TABLE_SLOTS = TAB ? 256 * 32 / 4 : 0;  // uint4 slots of the expanded table
+  extern __shared__ uint4 smem[];
+  uint4* const xs = smem + TABLE_SLOTS;
+  // shared byte address of the lane's copy of the expanded table (TAB)
+  const unsigned lane_table = unsigned(__cvta_generic_to_shared(smem)) + 4u * (threadIdx.x & 31);
   __shared__ uint4 zero_slot;  // the B registers of lanes that hold no staged batch row (M < 8)
   __shared__ int last;
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, warp = int(threadIdx.x >> 5);
@@ -400,11 +442,12 @@ __global__ void __launch_bounds__(hwmma::MAX_THREADS)
 #pragma unroll
     for (int d = 0; d < D; ++d)
       if (base + d < cn)  // uniform over the block
-        mma_chunk<B, FLIP, ZB, V, NJ, MT, S>(acc, set[d], x_lane + (base + d) * chunk_stride, slot_stride,
-                                             scale_unit);
+        mma_chunk<B, FLIP, ZB, TAB, V, NJ, MT, S>(acc, set[d], x_lane + (base + d) * chunk_stride, slot_stride,
+                                                  lane_table, scale_unit);
   };
   load(one, 0);
-  stage_x<B, V, NJ>(reinterpret_cast<unsigned*>(xs), x, M, K, c0, cn, x_rows);
+  stage_x<B, TAB, V, NJ>(reinterpret_cast<unsigned*>(xs), x, M, K, c0, cn, x_rows);
+  if constexpr (TAB) expand_table(reinterpret_cast<unsigned*>(smem), table);
   if (threadIdx.x == 0) zero_slot = make_uint4(0u, 0u, 0u, 0u);
   __syncthreads();
 

@@ -459,7 +459,8 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
     blocks_per_split = min(row_blocks, max(1, resident))
     return dict(name=mma_kernel_name(plan.bits, 0 if table else plan.flip, plan.zero_bits, table, v, nj, MMA_TILES,
                                      MMA_PREFETCH[nj], scale_dtype),
-                decode="table" if table else "int", v=v, nj=nj, x_rows=x_rows, chunks=chunks, chunks_per_block=per_block,
+                decode="table" if table else "int", v=v, nj=nj, x_rows=x_rows, chunks=chunks,
+                chunks_per_block=per_block,
                 chunks_per_group=plan.elements_per_group // ck,
                 group_magic=group_magic(plan.elements_per_group // ck, chunks),
                 rows=rows, codes_per_chunk=ck, splits=splits, row_blocks=row_blocks, blocks_per_split=blocks_per_split,

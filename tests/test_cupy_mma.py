@@ -169,7 +169,8 @@ def test_mma_launch_plan_large_layer(m):
     assert lp["grid"] == lp["blocks_per_split"] * lp["splits"] == resident * lp["splits"]
     assert (lp["splits"], lp["grid"], lp["shared"]) == {1: (1, 224, 16384), 8: (2, 264, 65536), 9: (4, 264, 65536),
                                                         16: (4, 264, 65536)}[m]
-    assert lp["decode"] == "int" and lp["name"] == f"int_mma<4, 8, 0, 0, 4, {lp['nj']}, 1, {ck.MMA_PREFETCH[lp['nj']]}, unsigned short>"
+    prefetch = ck.MMA_PREFETCH[lp["nj"]]
+    assert lp["decode"] == "int" and lp["name"] == f"int_mma<4, 8, 0, 0, 4, {lp['nj']}, 1, {prefetch}, unsigned short>"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -428,7 +428,7 @@ def repredict(path: str, new_path: str, gpu_model: str) -> str:
     import dataclasses
 
     import hwlab.formats as F
-    from hwlab.kernels import dispatch
+    from hwlab.kernels import cupy_kernels, dispatch
 
     if os.path.exists(new_path):
         raise SystemExit(f"--repredict: {new_path} exists (choose a new name)")
@@ -442,12 +442,16 @@ def repredict(path: str, new_path: str, gpu_model: str) -> str:
     rng = np.random.default_rng(0)
     for row in rows:
         fmt = row.get("format")
-        if not row["name"].startswith("hwlab_") or fmt is None or row.get("kernel", "").startswith("int_mma_cupy"):
-            continue  # (the CuPy tensor-core kernel has no instruction count: no prediction, as in the run)
+        if not row["name"].startswith("hwlab_") or fmt is None:
+            continue
         if (fmt, row["K"]) not in plans:
             small = F.quantize((rng.standard_normal((QUANTIZED_ROWS, row["K"])) * 0.02).astype(np.float32), fmt)
             plans[fmt, row["K"]] = small.to("cpu").plan
-        launch = dispatch.choose(dataclasses.replace(plans[fmt, row["K"]], shape=(row["N"], row["K"])), row["M"], sms)
+        plan = dataclasses.replace(plans[fmt, row["K"]], shape=(row["N"], row["K"]))
+        if row.get("kernel", "").startswith("int_mma_cupy"):  # the CuPy tensor-core kernel ran: its launch now
+            launch = dispatch.mma_launch(cupy_kernels.mma_launch_plan(plan, row["M"], sms=sms), cupy_kernels.MMA_WARPS)
+        else:
+            launch = dispatch.choose(plan, row["M"], sms)
         for key in ("predicted_us", "predicted_graph_us", "predicted_bound", "predicted", "predicted_error"):
             row.pop(key, None)
         row.update(prediction(gpu_model, fmt, row["M"], row["K"], row["N"], row["bits_per_weight"], launch))

@@ -9,6 +9,7 @@ on the busiest pipe, :data:`PIPES`): the "dequantization work" term of the GPU m
 :mod:`hwlab.sim.gpu`. Writes ``sim/data/kernel_instructions.json``.
 
     python bench/kernel_instructions.py            # about two minutes on 2 cores
+    python bench/kernel_instructions.py --kernels int_mma --merge    # the CUDA tensor-core kernel (nvcc)
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,17 +70,22 @@ def weighted_cycles(opcodes: dict) -> tuple[float, dict]:
     return max(pipes.values()), {k: round(v, 2) for k, v in pipes.items()}
 
 
-def loop_instructions(sass: str) -> tuple[int, dict]:
-    """Instructions in the longest backward-branch loop of a SASS listing, and their opcodes."""
+def loop_instructions(sass: str, containing: str | None = None) -> tuple[int, dict]:
+    """Instructions in the longest backward-branch loop of a SASS listing, and their opcodes; with
+    ``containing``, in the shortest loop whose body holds that opcode (the innermost loop of a kernel whose outer
+    loop wraps it: ``int_mma``'s chunk loop inside its row-block loop)."""
     ins = [(int(m.group(1), 16), m.group(2), m.group(3)) for m in map(SASS_LINE.match, sass.splitlines()) if m]
     loops = []
     for address, op, rest in ins:
         target = re.match(r"\s+0x([0-9a-f]+)", rest)
         if op == "BRA" and target and int(target.group(1), 16) < address:
             loops.append((int(target.group(1), 16), address))
+    if containing:
+        loops = [(lo, hi) for lo, hi in loops
+                 if any(op == containing for address, op, _ in ins if lo <= address <= hi)]
     if not loops:
         return 0, {}
-    lo, hi = max(loops, key=lambda t: t[1] - t[0])
+    lo, hi = (min if containing else max)(loops, key=lambda t: t[1] - t[0])
     body = [op for address, op, _ in ins if lo <= address <= hi]
     return len(body), dict(collections.Counter(body).most_common())
 
@@ -200,16 +207,93 @@ def count_async_and_trip(batches=BATCHES) -> list[dict]:
     return rows
 
 
+MMA_BATCHES = (4, 16)  # int_mma's two kernels: one batch tile of 8 rows (M <= 8) and two (M = 9..16)
+MMA_SIGNATURE = ("(const unsigned short*, const unsigned*, const {s}*, const unsigned*, const unsigned*, "
+                 "unsigned short*, float*, int*, int, int, int, int, int, int, int, int, unsigned, int, int, int, "
+                 "float, float, float)")
+
+
+def nvcc() -> str:
+    """The CUDA compiler for the int_mma counts (``$NVCC``, else ``nvcc`` on the PATH, else the default
+    install), or a SystemExit saying it is missing."""
+    found = os.environ.get("NVCC") or shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    if not os.path.exists(found):
+        raise SystemExit("--kernels int_mma needs nvcc (CUDA 12.3 or later for sm_90; set NVCC=/path/to/nvcc)")
+    return found
+
+
+def count_int_mma(formats=FORMATS, batches=MMA_BATCHES) -> list[dict]:
+    """``kernels/cuda/int_mma.cu`` as ``cupy_kernels.int_mma_cupy`` launches it at K=8192 N=28672, compiled for
+    sm_90 by nvcc, its chunk loop counted (the innermost loop that holds HMMA: 2 D chunks an iteration); rows
+    named ``int_mma_cupy`` with ``bm`` the batch rows of its tiles (8 or 16) and ``ks`` the codes of a row an
+    iteration (``2 D`` chunks), for every format the kernel reads."""
+    import triton
+
+    import hwlab.formats as F
+    from hwlab.kernels import cupy_kernels as ck
+    from hwlab.kernels.plan import build_plan
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    rng = np.random.default_rng(0)
+    rows = []
+    for name in formats:
+        qt = F.quantize((rng.standard_normal((ROWS, K)) * 0.02).astype(np.float32), name)
+        plan = dataclasses.replace(build_plan(qt), shape=(N, K))
+        if ck.mma_unsupported(plan):
+            continue
+        scale = qt.arrays[plan.arrays["scales"]].dtype.name
+        for m in batches:
+            lp = ck.mma_launch_plan(plan, m, scale, sms=132)
+            with tempfile.TemporaryDirectory() as tmp:
+                source, cubin = os.path.join(tmp, "int_mma.cu"), os.path.join(tmp, "int_mma.cubin")
+                kind = "float" if scale == "float32" else "unsigned short"
+                with open(source, "w") as f:
+                    f.write(ck.kernel_source(ck.MMA_SOURCE)
+                            + f"\ntemplate __global__ void {lp['name']}{MMA_SIGNATURE.format(s=kind)};\n")
+                subprocess.run([nvcc(), "-arch=sm_90", "-std=c++17", "-cubin", "-o", cubin, source], check=True,
+                               capture_output=True, text=True)
+                sass = subprocess.run([tool, "-sass", cubin], capture_output=True, text=True, check=True).stdout
+                usage = subprocess.run([tool, "-res-usage", cubin], capture_output=True, text=True, check=True).stdout
+            n, ops = loop_instructions(sass, containing="HMMA")
+            r = dict(loop_instructions=n, opcodes=ops, registers=int(re.search(r"REG:(\d+)", usage).group(1)),
+                     spills="LDL" in ops or "STL" in ops, warps=ck.MMA_WARPS, shared_bytes=lp["shared"])
+            depth = ck.MMA_PREFETCH[lp["nj"]]
+            rows.append(_row(name, m, "int_mma_cupy", lp["decode"], lp["rows"], 8 * lp["nj"],
+                             2 * depth * lp["codes_per_chunk"], r))
+    return rows
+
+
+def merged(path: str, rows: list[dict]) -> list[dict]:
+    """The rows of the table at ``path`` with ``rows`` in place of those of the same (format, m, kernel), then
+    the new ones."""
+    key = lambda r: (r["format"], r["m"], r["kernel"])  # noqa: E731
+    fresh = {key(r): r for r in rows}
+    with open(path) as f:
+        old = json.load(f)["rows"]
+    kept = [fresh.pop(key(r), r) for r in old]
+    return kept + list(fresh.values())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "sim", "data",
                                                       "kernel_instructions.json"))
     parser.add_argument("--formats", nargs="*", default=FORMATS)
     parser.add_argument("--batches", nargs="*", type=int, default=BATCHES)
+    parser.add_argument("--kernels", choices=["all", "triton", "int_mma"], default="all",
+                        help="which kernels to count: the Triton ones, int_mma (CUDA C++, needs nvcc) or both")
+    parser.add_argument("--merge", action="store_true",
+                        help="replace only the counted rows of --out (same format, M and kernel), keep the others")
     args = parser.parse_args(argv)
     import triton
 
-    rows = count(args.formats, args.batches) + count_async_and_trip(args.batches)
+    rows = []
+    if args.kernels != "int_mma":
+        rows += count(args.formats, args.batches) + count_async_and_trip(args.batches)
+    if args.kernels != "triton":
+        rows += count_int_mma(args.formats)  # its two kernels (MMA_BATCHES), whatever --batches says
+    if args.merge:
+        rows = merged(args.out, rows)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     doc = {"source": "bench/kernel_instructions.py: static SASS of the main loop, sm_90, K=8192 N=28672 launch",
            "triton": triton.__version__, "date": datetime.date.today().isoformat(), "commit": commit, "rows": rows}

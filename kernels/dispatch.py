@@ -123,13 +123,14 @@ class Launch:
     decode: str  # the plan's decode, "lut" (every plan has a table) or "pairs" (the table as 16-bit patterns)
     warps: int = 4
     stages: int = 1  # software pipeline depth of the K loop (1: none; n: n - 1 steps' loads in flight, cp.async)
-    half_pairs: bool = False  # tile_dot decodes integer codes as fp16 pairs (half_dot_applies)
+    half_pairs: bool = False  # tile_dot decodes integer codes as fp16 pairs (half_dot_applies); int_mma_cupy always
     weights_first: bool = False  # the decoded weights are the MMA's first operand (w @ x^T: from registers on sm_90)
 
     def __post_init__(self):
-        if self.half_pairs and (self.kernel != "tile_dot" or self.decode not in ("int", "float")):
-            raise ValueError(f"a launch with fp16 pairs is a tile_dot of integer or minifloat codes, got "
-                             f"{self.kernel} with decode {self.decode!r} (replace half_pairs=False as well)")
+        if self.half_pairs and not (self.kernel == "tile_dot" and self.decode in ("int", "float")
+                                    or self.kernel == "int_mma_cupy"):
+            raise ValueError(f"a launch with fp16 pairs is a tile_dot of integer or minifloat codes or int_mma_cupy, "
+                             f"got {self.kernel} with decode {self.decode!r} (replace half_pairs=False as well)")
         if self.weights_first and not (self.half_pairs or self.kernel in ("trip_int8", "mixed_tile_async")):
             raise ValueError(f"weights_first is a launch of the fp16-pair tile_dot, trip_int8 or mixed_tile_async, got "
                              f"{self.kernel} without fp16 pairs (replace weights_first=False as well)")
@@ -322,10 +323,16 @@ def launch_for(qt: DeviceTensor, m: int, x_dtype: str) -> Launch:
     if cupy_mma_applies(qt, m, x_dtype):
         from .cupy_kernels import MMA_WARPS, mma_launch_plan
 
-        lp = mma_launch_plan(qt.plan, m, sms=device_sms(qt.device))
-        return Launch("int_mma_cupy", lp["rows"], 16, lp["codes_per_chunk"], lp["splits"], lp["chunks_per_block"],
-                      "int", MMA_WARPS)
+        return mma_launch(mma_launch_plan(qt.plan, m, sms=device_sms(qt.device)), MMA_WARPS)
     return choose(qt.plan, m, device_sms(qt.device))
+
+
+def mma_launch(lp: dict, warps: int) -> Launch:
+    """The :class:`Launch` of an ``int_mma`` launch plan (``cupy_kernels.mma_launch_plan``) of ``warps`` warps a
+    block: ``bm`` the batch rows of its tiles (8 or 16: each code is decoded once for them), ``ks`` the codes of a
+    chunk, ``steps`` the chunks of a block, fp16 pairs (their issue rate in :mod:`hwlab.sim.gpu`)."""
+    return Launch("int_mma_cupy", lp["rows"], 8 * lp["nj"], lp["codes_per_chunk"], lp["splits"],
+                  lp["chunks_per_block"], "pairs" if lp["decode"] == "table" else "int", warps, half_pairs=True)
 
 
 def cupy_mma_applies(qt: DeviceTensor, m: int, x_dtype: str) -> bool:

@@ -12,7 +12,8 @@
   decoded (``N * K`` once per batch tile of ``BM`` rows), over the issue rate of the SMs
   (``sms * 4 schedulers * 32 lanes * clock * issue_efficiency``; ``pair_tile_efficiency`` for the
   fp16-pair tensor-core tiles, ``Launch.half_pairs``, which issue their few instructions a code at
-  about half the rate of the other loops);
+  about half the rate of the other loops: Triton's ``tile_dot`` and the CUDA kernel ``int_mma_cupy``,
+  whose chunk loop ``bench/kernel_instructions.py --kernels int_mma`` counts from nvcc's SASS);
 * the two overlap: the kernel takes the larger, plus ``kernel_us`` (start and tail); split-K
   is one launch (its workspace is left zeroed by the kernel);
 * ``graph_us`` is that device time (a call inside a CUDA graph); ``us`` (a call launched from
@@ -72,6 +73,9 @@ PRESETS = {
     # (bench/results/gpu_launch_variants_h200_run7.json, call 3: int4, int4_asym, int2, ternary, int8,
     # fp4_e2m1, fp8_e4m3 at M = 16 and 64, K=8192 N=28672; 0.29-0.41 on the decode-bound rows): their
     # static count halved against the float32 tile decode while their time fell by a third.
+    # The same rate for int_mma_cupy (fp16 pairs into mma.sync's registers; not fitted to it): H200 run 13, int4
+    # K=8192 N=28672, CUDA graph (bench/results/cupy_mma_probe_h200_run13_call3.json): M = 4 predicted 58.0 us
+    # against 46.5 measured (+25%), M = 16 62.3 against 71.3 (-13%); tests/test_gpu_model.py.
     # weights_first_efficiency 0.18: the median over the weights-first fp16-pair tiles at M = 64 of run 8
     # (bench/results/gpu_kernels_h200_run8.json: int4, int4_asym, int2, int8, ternary, fp4_e2m1, fp8_e4m3,
     # 0.16-0.22), their counts (wgmma from registers) lower again while their time fell by a fifth; TRIP's

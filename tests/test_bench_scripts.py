@@ -88,12 +88,15 @@ def test_repredict_recomputes_the_model_and_never_overwrites(bench, tmp_path):
     run = {"env": {"sms": 132}, "rows": [
         {"name": "hwlab_int4", "format": "int4", "M": 1, "K": 8192, "N": 28672, "bits_per_weight": 4.125,
          "predicted_us": -1.0},
-        {"name": "cublas_fp16", "M": 1, "K": 8192, "N": 28672}]}
+        {"name": "cublas_fp16", "M": 1, "K": 8192, "N": 28672},
+        {"name": "hwlab_int4", "format": "int4", "M": 16, "K": 8192, "N": 28672, "bits_per_weight": 4.125,
+         "kernel": "int_mma_cupy: BN=128 BM=16"}]}
     src, dst = tmp_path / "run.json", tmp_path / "new.json"
     src.write_text(json.dumps(run))
-    assert "1 rows re-predicted" in gpu.repredict(str(src), str(dst), "h200")
+    assert "2 rows re-predicted" in gpu.repredict(str(src), str(dst), "h200")
     rows = json.loads(dst.read_text())["rows"]
     assert rows[0]["predicted_graph_us"] > 28 and "predicted_us" not in rows[1]
+    assert rows[2]["predicted"]["kernel"] == "int_mma_cupy" and rows[2]["predicted_graph_us"] > 28
     with pytest.raises(SystemExit, match="exists"):
         gpu.repredict(str(src), str(dst), "h200")
 

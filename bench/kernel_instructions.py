@@ -257,9 +257,8 @@ def count_int_mma(formats=FORMATS, batches=MMA_BATCHES) -> list[dict]:
             n, ops = loop_instructions(sass, containing="HMMA")
             r = dict(loop_instructions=n, opcodes=ops, registers=int(re.search(r"REG:(\d+)", usage).group(1)),
                      spills="LDL" in ops or "STL" in ops, warps=ck.MMA_WARPS, shared_bytes=lp["shared"])
-            depth = ck.MMA_PREFETCH[lp["nj"]]
             rows.append(_row(name, m, "int_mma_cupy", lp["decode"], lp["rows"], 8 * lp["nj"],
-                             2 * depth * lp["codes_per_chunk"], r))
+                             2 * lp["prefetch"] * lp["codes_per_chunk"], r))
     return rows
 
 

@@ -61,6 +61,9 @@ MMA_TILES = 1  # 16-row tiles a warp decodes at once (2: x's fragments read once
 # one tile: M=1 42.0 us at 2 against 44.3 at 3 and 49.0 at 1, M=4 46.5 against 48.5 and 55.3; two tiles: M=16
 # 71.3 at 3 against 77.0 at 2 and 73.9 at 1
 MMA_PREFETCH = {1: 2, 2: 3}
+# at most this many with zero points: int4_asym's two-tile kernel takes 150 registers at D = 3 (one block an SM
+# instead of MMA_BLOCKS_PER_SM), 122 at 2 (nvcc 13, sm_90; tests/test_cupy_mma.py checks every shipped kernel)
+MMA_ZERO_POINT_PREFETCH = 2
 MMA_X_BYTES = 64 * 1024  # the x tile a block stages in shared memory, at most (bounds its K range)
 MMA_TABLE_BYTES = 256 * 32 * 4  # the table decode's 256 fp16x2 pairs, 32 copies (one a bank), before the x tile
 # blocks per SM that split-K aims for: 1 (run 13, call 2, same layer: M=1 42.7 us against 49.4 at 4, M=4 46.7
@@ -457,9 +460,10 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
     splits = math.ceil(chunks / per_block)  # every block has chunks
     resident = math.ceil(MMA_BLOCKS_PER_SM * sms / splits) if MMA_BLOCKS_PER_SM > 0 else row_blocks
     blocks_per_split = min(row_blocks, max(1, resident))
+    depth = min(MMA_PREFETCH[nj], MMA_ZERO_POINT_PREFETCH) if plan.zero_bits else MMA_PREFETCH[nj]
     return dict(name=mma_kernel_name(plan.bits, 0 if table else plan.flip, plan.zero_bits, table, v, nj, MMA_TILES,
-                                     MMA_PREFETCH[nj], scale_dtype),
-                decode="table" if table else "int", v=v, nj=nj, x_rows=x_rows, chunks=chunks,
+                                     depth, scale_dtype),
+                decode="table" if table else "int", prefetch=depth, v=v, nj=nj, x_rows=x_rows, chunks=chunks,
                 chunks_per_block=per_block,
                 chunks_per_group=plan.elements_per_group // ck,
                 group_magic=group_magic(plan.elements_per_group // ck, chunks),

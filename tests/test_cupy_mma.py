@@ -41,9 +41,8 @@ def _quantize(fmt, n, k, gs=128, seed=0):
 # ------------------------------------------------------------------------------------------------
 # compile (CPU, nvcc)
 
-@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
-def test_int_mma_compiles_without_spills(tmp_path):
-    names = [ck.mma_kernel_name(*c) for c in COMPILED]
+def _compile(names, tmp_path):
+    """nvcc -Xptxas -v of the kernels ``names`` for sm_90: the cubin's path and ptxas' report."""
     lines = [ck.kernel_source(ck.MMA_SOURCE)]  # the text NVRTC compiles (the prelude, then the file)
     lines += [f"template __global__ void {name}{SIGNATURE.format(s=name.split(', ')[-1][:-1])};" for name in names]
     wrapper = tmp_path / "instances.cu"
@@ -52,7 +51,13 @@ def test_int_mma_compiles_without_spills(tmp_path):
     done = subprocess.run([NVCC, "-arch=sm_90", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(cubin),
                            str(wrapper)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    report = done.stderr + done.stdout
+    return cubin, done.stderr + done.stdout
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+def test_int_mma_compiles_without_spills(tmp_path):
+    names = [ck.mma_kernel_name(*c) for c in COMPILED]
+    cubin, report = _compile(names, tmp_path)
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
     assert len(spills) == len(names) and all(s == ("0", "0") for s in spills), report
     cuobjdump = shutil.which("cuobjdump")
@@ -61,6 +66,23 @@ def test_int_mma_compiles_without_spills(tmp_path):
         for op in ("HMMA.16816.F32", "LOP3", "LDS.128"):
             assert op in sass, f"no {op} in the SASS"
         assert "LDL" not in sass and "STL" not in sass, "local memory in the SASS"
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+def test_every_shipped_int_mma_kernel_fits_its_blocks_an_sm(tmp_path):
+    """The kernels mma_launch_plan names at K=8192 N=28672 (one and two batch tiles) keep MMA_BLOCKS_PER_SM blocks
+    of MMA_WARPS warps an SM by registers (65536 a Hopper SM) and spill nothing."""
+    names = set()
+    for fmt in ("int4", "int4_asym", "int2", "int2_asym", "int8", "int8_asym", "ternary", "nf4", "fp4_e2m1"):
+        qt = _quantize(fmt, 16, 8192)
+        plan = build_plan(qt)
+        plan = type(plan)(**dict(plan.__dict__, shape=(28672, 8192)))
+        names |= {ck.mma_launch_plan(plan, m, qt.arrays[plan.arrays["scales"]].dtype.name)["name"] for m in (4, 16)}
+    _, report = _compile(sorted(names), tmp_path)
+    used = [int(r) for r in re.findall(r"Used (\d+) registers", report)]
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
+    budget = 65536 // (ck.MMA_BLOCKS_PER_SM * 32 * ck.MMA_WARPS)
+    assert len(used) == len(names) and max(used) <= budget and all(s == ("0", "0") for s in spills), report
 
 
 def test_int_mma_source_has_no_includes():

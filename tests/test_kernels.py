@@ -349,7 +349,7 @@ def test_half_pair_tile_dot_is_not_taken_where_a_step_is_too_short(rng, kernel_d
         check_matmul(torch.randn(16, 256).half().to(kernel_device), qt, dev, launch)
         with pytest.raises(ValueError, match="weights_first is a launch of the fp16-pair tile_dot, trip_int8 or mixed_tile_async"):
             dataclasses.replace(launch, weights_first=True)
-    with pytest.raises(ValueError, match="tile_dot of integer or minifloat codes, got tile_dot with decode 'pairs'"):
+    with pytest.raises(ValueError, match="tile_dot of integer or minifloat codes or int_mma_cupy, got tile_dot with decode 'pairs'"):
         dataclasses.replace(dispatch.choose(F.quantize(w, "int4").to(kernel_device).plan, 16), decode="pairs")
 
 

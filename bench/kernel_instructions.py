@@ -267,8 +267,12 @@ def merged(path: str, rows: list[dict]) -> list[dict]:
     the new ones."""
     key = lambda r: (r["format"], r["m"], r["kernel"])  # noqa: E731
     fresh = {key(r): r for r in rows}
-    with open(path) as f:
-        old = json.load(f)["rows"]
+    try:
+        with open(path) as f:
+            old = json.load(f)["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--merge: {path} is not a kernel_instructions.json table ({type(exc).__name__}: {exc})"
+                         ) from None
     kept = [fresh.pop(key(r), r) for r in old]
     return kept + list(fresh.values())
 

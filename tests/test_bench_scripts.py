@@ -114,3 +114,24 @@ def test_repredict_refuses_a_file_that_is_not_a_run(bench, tmp_path):
     bad.write_text("{bad")
     with pytest.raises(SystemExit, match="is not a gpu_kernels.json run"):
         bench("gpu_kernels").repredict(str(bad), str(tmp_path / "new.json"), "h200")
+
+
+def test_instruction_counts_merge_in_place_and_refuse_a_file_that_is_not_a_table(bench, tmp_path):
+    counts = bench("kernel_instructions")
+    old = {"rows": [{"format": "int4", "m": 1, "kernel": "gemv_words", "n": 1},
+                    {"format": "int4", "m": 16, "kernel": "int_mma_cupy", "n": 1}]}
+    table = tmp_path / "kernel_instructions.json"
+    table.write_text(json.dumps(old))
+    new = [{"format": "int4", "m": 16, "kernel": "int_mma_cupy", "n": 2},
+           {"format": "nf4", "m": 16, "kernel": "int_mma_cupy", "n": 3}]
+    assert [r["n"] for r in counts.merged(str(table), new)] == [1, 2, 3]  # replaced in place, then the new one
+    with pytest.raises(SystemExit, match="is not a kernel_instructions.json table"):
+        counts.merged(str(tmp_path / "missing.json"), new)
+    sass = """
+        /*0000*/                   HMMA.16816.F32 R0, R0, R0, R0 ;
+        /*0010*/              @P0 BRA 0x0 ;
+        /*0020*/                   NOP ;
+        /*0030*/                   BRA 0x0 ;
+    """
+    assert counts.loop_instructions(sass) == (4, {"HMMA": 1, "BRA": 2, "NOP": 1})  # the longest loop
+    assert counts.loop_instructions(sass, containing="HMMA") == (2, {"HMMA": 1, "BRA": 1})  # the shortest with it

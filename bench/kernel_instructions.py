@@ -226,7 +226,7 @@ def count_int_mma(formats=FORMATS, batches=MMA_BATCHES) -> list[dict]:
     """``kernels/cuda/int_mma.cu`` as ``cupy_kernels.int_mma_cupy`` launches it at K=8192 N=28672, compiled for
     sm_90 by nvcc, its chunk loop counted (the innermost loop that holds HMMA: 2 D chunks an iteration); rows
     named ``int_mma_cupy`` with ``bm`` the batch rows of its tiles (8 or 16) and ``ks`` the codes of a row an
-    iteration (``2 D`` chunks), for every format the kernel reads."""
+    iteration (``2 D`` chunks, or ``A`` with cp.async stages), for every format the kernel reads."""
     import triton
 
     import hwlab.formats as F
@@ -257,8 +257,9 @@ def count_int_mma(formats=FORMATS, batches=MMA_BATCHES) -> list[dict]:
             n, ops = loop_instructions(sass, containing="HMMA")
             r = dict(loop_instructions=n, opcodes=ops, registers=int(re.search(r"REG:(\d+)", usage).group(1)),
                      spills="LDL" in ops or "STL" in ops, warps=ck.MMA_WARPS, shared_bytes=lp["shared"])
+            chunks = lp["stages"] or 2 * lp["prefetch"]  # an iteration: A stages, or the two register sets of D
             rows.append(_row(name, m, "int_mma_cupy", lp["decode"], lp["rows"], 8 * lp["nj"],
-                             2 * lp["prefetch"] * lp["codes_per_chunk"], r))
+                             chunks * lp["codes_per_chunk"], r))
     return rows
 
 

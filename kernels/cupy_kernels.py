@@ -64,6 +64,10 @@ MMA_PREFETCH = {1: 2, 2: 3}
 # at most this many with zero points: int4_asym's two-tile kernel takes 150 registers at D = 3 (one block an SM
 # instead of MMA_BLOCKS_PER_SM), 122 at 2 (nvcc 13, sm_90; tests/test_cupy_mma.py checks every shipped kernel)
 MMA_ZERO_POINT_PREFETCH = 2
+# cp.async stages of code words by batch tiles (0: the register bursts above): A - 1 chunks of each row in flight
+# through a warp's ring in shared memory (A x MT x 256 V bytes a warp). Not timed on a GPU yet (written in run 13
+# after the loans were paused): off until bench/cupy_mma_probe.py measures it ("cupy_kernels.MMA_ASYNC[1]=4")
+MMA_ASYNC = {1: 0, 2: 0}
 MMA_X_BYTES = 64 * 1024  # the x tile a block stages in shared memory, at most (bounds its K range)
 MMA_TABLE_BYTES = 256 * 32 * 4  # the table decode's 256 fp16x2 pairs, 32 copies (one a bank), before the x tile
 # blocks per SM that split-K aims for: 1 (run 13, call 2, same layer: M=1 42.7 us against 49.4 at 4, M=4 46.7
@@ -413,8 +417,8 @@ def mma_unsupported(plan) -> str | None:
 
 
 def mma_kernel_name(bits: int, flip: int, zero_bits: int, table: bool, v: int, nj: int, tiles: int, prefetch: int,
-                    scale: str) -> str:
-    return (f"int_mma<{bits}, {flip}, {zero_bits}, {int(table)}, {v}, {nj}, {tiles}, {prefetch}, "
+                    stages: int, scale: str) -> str:
+    return (f"int_mma<{bits}, {flip}, {zero_bits}, {int(table)}, {v}, {nj}, {tiles}, {prefetch}, {stages}, "
             f"{'float' if scale == 'float32' else 'unsigned short'}>")
 
 
@@ -443,6 +447,9 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
             MMA_PREFETCH.values()) < 1:
         raise ValueError(f"int_mma_cupy: MMA_WARPS must be 1..{MMA_WARPS_MAX}, MMA_TILES >= 1 and MMA_PREFETCH "
                          f"{{1: chunks, 2: chunks}} (each >= 1), got {MMA_WARPS}, {MMA_TILES}, {MMA_PREFETCH}")
+    if sorted(MMA_ASYNC) != [1, 2] or any(a not in (0, 2, 3, 4) for a in MMA_ASYNC.values()):
+        raise ValueError(f"int_mma_cupy: MMA_ASYNC must be {{1: stages, 2: stages}} with 0 (none) or 2 to 4 stages "
+                         f"(more spill), got {MMA_ASYNC}")
     n = plan.shape[0]
     e = 32 // plan.bits
     table = mma_decode(plan) == "table"
@@ -461,15 +468,17 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
     resident = math.ceil(MMA_BLOCKS_PER_SM * sms / splits) if MMA_BLOCKS_PER_SM > 0 else row_blocks
     blocks_per_split = min(row_blocks, max(1, resident))
     depth = min(MMA_PREFETCH[nj], MMA_ZERO_POINT_PREFETCH) if plan.zero_bits else MMA_PREFETCH[nj]
+    stages = MMA_ASYNC[nj]
+    ring_bytes = MMA_WARPS * stages * MMA_TILES * 256 * v  # a warp's A x MT x 2 rows x 32 lanes x V words
     return dict(name=mma_kernel_name(plan.bits, 0 if table else plan.flip, plan.zero_bits, table, v, nj, MMA_TILES,
-                                     depth, scale_dtype),
-                decode="table" if table else "int", prefetch=depth, v=v, nj=nj, x_rows=x_rows, chunks=chunks,
+                                     depth, stages, scale_dtype),
+                decode="table" if table else "int", prefetch=depth, stages=stages, v=v, nj=nj, x_rows=x_rows, chunks=chunks,
                 chunks_per_block=per_block,
                 chunks_per_group=plan.elements_per_group // ck,
                 group_magic=group_magic(plan.elements_per_group // ck, chunks),
                 rows=rows, codes_per_chunk=ck, splits=splits, row_blocks=row_blocks, blocks_per_split=blocks_per_split,
                 grid=blocks_per_split * splits, block=32 * MMA_WARPS,
-                shared=per_block * chunk_bytes + (MMA_TABLE_BYTES if table else 0))
+                shared=per_block * chunk_bytes + ring_bytes + (MMA_TABLE_BYTES if table else 0))
 
 
 def _check_out_and_devices(out, dtype, dtype_name: str, m: int, n: int, first: tuple, second: tuple) -> None:
@@ -532,8 +541,8 @@ def int_mma_launcher(dt: DeviceTensor, m: int):
     ``[m, K]`` and ``out2`` fp16 ``[m, N]``, contiguous, on ``dt``'s device: ``dispatch.matmul`` checked them),
     built once per tensor, row count class and tile constants (the kernel compiled once per device)."""
     torch = _torch()
-    key = ("cupy_mma", m, MMA_WARPS, MMA_TILES, tuple(MMA_PREFETCH.items()), MMA_X_BYTES, MMA_WAVES,
-           MMA_BLOCKS_PER_SM)
+    key = ("cupy_mma", m, MMA_WARPS, MMA_TILES, tuple(MMA_PREFETCH.items()), tuple(MMA_ASYNC.items()), MMA_X_BYTES,
+           MMA_WAVES, MMA_BLOCKS_PER_SM)
     launch = dt.launch_cache.get(key)
     if launch is not None:
         return launch

@@ -27,10 +27,13 @@ NVCC = shutil.which("nvcc")
 SIGNATURE = ("(const unsigned short*, const unsigned*, const {s}*, const unsigned*, const unsigned*, unsigned short*, "
              "float*, int*, "
              + ", ".join(["int"] * 8) + ", unsigned, int, int, int, float, float, float)")
-COMPILED = [(4, 8, 0, False, 4, 1, 1, 2, "float16"), (4, 8, 0, False, 4, 2, 1, 4, "float16"),
-            (4, 0, 4, False, 4, 1, 1, 4, "float16"), (8, 128, 0, False, 4, 2, 2, 2, "float32"),
-            (2, 2, 0, False, 2, 2, 1, 4, "float16"), (4, 0, 0, True, 4, 1, 1, 2, "float16"),
-            (4, 0, 0, True, 4, 2, 1, 3, "float32"), (4, 0, 0, True, 1, 2, 1, 3, "float16")]
+COMPILED = [(4, 8, 0, False, 4, 1, 1, 2, 0, "float16"), (4, 8, 0, False, 4, 2, 1, 4, 0, "float16"),
+            (4, 0, 4, False, 4, 1, 1, 4, 0, "float16"), (8, 128, 0, False, 4, 2, 2, 2, 0, "float32"),
+            (2, 2, 0, False, 2, 2, 1, 4, 0, "float16"), (4, 0, 0, True, 4, 1, 1, 2, 0, "float16"),
+            (4, 0, 0, True, 4, 2, 1, 3, 0, "float32"), (4, 0, 0, True, 1, 2, 1, 3, 0, "float16"),
+            (4, 8, 0, False, 4, 1, 1, 2, 4, "float16"), (4, 0, 4, False, 4, 2, 1, 2, 3, "float16"),
+            (4, 0, 0, True, 4, 2, 1, 2, 4, "float32"), (2, 2, 0, False, 2, 1, 2, 2, 2, "float16"),
+            (4, 8, 0, False, 1, 2, 1, 2, 2, "float16"), (4, 8, 0, False, 2, 2, 1, 2, 3, "float16")]
 
 
 def _quantize(fmt, n, k, gs=128, seed=0):
@@ -166,6 +169,21 @@ def test_mma_words(fmt, gs, v):
     assert ck.mma_words(plan.bits, gs) == v and ck.mma_unsupported(plan) is None
 
 
+def test_mma_launch_plan_of_cp_async_stages(monkeypatch):
+    plan = build_plan(_quantize("int4", 8, 8192))
+    plan = type(plan)(**dict(plan.__dict__, shape=(28672, 8192)))
+    monkeypatch.setattr(ck, "MMA_ASYNC", {1: 4, 2: 3})
+    for m, nj, stages in ((1, 1, 4), (16, 2, 3)):
+        lp = ck.mma_launch_plan(plan, m)
+        ring = ck.MMA_WARPS * stages * ck.MMA_TILES * 256 * 4  # A x MT x 2 rows x 32 lanes x V words a warp
+        assert lp["stages"] == stages and lp["name"].endswith(f", {stages}, unsigned short>")
+        assert lp["shared"] == lp["chunks_per_block"] * nj * min(m, 8) * 128 * 2 + ring
+    for bad in ({1: 1, 2: 0}, {1: 5, 2: 0}, {1: 2}):
+        monkeypatch.setattr(ck, "MMA_ASYNC", bad)
+        with pytest.raises(ValueError, match="MMA_ASYNC must be"):
+            ck.mma_launch_plan(plan, 4)
+
+
 def test_group_magic_divides_every_chunk_index_exactly():
     for per_group in (1, 2, 3, 5, 7, 48, 255, 4096):
         chunks = 2**32 // per_group - 1 if per_group > 1 else 2**20
@@ -192,7 +210,7 @@ def test_mma_launch_plan_large_layer(m):
     assert (lp["splits"], lp["grid"], lp["shared"]) == {1: (1, 224, 16384), 8: (2, 264, 65536), 9: (4, 264, 65536),
                                                         16: (4, 264, 65536)}[m]
     prefetch = ck.MMA_PREFETCH[lp["nj"]]
-    assert lp["decode"] == "int" and lp["name"] == f"int_mma<4, 8, 0, 0, 4, {lp['nj']}, 1, {prefetch}, unsigned short>"
+    assert lp["decode"] == "int" and lp["name"] == f"int_mma<4, 8, 0, 0, 4, {lp['nj']}, 1, {prefetch}, 0, unsigned short>"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -341,7 +359,8 @@ def test_int_mma_cupy_saturates_and_leaves_the_workspace_zeroed():
 
 TILE_VARIANTS = [dict(MMA_WAVES=0), dict(MMA_WAVES=0, MMA_TILES=2, MMA_WARPS=3), dict(MMA_PREFETCH={1: 1, 2: 1}),
                  dict(MMA_PREFETCH={1: 3, 2: 4}, MMA_TILES=2), dict(MMA_X_BYTES=4096, MMA_WARPS=1),
-                 dict(MMA_WAVES=4, MMA_PREFETCH={1: 4, 2: 2})]
+                 dict(MMA_WAVES=4, MMA_PREFETCH={1: 4, 2: 2}), dict(MMA_ASYNC={1: 4, 2: 3}),
+                 dict(MMA_ASYNC={1: 2, 2: 2}, MMA_TILES=2, MMA_WAVES=0)]
 
 
 @pytest.mark.gpu

@@ -47,7 +47,11 @@
 // each warp streaming its rows: the loads of the next D chunks are issued back to back (a burst of 4 D V
 // contiguous words a row) and in flight while it decodes the current D (two register sets that swap roles each
 // D chunks, so nothing is copied; the next row block's first D are issued before this one's stores). A lane's row
-// pointers are set once per row block and a chunk's addresses are offsets from them; the group of chunk c is
+// pointers are set once per row block and a chunk's addresses are offsets from them. With A > 0 stages the code
+// words travel by cp.async instead (CUTLASS's multistage pipeline, one warp's own ring): each lane copies its own
+// words of chunk i + A - 1 into the ring slot chunk i - 1 left, commits, waits until chunk i has landed and reads
+// it (A - 1 chunks in flight without their registers; scales and zero points still come through registers, A sets);
+// the ring is A x MT x 2 x 32 x V words a warp, after the table and before the x tile; the group of chunk c is
 // c / chunks_per_group by a multiply-high with group_magic = ceil(2^32 / chunks_per_group) (0: one chunk a group;
 // exact for c chunks_per_group < 2^32, Granlund and Montgomery, "Division by invariant integers using
 // multiplication", PLDI 1994). Split-K blocks add fp32 sums into
@@ -214,21 +218,64 @@ HW_DEV RowPointers<MT, S> row_pointers(const Rows& r, const unsigned* codes, con
 }
 
 // Chunk c of the lane's rows (zeros where !ok or outside [0, N)); its group by multiply-high (module comment).
+// The group of chunk c by multiply-high (module comment).
+HW_DEV int chunk_group(unsigned group_magic, int c) {
+  return group_magic ? int(__umulhi(unsigned(c), group_magic)) : c;
+}
+
+// The scale and zero-point word of row g + 8 h of tile mt for `group` into ch (zeros where !in).
+template <int V, int MT, int ZB, typename S>
+HW_DEV void load_row_scale(Chunk<V, MT, ZB, S>& ch, const RowPointers<MT, S>& p, int group, int mt, int h, bool in) {
+  ch.s[mt][h] = in ? __ldg(p.s[mt][h] + group) : S(0);
+  if constexpr (ZB > 0) ch.z[mt][h] = in ? __ldg(p.z[mt][h] + group * ZB / 32) : 0u;
+}
+
 template <int V, int MT, int ZB, int E, typename S>
 HW_DEV void load_chunk(Chunk<V, MT, ZB, S>& ch, const RowPointers<MT, S>& p, unsigned group_magic, int c, bool ok) {
   constexpr int CK = 4 * V * E;
-  const int group = group_magic ? int(__umulhi(unsigned(c), group_magic)) : c;
+  const int group = chunk_group(group_magic, c);
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const bool in = ok && p.in[mt][h];
       load_words<V>(ch.w[mt][h], p.w[mt][h] + c * (CK / E), in);
-      ch.s[mt][h] = in ? __ldg(p.s[mt][h] + group) : S(0);
-      if constexpr (ZB > 0) ch.z[mt][h] = in ? __ldg(p.z[mt][h] + group * ZB / 32) : 0u;
+      load_row_scale<V, MT, ZB, S>(ch, p, group, mt, h, in);
     }
   }
   ch.zshift = (group * ZB) & 31;
+}
+
+// ---- the asynchronous copies of code words (A > 0) -----------------------------------------------------------
+
+// V consecutive code words from global into shared memory, asynchronously (PTX ISA, "cp.async": 16 bytes bypass L1
+// (.cg), 4 or 8 go through it (.ca)); nothing where !ok (the slot keeps what it held; such words are never decoded
+// into a row that is stored).
+template <int V>
+HW_DEV void copy_words_async(unsigned* dst, const unsigned* src, bool ok) {
+  if (!ok) return;
+  const unsigned d = unsigned(__cvta_generic_to_shared(dst));
+  if constexpr (V == 4) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+  else asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" ::"r"(d), "l"(src), "n"(4 * V) : "memory");
+}
+HW_DEV void commit_copies() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int PENDING>
+HW_DEV void wait_copies() {  // all but the newest PENDING groups of this thread's copies have landed
+  asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
+}
+
+// The V words at `slot` (the lane's own copy: no other thread writes it) into w.
+template <int V>
+HW_DEV void read_words(unsigned (&w)[V], const unsigned* slot) {
+  if constexpr (V == 4) {
+    const uint4 v = *reinterpret_cast<const uint4*>(slot);
+    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+  } else if constexpr (V == 2) {
+    const uint2 v = *reinterpret_cast<const uint2*>(slot);
+    w[0] = v.x, w[1] = v.y;
+  } else {
+    w[0] = *slot;
+  }
 }
 
 // ---- x staged in B-fragment order ----------------------------------------------------------------------------
@@ -395,14 +442,15 @@ HW_DEV void store_rows(const float (&acc)[MT][NJ][4], const Rows& r, int rb, uns
 }  // namespace hwmma
 
 // Template parameters: B code bits, FLIP sign flip (0 or 2^(B-1)), ZB zero-point bits (0: none), TAB the table
-// decode (1) or the integer one (0), V words a lane
-// loads per row and chunk, NJ batch tiles of 8, MT row tiles of 16 a warp, D chunks in flight, S scale type
-// (unsigned short: fp16 bits; float). Grid: splits x blocks_per_split (1-D, split fastest), each block looping over
-// row blocks rb = blockIdx.x / splits, + gridDim.x / splits, ... < row_blocks (persistent: x is staged once for
-// all of them); block: `warps` x 32 threads; dynamic shared memory: chunks_per_block x NJ x x_rows x CK x 2 bytes
-// (x_rows = R, the batch rows staged a tile: min(M, 8)), after the 32 KB expanded table where TAB = 1 (`table`:
-// its 16 binary16 entries, 2j and 2j + 1 in word j; not read where TAB = 0).
-template <int B, int FLIP, int ZB, int TAB, int V, int NJ, int MT, int D, typename S>
+// decode (1) or the integer one (0), V words a lane loads per row and chunk, NJ batch tiles of 8, MT row tiles of
+// 16 a warp, D chunks in flight by register bursts (A = 0), A cp.async stages (0: none), S scale type (unsigned
+// short: fp16 bits; float). Grid: splits x blocks_per_split (1-D, split fastest), each block looping over row
+// blocks rb = blockIdx.x / splits, + gridDim.x / splits, ... < row_blocks (persistent: x is staged once for all of
+// them); block: `warps` x 32 threads. Dynamic shared memory, in this order: the 32 KB expanded table where TAB = 1
+// (`table`: its 16 binary16 entries, 2j and 2j + 1 in word j; not read where TAB = 0), `warps` rings of
+// A x MT x 256 V bytes, and the x tile, chunks_per_block x NJ x x_rows x CK x 2 bytes (x_rows = R, the batch rows
+// staged a tile: min(M, 8)).
+template <int B, int FLIP, int ZB, int TAB, int V, int NJ, int MT, int D, int A, typename S>
 __global__ void __launch_bounds__(hwmma::MAX_THREADS)
     int_mma(const unsigned short* __restrict__ x, const unsigned* __restrict__ codes, const S* __restrict__ scales,
             const unsigned* __restrict__ zeros, const unsigned* __restrict__ table, unsigned short* __restrict__ out,
@@ -414,9 +462,13 @@ __global__ void __launch_bounds__(hwmma::MAX_THREADS)
   constexpr int E = 32 / B, S_ = V * E / 4;
   static_assert(32 % B == 0 && B >= 2 && B <= 8 && S_ % 2 == 0, "B in {2, 4, 8}; an even number of mmas a chunk");
   static_assert(!TAB || (B == 4 && FLIP == 0 && ZB == 0), "the table decode reads 4-bit codes without zero points");
+  static_assert(A == 0 || (A >= 2 && A <= 4), "asynchronous stages: 0 (register bursts) or 2 to 4 (more spill)");
   constexpr int TABLE_SLOTS = TAB ? 256 * 32 / 4 : 0;  // uint4 slots of the expanded table
+  constexpr int RING_WORDS = A * MT * 2 * 32 * V;       // a warp's ring of code words (A > 0)
   extern __shared__ uint4 smem[];
-  uint4* const xs = smem + TABLE_SLOTS;
+  unsigned* const ring = reinterpret_cast<unsigned*>(smem + TABLE_SLOTS) + (threadIdx.x >> 5) * RING_WORDS +
+                         (threadIdx.x & 31) * V;  // the lane's words of slot 0, tile 0, row g (A > 0)
+  uint4* const xs = smem + TABLE_SLOTS + (A > 0 ? int(blockDim.x >> 5) * (RING_WORDS / 4) : 0);
   // shared byte address of the lane's copy of the expanded table (TAB)
   const unsigned lane_table = unsigned(__cvta_generic_to_shared(smem)) + 4u * (threadIdx.x & 31);
   __shared__ uint4 zero_slot;  // the B registers of lanes that hold no staged batch row (M < 8)
@@ -432,6 +484,28 @@ __global__ void __launch_bounds__(hwmma::MAX_THREADS)
   auto pointers = [&] { return row_pointers<V, MT, S>(r, codes, scales, zeros, row_words, s_row_stride, zero_words); };
   RowPointers<MT, S> p = pointers();
 
+  // A > 0: chunk i's scales (registers) and code words (the warp's ring, `ring_slot`) at slot i % A
+  Chunk<V, MT, ZB, S> meta[A > 0 ? A : 1];
+  auto ring_slot = [&](int slot, int mt, int h) { return ring + ((slot * MT + mt) * 2 + h) * 32 * V; };
+  auto issue = [&](int i, int slot) {  // chunk i of the block's range into `slot`, one commit group
+    constexpr int CK = 4 * V * E;
+    const int group = chunk_group(group_magic, c0 + i);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const bool in = i < cn && p.in[mt][h];
+        copy_words_async<V>(ring_slot(slot, mt, h), p.w[mt][h] + (c0 + i) * (CK / E), in);
+        load_row_scale<V, MT, ZB, S>(meta[slot], p, group, mt, h, in);
+      }
+    }
+    meta[slot].zshift = (group * ZB) & 31;
+    commit_copies();
+  };
+  auto prologue = [&] {  // chunks 0 .. A - 2 of a row block into slots 0 .. A - 2
+#pragma unroll
+    for (int slot = 0; slot + 1 < A; ++slot) issue(slot, slot);
+  };
   Chunk<V, MT, ZB, S> one[D], two[D];
   // chunks base .. base + D of the row block into `set` (nothing where they lie past the block's range)
   auto load = [&](Chunk<V, MT, ZB, S>(&set)[D], int base) {
@@ -445,7 +519,8 @@ __global__ void __launch_bounds__(hwmma::MAX_THREADS)
         mma_chunk<B, FLIP, ZB, TAB, V, NJ, MT, S>(acc, set[d], x_lane + (base + d) * chunk_stride, slot_stride,
                                                   lane_table, scale_unit);
   };
-  load(one, 0);
+  if constexpr (A > 0) prologue();
+  else load(one, 0);
   stage_x<B, TAB, V, NJ>(reinterpret_cast<unsigned*>(xs), x, M, K, c0, cn, x_rows);
   if constexpr (TAB) expand_table(reinterpret_cast<unsigned*>(smem), table);
   if (threadIdx.x == 0) zero_slot = make_uint4(0u, 0u, 0u, 0u);
@@ -456,11 +531,31 @@ __global__ void __launch_bounds__(hwmma::MAX_THREADS)
     zero_tiles(acc);
     // `one` holds chunks base .. base + D (in flight); each half step issues the next D into the other set (a burst
     // of 4 D V contiguous words a row) before decoding these, and the sets swap roles
-    for (int base = 0; base < cn; base += 2 * D) {
-      load(two, base + D);
-      decode(acc, one, base);
-      load(one, base + 2 * D);
-      decode(acc, two, base + D);
+    if constexpr (A > 0) {
+      for (int base = 0; base < cn; base += A) {
+#pragma unroll
+        for (int a = 0; a < A; ++a) {  // chunk i = base + a at slot a; chunk i + A - 1 into the slot chunk i - 1 left
+          const int i = base + a;
+          issue(i + A - 1, (a + A - 1) % A);
+          wait_copies<A - 1>();
+          if (i < cn) {  // uniform over the block
+            Chunk<V, MT, ZB, S> ch = meta[a];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+              for (int h = 0; h < 2; ++h) read_words<V>(ch.w[mt][h], ring_slot(a, mt, h));
+            mma_chunk<B, FLIP, ZB, TAB, V, NJ, MT, S>(acc, ch, x_lane + i * chunk_stride, slot_stride, lane_table,
+                                                      scale_unit);
+          }
+        }
+      }
+    } else {
+      for (int base = 0; base < cn; base += 2 * D) {
+        load(two, base + D);
+        decode(acc, one, base);
+        load(one, base + 2 * D);
+        decode(acc, two, base + D);
+      }
     }
     const int done = rb;
     const Rows rows = r;
@@ -468,7 +563,8 @@ __global__ void __launch_bounds__(hwmma::MAX_THREADS)
     if (rb < row_blocks) {  // the next row block's first chunks in flight during this one's stores
       r.n0 = (rb * warps + warp) * 16 * MT;
       p = pointers();
-      load(one, 0);
+      if constexpr (A > 0) prologue();
+      else load(one, 0);
     }
     store_rows<NJ, MT>(acc, rows, done, out, work, count, M, splits, value_scale, out_max, last);
     if (rb >= row_blocks) return;

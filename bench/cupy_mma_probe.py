@@ -3,7 +3,7 @@
 ``bench/gpu_kernels.py`` takes them (weights rotated past the L2, do_bench medians and CUDA-graph times).
 
 Each ``--variant`` is a list of assignments to launch constants, separated by ``;``, as
-``bench/gpu_launch_variants.py`` takes them (``cupy_kernels.MMA_WARPS=4; cupy_kernels.MMA_PREFETCH=2``); the
+``bench/gpu_launch_variants.py`` takes them (``cupy_kernels.MMA_WARPS=4; cupy_kernels.MMA_PREFETCH[1]=3``); the
 previous variant's are undone first, an empty variant is the shipped configuration. One line per (format, M,
 variant); ``cupy_mma.json`` in ``--out``.
 

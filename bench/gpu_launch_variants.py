@@ -4,7 +4,7 @@ and pipeline depths that :mod:`hwlab.kernels.dispatch` chooses).
 Each ``--variant`` is a list of assignments, separated by ``;``, to constants of
 ``hwlab.kernels.dispatch`` (``HALF_TILE=(32, 128, 1)``, ``STAGES['tile']=3``) or of
 ``hwlab.kernels.async_mixed`` (``async_mixed.GEMV_BN=32``) or of ``hwlab.kernels.trip``
-(``trip.TRIP_WARPS=2``) or of ``hwlab.kernels.cupy_kernels`` (``cupy_kernels.MMA_PREFETCH=4``, as
+(``trip.TRIP_WARPS=2``) or of ``hwlab.kernels.cupy_kernels`` (``cupy_kernels.MMA_PREFETCH[2]=4``, as
 ``bench/cupy_mma_probe.py`` takes them too); the previous variant's are undone first,
 an empty variant is the shipped configuration. Every variant times ``--formats`` (and, with
 ``--mixed``, the synchronous, asynchronous and CuPy mixed_2_4 GEMVs; with ``--trip``, the TRIP

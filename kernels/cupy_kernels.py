@@ -435,6 +435,12 @@ def group_magic(chunks_per_group: int, chunks: int) -> int:
     return -(-(2**32) // chunks_per_group)
 
 
+def _by_tiles(setting, allowed) -> bool:
+    """Whether a launch constant by batch tiles is ``{1: value, 2: value}`` with integer values in ``allowed``."""
+    return (isinstance(setting, dict) and sorted(setting) == [1, 2]
+            and all(isinstance(v, int) and not isinstance(v, bool) and v in allowed for v in setting.values()))
+
+
 def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) -> dict:
     """Name, grid, block, shared bytes and sizes of :func:`int_mma_cupy` for ``m`` batch rows of a plan (pure
     Python; the tile constants as they are now). Split-K: the fewest splits that keep a block's x tile within
@@ -443,11 +449,10 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
     reason = mma_unsupported(plan)
     if reason:
         raise ValueError(f"int_mma_cupy: {reason}")
-    if not 1 <= MMA_WARPS <= MMA_WARPS_MAX or MMA_TILES < 1 or sorted(MMA_PREFETCH) != [1, 2] or min(
-            MMA_PREFETCH.values()) < 1:
+    if not 1 <= MMA_WARPS <= MMA_WARPS_MAX or MMA_TILES < 1 or not _by_tiles(MMA_PREFETCH, range(1, 2**10)):
         raise ValueError(f"int_mma_cupy: MMA_WARPS must be 1..{MMA_WARPS_MAX}, MMA_TILES >= 1 and MMA_PREFETCH "
                          f"{{1: chunks, 2: chunks}} (each >= 1), got {MMA_WARPS}, {MMA_TILES}, {MMA_PREFETCH}")
-    if sorted(MMA_ASYNC) != [1, 2] or any(a not in (0, 2, 3, 4) for a in MMA_ASYNC.values()):
+    if not _by_tiles(MMA_ASYNC, (0, 2, 3, 4)):
         raise ValueError(f"int_mma_cupy: MMA_ASYNC must be {{1: stages, 2: stages}} with 0 (none) or 2 to 4 stages "
                          f"(more spill), got {MMA_ASYNC}")
     n = plan.shape[0]

@@ -178,9 +178,14 @@ def test_mma_launch_plan_of_cp_async_stages(monkeypatch):
         ring = ck.MMA_WARPS * stages * ck.MMA_TILES * 256 * 4  # A x MT x 2 rows x 32 lanes x V words a warp
         assert lp["stages"] == stages and lp["name"].endswith(f", {stages}, unsigned short>")
         assert lp["shared"] == lp["chunks_per_block"] * nj * min(m, 8) * 128 * 2 + ring
-    for bad in ({1: 1, 2: 0}, {1: 5, 2: 0}, {1: 2}):
+    for bad in ({1: 1, 2: 0}, {1: 5, 2: 0}, {1: 2}, 4, {1: "4", 2: 0}):
         monkeypatch.setattr(ck, "MMA_ASYNC", bad)
         with pytest.raises(ValueError, match="MMA_ASYNC must be"):
+            ck.mma_launch_plan(plan, 4)
+    monkeypatch.setattr(ck, "MMA_ASYNC", {1: 0, 2: 0})
+    for bad in (4, {1: 0, 2: 3}, {1: 2.0, 2: 3}, [2, 3]):  # an integer as before run 13, a zero, a float, a list
+        monkeypatch.setattr(ck, "MMA_PREFETCH", bad)
+        with pytest.raises(ValueError, match="MMA_PREFETCH"):
             ck.mma_launch_plan(plan, 4)
 
 

@@ -477,7 +477,8 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
     ring_bytes = MMA_WARPS * stages * MMA_TILES * 256 * v  # a warp's A x MT x 2 rows x 32 lanes x V words
     return dict(name=mma_kernel_name(plan.bits, 0 if table else plan.flip, plan.zero_bits, table, v, nj, MMA_TILES,
                                      depth, stages, scale_dtype),
-                decode="table" if table else "int", prefetch=depth, stages=stages, v=v, nj=nj, x_rows=x_rows, chunks=chunks,
+                decode="table" if table else "int", prefetch=depth, stages=stages, v=v, nj=nj, x_rows=x_rows,
+                chunks=chunks,
                 chunks_per_block=per_block,
                 chunks_per_group=plan.elements_per_group // ck,
                 group_magic=group_magic(plan.elements_per_group // ck, chunks),

@@ -215,7 +215,8 @@ def test_mma_launch_plan_large_layer(m):
     assert (lp["splits"], lp["grid"], lp["shared"]) == {1: (1, 224, 16384), 8: (2, 264, 65536), 9: (4, 264, 65536),
                                                         16: (4, 264, 65536)}[m]
     prefetch = ck.MMA_PREFETCH[lp["nj"]]
-    assert lp["decode"] == "int" and lp["name"] == f"int_mma<4, 8, 0, 0, 4, {lp['nj']}, 1, {prefetch}, 0, unsigned short>"
+    assert lp["decode"] == "int"
+    assert lp["name"] == f"int_mma<4, 8, 0, 0, 4, {lp['nj']}, 1, {prefetch}, 0, unsigned short>"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -189,6 +189,41 @@ def test_mma_launch_plan_of_cp_async_stages(monkeypatch):
             ck.mma_launch_plan(plan, 4)
 
 
+def _ring_schedule(stages: int, chunks: int, row_blocks: int) -> None:
+    """int_mma.cu's cp.async ring (A = ``stages``) replayed for one lane over ``row_blocks`` row blocks of ``chunks``
+    chunks: the prologue, then for chunk i the issue of chunk i + A - 1 into slot (i - 1) % A, commit, wait_group
+    A - 1, read slot i % A. A copy lands at any moment between its commit and the wait that covers it, so a read
+    must find its chunk landed and no copy pending into its slot."""
+    slots, pending = [None] * stages, []  # pending: (slot, what) of each committed group, oldest first
+
+    def issue(rb, i, slot):
+        pending.append((slot, (rb, i)) if i < chunks else None)  # past the range: an empty group, no copy
+
+    def wait(newest):
+        while len(pending) > newest:
+            group = pending.pop(0)
+            if group:
+                slots[group[0]] = group[1]
+
+    for rb in range(row_blocks):
+        for slot in range(stages - 1):  # prologue
+            issue(rb, slot, slot)
+        for base in range(0, chunks, stages):
+            for a in range(stages):
+                i = base + a
+                issue(rb, i + stages - 1, (a + stages - 1) % stages)
+                wait(stages - 1)
+                if i < chunks:
+                    assert slots[a] == (rb, i), (stages, chunks, rb, i, slots)
+                    assert all(g is None or g[0] != a for g in pending), "a copy pending into the slot being read"
+
+
+@pytest.mark.parametrize("stages", [2, 3, 4])
+def test_cp_async_ring_reads_each_chunk_after_it_lands(stages):
+    for chunks in (1, 2, 3, 4, 5, 7, 8, 64):
+        _ring_schedule(stages, chunks, row_blocks=3)
+
+
 def test_group_magic_divides_every_chunk_index_exactly():
     for per_group in (1, 2, 3, 5, 7, 48, 255, 4096):
         chunks = 2**32 // per_group - 1 if per_group > 1 else 2**20

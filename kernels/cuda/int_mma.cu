@@ -454,8 +454,8 @@ template <int B, int FLIP, int ZB, int TAB, int V, int NJ, int MT, int D, int A,
 __global__ void __launch_bounds__(hwmma::MAX_THREADS)
     int_mma(const unsigned short* __restrict__ x, const unsigned* __restrict__ codes, const S* __restrict__ scales,
             const unsigned* __restrict__ zeros, const unsigned* __restrict__ table, unsigned short* __restrict__ out,
-            float* __restrict__ work,
-            int* __restrict__ count, int M, int N, int K, int row_words, int s_row_stride, int zero_words,
+            float* __restrict__ work, int* __restrict__ count, int M, int N, int K, int row_words, int s_row_stride,
+            int zero_words,
             int chunks, int chunks_per_block, unsigned group_magic, int splits, int row_blocks, int x_rows,
             float scale_unit, float value_scale, float out_max) {
   using namespace hwmma;
@@ -529,8 +529,6 @@ __global__ void __launch_bounds__(hwmma::MAX_THREADS)
   while (true) {
     float acc[MT][NJ][4];
     zero_tiles(acc);
-    // `one` holds chunks base .. base + D (in flight); each half step issues the next D into the other set (a burst
-    // of 4 D V contiguous words a row) before decoding these, and the sets swap roles
     if constexpr (A > 0) {
       for (int base = 0; base < cn; base += A) {
 #pragma unroll
@@ -550,6 +548,8 @@ __global__ void __launch_bounds__(hwmma::MAX_THREADS)
         }
       }
     } else {
+      // `one` holds chunks base .. base + D (in flight); each half step issues the next D into the other set (a
+      // burst of 4 D V contiguous words a row) before decoding these, and the sets swap roles
       for (int base = 0; base < cn; base += 2 * D) {
         load(two, base + D);
         decode(acc, one, base);

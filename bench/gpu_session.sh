@@ -31,10 +31,11 @@ tail -n 3 "$OUT/gpu_kernels.log"
 
 step gpu-tests
 # -P: the checkout's hwlab/ folder must not shadow the installed package (its subpackages live elsewhere).
-# First every test of the asynchronous, TRIP and CuPy kernels compiled on the GPU, then the split-K, NaN and
-# prepared-launch tests of the synchronous kernels, then the gpu-marked rest.
+# First every test of the asynchronous, TRIP and CuPy kernels (the tensor-core int_mma included) compiled on the
+# GPU, then the split-K, NaN and prepared-launch tests of the synchronous kernels, then the gpu-marked rest.
 pytest() { python3 -P -m pytest -q -p no:cacheprovider --rootdir . -o addopts="--strict-markers -ra" "$@"; }
-timeout "${TESTS_S:-150}" pytest tests/test_async_trip.py tests/test_cupy_kernels.py >"$OUT/gpu_tests.log" 2>&1
+timeout "${TESTS_S:-150}" pytest tests/test_async_trip.py tests/test_cupy_kernels.py tests/test_cupy_mma.py \
+    >"$OUT/gpu_tests.log" 2>&1
 tail -n 3 "$OUT/gpu_tests.log"
 timeout "${TESTS_S:-150}" pytest tests/test_kernels.py -k "nan_in_x or split_k or saturate or prepared" \
     >>"$OUT/gpu_tests.log" 2>&1

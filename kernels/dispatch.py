@@ -330,9 +330,11 @@ def launch_for(qt: DeviceTensor, m: int, x_dtype: str) -> Launch:
 def mma_launch(lp: dict, warps: int) -> Launch:
     """The :class:`Launch` of an ``int_mma`` launch plan (``cupy_kernels.mma_launch_plan``) of ``warps`` warps a
     block: ``bm`` the batch rows of its tiles (8 or 16: each code is decoded once for them), ``ks`` the codes of a
-    chunk, ``steps`` the chunks of a block, fp16 pairs (their issue rate in :mod:`hwlab.sim.gpu`)."""
+    chunk, ``steps`` the chunks of a block, ``stages`` its cp.async stages or its register bursts' D chunks in
+    flight plus the one decoded, fp16 pairs (their issue rate in :mod:`hwlab.sim.gpu`)."""
     return Launch("int_mma_cupy", lp["rows"], 8 * lp["nj"], lp["codes_per_chunk"], lp["splits"],
-                  lp["chunks_per_block"], "pairs" if lp["decode"] == "table" else "int", warps, half_pairs=True)
+                  lp["chunks_per_block"], "pairs" if lp["decode"] == "table" else "int", warps,
+                  stages=lp["stages"] or lp["prefetch"] + 1, half_pairs=True)
 
 
 def cupy_mma_applies(qt: DeviceTensor, m: int, x_dtype: str) -> bool:

@@ -170,6 +170,8 @@ def test_mma_words(fmt, gs, v):
 
 
 def test_mma_launch_plan_of_cp_async_stages(monkeypatch):
+    from hwlab.kernels import dispatch
+
     plan = build_plan(_quantize("int4", 8, 8192))
     plan = type(plan)(**dict(plan.__dict__, shape=(28672, 8192)))
     monkeypatch.setattr(ck, "MMA_ASYNC", {1: 4, 2: 3})
@@ -178,6 +180,9 @@ def test_mma_launch_plan_of_cp_async_stages(monkeypatch):
         ring = ck.MMA_WARPS * stages * ck.MMA_TILES * 256 * 4  # A x MT x 2 rows x 32 lanes x V words a warp
         assert lp["stages"] == stages and lp["name"].endswith(f", {stages}, unsigned short>")
         assert lp["shared"] == lp["chunks_per_block"] * nj * min(m, 8) * 128 * 2 + ring
+        assert dispatch.mma_launch(lp, ck.MMA_WARPS).stages == stages
+    monkeypatch.setattr(ck, "MMA_ASYNC", {1: 0, 2: 0})  # register bursts: D in flight and the one decoded
+    assert dispatch.mma_launch(ck.mma_launch_plan(plan, 1), ck.MMA_WARPS).stages == ck.MMA_PREFETCH[1] + 1
     for bad in ({1: 1, 2: 0}, {1: 5, 2: 0}, {1: 2}, 4, {1: "4", 2: 0}):
         monkeypatch.setattr(ck, "MMA_ASYNC", bad)
         with pytest.raises(ValueError, match="MMA_ASYNC must be"):

@@ -217,7 +217,6 @@ HW_DEV RowPointers<MT, S> row_pointers(const Rows& r, const unsigned* codes, con
   return p;
 }
 
-// Chunk c of the lane's rows (zeros where !ok or outside [0, N)); its group by multiply-high (module comment).
 // The group of chunk c by multiply-high (module comment).
 HW_DEV int chunk_group(unsigned group_magic, int c) {
   return group_magic ? int(__umulhi(unsigned(c), group_magic)) : c;
@@ -230,8 +229,12 @@ HW_DEV void load_row_scale(Chunk<V, MT, ZB, S>& ch, const RowPointers<MT, S>& p,
   if constexpr (ZB > 0) ch.z[mt][h] = in ? __ldg(p.z[mt][h] + group * ZB / 32) : 0u;
 }
 
-template <int V, int MT, int ZB, int E, typename S>
-HW_DEV void load_chunk(Chunk<V, MT, ZB, S>& ch, const RowPointers<MT, S>& p, unsigned group_magic, int c, bool ok) {
+// Chunk c of the lane's rows (zeros where !ok or outside [0, N)): its scales and zero points into ch, its code
+// words of row g + 8 h of tile mt, which start at `src`, moved by words(mt, h, src, in) (into ch.w's registers, or
+// by cp.async into the warp's ring).
+template <int V, int MT, int ZB, int E, typename S, typename Words>
+HW_DEV void fetch_chunk(Chunk<V, MT, ZB, S>& ch, const RowPointers<MT, S>& p, unsigned group_magic, int c, bool ok,
+                        Words&& words) {
   constexpr int CK = 4 * V * E;
   const int group = chunk_group(group_magic, c);
 #pragma unroll
@@ -239,11 +242,19 @@ HW_DEV void load_chunk(Chunk<V, MT, ZB, S>& ch, const RowPointers<MT, S>& p, uns
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const bool in = ok && p.in[mt][h];
-      load_words<V>(ch.w[mt][h], p.w[mt][h] + c * (CK / E), in);
+      words(mt, h, p.w[mt][h] + c * (CK / E), in);
       load_row_scale<V, MT, ZB, S>(ch, p, group, mt, h, in);
     }
   }
   ch.zshift = (group * ZB) & 31;
+}
+
+// Chunk c of the lane's rows into ch, code words included (the register bursts).
+template <int V, int MT, int ZB, int E, typename S>
+HW_DEV void load_chunk(Chunk<V, MT, ZB, S>& ch, const RowPointers<MT, S>& p, unsigned group_magic, int c, bool ok) {
+  fetch_chunk<V, MT, ZB, E, S>(ch, p, group_magic, c, ok, [&](int mt, int h, const unsigned* src, bool in) {
+    load_words<V>(ch.w[mt][h], src, in);
+  });
 }
 
 // ---- the asynchronous copies of code words (A > 0) -----------------------------------------------------------
@@ -488,18 +499,10 @@ __global__ void __launch_bounds__(hwmma::MAX_THREADS)
   Chunk<V, MT, ZB, S> meta[A > 0 ? A : 1];
   auto ring_slot = [&](int slot, int mt, int h) { return ring + ((slot * MT + mt) * 2 + h) * 32 * V; };
   auto issue = [&](int i, int slot) {  // chunk i of the block's range into `slot`, one commit group
-    constexpr int CK = 4 * V * E;
-    const int group = chunk_group(group_magic, c0 + i);
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const bool in = i < cn && p.in[mt][h];
-        copy_words_async<V>(ring_slot(slot, mt, h), p.w[mt][h] + (c0 + i) * (CK / E), in);
-        load_row_scale<V, MT, ZB, S>(meta[slot], p, group, mt, h, in);
-      }
-    }
-    meta[slot].zshift = (group * ZB) & 31;
+    fetch_chunk<V, MT, ZB, E, S>(meta[slot], p, group_magic, c0 + i, i < cn,
+                                 [&](int mt, int h, const unsigned* src, bool in) {
+                                   copy_words_async<V>(ring_slot(slot, mt, h), src, in);
+                                 });
     commit_copies();
   };
   auto prologue = [&] {  // chunks 0 .. A - 2 of a row block into slots 0 .. A - 2

@@ -90,6 +90,20 @@ def loop_instructions(sass: str, containing: str | None = None) -> tuple[int, di
     return len(body), dict(collections.Counter(body).most_common())
 
 
+def cubin_counts(cubin: str, *, warps: int, shared_bytes: int, containing: str | None = None) -> dict:
+    """The counts of the kernel in the cubin file ``cubin`` (cuobjdump from the triton wheel): its loop's
+    instructions and opcodes (:func:`loop_instructions`), registers, whether it spills, and the given launch
+    facts."""
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    sass = subprocess.run([tool, "-sass", cubin], capture_output=True, text=True, check=True).stdout
+    usage = subprocess.run([tool, "-res-usage", cubin], capture_output=True, text=True, check=True).stdout
+    count, ops = loop_instructions(sass, containing)
+    return dict(loop_instructions=count, opcodes=ops, registers=int(re.search(r"REG:(\d+)", usage).group(1)),
+                spills="LDL" in ops or "STL" in ops, warps=warps, shared_bytes=shared_bytes)
+
+
 class Recorder:
     """Stands in for a Triton kernel: compiles the launch it is given for sm_90 and counts it."""
 
@@ -122,17 +136,11 @@ class Recorder:
                     signature[name], constants[name] = "constexpr", v
             compiled = triton.compile(ASTSource(fn=self.fn, signature=signature, constexprs=constants, attrs=attrs),
                                       target=GPUTarget(*SM90), options=options)
-            tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
             with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
                 f.write(compiled.asm["cubin"])
                 f.flush()
-                sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
-                usage = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
-            count, ops = loop_instructions(sass)
-            registers = re.search(r"REG:(\d+)", usage)
-            self.results.append(dict(loop_instructions=count, opcodes=ops, registers=int(registers.group(1)),
-                                     spills="LDL" in ops or "STL" in ops, warps=options.get("num_warps", 4),
-                                     shared_bytes=compiled.metadata.shared))
+                self.results.append(cubin_counts(f.name, warps=options.get("num_warps", 4),
+                                                 shared_bytes=compiled.metadata.shared))
         return call
 
 
@@ -208,9 +216,6 @@ def count_async_and_trip(batches=BATCHES) -> list[dict]:
 
 
 MMA_BATCHES = (4, 16)  # int_mma's two kernels: one batch tile of 8 rows (M <= 8) and two (M = 9..16)
-MMA_SIGNATURE = ("(const unsigned short*, const unsigned*, const {s}*, const unsigned*, const unsigned*, "
-                 "unsigned short*, float*, int*, int, int, int, int, int, int, int, int, unsigned, int, int, int, "
-                 "float, float, float)")
 
 
 def nvcc() -> str:
@@ -227,13 +232,10 @@ def count_int_mma(formats=FORMATS, batches=MMA_BATCHES) -> list[dict]:
     sm_90 by nvcc, its chunk loop counted (the innermost loop that holds HMMA: 2 D chunks an iteration); rows
     named ``int_mma_cupy`` with ``bm`` the batch rows of its tiles (8 or 16) and ``ks`` the codes of a row an
     iteration (``2 D`` chunks, or ``A`` with cp.async stages), for every format the kernel reads."""
-    import triton
-
     import hwlab.formats as F
     from hwlab.kernels import cupy_kernels as ck
     from hwlab.kernels.plan import build_plan
 
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     rng = np.random.default_rng(0)
     rows = []
     for name in formats:
@@ -241,22 +243,16 @@ def count_int_mma(formats=FORMATS, batches=MMA_BATCHES) -> list[dict]:
         plan = dataclasses.replace(build_plan(qt), shape=(N, K))
         if ck.mma_unsupported(plan):
             continue
-        scale = qt.arrays[plan.arrays["scales"]].dtype.name
+        scale = qt.layout[plan.arrays["scales"]].dtype
         for m in batches:
             lp = ck.mma_launch_plan(plan, m, scale, sms=132)
             with tempfile.TemporaryDirectory() as tmp:
                 source, cubin = os.path.join(tmp, "int_mma.cu"), os.path.join(tmp, "int_mma.cubin")
-                kind = "float" if scale == "float32" else "unsigned short"
                 with open(source, "w") as f:
-                    f.write(ck.kernel_source(ck.MMA_SOURCE)
-                            + f"\ntemplate __global__ void {lp['name']}{MMA_SIGNATURE.format(s=kind)};\n")
+                    f.write(ck.mma_instances([lp["name"]]))
                 subprocess.run([nvcc(), "-arch=sm_90", "-std=c++17", "-cubin", "-o", cubin, source], check=True,
                                capture_output=True, text=True)
-                sass = subprocess.run([tool, "-sass", cubin], capture_output=True, text=True, check=True).stdout
-                usage = subprocess.run([tool, "-res-usage", cubin], capture_output=True, text=True, check=True).stdout
-            n, ops = loop_instructions(sass, containing="HMMA")
-            r = dict(loop_instructions=n, opcodes=ops, registers=int(re.search(r"REG:(\d+)", usage).group(1)),
-                     spills="LDL" in ops or "STL" in ops, warps=ck.MMA_WARPS, shared_bytes=lp["shared"])
+                r = cubin_counts(cubin, warps=ck.MMA_WARPS, shared_bytes=lp["shared"], containing="HMMA")
             chunks = lp["stages"] or 2 * lp["prefetch"]  # an iteration: A stages, or the two register sets of D
             rows.append(_row(name, m, "int_mma_cupy", lp["decode"], lp["rows"], 8 * lp["nj"],
                              chunks * lp["codes_per_chunk"], r))

@@ -422,6 +422,21 @@ def mma_kernel_name(bits: int, flip: int, zero_bits: int, table: bool, v: int, n
             f"{'float' if scale == 'float32' else 'unsigned short'}>")
 
 
+MMA_PARAMETERS = ("(const unsigned short*, const unsigned*, const {scale}*, const unsigned*, const unsigned*, "
+                  "unsigned short*, float*, int*, int, int, int, int, int, int, int, int, unsigned, int, int, int, "
+                  "float, float, float)")  # int_mma's, as int_mma.cu declares them ({scale}: its last template argument)
+
+
+def mma_instances(names) -> str:
+    """The source nvcc compiles offline (tests, ``bench/kernel_instructions.py``) for the ``int_mma`` kernels
+    ``names`` (:func:`mma_kernel_name`): :func:`kernel_source` and an explicit instantiation of each (NVRTC gets
+    them by name expression instead)."""
+    lines = [kernel_source(MMA_SOURCE)]
+    lines += [f"template __global__ void {name}{MMA_PARAMETERS.format(scale=name.split(', ')[-1][:-1])};"
+              for name in names]
+    return "\n".join(lines) + "\n"
+
+
 def group_magic(chunks_per_group: int, chunks: int) -> int:
     """``int_mma``'s multiply-high divisor of chunk indices: ``ceil(2^32 / chunks_per_group)``, so that
     ``(c * magic) >> 32 == c // chunks_per_group`` for every chunk ``c < chunks`` (exact while ``chunks *

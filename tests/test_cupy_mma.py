@@ -24,9 +24,6 @@ from hwlab.kernels.plan import build_plan  # noqa: E402
 from hwlab.kernels.testing import cupy_gpu_missing  # noqa: E402
 
 NVCC = shutil.which("nvcc")
-SIGNATURE = ("(const unsigned short*, const unsigned*, const {s}*, const unsigned*, const unsigned*, unsigned short*, "
-             "float*, int*, "
-             + ", ".join(["int"] * 8) + ", unsigned, int, int, int, float, float, float)")
 COMPILED = [(4, 8, 0, False, 4, 1, 1, 2, 0, "float16"), (4, 8, 0, False, 4, 2, 1, 4, 0, "float16"),
             (4, 0, 4, False, 4, 1, 1, 4, 0, "float16"), (8, 128, 0, False, 4, 2, 2, 2, 0, "float32"),
             (2, 2, 0, False, 2, 2, 1, 4, 0, "float16"), (4, 0, 0, True, 4, 1, 1, 2, 0, "float16"),
@@ -46,10 +43,8 @@ def _quantize(fmt, n, k, gs=128, seed=0):
 
 def _compile(names, tmp_path):
     """nvcc -Xptxas -v of the kernels ``names`` for sm_90: the cubin's path and ptxas' report."""
-    lines = [ck.kernel_source(ck.MMA_SOURCE)]  # the text NVRTC compiles (the prelude, then the file)
-    lines += [f"template __global__ void {name}{SIGNATURE.format(s=name.split(', ')[-1][:-1])};" for name in names]
     wrapper = tmp_path / "instances.cu"
-    wrapper.write_text("\n".join(lines) + "\n")
+    wrapper.write_text(ck.mma_instances(names))  # the text NVRTC compiles (the prelude, then the file), instantiated
     cubin = tmp_path / "int_mma.cubin"
     done = subprocess.run([NVCC, "-arch=sm_90", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(cubin),
                            str(wrapper)], capture_output=True, text=True)
@@ -80,7 +75,7 @@ def test_every_shipped_int_mma_kernel_fits_its_blocks_an_sm(tmp_path):
         qt = _quantize(fmt, 16, 8192)
         plan = build_plan(qt)
         plan = type(plan)(**dict(plan.__dict__, shape=(28672, 8192)))
-        names |= {ck.mma_launch_plan(plan, m, qt.arrays[plan.arrays["scales"]].dtype.name)["name"] for m in (4, 16)}
+        names |= {ck.mma_launch_plan(plan, m, qt.layout[plan.arrays["scales"]].dtype)["name"] for m in (4, 16)}
     _, report = _compile(sorted(names), tmp_path)
     used = [int(r) for r in re.findall(r"Used (\d+) registers", report)]
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)

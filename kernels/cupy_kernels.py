@@ -422,9 +422,10 @@ def mma_kernel_name(bits: int, flip: int, zero_bits: int, table: bool, v: int, n
             f"{'float' if scale == 'float32' else 'unsigned short'}>")
 
 
+# int_mma's parameters, as int_mma.cu declares them ({scale}: its last template argument)
 MMA_PARAMETERS = ("(const unsigned short*, const unsigned*, const {scale}*, const unsigned*, const unsigned*, "
                   "unsigned short*, float*, int*, int, int, int, int, int, int, int, int, unsigned, int, int, int, "
-                  "float, float, float)")  # int_mma's, as int_mma.cu declares them ({scale}: its last template argument)
+                  "float, float, float)")
 
 
 def mma_instances(names) -> str:

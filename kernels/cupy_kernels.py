@@ -228,21 +228,30 @@ def mixed_launch_plan(dt: DeviceTensor, stages: int = DEFAULT_STAGES, device_lim
                 magic4=magic_divisor(q4), magic2=magic_divisor(q2), value_scale=value_scale)
 
 
+def _check_device_tensor(dt, caller: str) -> None:
+    if not isinstance(dt, DeviceTensor):
+        raise TypeError(f"{caller} needs a DeviceTensor (qt.to('cuda')), got {type(dt).__name__}")
+
+
+def _check_fp16_x(x, note: str = "") -> None:
+    """``x`` a float16 torch tensor (``note``: what the message adds after "float16")."""
+    if not isinstance(x, _torch().Tensor):
+        raise TypeError(f"x must be a torch tensor, got {type(x).__name__}")
+    if x.dtype != _torch().float16:
+        raise ValueError(f"x must be float16{note}, got {_describe(x)}")
+
+
 def _check_mixed(x, dt, out):
     """The pure-Python checks of :func:`mixed_gemv_cupy`; returns (x as [K], out or None)."""
     torch = _torch()
-    if not isinstance(dt, DeviceTensor):
-        raise TypeError(f"mixed_gemv_cupy needs a DeviceTensor (qt.to('cuda')), got {type(dt).__name__}")
+    _check_device_tensor(dt, "mixed_gemv_cupy")
     plan = dt.plan
     if plan.packing != "mixed" or plan.decode != "int" or plan.flip or "row_scales" not in plan.arrays:
         raise ValueError(f"mixed_gemv_cupy reads mixed_2_4 tensors, got {dt.format_name} ({plan.describe()})")
     if plan.elements_per_group % 64:
         raise ValueError(f"mixed_gemv_cupy needs group_size a multiple of 64, got {plan.elements_per_group}")
     n, k = dt.shape
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch tensor, got {type(x).__name__}")
-    if x.dtype != torch.float16:
-        raise ValueError(f"x must be float16 (M = 1), got {_describe(x)}")
+    _check_fp16_x(x, " (M = 1)")
     if tuple(x.shape) not in ((k,), (1, k)):
         raise ValueError(f"x must have shape [{k}] or [1, {k}] (M = 1; K of the weights), got {tuple(x.shape)}")
     if out is not None:
@@ -522,8 +531,7 @@ def _check_out_and_devices(out, dtype, dtype_name: str, m: int, n: int, first: t
 def _check_mma(x, dt, out):
     """The pure-Python checks of :func:`int_mma_cupy`; returns (x as [M, K], out or None)."""
     torch = _torch()
-    if not isinstance(dt, DeviceTensor):
-        raise TypeError(f"int_mma_cupy needs a DeviceTensor (qt.to('cuda')), got {type(dt).__name__}")
+    _check_device_tensor(dt, "int_mma_cupy")
     reason = mma_unsupported(dt.plan)
     if reason:
         raise ValueError(f"int_mma_cupy: {reason}")
@@ -531,10 +539,7 @@ def _check_mma(x, dt, out):
     if scales.dtype not in (torch.float16, torch.float32):
         raise ValueError(f"int_mma_cupy reads fp16 or fp32 scales, got {scales.dtype}")
     n, k = dt.shape
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch tensor, got {type(x).__name__}")
-    if x.dtype != torch.float16:
-        raise ValueError(f"x must be float16, got {_describe(x)}")
+    _check_fp16_x(x)
     if x.dim() not in (1, 2) or x.shape[-1] != k or not 1 <= (x.shape[0] if x.dim() == 2 else 1) <= MMA_MAX_M:
         raise ValueError(f"x must have shape [M, {k}] with M in 1..{MMA_MAX_M} (or [{k}]; K of the weights), "
                          f"got {tuple(x.shape)}")

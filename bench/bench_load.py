@@ -1,6 +1,6 @@
 """What the integrity checks of ``hwlab.load`` cost, beside a plain read of the same file.
 
-    python bench/bench_load.py --repeats 41 --cold-repeats 11 --out bench/results/load_cpu.json
+    python bench/bench_load.py --repeats 41 --cold-repeats 11 --against 068878c --out bench/results/load_cpu_068878c.json
 
 Each format's 4096 x 11008 tensor (std 0.02 weights) is saved once; then, interleaved so that the
 machine's noise falls on both alike, ``hwlab.load`` (checksums, digest, every metadata field,
@@ -13,6 +13,19 @@ each call reads the file from the disk (on a virtual machine, from whatever cach
 keeps under its virtual disk). The load average before and after is recorded: other processes
 on the machine make every time longer; the CPU time of the hot calls (``process_time``, every
 thread of the process) is reported beside the wall time, as it depends less on them.
+
+``--against REV`` also times ``hwlab.load`` as it was at that git revision (``068878c``: the last
+commit before the integrity checks, the load that issue 7 bounds at 1.5x), on its own file of the
+same weights, in a second process started from ``load_worker.py`` that runs each call in turn with
+this one's (the first call of each round rotates, so neither always follows the other).
+
+Whether the memory a call's arrays land in is fresh (each page faulted and zeroed by the kernel:
+about 0.6 ms per 10 MB on the KVM guest of BENCHMARKS.md) or recycled from the call before is up
+to glibc's malloc, which returns a freed block to the system when it is larger than a threshold
+that moves with the process's history; hence a plain read of the same hot file at 1.2 ms in one run
+and 3-4 ms in another. glibc's environment variables fix the regime for both processes, and the
+ones set are recorded: ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296``
+(memory always recycled), ``MALLOC_MMAP_THRESHOLD_=131072`` (always fresh).
 """
 from __future__ import annotations
 
@@ -20,9 +33,11 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
-import time
 
+import load_worker
 import numpy as np
 from bench_quantize import (
     cpu_name,
@@ -32,6 +47,8 @@ from bench_quantize import (
     versions,
     write_result,
 )
+
+from load_worker import export_revision, timed
 
 import hwlab
 
@@ -47,23 +64,33 @@ def plain_read(path: str) -> dict:
         return {k: fh.get_tensor(k) for k in names}
 
 
-def drop_from_page_cache(path: str) -> None:
-    """Evict ``path``'s pages from the page cache (written back first), so its next read is cold."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+class OtherRevision:
+    """``hwlab.load`` of another revision of this repository, timed in a second process (``load_worker.py``)."""
 
+    def __init__(self, rev: str, tmp: str):
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        packages = export_revision(repo, rev, tmp)
+        self.commit = subprocess.run(["git", "-C", repo, "rev-parse", "--short", rev], capture_output=True,
+                                     text=True, check=True).stdout.strip()
+        env = {**os.environ, "PYTHONPATH": packages}
+        self.process = subprocess.Popen([sys.executable, "-P", load_worker.__file__, packages], env=env,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=tmp)
 
-def timed(fn, path: str, cold: bool) -> tuple[float, float]:
-    """Wall and CPU seconds (every thread of this process) of ``fn(path)``."""
-    if cold:
-        drop_from_page_cache(path)
-    start, cpu = time.perf_counter(), time.process_time()
-    fn(path)
-    return time.perf_counter() - start, time.process_time() - cpu
+    def ask(self, *command) -> dict:
+        self.process.stdin.write(" ".join(map(str, command)) + "\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the load worker of {self.commit} stopped (exit status {self.process.wait()})")
+        return json.loads(answer)
+
+    def timed(self, path: str, cold: bool) -> tuple[float, float]:
+        answer = self.ask("time", path, int(cold))
+        return answer["wall"], answer["cpu"]
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
 
 
 def main(argv=None) -> dict:
@@ -73,6 +100,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--cold-repeats", type=int, default=11,
                         help="cold-cache timings of each (default 11; 0: none)")
     parser.add_argument("--shape", type=int, nargs=2, default=[4096, 11008], metavar=("N", "K"))
+    parser.add_argument("--against", metavar="REV",
+                        help="also time hwlab.load as it was at this git revision (its own file of the same weights)")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     import torch
@@ -82,37 +111,65 @@ def main(argv=None) -> dict:
     load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        try:
+            other = OtherRevision(args.against, os.path.join(tmp, "other")) if args.against else None
+        except ValueError as exc:
+            parser.error(str(exc))
+        if other:
+            np.save(os.path.join(tmp, "weights.npy"), w)
         for name in args.formats:
             path = os.path.join(tmp, f"{name}.safetensors")
             qt = hwlab.quantize(w, name, own_group_size(name, 128))
             qt.save(path)
             hwlab.load(path), plain_read(path)  # warm-up: page cache, numba kernels
             row = {"format": name, "mbytes": qt.nbytes / 1e6}
+            calls = {"load": lambda cold: timed(hwlab.load, path, cold),
+                     "plain_read": lambda cold: timed(plain_read, path, cold)}
+            if other:
+                other_path = os.path.join(tmp, f"{name}_{other.commit}.safetensors")
+                other.ask("save", os.path.join(tmp, "weights.npy"), name, own_group_size(name, 128), other_path)
+                calls["against"] = lambda cold: other.timed(other_path, cold)
             for cache, repeats in (("", args.repeats), ("_cold", args.cold_repeats if cold_ok else 0)):
-                checked, plain = [], []
-                for _ in range(repeats):
-                    checked.append(timed(hwlab.load, path, bool(cache)))
-                    plain.append(timed(plain_read, path, bool(cache)))
+                times = {key: [] for key in calls}
+                for i in range(repeats):  # interleaved, each first in turn: the machine's noise falls on all alike
+                    keys = list(calls)[i % len(calls):] + list(calls)[:i % len(calls)]
+                    for key in keys:
+                        times[key].append(calls[key](bool(cache)))
+                for key in calls if repeats else ():
+                    row[f"{key}{cache}_ms"] = statistics.median(t for t, _ in times[key]) * 1e3
+                    if not cache:  # CPU time: what other processes on the machine change least
+                        row[f"{key}_cpu_ms"] = statistics.median(c for _, c in times[key]) * 1e3
                 if repeats:
-                    row[f"load{cache}_ms"] = statistics.median(t for t, _ in checked) * 1e3
-                    row[f"plain_read{cache}_ms"] = statistics.median(t for t, _ in plain) * 1e3
                     row[f"ratio{cache}"] = row[f"load{cache}_ms"] / row[f"plain_read{cache}_ms"]
-                if repeats and not cache:  # CPU time: what other processes on the machine change least
-                    row["load_cpu_ms"] = statistics.median(c for _, c in checked) * 1e3
-                    row["plain_read_cpu_ms"] = statistics.median(c for _, c in plain) * 1e3
-                    row["ratio_cpu"] = row["load_cpu_ms"] / row["plain_read_cpu_ms"]
+                if repeats and other:
+                    row[f"ratio_against{cache}"] = row[f"load{cache}_ms"] / row[f"against{cache}_ms"]
+            row["ratio_cpu"] = row["load_cpu_ms"] / row["plain_read_cpu_ms"]
             rows.append(row)
-            cold = (f"   cold: load {row['load_cold_ms']:7.2f} ms  plain read {row['plain_read_cold_ms']:7.2f} ms  "
-                    f"{row['ratio_cold']:5.2f}x" if "ratio_cold" in row else "")
-            print(f"{name:<12} {row['mbytes']:7.1f} MB  load {row['load_ms']:7.2f} ms  plain read "
-                  f"{row['plain_read_ms']:7.2f} ms  {row['ratio']:5.2f}x (CPU time {row['ratio_cpu']:5.2f}x){cold}",
-                  flush=True)
+            print(summary(name, row), flush=True)
+        if other:
+            other.close()
     result = {"benchmark": "load_cpu", "shape": list(args.shape), "repeats": args.repeats,
               "cold_repeats": args.cold_repeats if cold_ok else 0, "results": rows, "cpu": cpu_name(),
+              "against": other.commit if other else None,
+              "malloc_environment": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
               "cores_available": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
               **versions(torch), "commit": git_commit(),
               "date": utc_now()}
     return write_result(result, args.out)
+
+
+def summary(name: str, row: dict) -> str:
+    """One printed line of ``row``'s medians and ratios."""
+    line = (f"{name:<12} {row['mbytes']:7.1f} MB  load {row['load_ms']:7.2f} ms  plain read "
+            f"{row['plain_read_ms']:7.2f} ms  {row['ratio']:5.2f}x (CPU time {row['ratio_cpu']:5.2f}x)")
+    if "ratio_against" in row:
+        line += f"  then {row['against_ms']:7.2f} ms  {row['ratio_against']:5.2f}x"
+    if "ratio_cold" in row:
+        line += (f"   cold: load {row['load_cold_ms']:7.2f} ms  plain read {row['plain_read_cold_ms']:7.2f} ms  "
+                 f"{row['ratio_cold']:5.2f}x")
+    if "ratio_against_cold" in row:
+        line += f"  then {row['against_cold_ms']:7.2f} ms  {row['ratio_against_cold']:5.2f}x"
+    return line
 
 
 if __name__ == "__main__":

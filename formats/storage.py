@@ -29,7 +29,7 @@ quantizer can emit, finite positive scales, zero padding).
 
 The checks that need the format are made while a helper thread reads the first pieces of the file
 and before the rest is read, so that the read can hash and scan each piece of an array while it is
-in cache (:class:`_Reading`: one pass over the file, one copy of its bytes, pieces of 1 MiB read,
+in cache (:class:`_Reading`: one pass over the file, one copy of its bytes, pieces of 2 MiB read,
 hashed and scanned by two threads at once, the hashes in file order); what they find is raised
 only after every checksum matched, in the order above.
 """
@@ -57,11 +57,12 @@ from .registry import get_format
 FILE_VERSION = 3  # 3: checksums and digest; 2: layout descriptors; bump when the stored layout changes
 METADATA_KEY = "hwlab"
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library refuses longer headers
-# Bytes read, then hashed and scanned, at a time by one thread (:class:`_Reading`): inside the L2
-# cache of a core (1 MiB on AMD Zen 4/5, 2 MiB on Intel Sapphire Rapids), so that the hash and the
-# scan find the piece there, and large enough that the Python around each piece stays small (on the
-# 2-core guest of BENCHMARKS.md, 512 KiB of L2 a core, 256 KiB pieces loaded 14% slower).
-PIECE_BYTES = 1 << 20
+# Bytes read, then hashed and scanned, at a time by one thread (:class:`_Reading`): about the L2
+# cache of a core (1 MiB on AMD Zen 4/5, 2 MiB on Intel Sapphire Rapids), where the hash and the scan
+# find most of the piece, and large enough that the Python around each piece stays small. On the
+# 2-core guest of BENCHMARKS.md (1 MiB of L2 a core), 2 MiB pieces loaded 5-13% faster than 1 MiB
+# ones (and 512 KiB ones 10-20% slower), the same in either regime of its memory allocator.
+PIECE_BYTES = 2 << 20
 # Bytes the helper thread reads first, in one call that releases the GIL, while the loading thread
 # checks the metadata, the format and the layout (Python, which holds it: 0.3-0.45 ms on the 2-core
 # guest of BENCHMARKS.md, where a plain read of another 17 MB has left its code out of cache): about

@@ -2,11 +2,13 @@
 import importlib
 import json
 import os
+import subprocess
 import sys
 
 import pytest
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
 
 
 @pytest.fixture
@@ -62,6 +64,22 @@ def test_bench_load_on_a_tiny_shape(bench, tmp_path):
     for row in result["results"]:
         assert all(row[k] > 0 for k in ("load_ms", "plain_read_ms", "ratio", "ratio_cpu"))
         assert ("ratio_cold" in row) == hasattr(os, "posix_fadvise")
+
+
+def test_bench_load_against_another_revision(bench, tmp_path, capsys):
+    """``--against REV`` times that revision's ``hwlab.load`` (here HEAD's) in a second process, in lockstep."""
+    pytest.importorskip("torch", reason="torch is not installed: bench_load records its version")
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout: --against exports a revision with git archive")
+    result = bench("bench_load").main(["--formats", "int4", "--shape", "16", "128", "--repeats", "2",
+                                       "--cold-repeats", "0", "--against", "HEAD"])
+    row, = result["results"]
+    assert row["against_ms"] > 0 and row["ratio_against"] > 0 and "ratio_against_cold" not in row
+    assert result["against"] and result["against"] in subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    with pytest.raises(SystemExit):
+        bench("bench_load").main(["--formats", "int4", "--shape", "16", "128", "--against", "no-such-revision"])
+    assert "--against no-such-revision: git cannot export it" in capsys.readouterr().err
 
 
 def test_launch_variants_apply_and_undo_dispatch_constants(bench):

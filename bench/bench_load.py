@@ -16,8 +16,10 @@ thread of the process) is reported beside the wall time, as it depends less on t
 
 ``--against REV`` also times ``hwlab.load`` as it was at that git revision (``068878c``: the last
 commit before the integrity checks, the load that issue 7 bounds at 1.5x), on its own file of the
-same weights, in a second process started from ``load_worker.py`` that runs each call in turn with
-this one's (the first call of each round rotates, so neither always follows the other).
+same weights, in a second process started from ``load_worker.py``. The two processes take turns in
+blocks of ``--block`` calls (the worker first in every other block): a switch between processes
+before every call slowed this revision's load by a third (its Python code and data are out of the
+caches after it), more than the plain read's and the old load's, which run less Python.
 
 Whether the memory a call's arrays land in is fresh (each page faulted and zeroed by the kernel:
 about 0.6 ms per 10 MB on the KVM guest of BENCHMARKS.md) or recycled from the call before is up
@@ -84,9 +86,10 @@ class OtherRevision:
             raise RuntimeError(f"the load worker of {self.commit} stopped (exit status {self.process.wait()})")
         return json.loads(answer)
 
-    def timed(self, path: str, cold: bool) -> tuple[float, float]:
-        answer = self.ask("time", path, int(cold))
-        return answer["wall"], answer["cpu"]
+    def timed(self, path: str, cold: bool, count: int) -> list:
+        """``count`` timed loads of ``path``, one after the other in the worker: (wall, CPU) seconds each."""
+        answer = self.ask("time", path, int(cold), count)
+        return list(zip(answer["wall"], answer["cpu"]))
 
     def close(self) -> None:
         self.process.stdin.close()
@@ -102,6 +105,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--shape", type=int, nargs=2, default=[4096, 11008], metavar=("N", "K"))
     parser.add_argument("--against", metavar="REV",
                         help="also time hwlab.load as it was at this git revision (its own file of the same weights)")
+    parser.add_argument("--block", type=int, default=8,
+                        help="with --against: calls of each kind a round, the other revision's in one block (default 8)")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     import torch
@@ -128,14 +133,17 @@ def main(argv=None) -> dict:
             if other:
                 other_path = os.path.join(tmp, f"{name}_{other.commit}.safetensors")
                 other.ask("save", os.path.join(tmp, "weights.npy"), name, own_group_size(name, 128), other_path)
-                calls["against"] = lambda cold: other.timed(other_path, cold)
+            keys = [*calls, "against"] if other else list(calls)
             for cache, repeats in (("", args.repeats), ("_cold", args.cold_repeats if cold_ok else 0)):
-                times = {key: [] for key in calls}
-                for i in range(repeats):  # interleaved, each first in turn: the machine's noise falls on all alike
-                    keys = list(calls)[i % len(calls):] + list(calls)[:i % len(calls)]
-                    for key in keys:
-                        times[key].append(calls[key](bool(cache)))
-                for key in calls if repeats else ():
+                times = {key: [] for key in keys}
+                for block, first in enumerate(range(0, repeats, args.block)):  # blocks: one process switch each
+                    count = min(args.block, repeats - first)
+                    if other and block % 2:  # the other revision first in every other block
+                        times["against"].extend(other.timed(other_path, bool(cache), count))
+                    interleaved(calls, times, count, cache)
+                    if other and not block % 2:
+                        times["against"].extend(other.timed(other_path, bool(cache), count))
+                for key in keys if repeats else ():
                     row[f"{key}{cache}_ms"] = statistics.median(t for t, _ in times[key]) * 1e3
                     if not cache:  # CPU time: what other processes on the machine change least
                         row[f"{key}_cpu_ms"] = statistics.median(c for _, c in times[key]) * 1e3
@@ -156,6 +164,15 @@ def main(argv=None) -> dict:
               **versions(torch), "commit": git_commit(),
               "date": utc_now()}
     return write_result(result, args.out)
+
+
+def interleaved(calls: dict, times: dict, count: int, cache: str) -> None:
+    """``count`` rounds of ``calls`` (name -> call(cold) -> (wall, CPU) seconds), each in turn first, so that
+    the machine's noise falls on all alike; the times appended to ``times[name]``."""
+    names = list(calls)
+    for i in range(count):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            times[name].append(calls[name](bool(cache)))
 
 
 def summary(name: str, row: dict) -> str:

@@ -1,4 +1,4 @@
-"""Time ``hwlab.load`` of another revision of hwlab, in lockstep with ``bench_load.py``.
+"""Time ``hwlab.load`` of another revision of hwlab, in turns with ``bench_load.py``.
 
 ``bench_load.py --against REV`` exports REV of this repository (``git archive``) into a temporary
 folder laid out as the installed package (``export_revision``: the ``package-dir`` table of that
@@ -8,8 +8,9 @@ revision's ``pyproject.toml``) and starts this file as a second process with tha
 - ``save NPY FORMAT GROUP PATH``: quantize the float32 weights in ``NPY`` with that revision's
   ``hwlab.quantize`` and save them to ``PATH`` (its own file version), then load it once (page
   cache, numba kernels). Answers ``{"bytes": file size}``.
-- ``time PATH COLD``: one timed ``hwlab.load(PATH)``; ``COLD`` is 1 to drop the file's pages from
-  the page cache first. Answers ``{"wall": s, "cpu": s}`` (CPU: every thread of this process).
+- ``time PATH COLD COUNT``: ``COUNT`` timed calls of ``hwlab.load(PATH)``, one after the other;
+  ``COLD`` is 1 to drop the file's pages from the page cache before each. Answers
+  ``{"wall": [s, ...], "cpu": [s, ...]}`` (CPU: every thread of this process).
 
 Only ``hwlab.quantize``, ``QuantizedTensor.save`` and ``hwlab.load`` are used: the API every
 revision since the formats layer has. This file imports nothing of hwlab's at module level, so
@@ -83,8 +84,9 @@ def serve(packages: str) -> None:
             hwlab.load(path)
             answer = {"bytes": os.path.getsize(path)}
         elif command == "time":
-            wall, cpu = timed(hwlab.load, args[0], args[1] == "1")
-            answer = {"wall": wall, "cpu": cpu}
+            path, cold, count = args
+            walls, cpus = zip(*(timed(hwlab.load, path, cold == "1") for _ in range(int(count))))
+            answer = {"wall": walls, "cpu": cpus}
         else:
             raise SystemExit(f"load_worker: unknown command {command!r}")
         print(json.dumps(answer), flush=True)

@@ -1,6 +1,7 @@
 """What the integrity checks of ``hwlab.load`` cost, beside a plain read of the same file.
 
-    python bench/bench_load.py --repeats 41 --cold-repeats 11 --against 068878c --out bench/results/load_cpu_068878c.json
+    python bench/bench_load.py --repeats 41 --cold-repeats 11 --against 068878c \
+        --out bench/results/load_cpu_068878c.json
 
 Each format's 4096 x 11008 tensor (std 0.02 weights) is saved once; then, interleaved so that the
 machine's noise falls on both alike, ``hwlab.load`` (checksums, digest, every metadata field,
@@ -106,9 +107,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--against", metavar="REV",
                         help="also time hwlab.load as it was at this git revision (its own file of the same weights)")
     parser.add_argument("--block", type=int, default=8,
-                        help="with --against: calls of each kind a round, the other revision's in one block (default 8)")
+                        help="with --against: calls of each kind a turn, the other revision's in one block (default 8)")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
+    if args.block < 1:
+        parser.error(f"--block must be at least 1, got {args.block}")
     import torch
 
     cold_ok = hasattr(os, "posix_fadvise")

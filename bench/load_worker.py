@@ -52,7 +52,7 @@ def export_revision(repo: str, rev: str, dest: str) -> str:
     """Lay out ``rev`` of the git repository ``repo`` as an importable ``hwlab`` under ``dest``.
 
     Returns the folder to put first on ``PYTHONPATH``. Raises ``ValueError`` naming the revision
-    when git does not know it.
+    when git does not know it or its ``pyproject.toml`` does not say where the packages are.
     """
     source, packages = os.path.join(dest, "source"), os.path.join(dest, "packages")
     archive = subprocess.run(["git", "-C", repo, "archive", "--format=tar", rev], capture_output=True)
@@ -60,8 +60,11 @@ def export_revision(repo: str, rev: str, dest: str) -> str:
         raise ValueError(f"--against {rev}: git cannot export it ({archive.stderr.decode().strip()})")
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(source, filter="data")
-    with open(os.path.join(source, "pyproject.toml"), "rb") as fh:
-        package_dirs = tomllib.load(fh)["tool"]["setuptools"]["package-dir"]
+    try:
+        with open(os.path.join(source, "pyproject.toml"), "rb") as fh:
+            package_dirs = tomllib.load(fh)["tool"]["setuptools"]["package-dir"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"--against {rev}: no [tool.setuptools] package-dir in its pyproject.toml ({exc!r})") from None
     for package, folder in sorted(package_dirs.items()):  # "hwlab" before "hwlab.formats"
         shutil.copytree(os.path.join(source, folder), os.path.join(packages, *package.split(".")),
                         dirs_exist_ok=True)

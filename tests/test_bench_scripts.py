@@ -71,8 +71,8 @@ def test_bench_load_against_another_revision(bench, tmp_path, capsys):
     pytest.importorskip("torch", reason="torch is not installed: bench_load records its version")
     if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode:
         pytest.skip("not a git checkout: --against exports a revision with git archive")
-    result = bench("bench_load").main(["--formats", "int4", "--shape", "16", "128", "--repeats", "2",
-                                       "--cold-repeats", "0", "--against", "HEAD"])
+    result = bench("bench_load").main(["--formats", "int4", "--shape", "16", "128", "--repeats", "3",
+                                       "--cold-repeats", "0", "--against", "HEAD", "--block", "2"])
     row, = result["results"]
     assert row["against_ms"] > 0 and row["ratio_against"] > 0 and "ratio_against_cold" not in row
     assert result["against"] and result["against"] in subprocess.run(
@@ -80,6 +80,20 @@ def test_bench_load_against_another_revision(bench, tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench("bench_load").main(["--formats", "int4", "--shape", "16", "128", "--against", "no-such-revision"])
     assert "--against no-such-revision: git cannot export it" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench("bench_load").main(["--formats", "int4", "--shape", "16", "128", "--against", "HEAD", "--block", "0"])
+    assert "--block must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_bench_load_against_a_revision_without_package_dirs(bench, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "README").write_text("no pyproject here\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "README"], ["commit", "-qm", "one"]):
+        subprocess.run(git + args, check=True)
+    with pytest.raises(ValueError, match="--against HEAD: no \\[tool.setuptools\\] package-dir in its pyproject.toml"):
+        bench("load_worker").export_revision(str(repo), "HEAD", str(tmp_path / "out"))
 
 
 def test_launch_variants_apply_and_undo_dispatch_constants(bench):

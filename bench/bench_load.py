@@ -22,8 +22,8 @@ blocks of ``--block`` calls (the worker first in every other block): a switch be
 before every call slowed this revision's load by a third (its Python code and data are out of the
 caches after it), more than the plain read's and the old load's, which run less Python.
 
-Whether the memory a call's arrays land in is fresh (each page faulted and zeroed by the kernel:
-about 0.6 ms per 10 MB on the KVM guest of BENCHMARKS.md) or recycled from the call before is up
+Whether the memory a call's arrays land in is fresh (each page faulted in and zeroed by the kernel,
+which on the KVM guest of BENCHMARKS.md costs more than the copy) or recycled from the call before is up
 to glibc's malloc, which returns a freed block to the system when it is larger than a threshold
 that moves with the process's history; hence a plain read of the same hot file at 1.2 ms in one run
 and 3-4 ms in another. glibc's environment variables fix the regime for both processes, and the
@@ -140,12 +140,12 @@ def main(argv=None) -> dict:
             for cache, repeats in (("", args.repeats), ("_cold", args.cold_repeats if cold_ok else 0)):
                 times = {key: [] for key in keys}
                 for block, first in enumerate(range(0, repeats, args.block)):  # blocks: one process switch each
-                    count = min(args.block, repeats - first)
-                    if other and block % 2:  # the other revision first in every other block
-                        times["against"].extend(other.timed(other_path, bool(cache), count))
-                    interleaved(calls, times, count, cache)
-                    if other and not block % 2:
-                        times["against"].extend(other.timed(other_path, bool(cache), count))
+                    count, cold = min(args.block, repeats - first), bool(cache)
+                    turns = [lambda: interleaved(calls, times, count, cold)]
+                    if other:
+                        turns.append(lambda: times["against"].extend(other.timed(other_path, cold, count)))
+                    for turn in turns[::-1] if block % 2 else turns:  # the other revision first every other block
+                        turn()
                 for key in keys if repeats else ():
                     row[f"{key}{cache}_ms"] = statistics.median(t for t, _ in times[key]) * 1e3
                     if not cache:  # CPU time: what other processes on the machine change least
@@ -169,13 +169,13 @@ def main(argv=None) -> dict:
     return write_result(result, args.out)
 
 
-def interleaved(calls: dict, times: dict, count: int, cache: str) -> None:
+def interleaved(calls: dict, times: dict, count: int, cold: bool) -> None:
     """``count`` rounds of ``calls`` (name -> call(cold) -> (wall, CPU) seconds), each in turn first, so that
     the machine's noise falls on all alike; the times appended to ``times[name]``."""
     names = list(calls)
     for i in range(count):
         for name in names[i % len(names):] + names[:i % len(names)]:
-            times[name].append(calls[name](bool(cache)))
+            times[name].append(calls[name](cold))
 
 
 def summary(name: str, row: dict) -> str:

@@ -67,7 +67,7 @@ def test_bench_load_on_a_tiny_shape(bench, tmp_path):
 
 
 def test_bench_load_against_another_revision(bench, tmp_path, capsys):
-    """``--against REV`` times that revision's ``hwlab.load`` (here HEAD's) in a second process, in lockstep."""
+    """``--against REV`` times that revision's ``hwlab.load`` (here HEAD's) in a second process, in turns."""
     pytest.importorskip("torch", reason="torch is not installed: bench_load records its version")
     if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode:
         pytest.skip("not a git checkout: --against exports a revision with git archive")

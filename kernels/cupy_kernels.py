@@ -65,8 +65,10 @@ MMA_PREFETCH = {1: 2, 2: 3}
 # instead of MMA_BLOCKS_PER_SM), 122 at 2 (nvcc 13, sm_90; tests/test_cupy_mma.py checks every shipped kernel)
 MMA_ZERO_POINT_PREFETCH = 2
 # cp.async stages of code words by batch tiles (0: the register bursts above): A - 1 chunks of each row in flight
-# through a warp's ring in shared memory (A x MT x 256 V bytes a warp). Not timed on a GPU yet (written in run 13
-# after the loans were paused): off until bench/cupy_mma_probe.py measures it ("cupy_kernels.MMA_ASYNC[1]=4")
+# through a warp's ring in shared memory (A x MT x 256 V bytes a warp). Off: slower than the register bursts
+# everywhere it was timed (H100, CUDA graph, K=8192 N=28672, bench/results/cupy_mma_probe_h100_run14_call1.log):
+# int4 M = 1 / 4 / 16 60.9 / 66.9 / 84.9 us at {1: 3, 2: 2} against 49.8 / 53.8 / 75.5, nf4 88.9 / 128.3 / 151.8
+# against 77.6 / 83.0 / 106.3; 3 blocks an SM made it slower still
 MMA_ASYNC = {1: 0, 2: 0}
 MMA_X_BYTES = 64 * 1024  # the x tile a block stages in shared memory, at most (bounds its K range)
 MMA_TABLE_BYTES = 256 * 32 * 4  # the table decode's 256 fp16x2 pairs, 32 copies (one a bank), before the x tile

@@ -101,9 +101,11 @@ HALF_GEMV_TABLES = True
 CUPY_MMA = True
 CUPY_MMA_ROWS = (2, 16)
 CUPY_MMA_BITS = (4,)
-# its decodes that matmul takes: "table" (nf4, the FP4 splits through 256 shared-memory pairs, run 13) is not timed
-# on a GPU yet, so matmul keeps tile_dot for it; int_mma_cupy reads it when called
-CUPY_MMA_DECODES = ("int",)
+# its decodes that matmul takes: "int" and "table" (nf4, the FP4 splits, flint4, shift4 through 256 shared-memory
+# pairs). H100, CUDA graph, K=8192 N=28672 (bench/results/cupy_mma_probe_h100_run14_call1.log): M = 4 / 16 nf4 83.0
+# / 106.3 us against tile_dot's 280.1 / 270.8, fp4_e2m1 64.5 / 88.4 against 95.4 / 98.8; M = 1 stays gemv_words
+# (nf4 62.4 against 77.6)
+CUPY_MMA_DECODES = ("int", "table")
 CUPY_MMA_MIN_WEIGHTS = 2**27  # N * K: between 4096 x 4096 (2**24, slower) and 8192 x 28672 (1.75 * 2**27, faster)
 FP16_SMALLEST_NORMAL = 2.0**-14  # IEEE binary16: from here to FP16_LARGEST, rounding to fp16 errs by 2**-11 at most
 

@@ -142,10 +142,10 @@ def test_a_user_table_and_minifloat_need_no_kernel_code():
     assert ck.mma_decode(build_plan(F.quantize(w, tiny))) is None
 
 
-def test_matmul_leaves_table_codes_to_triton_until_timed():
+def test_matmul_takes_table_codes_through_int_mma():
     from hwlab.kernels import dispatch
 
-    assert "table" not in dispatch.CUPY_MMA_DECODES
+    assert "table" in dispatch.CUPY_MMA_DECODES
 
 
 def test_int_mma_refuses_other_scales():

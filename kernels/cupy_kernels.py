@@ -468,6 +468,11 @@ def _by_tiles(setting, allowed) -> bool:
             and all(isinstance(v, int) and not isinstance(v, bool) and v in allowed for v in setting.values()))
 
 
+def mma_batch_tiles(m: int) -> int:
+    """Batch tiles of 8 rows that ``int_mma`` takes for ``m`` rows of x (2..16): one up to 8 rows, else two."""
+    return 1 if m <= 8 else 2
+
+
 def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) -> dict:
     """Name, grid, block, shared bytes and sizes of :func:`int_mma_cupy` for ``m`` batch rows of a plan (pure
     Python; the tile constants as they are now). Split-K: the fewest splits that keep a block's x tile within
@@ -486,7 +491,7 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
     e = 32 // plan.bits
     table = mma_decode(plan) == "table"
     v = mma_words(plan.bits, plan.elements_per_group)
-    nj = 1 if m <= 8 else 2
+    nj = mma_batch_tiles(m)
     x_rows = min(m, 8)  # batch rows staged a tile (two tiles: 8 each)
     ck = 4 * v * e  # codes a chunk
     chunks = plan.padded_cols // ck

@@ -106,7 +106,13 @@ CUPY_MMA_BITS = (4,)
 # / 106.3 us against tile_dot's 280.1 / 270.8, fp4_e2m1 64.5 / 88.4 against 95.4 / 98.8; M = 1 stays gemv_words
 # (nf4 62.4 against 77.6)
 CUPY_MMA_DECODES = ("int", "table")
-CUPY_MMA_MIN_WEIGHTS = 2**27  # N * K: between 4096 x 4096 (2**24, slower) and 8192 x 28672 (1.75 * 2**27, faster)
+# ... on layers of at least this many weights (N * K), by (decode, batch tiles: 1 for M <= 8, 2 above); below 2**24
+# (4096 x 4096) it was not timed. H100, CUDA graph and do_bench at 4096 x 4096, 4096 x 11008, 11008 x 4096
+# (bench/results/cupy_mma_probe_h100_run14_call3.log): int4 at M = 4 faster everywhere (10.9 / 17.3 / 18.7 us
+# against 11.9 / 23.6 / 25.1), at M = 16 not (15.3 / 25.2 / 24.5 against 12.2 / 24.4 / 25.6, slower under do_bench
+# on all three), but at 8192 x 28672 (75.5 against 99.8, call 1); nf4 and flint4 faster at M = 4 and 16 everywhere
+# (nf4 M = 16: 19.8 / 35.8 / 33.1 against 24.1 / 58.5 / 53.5)
+CUPY_MMA_MIN_WEIGHTS = {("int", 1): 2**24, ("int", 2): 2**27, ("table", 1): 2**24, ("table", 2): 2**24}
 FP16_SMALLEST_NORMAL = 2.0**-14  # IEEE binary16: from here to FP16_LARGEST, rounding to fp16 errs by 2**-11 at most
 
 
@@ -342,15 +348,17 @@ def mma_launch(lp: dict, warps: int) -> Launch:
 def cupy_mma_applies(qt: DeviceTensor, m: int, x_dtype: str) -> bool:
     """Whether :func:`matmul` takes :func:`~hwlab.kernels.cupy_kernels.int_mma_cupy` (:data:`CUPY_MMA`): fp16
     ``x`` of :data:`CUPY_MMA_ROWS` rows on a CUDA device, codes of :data:`CUPY_MMA_BITS` bits that it decodes as
-    :data:`CUPY_MMA_DECODES`, at least
-    :data:`CUPY_MMA_MIN_WEIGHTS` weights, a plan it reads (``mma_unsupported``), CuPy installed."""
+    :data:`CUPY_MMA_DECODES`, at least :data:`CUPY_MMA_MIN_WEIGHTS` weights for that decode and batch tile count, a
+    plan it reads (``mma_unsupported``), CuPy installed."""
     if not (CUPY_MMA and CUPY_MMA_ROWS[0] <= m <= CUPY_MMA_ROWS[1] and x_dtype == "float16"
-            and qt.plan.bits in CUPY_MMA_BITS and math.prod(qt.shape) >= CUPY_MMA_MIN_WEIGHTS
+            and qt.plan.bits in CUPY_MMA_BITS
             and getattr(qt.device, "type", None) == "cuda" and not interpreted() and _cupy_installed()):
         return False
-    from .cupy_kernels import mma_decode, mma_unsupported
+    from .cupy_kernels import mma_batch_tiles, mma_decode, mma_unsupported
 
-    return (mma_unsupported(qt.plan) is None and mma_decode(qt.plan) in CUPY_MMA_DECODES
+    decode = mma_decode(qt.plan)
+    return (mma_unsupported(qt.plan) is None and decode in CUPY_MMA_DECODES
+            and math.prod(qt.shape) >= CUPY_MMA_MIN_WEIGHTS[(decode, mma_batch_tiles(m))]
             and qt.arrays[qt.plan.arrays["codes"]].data_ptr() % 16 == 0)
 
 

@@ -148,6 +148,14 @@ def test_matmul_takes_table_codes_through_int_mma():
     assert "table" in dispatch.CUPY_MMA_DECODES
 
 
+def test_every_decode_and_batch_tile_count_has_a_smallest_layer():
+    from hwlab.kernels import dispatch
+
+    tiles = {ck.mma_batch_tiles(m) for m in range(dispatch.CUPY_MMA_ROWS[0], dispatch.CUPY_MMA_ROWS[1] + 1)}
+    assert tiles == {1, 2} and ck.mma_batch_tiles(8) == 1 and ck.mma_batch_tiles(9) == 2
+    assert set(dispatch.CUPY_MMA_MIN_WEIGHTS) == {(d, t) for d in dispatch.CUPY_MMA_DECODES for t in tiles}
+
+
 def test_int_mma_refuses_other_scales():
     for fmt in ("mxint8",):
         with pytest.raises(ValueError, match="int_mma_cupy"):
@@ -458,9 +466,9 @@ def test_matmul_takes_the_cupy_kernel_for_fp16_batches_of_2_to_16(fmt, monkeypat
 
     qt = _quantize(fmt, 300, 2048)
     dt = qt.to("cuda")
-    assert not dispatch.cupy_mma_applies(dt, 4, "float16")  # a small layer: the Triton kernels (timed faster)
+    assert not dispatch.cupy_mma_applies(dt, 4, "float16")  # a layer below those timed: the Triton kernels
     monkeypatch.setattr(dispatch, "CUPY_MMA_BITS", (2, 4, 8))
-    monkeypatch.setattr(dispatch, "CUPY_MMA_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(dispatch, "CUPY_MMA_MIN_WEIGHTS", dict.fromkeys(dispatch.CUPY_MMA_MIN_WEIGHTS, 0))
     cases = [((4, 2048), torch.float16, "int_mma_cupy"), ((2, 8, 2048), torch.float16, "int_mma_cupy"),
              ((1, 2048), torch.float16, "gemv_words"), ((17, 2048), torch.float16, "tile_dot"),
              ((16, 2048), torch.bfloat16, "tile_dot")]

@@ -46,7 +46,7 @@ def layers():
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_kernel_at_benchmark_shape(fmt, k, n, layers):
     dev, w, bound = layers(fmt, k, n)
-    for m in (1, 16, 64):
+    for m in (1, 4, 16, 64):  # 4: int_mma of one batch tile (kernels.dispatch.CUPY_MMA_MIN_WEIGHTS)
         x = torch.randn(m, k, device="cuda").half()
         out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
         kernels.matmul(x, dev, out=out)

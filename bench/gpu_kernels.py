@@ -421,10 +421,23 @@ def table(path: str, k: int = 8192, n: int = 28672) -> str:
     return "\n".join(lines)
 
 
+def model_preset(choice: str, device_name: str) -> str:
+    """The ``hwlab.sim.gpu`` preset of ``--gpu-model``: ``choice`` itself, or for ``"auto"`` the preset of the GPU
+    named ``device_name`` (``hwlab.sim.gpu.preset_of``); a GPU without one is an error naming the presets."""
+    from hwlab.sim.gpu import PRESETS, preset_of
+
+    preset = preset_of(device_name) if choice == "auto" else choice
+    if preset not in PRESETS:
+        raise SystemExit(f"--gpu-model {choice}: hwlab.sim.gpu has no preset for {device_name!r}; "
+                         f"name one of {sorted(PRESETS)}")
+    return preset
+
+
 def repredict(path: str, new_path: str, gpu_model: str) -> str:
     """Write ``path`` with every ``hwlab_<format>`` row's prediction recomputed (the launch that
-    ``matmul`` chooses for its shape on the run's GPU, the current ``sim/data/kernel_instructions.json``)
-    to ``new_path``, which must not exist; the document records that it was re-predicted."""
+    ``matmul`` chooses for its shape on the run's GPU, the current ``sim/data/kernel_instructions.json``,
+    the preset ``gpu_model``, or with ``"auto"`` the one of the run's GPU) to ``new_path``, which must not exist;
+    the document records that it was re-predicted, and with which preset."""
     import dataclasses
 
     import hwlab.formats as F
@@ -435,9 +448,10 @@ def repredict(path: str, new_path: str, gpu_model: str) -> str:
     try:
         with open(path) as f:
             doc = json.load(f)
-        rows, sms = doc["rows"], doc["env"]["sms"]
+        rows, sms, device_name = doc["rows"], doc["env"]["sms"], str(doc["env"]["gpu"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SystemExit(f"--repredict: {path} is not a gpu_kernels.json run ({type(exc).__name__}: {exc})") from None
+    gpu_model = model_preset(gpu_model, device_name)
     plans, count = {}, 0
     rng = np.random.default_rng(0)
     for row in rows:
@@ -456,7 +470,9 @@ def repredict(path: str, new_path: str, gpu_model: str) -> str:
             row.pop(key, None)
         row.update(prediction(gpu_model, fmt, row["M"], row["K"], row["N"], row["bits_per_weight"], launch))
         count += 1
-    doc["env"]["repredicted"] = f"{count} hwlab rows, {datetime.datetime.now().isoformat(timespec='seconds')}"
+    doc["env"]["repredicted"] = (f"{count} hwlab rows, {datetime.datetime.now().isoformat(timespec='seconds')}, "
+                                 f"preset {gpu_model}")
+    doc["env"]["gpu_model"] = gpu_model
     with open(new_path, "w") as f:
         json.dump(doc, f, indent=1)
     return f"wrote {new_path} ({count} rows re-predicted)"
@@ -472,7 +488,9 @@ def main(argv=None) -> int:
     parser.add_argument("--peers", nargs="*", default=["cublas", "tinygemm", "bitsandbytes", "gemlite"],
                         choices=["cublas", "tinygemm", "bitsandbytes", "gemlite"], help="which peers to time")
     parser.add_argument("--skip-formats", action="store_true", help="no hwlab_<format> rows (async and TRIP only)")
-    parser.add_argument("--gpu-model", default="h200", help="hwlab.sim.gpu preset for the predictions")
+    parser.add_argument("--gpu-model", default="auto",
+                        help="hwlab.sim.gpu preset for the predictions (auto: the preset of the GPU the run is on, "
+                             "for --repredict the one the run was on)")
     parser.add_argument("--plot", metavar="JSON", help="only draw the roofline of a finished run (no GPU)")
     parser.add_argument("--table", metavar="JSON", help="only print a finished run's Markdown table (no GPU)")
     parser.add_argument("--shape", nargs=2, type=int, default=[8192, 28672], metavar=("K", "N"),
@@ -495,6 +513,11 @@ def main(argv=None) -> int:
     shapes = [SHAPES[0], SHAPES[-1]] if args.quick else SHAPES
     run = Run(args.out)
     sections = [("env", lambda: environment(run))]
+    if args.gpu_model == "auto":
+        import torch
+
+        args.gpu_model = model_preset("auto", torch.cuda.get_device_name())
+    run.doc["env"]["gpu_model"] = args.gpu_model
     if args.compile_workers and not args.skip_formats:
         sections.append(("compile", lambda: warm_cache(args.formats, shapes, args.batches, args.compile_workers)))
     sections += [("copy", lambda: copy_bandwidth(run))]

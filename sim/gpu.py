@@ -83,7 +83,10 @@ PRESETS = {
     "h200": GPUConfig("h200", 132, 1.98, 4270.0, 0.74, 0.62, 60.0, 3.0, 12.0, pair_tile_efficiency=0.31,
                       weights_first_efficiency=0.18),
     # H100 SXM 80GB: 132 SMs, 1.98 GHz, 50 MB L2 (NVIDIA H100 white paper); copy 3020 GB/s measured
-    # with the same peers script (shared/REFERENCES.md); the other constants as on the H200.
+    # with the same peers script (shared/REFERENCES.md); the other constants as on the H200. stream_fraction is the
+    # H200's: on the lent H100, int4's GEMV moved 0.87 of copy in a CUDA graph (K=8192 N=28672,
+    # bench/results/gpu_kernels_h100_run14.json), so this memory term is too long there (predicted 57 us against
+    # 46.2); the H100's own streaming kernel is not measured yet.
     "h100": GPUConfig("h100", 132, 1.98, 3020.0, 0.74, 0.62, 50.0, 3.0, 12.0, pair_tile_efficiency=0.31,
                       weights_first_efficiency=0.18),
 }
@@ -103,6 +106,15 @@ class GPUPrediction:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+
+DEVICE_PRESETS = {"H200": "h200", "H100": "h100"}  # found in a CUDA device name (torch.cuda.get_device_name) -> preset
+
+
+def preset_of(device_name: str) -> str | None:
+    """The preset of a CUDA device by its name as the driver gives it (``"NVIDIA H100 80GB HBM3"``: ``h100``), or
+    ``None`` for a GPU hwlab has no preset of."""
+    return next((preset for key, preset in DEVICE_PRESETS.items() if key in device_name), None)
 
 
 def get_gpu(name) -> GPUConfig:

@@ -117,7 +117,7 @@ def test_launch_variants_apply_and_undo_dispatch_constants(bench):
 def test_repredict_recomputes_the_model_and_never_overwrites(bench, tmp_path):
     pytest.importorskip("triton", reason="triton is not installed")
     gpu = bench("gpu_kernels")
-    run = {"env": {"sms": 132}, "rows": [
+    run = {"env": {"sms": 132, "gpu": "NVIDIA H200"}, "rows": [
         {"name": "hwlab_int4", "format": "int4", "M": 1, "K": 8192, "N": 28672, "bits_per_weight": 4.125,
          "predicted_us": -1.0},
         {"name": "cublas_fp16", "M": 1, "K": 8192, "N": 28672},
@@ -131,6 +131,27 @@ def test_repredict_recomputes_the_model_and_never_overwrites(bench, tmp_path):
     assert rows[2]["predicted"]["kernel"] == "int_mma_cupy" and rows[2]["predicted_graph_us"] > 28
     with pytest.raises(SystemExit, match="exists"):
         gpu.repredict(str(src), str(dst), "h200")
+
+
+def test_repredict_takes_the_preset_of_the_gpu_the_run_was_on(bench, tmp_path):
+    pytest.importorskip("triton", reason="triton is not installed")
+    gpu = bench("gpu_kernels")
+    row = {"name": "hwlab_int4", "format": "int4", "M": 1, "K": 8192, "N": 28672, "bits_per_weight": 4.125}
+    graph = {}
+    for card in ("NVIDIA H100 80GB HBM3", "NVIDIA H200"):
+        src, dst = tmp_path / f"{card}.json", tmp_path / f"{card}_new.json"
+        src.write_text(json.dumps({"env": {"sms": 132, "gpu": card}, "rows": [row]}))
+        gpu.repredict(str(src), str(dst), "auto")
+        doc = json.loads(dst.read_text())
+        graph[doc["env"]["gpu_model"]] = doc["rows"][0]["predicted_graph_us"]
+        assert doc["env"]["repredicted"].endswith(f"preset {doc['env']['gpu_model']}")
+    assert graph["h100"] > 1.3 * graph["h200"]  # 3020 against 4270 GB/s of copy
+    src.write_text(json.dumps({"env": {"sms": 108, "gpu": "NVIDIA A100-SXM4-80GB"}, "rows": [row]}))
+    with pytest.raises(SystemExit, match="no preset for 'NVIDIA A100-SXM4-80GB'; name one of"):
+        gpu.repredict(str(src), str(tmp_path / "a100.json"), "auto")
+    with pytest.raises(SystemExit, match="--gpu-model h300: hwlab.sim.gpu has no preset"):
+        gpu.repredict(str(src), str(tmp_path / "h300.json"), "h300")
+    assert gpu.model_preset("h100", "NVIDIA A100-SXM4-80GB") == "h100"  # a named preset, whatever the card
 
 
 def test_launch_variants_refuse_what_is_not_an_assignment(bench):

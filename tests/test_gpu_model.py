@@ -52,6 +52,13 @@ def test_unknown_counts_and_presets_are_refused():
         gpu.get_gpu("a100")
 
 
+def test_a_device_name_gives_its_preset():
+    # names as torch.cuda.get_device_name gave them on the lent machines (bench/results/nvidia-smi_h*.csv)
+    assert gpu.preset_of("NVIDIA H100 80GB HBM3") == "h100" and gpu.preset_of("NVIDIA H200") == "h200"
+    assert gpu.preset_of("NVIDIA A100-SXM4-80GB") is None
+    assert set(gpu.DEVICE_PRESETS.values()) == set(gpu.PRESETS)
+
+
 def test_int_mma_predictions_within_a_quarter_of_the_h200_run_13():
     """The CUDA tensor-core kernel (int_mma_cupy) at its shipped launch, int4 K=8192 N=28672: the model's device
     time within 25% of the CUDA-graph time measured in run 13 (the pair tiles' issue rate, not fitted to it)."""

@@ -32,11 +32,11 @@ import collections
 import numpy as np
 
 from hwlab.formats import quantize
+from hwlab.sim.gpu import preset_of
 
 from .hardware import SIM_TOKENS
 
 TIME_ROWS = SIM_TOKENS  # activation rows of each timed call
-GPU_MODELS = {"H200": "h200", "H100": "h100"}  # torch device name contains -> hwlab.sim.gpu preset
 
 
 def check_device(device: str = "cuda"):
@@ -64,8 +64,7 @@ def device_name(device) -> str:
 
 def gpu_model(device) -> str | None:
     """The :mod:`hwlab.sim.gpu` preset of ``device`` (by its name), or ``None`` when hwlab has none."""
-    name = device_name(device)
-    return next((preset for key, preset in GPU_MODELS.items() if key in name), None)
+    return preset_of(device_name(device))
 
 
 def shape_groups(layers: dict) -> dict:

@@ -51,7 +51,8 @@ FP16_OUT_MAX = 65504.0
 SM90_SHARED_PER_BLOCK, SM90_SHARED_PER_SM = 232448, 233472  # cudaDevAttrMaxSharedMemoryPerBlockOptin, ..PerMultiprocessor
 # int_mma.cu tiles (module constants, so that bench/cupy_mma_probe.py can time others)
 MMA_BITS = (2, 4, 8)  # code widths of whole words it decodes (half_pairs.int_pair_constants)
-MMA_MAX_M = 16  # batch rows: two m16n8k16 tiles of 8
+MMA_BATCH_TILES = (1, 2, 4, 8)  # batch tiles of 8 rows (m16n8k16's N) a kernel is built for: NJ
+MMA_MAX_M = 8 * MMA_BATCH_TILES[-1]  # batch rows int_mma_cupy takes (matmul: dispatch.CUPY_MMA_ROWS)
 MMA_WORDS = (4, 2, 1)  # words a lane loads per row and chunk (a 16, 8 or 4-byte vector): the largest that fits a group
 MMA_WARPS = 8  # warps a block (at most MMA_WARPS_MAX: the kernel's __launch_bounds__(256))
 MMA_WARPS_MAX = 8
@@ -59,8 +60,10 @@ MMA_TILES = 1  # 16-row tiles a warp decodes at once (2: x's fragments read once
 # chunks a warp decodes while the loads of the next as many are in flight (two register sets that swap roles), by
 # batch tiles of 8 (NJ). H200, CUDA graph, int4 K=8192 N=28672 (bench/results/cupy_mma_probe_h200_run13_call3.log):
 # one tile: M=1 42.0 us at 2 against 44.3 at 3 and 49.0 at 1, M=4 46.5 against 48.5 and 55.3; two tiles: M=16
-# 71.3 at 3 against 77.0 at 2 and 73.9 at 1
-MMA_PREFETCH = {1: 2, 2: 3}
+# 71.3 at 3 against 77.0 at 2 and 73.9 at 1. Four and eight tiles (M = 17-64; matmul does not take them) are not
+# timed: at 1 they take 105-107 and 145-149 registers (int4, nf4; nvcc 13, sm_90), so four keep two blocks an SM
+# and eight one; four spill at 2 (and int4_asym's zero points, 8 bytes, at 1)
+MMA_PREFETCH = {1: 2, 2: 3, 4: 1, 8: 1}
 # at most this many with zero points: int4_asym's two-tile kernel takes 150 registers at D = 3 (one block an SM
 # instead of MMA_BLOCKS_PER_SM), 122 at 2 (nvcc 13, sm_90; tests/test_cupy_mma.py checks every shipped kernel)
 MMA_ZERO_POINT_PREFETCH = 2
@@ -69,7 +72,7 @@ MMA_ZERO_POINT_PREFETCH = 2
 # everywhere it was timed (H100, CUDA graph, K=8192 N=28672, bench/results/cupy_mma_probe_h100_run14_call1.log):
 # int4 M = 1 / 4 / 16 60.9 / 66.9 / 84.9 us at {1: 3, 2: 2} against 49.8 / 53.8 / 75.5, nf4 88.9 / 128.3 / 151.8
 # against 77.6 / 83.0 / 106.3; 3 blocks an SM made it slower still
-MMA_ASYNC = {1: 0, 2: 0}
+MMA_ASYNC = {1: 0, 2: 0, 4: 0, 8: 0}
 MMA_X_BYTES = 64 * 1024  # the x tile a block stages in shared memory, at most (bounds its K range)
 MMA_TABLE_BYTES = 256 * 32 * 4  # the table decode's 256 fp16x2 pairs, 32 copies (one a bank), before the x tile
 # blocks per SM that split-K aims for: 1 (run 13, call 2, same layer: M=1 42.7 us against 49.4 at 4, M=4 46.7
@@ -463,14 +466,16 @@ def group_magic(chunks_per_group: int, chunks: int) -> int:
 
 
 def _by_tiles(setting, allowed) -> bool:
-    """Whether a launch constant by batch tiles is ``{1: value, 2: value}`` with integer values in ``allowed``."""
-    return (isinstance(setting, dict) and sorted(setting) == [1, 2]
+    """Whether a launch constant by batch tiles is ``{1: value, 2: value, 4: value, 8: value}``
+    (:data:`MMA_BATCH_TILES`) with integer values in ``allowed``."""
+    return (isinstance(setting, dict) and sorted(setting) == list(MMA_BATCH_TILES)
             and all(isinstance(v, int) and not isinstance(v, bool) and v in allowed for v in setting.values()))
 
 
 def mma_batch_tiles(m: int) -> int:
-    """Batch tiles of 8 rows that ``int_mma`` takes for ``m`` rows of x (2..16): one up to 8 rows, else two."""
-    return 1 if m <= 8 else 2
+    """Batch tiles of 8 rows that ``int_mma`` takes for ``m`` rows of x (1..:data:`MMA_MAX_M`): the fewest of
+    :data:`MMA_BATCH_TILES` that hold them (1 up to 8 rows, 2 up to 16, 4 up to 32, 8 up to 64)."""
+    return next(tiles for tiles in MMA_BATCH_TILES if 8 * tiles >= m)
 
 
 def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) -> dict:
@@ -483,16 +488,17 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
         raise ValueError(f"int_mma_cupy: {reason}")
     if not 1 <= MMA_WARPS <= MMA_WARPS_MAX or MMA_TILES < 1 or not _by_tiles(MMA_PREFETCH, range(1, 2**10)):
         raise ValueError(f"int_mma_cupy: MMA_WARPS must be 1..{MMA_WARPS_MAX}, MMA_TILES >= 1 and MMA_PREFETCH "
-                         f"{{1: chunks, 2: chunks}} (each >= 1), got {MMA_WARPS}, {MMA_TILES}, {MMA_PREFETCH}")
+                         f"{{1: chunks, 2: chunks, 4: chunks, 8: chunks}} (each >= 1), got {MMA_WARPS}, {MMA_TILES}, "
+                         f"{MMA_PREFETCH}")
     if not _by_tiles(MMA_ASYNC, (0, 2, 3, 4)):
-        raise ValueError(f"int_mma_cupy: MMA_ASYNC must be {{1: stages, 2: stages}} with 0 (none) or 2 to 4 stages "
-                         f"(more spill), got {MMA_ASYNC}")
+        raise ValueError(f"int_mma_cupy: MMA_ASYNC must be {{1: stages, 2: stages, 4: stages, 8: stages}} with 0 "
+                         f"(none) or 2 to 4 stages (more spill), got {MMA_ASYNC}")
     n = plan.shape[0]
     e = 32 // plan.bits
     table = mma_decode(plan) == "table"
     v = mma_words(plan.bits, plan.elements_per_group)
     nj = mma_batch_tiles(m)
-    x_rows = min(m, 8)  # batch rows staged a tile (two tiles: 8 each)
+    x_rows = min(m, 8)  # batch rows staged a tile (two or more tiles: 8 each)
     ck = 4 * v * e  # codes a chunk
     chunks = plan.padded_cols // ck
     chunk_bytes = nj * x_rows * ck * 2
@@ -560,9 +566,9 @@ def _check_mma(x, dt, out):
 
 
 def int_mma_cupy(x, dt: DeviceTensor, *, out=None):
-    """fp16 ``y [M, N] = x @ W^T`` for ``x`` fp16 ``[M, K]`` (M <= 16) or ``[K]`` and integer or table codes in
-    whole words on the GPU (:func:`mma_unsupported` says which), accumulated in fp32 on tensor cores, the scale applied
-    per chunk of a group, saturated at +-65504 (``dispatch.OUT_MAX``); written into ``out`` when given."""
+    """fp16 ``y [M, N] = x @ W^T`` for ``x`` fp16 ``[M, K]`` (M <= :data:`MMA_MAX_M`) or ``[K]`` and integer or table
+    codes in whole words on the GPU (:func:`mma_unsupported` says which), accumulated in fp32 on tensor cores, the
+    scale applied per chunk of a group, saturated at +-65504 (``dispatch.OUT_MAX``); written into ``out`` when given."""
     x, out = _check_mma(x, dt, out)
     if out is None:
         out = _torch().empty((x.shape[0], dt.shape[0]), dtype=_torch().float16, device=dt.device)

@@ -30,7 +30,9 @@ COMPILED = [(4, 8, 0, False, 4, 1, 1, 2, 0, "float16"), (4, 8, 0, False, 4, 2, 1
             (4, 0, 0, True, 4, 2, 1, 3, 0, "float32"), (4, 0, 0, True, 1, 2, 1, 3, 0, "float16"),
             (4, 8, 0, False, 4, 1, 1, 2, 4, "float16"), (4, 0, 4, False, 4, 2, 1, 2, 3, "float16"),
             (4, 0, 0, True, 4, 2, 1, 2, 4, "float32"), (2, 2, 0, False, 2, 1, 2, 2, 2, "float16"),
-            (4, 8, 0, False, 1, 2, 1, 2, 2, "float16"), (4, 8, 0, False, 2, 2, 1, 2, 3, "float16")]
+            (4, 8, 0, False, 1, 2, 1, 2, 2, "float16"), (4, 8, 0, False, 2, 2, 1, 2, 3, "float16"),
+            (4, 8, 0, False, 4, 4, 1, 1, 0, "float16"), (4, 0, 0, True, 4, 8, 1, 1, 0, "float16"),
+            (8, 128, 0, False, 4, 8, 1, 1, 0, "float32")]  # (int4_asym at four tiles spills 8 bytes: cupy_kernels)
 
 
 def _quantize(fmt, n, k, gs=128, seed=0):
@@ -105,8 +107,8 @@ def test_int_mma_argument_errors_on_cpu():
         ck.int_mma_cupy(np.zeros((3, 256), np.float16), dt)
     with pytest.raises(ValueError, match="float16"):
         ck.int_mma_cupy(x.bfloat16(), dt)
-    with pytest.raises(ValueError, match=r"M in 1..16"):
-        ck.int_mma_cupy(torch.zeros(17, 256, dtype=torch.float16), dt)
+    with pytest.raises(ValueError, match=r"M in 1..64"):
+        ck.int_mma_cupy(torch.zeros(65, 256, dtype=torch.float16), dt)
     with pytest.raises(ValueError, match=r"\[M, 256\]"):
         ck.int_mma_cupy(torch.zeros(3, 255, dtype=torch.float16), dt)
     with pytest.raises(ValueError, match="contiguous"):
@@ -124,7 +126,7 @@ def test_mma_launch_plan_of_table_codes(fmt):
     plan = build_plan(_quantize(fmt, 8, 8192))
     plan = type(plan)(**dict(plan.__dict__, shape=(28672, 8192)))
     assert ck.mma_decode(plan) == "table" and plan.lut.shape == (1, 16)
-    for m, nj in ((1, 1), (16, 2)):
+    for m, nj in ((1, 1), (16, 2), (32, 4), (64, 8)):
         lp = ck.mma_launch_plan(plan, m)
         assert lp["decode"] == "table" and lp["name"].startswith(f"int_mma<4, 0, 0, 1, 4, {nj}, ")
         assert lp["shared"] == lp["chunks_per_block"] * nj * min(m, 8) * 128 * 2 + ck.MMA_TABLE_BYTES
@@ -177,21 +179,24 @@ def test_mma_launch_plan_of_cp_async_stages(monkeypatch):
 
     plan = build_plan(_quantize("int4", 8, 8192))
     plan = type(plan)(**dict(plan.__dict__, shape=(28672, 8192)))
-    monkeypatch.setattr(ck, "MMA_ASYNC", {1: 4, 2: 3})
-    for m, nj, stages in ((1, 1, 4), (16, 2, 3)):
+    monkeypatch.setattr(ck, "MMA_ASYNC", {1: 4, 2: 3, 4: 2, 8: 2})
+    for m, nj, stages in ((1, 1, 4), (16, 2, 3), (17, 4, 2), (64, 8, 2)):
         lp = ck.mma_launch_plan(plan, m)
         ring = ck.MMA_WARPS * stages * ck.MMA_TILES * 256 * 4  # A x MT x 2 rows x 32 lanes x V words a warp
         assert lp["stages"] == stages and lp["name"].endswith(f", {stages}, unsigned short>")
         assert lp["shared"] == lp["chunks_per_block"] * nj * min(m, 8) * 128 * 2 + ring
         assert dispatch.mma_launch(lp, ck.MMA_WARPS).stages == stages
-    monkeypatch.setattr(ck, "MMA_ASYNC", {1: 0, 2: 0})  # register bursts: D in flight and the one decoded
+    off = dict.fromkeys(ck.MMA_BATCH_TILES, 0)
+    monkeypatch.setattr(ck, "MMA_ASYNC", off)  # register bursts: D in flight and the one decoded
     assert dispatch.mma_launch(ck.mma_launch_plan(plan, 1), ck.MMA_WARPS).stages == ck.MMA_PREFETCH[1] + 1
-    for bad in ({1: 1, 2: 0}, {1: 5, 2: 0}, {1: 2}, 4, {1: "4", 2: 0}):
+    for bad in ({**off, 1: 1}, {**off, 8: 5}, {1: 2}, {1: 0, 2: 0}, 4, {**off, 1: "4"}):
         monkeypatch.setattr(ck, "MMA_ASYNC", bad)
         with pytest.raises(ValueError, match="MMA_ASYNC must be"):
             ck.mma_launch_plan(plan, 4)
-    monkeypatch.setattr(ck, "MMA_ASYNC", {1: 0, 2: 0})
-    for bad in (4, {1: 0, 2: 3}, {1: 2.0, 2: 3}, [2, 3]):  # an integer as before run 13, a zero, a float, a list
+    monkeypatch.setattr(ck, "MMA_ASYNC", off)
+    shipped = ck.MMA_PREFETCH
+    # an integer as before run 13, the two tiles of run 13, a zero, a float, a list
+    for bad in (4, {1: 2, 2: 3}, {**shipped, 4: 0}, {**shipped, 1: 2.0}, [2, 3]):
         monkeypatch.setattr(ck, "MMA_PREFETCH", bad)
         with pytest.raises(ValueError, match="MMA_PREFETCH"):
             ck.mma_launch_plan(plan, 4)
@@ -243,12 +248,13 @@ def test_group_magic_divides_every_chunk_index_exactly():
         ck.group_magic(3, 2**31)
 
 
-@pytest.mark.parametrize("m", [1, 8, 9, 16])
+@pytest.mark.parametrize("m", [1, 8, 9, 16, 17, 32, 33, 64])
 def test_mma_launch_plan_large_layer(m):
     plan = build_plan(_quantize("int4", 8, 8192))
     plan = type(plan)(**dict(plan.__dict__, shape=(28672, 8192)))
     lp = ck.mma_launch_plan(plan, m)
-    assert lp["nj"] == (1 if m <= 8 else 2) and lp["v"] == 4 and lp["chunks"] == 64
+    assert lp["nj"] == ck.mma_batch_tiles(m) == -(-m // 8) if m <= 16 else lp["nj"] in (4, 8)
+    assert lp["nj"] == {1: 1, 8: 1, 9: 2, 16: 2, 17: 4, 32: 4, 33: 8, 64: 8}[m] and lp["v"] == 4 and lp["chunks"] == 64
     assert lp["x_rows"] == min(m, 8) and lp["group_magic"] == 0  # one chunk (128 codes) a group
     assert lp["shared"] <= ck.MMA_X_BYTES and lp["shared"] == lp["chunks_per_block"] * lp["nj"] * lp["x_rows"] * 128 * 2
     assert (lp["splits"] - 1) * lp["chunks_per_block"] < lp["chunks"] <= lp["splits"] * lp["chunks_per_block"]
@@ -256,7 +262,9 @@ def test_mma_launch_plan_large_layer(m):
     resident = min(lp["row_blocks"], -(-ck.MMA_BLOCKS_PER_SM * 132 // lp["splits"]))  # persistent blocks
     assert lp["grid"] == lp["blocks_per_split"] * lp["splits"] == resident * lp["splits"]
     assert (lp["splits"], lp["grid"], lp["shared"]) == {1: (1, 224, 16384), 8: (2, 264, 65536), 9: (4, 264, 65536),
-                                                        16: (4, 264, 65536)}[m]
+                                                        16: (4, 264, 65536), 17: (8, 264, 65536),
+                                                        32: (8, 264, 65536), 33: (16, 272, 65536),
+                                                        64: (16, 272, 65536)}[m]
     prefetch = ck.MMA_PREFETCH[lp["nj"]]
     assert lp["decode"] == "int"
     assert lp["name"] == f"int_mma<4, 8, 0, 0, 4, {lp['nj']}, 1, {prefetch}, 0, unsigned short>"
@@ -313,10 +321,11 @@ def _stage_x(x: np.ndarray, bits: int, v: int, nj: int, rows: int, table: bool =
 @pytest.mark.parametrize("bits,flip,zero_bits,v,m,table", [
     (4, 8, 0, 4, 16, False), (4, 0, 4, 4, 9, False), (4, 8, 0, 1, 1, False), (8, 128, 0, 4, 3, False),
     (8, 0, 8, 2, 16, False), (2, 2, 0, 2, 8, False), (2, 0, 2, 1, 12, False), (4, 8, 0, 4, 1, False),
-    (4, 0, 0, 4, 16, True), (4, 0, 0, 2, 3, True), (4, 0, 0, 1, 1, True)])
+    (4, 0, 0, 4, 16, True), (4, 0, 0, 2, 3, True), (4, 0, 0, 1, 1, True), (4, 8, 0, 4, 24, False),
+    (8, 0, 8, 4, 64, False), (4, 0, 0, 4, 40, True)])
 def test_fragment_emulation_reproduces_the_product(bits, flip, zero_bits, v, m, table):
     rng = np.random.default_rng(bits * 100 + v + m + table)
-    e, nj, rows = 32 // bits, 1 if m <= 8 else 2, min(m, 8)
+    e, nj, rows = 32 // bits, ck.mma_batch_tiles(m), min(m, 8)
     ck_codes, mmas, half = 4 * v * e, v * e // 4, e // 2
     codes = rng.integers(0, 1 << bits, (16, ck_codes))
     zeros = rng.integers(0, 1 << zero_bits, 16) if zero_bits else np.zeros(16, np.int64)
@@ -361,7 +370,9 @@ GPU_CASES = [("int4", 1, 4096, 1024, 128), ("int4", 3, 100, 1000, 128), ("int4",
              ("int4_asym", 2, 77, 1500, 128), ("int8", 7, 70, 2048, 128), ("int8", 16, 48, 512, 32),
              ("int2", 12, 300, 2048, 128), ("int8_asym", 4, 40, 1024, 128), ("int2_asym", 16, 64, 768, 64),
              ("nf4", 16, 259, 4096, 128), ("nf4", 1, 4096, 1024, 128), ("fp4_e2m1", 3, 100, 1000, 128),
-             ("flint4", 9, 33, 2048, 64), ("shift4", 5, 17, 256, 32), ("fp4_er_pos", 12, 70, 1024, 128)]
+             ("flint4", 9, 33, 2048, 64), ("shift4", 5, 17, 256, 32), ("fp4_er_pos", 12, 70, 1024, 128),
+             ("int4", 24, 259, 4096, 128), ("int4", 64, 300, 2048, 128), ("int4_asym", 33, 77, 1500, 128),
+             ("int8", 64, 48, 512, 32), ("nf4", 40, 130, 2048, 64), ("fp4_e2m1", 17, 100, 1000, 128)]
 
 
 @pytest.mark.gpu
@@ -406,17 +417,18 @@ def test_int_mma_cupy_saturates_and_leaves_the_workspace_zeroed():
     assert torch.isnan(y[3]).all() and torch.isfinite(y[torch.arange(16) != 3]).all()
 
 
-TILE_VARIANTS = [dict(MMA_WAVES=0), dict(MMA_WAVES=0, MMA_TILES=2, MMA_WARPS=3), dict(MMA_PREFETCH={1: 1, 2: 1}),
-                 dict(MMA_PREFETCH={1: 3, 2: 4}, MMA_TILES=2), dict(MMA_X_BYTES=4096, MMA_WARPS=1),
-                 dict(MMA_WAVES=4, MMA_PREFETCH={1: 4, 2: 2}), dict(MMA_ASYNC={1: 4, 2: 3}),
-                 dict(MMA_ASYNC={1: 2, 2: 2}, MMA_TILES=2, MMA_WAVES=0)]
+TILE_VARIANTS = [dict(MMA_WAVES=0), dict(MMA_WAVES=0, MMA_TILES=2, MMA_WARPS=3),
+                 dict(MMA_PREFETCH={1: 1, 2: 1, 4: 2, 8: 2}), dict(MMA_PREFETCH={1: 3, 2: 4, 4: 1, 8: 1}, MMA_TILES=2),
+                 dict(MMA_X_BYTES=4096, MMA_WARPS=1), dict(MMA_WAVES=4, MMA_PREFETCH={1: 4, 2: 2, 4: 1, 8: 1}),
+                 dict(MMA_ASYNC={1: 4, 2: 3, 4: 2, 8: 2}),
+                 dict(MMA_ASYNC={1: 2, 2: 2, 4: 2, 8: 2}, MMA_TILES=2, MMA_WAVES=0)]
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(cupy_gpu_missing() is not None, reason=str(cupy_gpu_missing()))
 @pytest.mark.parametrize("constants", TILE_VARIANTS, ids=lambda v: str(v))
 @pytest.mark.parametrize("fmt,m,n,k", [("int4", 16, 200, 2048), ("int4_asym", 5, 77, 1500), ("int8", 11, 90, 1024),
-                                       ("nf4", 7, 90, 1024)])
+                                       ("nf4", 7, 90, 1024), ("int4", 40, 90, 1024)])
 def test_int_mma_cupy_tile_variants(constants, fmt, m, n, k, monkeypatch):
     """Other tile constants (MMA_WAVES=0: no split-K, each block stores its rows) give correct results too."""
     from hwlab.kernels.testing import worst_error

@@ -1,4 +1,4 @@
-// hwlab: y = x @ dequant(W)^T for small batches (M <= 16) on tensor cores, the weights decoded straight into
+// hwlab: y = x @ dequant(W)^T for small batches (M <= 64) on tensor cores, the weights decoded straight into
 // the registers of mma.sync's A operand (no shared-memory round trip for weights).
 //
 // Operands. x fp16 [M, K] (row-major); codes: B-bit integer codes (B = 2, 4, 8) in uint32 words [N, row_words],
@@ -10,7 +10,7 @@
 //
 // Product. y^T = W x^T: mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 (PTX ISA, "Warp-level matrix
 // multiply-accumulate instructions", "Matrix Fragments for mma.m16n8k16 with floating point type") with A = 16
-// weight rows x 16 of K and B = x^T (16 of K x 8 batch rows; NJ = 2 such tiles for 9..16 rows). Lane l,
+// weight rows x 16 of K and B = x^T (16 of K x 8 batch rows; NJ = 2, 4 or 8 such tiles for up to 16, 32 or 64 rows). Lane l,
 // g = l / 4, t = l % 4 holds a0 = A(g, 2t..2t+1), a1 = A(g+8, 2t..2t+1), a2 = A(g, 2t+8..2t+9),
 // a3 = A(g+8, 2t+8..2t+9); b0 = B(2t..2t+1, g), b1 = B(2t+8..2t+9, g); c0, c1 = D(g, 2t..2t+1), c2, c3 =
 // D(g+8, 2t..2t+1).
@@ -24,7 +24,7 @@
 // 2t + h + 8r of mma s is physical code (V t + q) E + p + h E/2 of the chunk, P = 2s + r, q = P / (E/2),
 // p = P % (E/2) (hwlab.kernels.cupy_kernels.mma_fragment_k, its Python mirror). A dot product may add its
 // terms in any order, so x is staged in shared memory once per block already permuted into B-fragment order,
-// only for the R = min(M, 8) batch rows a tile has (R = 8 for two tiles): word
+// only for the R = min(M, 8) batch rows a tile has (R = 8 for two tiles or more): word
 // ((((i NJ + j) (S/2) + P / 4) 4 R + lane) 4 + P % 4) of the tile (chunk i of the block, batch tile j, S = V E / 4
 // mmas a chunk, lane < 4 R) holds x[8j + g][chunk k (V t + q) E + p + (0, E/2)], and each lane of the 4 R that
 // hold a staged row reads its b0, b1 of two mmas with one conflict-free LDS.128 (16 R contiguous words); the other

@@ -215,7 +215,7 @@ def count_async_and_trip(batches=BATCHES) -> list[dict]:
     return rows
 
 
-MMA_BATCHES = (4, 16)  # int_mma's two kernels: one batch tile of 8 rows (M <= 8) and two (M = 9..16)
+MMA_BATCHES = (4, 16, 32, 64)  # int_mma's kernels of 1, 2, 4 and 8 batch tiles of 8 rows (cupy_kernels.mma_batch_tiles)
 
 
 def nvcc() -> str:
@@ -230,7 +230,7 @@ def nvcc() -> str:
 def count_int_mma(formats=FORMATS, batches=MMA_BATCHES) -> list[dict]:
     """``kernels/cuda/int_mma.cu`` as ``cupy_kernels.int_mma_cupy`` launches it at K=8192 N=28672, compiled for
     sm_90 by nvcc, its chunk loop counted (the innermost loop that holds HMMA: 2 D chunks an iteration); rows
-    named ``int_mma_cupy`` with ``bm`` the batch rows of its tiles (8 or 16) and ``ks`` the codes of a row an
+    named ``int_mma_cupy`` with ``bm`` the batch rows of its tiles (8, 16, 32 or 64) and ``ks`` the codes of a row an
     iteration (``2 D`` chunks, or ``A`` with cp.async stages), for every format the kernel reads."""
     import hwlab.formats as F
     from hwlab.kernels import cupy_kernels as ck
@@ -291,7 +291,7 @@ def main(argv=None) -> int:
     if args.kernels != "int_mma":
         rows += count(args.formats, args.batches) + count_async_and_trip(args.batches)
     if args.kernels != "triton":
-        rows += count_int_mma(args.formats)  # its two kernels (MMA_BATCHES), whatever --batches says
+        rows += count_int_mma(args.formats)  # its kernels (MMA_BATCHES), whatever --batches says
     if args.merge:
         rows = merged(args.out, rows)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()

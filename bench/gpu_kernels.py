@@ -153,10 +153,13 @@ def hwlab_formats(run: Run, formats, shapes, batches, gpu_model: str):
         run.save()
 
 
-def prediction(gpu_model: str, fmt: str, m: int, k: int, n: int, bits_per_weight: float, launch) -> dict:
-    """The GPU model's prediction of one launch (:func:`hwlab.sim.gpu.predict`) as row fields."""
+def prediction(gpu_model: str | None, fmt: str, m: int, k: int, n: int, bits_per_weight: float, launch) -> dict:
+    """The GPU model's prediction of one launch (:func:`hwlab.sim.gpu.predict`) as row fields (none where the run's
+    GPU has no preset: ``gpu_model`` None)."""
     from hwlab.sim.gpu import predict
 
+    if gpu_model is None:
+        return {}
     try:
         p = predict(gpu_model, fmt, m, k, n, bits_per_weight=bits_per_weight, launch=launch)
         return dict(predicted_us=p.us, predicted_graph_us=p.graph_us, predicted_bound=p.bound, predicted=p.to_json())
@@ -421,14 +424,17 @@ def table(path: str, k: int = 8192, n: int = 28672) -> str:
     return "\n".join(lines)
 
 
-def model_preset(choice: str, device_name: str) -> str:
-    """The ``hwlab.sim.gpu`` preset of ``--gpu-model``: ``choice`` itself, or for ``"auto"`` the preset of the GPU
-    named ``device_name`` (``hwlab.sim.gpu.preset_of``); a GPU without one is an error naming the presets."""
+def model_preset(choice: str, device_name, required: bool = True) -> str | None:
+    """The ``hwlab.sim.gpu`` preset of ``--gpu-model``: ``choice`` itself (one of the presets), or for ``"auto"`` the
+    preset of the GPU named ``device_name`` (``hwlab.sim.gpu.preset_of``). A GPU without one is an error naming the
+    presets where ``required``, else None (a run still times everything, without predictions)."""
     from hwlab.sim.gpu import PRESETS, preset_of
 
+    if choice != "auto" and choice not in PRESETS:
+        raise SystemExit(f"--gpu-model {choice!r} is not a preset: expected auto or one of {sorted(PRESETS)}")
     preset = preset_of(device_name) if choice == "auto" else choice
-    if preset not in PRESETS:
-        raise SystemExit(f"--gpu-model {choice}: hwlab.sim.gpu has no preset for {device_name!r}; "
+    if preset is None and required:
+        raise SystemExit(f"--gpu-model auto: hwlab.sim.gpu has no preset for the GPU {device_name!r}; "
                          f"name one of {sorted(PRESETS)}")
     return preset
 
@@ -448,10 +454,10 @@ def repredict(path: str, new_path: str, gpu_model: str) -> str:
     try:
         with open(path) as f:
             doc = json.load(f)
-        rows, sms, device_name = doc["rows"], doc["env"]["sms"], str(doc["env"]["gpu"])
+        rows, sms = doc["rows"], doc["env"]["sms"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SystemExit(f"--repredict: {path} is not a gpu_kernels.json run ({type(exc).__name__}: {exc})") from None
-    gpu_model = model_preset(gpu_model, device_name)
+    gpu_model = model_preset(gpu_model, doc["env"].get("gpu"))  # the name is needed for auto only
     plans, count = {}, 0
     rng = np.random.default_rng(0)
     for row in rows:
@@ -462,12 +468,17 @@ def repredict(path: str, new_path: str, gpu_model: str) -> str:
             small = F.quantize((rng.standard_normal((QUANTIZED_ROWS, row["K"])) * 0.02).astype(np.float32), fmt)
             plans[fmt, row["K"]] = small.to("cpu").plan
         plan = dataclasses.replace(plans[fmt, row["K"]], shape=(row["N"], row["K"]))
-        if row.get("kernel", "").startswith("int_mma_cupy"):  # the CuPy tensor-core kernel ran: its launch now
-            launch = dispatch.mma_launch(cupy_kernels.mma_launch_plan(plan, row["M"], sms=sms), cupy_kernels.MMA_WARPS)
-        else:
-            launch = dispatch.choose(plan, row["M"], sms)
         for key in ("predicted_us", "predicted_graph_us", "predicted_bound", "predicted", "predicted_error"):
             row.pop(key, None)
+        try:
+            if row.get("kernel", "").startswith("int_mma_cupy"):  # the CuPy tensor-core kernel ran: its launch now
+                launch = dispatch.mma_launch(cupy_kernels.mma_launch_plan(plan, row["M"], sms=sms),
+                                             cupy_kernels.MMA_WARPS)
+            else:
+                launch = dispatch.choose(plan, row["M"], sms)
+        except ValueError as exc:  # a row no launch of today takes (an M past int_mma's, a tile that no longer fits)
+            row["predicted_error"] = f"no launch: {exc}"
+            continue
         row.update(prediction(gpu_model, fmt, row["M"], row["K"], row["N"], row["bits_per_weight"], launch))
         count += 1
     doc["env"]["repredicted"] = (f"{count} hwlab rows, {datetime.datetime.now().isoformat(timespec='seconds')}, "
@@ -513,10 +524,15 @@ def main(argv=None) -> int:
     shapes = [SHAPES[0], SHAPES[-1]] if args.quick else SHAPES
     run = Run(args.out)
     sections = [("env", lambda: environment(run))]
-    if args.gpu_model == "auto":
-        import torch
+    import torch
 
-        args.gpu_model = model_preset("auto", torch.cuda.get_device_name())
+    if not torch.cuda.is_available():
+        raise SystemExit("bench/gpu_kernels.py times CUDA kernels: torch.cuda.is_available() is False here "
+                         "(--table, --plot and --repredict need no GPU)")
+    args.gpu_model = model_preset(args.gpu_model, torch.cuda.get_device_name(), required=False)
+    if args.gpu_model is None:
+        print(f"== no hwlab.sim.gpu preset for {torch.cuda.get_device_name()!r}: no predictions (name one with "
+              f"--gpu-model)", flush=True)
     run.doc["env"]["gpu_model"] = args.gpu_model
     if args.compile_workers and not args.skip_formats:
         sections.append(("compile", lambda: warm_cache(args.formats, shapes, args.batches, args.compile_workers)))

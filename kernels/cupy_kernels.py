@@ -469,13 +469,19 @@ def _by_tiles(setting, allowed) -> bool:
     """Whether a launch constant by batch tiles is ``{1: value, 2: value, 4: value, 8: value}``
     (:data:`MMA_BATCH_TILES`) with integer values in ``allowed``."""
     return (isinstance(setting, dict) and sorted(setting) == list(MMA_BATCH_TILES)
-            and all(isinstance(v, int) and not isinstance(v, bool) and v in allowed for v in setting.values()))
+            and all(_is_int(v) and v in allowed for v in setting.values()))
 
 
 def mma_batch_tiles(m: int) -> int:
     """Batch tiles of 8 rows that ``int_mma`` takes for ``m`` rows of x (1..:data:`MMA_MAX_M`): the fewest of
     :data:`MMA_BATCH_TILES` that hold them (1 up to 8 rows, 2 up to 16, 4 up to 32, 8 up to 64)."""
+    if not _is_int(m) or not 1 <= m <= MMA_MAX_M:
+        raise ValueError(f"int_mma takes 1..{MMA_MAX_M} rows of x, got m = {m!r}")
     return next(tiles for tiles in MMA_BATCH_TILES if 8 * tiles >= m)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) -> dict:
@@ -486,7 +492,8 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
     reason = mma_unsupported(plan)
     if reason:
         raise ValueError(f"int_mma_cupy: {reason}")
-    if not 1 <= MMA_WARPS <= MMA_WARPS_MAX or MMA_TILES < 1 or not _by_tiles(MMA_PREFETCH, range(1, 2**10)):
+    if (not _is_int(MMA_WARPS) or not 1 <= MMA_WARPS <= MMA_WARPS_MAX or not _is_int(MMA_TILES) or MMA_TILES < 1
+            or not _by_tiles(MMA_PREFETCH, range(1, 2**10))):
         raise ValueError(f"int_mma_cupy: MMA_WARPS must be 1..{MMA_WARPS_MAX}, MMA_TILES >= 1 and MMA_PREFETCH "
                          f"{{1: chunks, 2: chunks, 4: chunks, 8: chunks}} (each >= 1), got {MMA_WARPS}, {MMA_TILES}, "
                          f"{MMA_PREFETCH}")
@@ -513,6 +520,11 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
     depth = min(MMA_PREFETCH[nj], MMA_ZERO_POINT_PREFETCH) if plan.zero_bits else MMA_PREFETCH[nj]
     stages = MMA_ASYNC[nj]
     ring_bytes = MMA_WARPS * stages * MMA_TILES * 256 * v  # a warp's A x MT x 2 rows x 32 lanes x V words
+    shared = per_block * chunk_bytes + ring_bytes + (MMA_TABLE_BYTES if table else 0)
+    if shared > SM90_SHARED_PER_BLOCK:
+        raise ValueError(f"int_mma_cupy: {shared} bytes of shared memory a block for {m} rows (x tile, cp.async rings "
+                         f"of MMA_ASYNC[{nj}] = {stages} stages of MMA_TILES = {MMA_TILES} tiles, table) is over the "
+                         f"{SM90_SHARED_PER_BLOCK} a Hopper block can have: lower MMA_X_BYTES, MMA_ASYNC or MMA_TILES")
     return dict(name=mma_kernel_name(plan.bits, 0 if table else plan.flip, plan.zero_bits, table, v, nj, MMA_TILES,
                                      depth, stages, scale_dtype),
                 decode="table" if table else "int", prefetch=depth, stages=stages, v=v, nj=nj, x_rows=x_rows,
@@ -522,7 +534,7 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
                 group_magic=group_magic(plan.elements_per_group // ck, chunks),
                 rows=rows, codes_per_chunk=ck, splits=splits, row_blocks=row_blocks, blocks_per_split=blocks_per_split,
                 grid=blocks_per_split * splits, block=32 * MMA_WARPS,
-                shared=per_block * chunk_bytes + ring_bytes + (MMA_TABLE_BYTES if table else 0))
+                shared=shared)
 
 
 def _check_out_and_devices(out, dtype, dtype_name: str, m: int, n: int, first: tuple, second: tuple) -> None:

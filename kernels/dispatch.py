@@ -111,8 +111,10 @@ CUPY_MMA_DECODES = ("int", "table")
 # (bench/results/cupy_mma_probe_h100_run14_call3.log): int4 at M = 4 faster everywhere (10.9 / 17.3 / 18.7 us
 # against 11.9 / 23.6 / 25.1), at M = 16 not (15.3 / 25.2 / 24.5 against 12.2 / 24.4 / 25.6, slower under do_bench
 # on all three), but at 8192 x 28672 (75.5 against 99.8, call 1); nf4 and flint4 faster at M = 4 and 16 everywhere
-# (nf4 M = 16: 19.8 / 35.8 / 33.1 against 24.1 / 58.5 / 53.5)
-CUPY_MMA_MIN_WEIGHTS = {("int", 1): 2**24, ("int", 2): 2**27, ("table", 1): 2**24, ("table", 2): 2**24}
+# (nf4 M = 16: 19.8 / 35.8 / 33.1 against 24.1 / 58.5 / 53.5). Four and eight tiles (M = 17-64) are not timed:
+# matmul takes them only where CUPY_MMA_ROWS is raised, then on the layers of two tiles
+CUPY_MMA_MIN_WEIGHTS = {("int", 1): 2**24, ("int", 2): 2**27, ("int", 4): 2**27, ("int", 8): 2**27,
+                        ("table", 1): 2**24, ("table", 2): 2**24, ("table", 4): 2**24, ("table", 8): 2**24}
 FP16_SMALLEST_NORMAL = 2.0**-14  # IEEE binary16: from here to FP16_LARGEST, rounding to fp16 errs by 2**-11 at most
 
 
@@ -358,8 +360,18 @@ def cupy_mma_applies(qt: DeviceTensor, m: int, x_dtype: str) -> bool:
 
     decode = mma_decode(qt.plan)
     return (mma_unsupported(qt.plan) is None and decode in CUPY_MMA_DECODES
-            and math.prod(qt.shape) >= CUPY_MMA_MIN_WEIGHTS[(decode, mma_batch_tiles(m))]
+            and math.prod(qt.shape) >= _smallest_layer(decode, mma_batch_tiles(m))
             and qt.arrays[qt.plan.arrays["codes"]].data_ptr() % 16 == 0)
+
+
+def _smallest_layer(decode: str, tiles: int) -> int:
+    """:data:`CUPY_MMA_MIN_WEIGHTS` of a decode and batch tile count; a table a user edited that lacks it is an error
+    that names the entry, not a ``KeyError`` from inside :func:`matmul`."""
+    table = CUPY_MMA_MIN_WEIGHTS
+    if not isinstance(table, dict) or (decode, tiles) not in table:
+        raise ValueError(f"dispatch.CUPY_MMA_MIN_WEIGHTS must be a dict of the smallest layer (N * K weights) by "
+                         f"(decode, batch tiles), with an entry for {(decode, tiles)!r}; got {table!r:.200}")
+    return table[decode, tiles]
 
 
 @functools.lru_cache(maxsize=1)

@@ -108,13 +108,16 @@ class GPUPrediction:
         return dataclasses.asdict(self)
 
 
-DEVICE_PRESETS = {"H200": "h200", "H100": "h100"}  # found in a CUDA device name (torch.cuda.get_device_name) -> preset
+# CUDA device names (torch.cuda.get_device_name) of the cards the presets describe, as the lent machines gave them
+# (bench/results/nvidia-smi_h*.csv): the SXM cards. An H100 PCIe or NVL (114 or 132 SMs, 2.0 or 3.9 TB/s) or a GH200
+# is another card, with no preset
+DEVICE_PRESETS = {"NVIDIA H200": "h200", "NVIDIA H100 80GB HBM3": "h100"}
 
 
-def preset_of(device_name: str) -> str | None:
+def preset_of(device_name) -> str | None:
     """The preset of a CUDA device by its name as the driver gives it (``"NVIDIA H100 80GB HBM3"``: ``h100``), or
-    ``None`` for a GPU hwlab has no preset of."""
-    return next((preset for key, preset in DEVICE_PRESETS.items() if key in device_name), None)
+    ``None`` for a GPU hwlab has no preset of (:data:`DEVICE_PRESETS`)."""
+    return DEVICE_PRESETS.get(device_name) if isinstance(device_name, str) else None
 
 
 def get_gpu(name) -> GPUConfig:

@@ -147,11 +147,20 @@ def test_repredict_takes_the_preset_of_the_gpu_the_run_was_on(bench, tmp_path):
         assert doc["env"]["repredicted"].endswith(f"preset {doc['env']['gpu_model']}")
     assert graph["h100"] > 1.3 * graph["h200"]  # 3020 against 4270 GB/s of copy
     src.write_text(json.dumps({"env": {"sms": 108, "gpu": "NVIDIA A100-SXM4-80GB"}, "rows": [row]}))
-    with pytest.raises(SystemExit, match="no preset for 'NVIDIA A100-SXM4-80GB'; name one of"):
+    with pytest.raises(SystemExit, match="no preset for the GPU 'NVIDIA A100-SXM4-80GB'; name one of"):
         gpu.repredict(str(src), str(tmp_path / "a100.json"), "auto")
-    with pytest.raises(SystemExit, match="--gpu-model h300: hwlab.sim.gpu has no preset"):
+    with pytest.raises(SystemExit, match="--gpu-model 'h300' is not a preset: expected auto or one of"):
         gpu.repredict(str(src), str(tmp_path / "h300.json"), "h300")
     assert gpu.model_preset("h100", "NVIDIA A100-SXM4-80GB") == "h100"  # a named preset, whatever the card
+    assert gpu.model_preset("auto", "NVIDIA A100-SXM4-80GB", required=False) is None  # a run: timed, not predicted
+    assert gpu.prediction(None, "int4", 1, 8192, 28672, 4.125, None) == {}
+    nameless = tmp_path / "nameless.json"  # a run without the GPU's name: a named preset still works, auto cannot
+    nameless.write_text(json.dumps({"env": {"sms": 132}, "rows": [row, {**row, "M": 65, "kernel": "int_mma_cupy"}]}))
+    assert "1 rows re-predicted" in gpu.repredict(str(nameless), str(tmp_path / "named.json"), "h100")
+    rows = json.loads((tmp_path / "named.json").read_text())["rows"]
+    assert rows[0]["predicted_graph_us"] > 0 and rows[1]["predicted_error"].startswith("no launch: int_mma takes 1..64")
+    with pytest.raises(SystemExit, match="no preset for the GPU None"):
+        gpu.repredict(str(nameless), str(tmp_path / "auto.json"), "auto")
 
 
 def test_launch_variants_refuse_what_is_not_an_assignment(bench):

@@ -150,12 +150,42 @@ def test_matmul_takes_table_codes_through_int_mma():
     assert "table" in dispatch.CUPY_MMA_DECODES
 
 
-def test_every_decode_and_batch_tile_count_has_a_smallest_layer():
+def test_every_decode_and_batch_tile_count_has_a_smallest_layer(monkeypatch):
     from hwlab.kernels import dispatch
 
-    tiles = {ck.mma_batch_tiles(m) for m in range(dispatch.CUPY_MMA_ROWS[0], dispatch.CUPY_MMA_ROWS[1] + 1)}
-    assert tiles == {1, 2} and ck.mma_batch_tiles(8) == 1 and ck.mma_batch_tiles(9) == 2
-    assert set(dispatch.CUPY_MMA_MIN_WEIGHTS) == {(d, t) for d in dispatch.CUPY_MMA_DECODES for t in tiles}
+    tiles = [ck.mma_batch_tiles(m) for m in range(1, ck.MMA_MAX_M + 1)]
+    assert sorted(set(tiles)) == list(ck.MMA_BATCH_TILES) and [tiles[m - 1] for m in (8, 9, 16, 17, 32, 33)] == [
+        1, 2, 2, 4, 4, 8]
+    assert set(dispatch.CUPY_MMA_MIN_WEIGHTS) == {(d, t) for d in dispatch.CUPY_MMA_DECODES for t in ck.MMA_BATCH_TILES}
+    monkeypatch.setattr(dispatch, "CUPY_MMA_MIN_WEIGHTS", {("int", 1): 0})  # a user's table without two tiles
+    with pytest.raises(ValueError, match=r"CUPY_MMA_MIN_WEIGHTS must be a dict .* an entry for \('int', 2\)"):
+        dispatch._smallest_layer("int", 2)
+    monkeypatch.setattr(dispatch, "CUPY_MMA_MIN_WEIGHTS", 0)  # the scalar of before run 14
+    with pytest.raises(ValueError, match="CUPY_MMA_MIN_WEIGHTS must be a dict"):
+        dispatch._smallest_layer("int", 1)
+
+
+@pytest.mark.parametrize("m", [0, -1, 65, 8.5, True, "4", None])
+def test_int_mma_refuses_row_counts_it_has_no_tiles_for(m):
+    plan = build_plan(_quantize("int4", 8, 256))
+    with pytest.raises(ValueError, match=f"int_mma takes 1..64 rows of x, got m = {re.escape(repr(m))}"):
+        ck.mma_launch_plan(plan, m)
+
+
+def test_int_mma_refuses_tiles_past_a_blocks_shared_memory(monkeypatch):
+    plan = build_plan(_quantize("int4", 8, 8192))
+    plan = type(plan)(**dict(plan.__dict__, shape=(28672, 8192)))
+    monkeypatch.setattr(ck, "MMA_TILES", 8)
+    monkeypatch.setattr(ck, "MMA_ASYNC", dict.fromkeys(ck.MMA_BATCH_TILES, 4))
+    with pytest.raises(ValueError, match=r"327680 bytes of shared memory a block for 64 rows .* over the 232448"):
+        ck.mma_launch_plan(plan, 64)
+    for name, bad in (("MMA_TILES", 2.5), ("MMA_TILES", True), ("MMA_WARPS", 8.0)):
+        monkeypatch.setattr(ck, "MMA_ASYNC", dict.fromkeys(ck.MMA_BATCH_TILES, 0))
+        monkeypatch.setattr(ck, "MMA_TILES", 1)
+        monkeypatch.setattr(ck, name, bad)
+        with pytest.raises(ValueError, match="MMA_WARPS must be 1..8, MMA_TILES >= 1"):
+            ck.mma_launch_plan(plan, 4)
+        monkeypatch.undo()
 
 
 def test_int_mma_refuses_other_scales():

@@ -55,7 +55,8 @@ def test_unknown_counts_and_presets_are_refused():
 def test_a_device_name_gives_its_preset():
     # names as torch.cuda.get_device_name gave them on the lent machines (bench/results/nvidia-smi_h*.csv)
     assert gpu.preset_of("NVIDIA H100 80GB HBM3") == "h100" and gpu.preset_of("NVIDIA H200") == "h200"
-    assert gpu.preset_of("NVIDIA A100-SXM4-80GB") is None
+    for other in ("NVIDIA A100-SXM4-80GB", "NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA GH200 480GB", "", None, 3):
+        assert gpu.preset_of(other) is None, other  # another card, or no name: no preset, never a wrong one
     assert set(gpu.DEVICE_PRESETS.values()) == set(gpu.PRESETS)
 
 

@@ -521,19 +521,19 @@ def main(argv=None) -> int:
     if args.repredict:
         print(repredict(*args.repredict, args.gpu_model))
         return 0
-    shapes = [SHAPES[0], SHAPES[-1]] if args.quick else SHAPES
-    run = Run(args.out)
-    sections = [("env", lambda: environment(run))]
     import torch
 
     if not torch.cuda.is_available():
         raise SystemExit("bench/gpu_kernels.py times CUDA kernels: torch.cuda.is_available() is False here "
                          "(--table, --plot and --repredict need no GPU)")
-    args.gpu_model = model_preset(args.gpu_model, torch.cuda.get_device_name(), required=False)
+    device_name = torch.cuda.get_device_name()
+    args.gpu_model = model_preset(args.gpu_model, device_name, required=False)
     if args.gpu_model is None:
-        print(f"== no hwlab.sim.gpu preset for {torch.cuda.get_device_name()!r}: no predictions (name one with "
-              f"--gpu-model)", flush=True)
+        print(f"== no hwlab.sim.gpu preset for {device_name!r}: no predictions (name one with --gpu-model)", flush=True)
+    shapes = [SHAPES[0], SHAPES[-1]] if args.quick else SHAPES
+    run = Run(args.out)
     run.doc["env"]["gpu_model"] = args.gpu_model
+    sections = [("env", lambda: environment(run))]
     if args.compile_workers and not args.skip_formats:
         sections.append(("compile", lambda: warm_cache(args.formats, shapes, args.batches, args.compile_workers)))
     sections += [("copy", lambda: copy_bandwidth(run))]

@@ -106,7 +106,7 @@ CUPY_MMA_BITS = (4,)
 # / 106.3 us against tile_dot's 280.1 / 270.8, fp4_e2m1 64.5 / 88.4 against 95.4 / 98.8; M = 1 stays gemv_words
 # (nf4 62.4 against 77.6)
 CUPY_MMA_DECODES = ("int", "table")
-# ... on layers of at least this many weights (N * K), by (decode, batch tiles: 1 for M <= 8, 2 above); below 2**24
+# ... on layers of at least this many weights (N * K), by (decode, cupy_kernels.mma_batch_tiles(M)); below 2**24
 # (4096 x 4096) it was not timed. H100, CUDA graph and do_bench at 4096 x 4096, 4096 x 11008, 11008 x 4096
 # (bench/results/cupy_mma_probe_h100_run14_call3.log): int4 at M = 4 faster everywhere (10.9 / 17.3 / 18.7 us
 # against 11.9 / 23.6 / 25.1), at M = 16 not (15.3 / 25.2 / 24.5 against 12.2 / 24.4 / 25.6, slower under do_bench

@@ -10,8 +10,8 @@
 //
 // Product. y^T = W x^T: mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 (PTX ISA, "Warp-level matrix
 // multiply-accumulate instructions", "Matrix Fragments for mma.m16n8k16 with floating point type") with A = 16
-// weight rows x 16 of K and B = x^T (16 of K x 8 batch rows; NJ = 2, 4 or 8 such tiles for up to 16, 32 or 64 rows). Lane l,
-// g = l / 4, t = l % 4 holds a0 = A(g, 2t..2t+1), a1 = A(g+8, 2t..2t+1), a2 = A(g, 2t+8..2t+9),
+// weight rows x 16 of K and B = x^T (16 of K x 8 batch rows; NJ = 2, 4 or 8 such tiles for up to 16, 32 or 64
+// rows). Lane l, g = l / 4, t = l % 4 holds a0 = A(g, 2t..2t+1), a1 = A(g+8, 2t..2t+1), a2 = A(g, 2t+8..2t+9),
 // a3 = A(g+8, 2t+8..2t+9); b0 = B(2t..2t+1, g), b1 = B(2t+8..2t+9, g); c0, c1 = D(g, 2t..2t+1), c2, c3 =
 // D(g+8, 2t..2t+1).
 //

@@ -197,3 +197,26 @@ def test_instruction_counts_merge_in_place_and_refuse_a_file_that_is_not_a_table
     """
     assert counts.loop_instructions(sass) == (4, {"HMMA": 1, "BRA": 2, "NOP": 1})  # the longest loop
     assert counts.loop_instructions(sass, containing="HMMA") == (2, {"HMMA": 1, "BRA": 1})  # the shortest with it
+
+
+def test_stream_probe_sums_every_row_with_every_tile(bench):
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    pytest.importorskip("triton", reason="triton is not installed")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("a GPU is present: stream_probe.py runs there (TRITON_INTERPRET=1 runs it on CPU tensors)")
+    probe = bench("stream_probe")
+    words = torch.randint(-2**31, 2**31 - 1, (37, 300), dtype=torch.int32)  # odd rows and words: the masks
+    expected = words.to(torch.int64).sum(dim=1).remainder(2**32)
+    for tile in probe.TILES:
+        out = torch.full((37,), 7, dtype=torch.int32)
+        probe.stream(words, out, tile)
+        assert torch.equal(out.to(torch.int64).remainder(2**32), expected), tile
+
+
+def test_stream_probe_needs_a_gpu(bench):
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    pytest.importorskip("triton", reason="triton is not installed")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit, match="torch.cuda.is_available\\(\\) is False"):
+        bench("stream_probe").main(["--out", "."])

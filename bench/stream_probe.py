@@ -1,0 +1,96 @@
+"""GPU: the naive streaming kernel behind a GPU preset's ``stream_fraction`` (``hwlab.sim.gpu``): a Triton kernel
+that only reads packed int32 code words, [N, K * bits / 32], and sums them per row (no decode, no x, no scales),
+so its time is the memory floor a Triton GEMV over those words can reach.
+
+The method of shared/REFERENCES.md's "GPU limits" (the H200's 0.74 of copy for W4 and 0.62 for W2 at K=8192,
+N=28672): the words rotated past the L2 (``bench/gpu_kernels.py``'s ``copies_for``), do_bench medians and CUDA-graph
+times, the fraction taken against the device copy of the same run; a few tiles, each printed, the best kept.
+``stream.json`` in ``--out``.
+
+    python bench/stream_probe.py --out DIR
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import triton
+import triton.language as tl
+
+import gpu_kernels as bench
+
+SHAPES = [(8192, 28672, 4), (8192, 28672, 2), (4096, 4096, 4)]  # (K, N, code bits): the REFERENCES.md rows
+TILES = [(16, 256, 4), (32, 128, 4), (8, 512, 4), (16, 512, 8), (64, 64, 4)]  # (rows, words, warps) a program
+
+
+@triton.jit
+def row_sums(words, out, n, words_per_row, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
+    """``out[r] = sum(words[r, :])`` (int32, wrapping) for BLOCK_N rows a program, BLOCK_W words a step."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.int32)
+    for start in range(0, words_per_row, BLOCK_W):
+        cols = start + tl.arange(0, BLOCK_W)
+        mask = (rows[:, None] < n) & (cols[None, :] < words_per_row)
+        acc += tl.load(words + rows[:, None] * words_per_row + cols[None, :], mask=mask, other=0)
+    tl.store(out + rows, tl.sum(acc, axis=1), mask=rows < n)
+
+
+def stream(words, out, tile) -> None:
+    """Launch :func:`row_sums` over ``words`` [N, W] int32 with ``tile`` = (rows, words, warps)."""
+    block_n, block_w, warps = tile
+    n, w = words.shape
+    row_sums[(triton.cdiv(n, block_n),)](words, out, n, w, BLOCK_N=block_n, BLOCK_W=block_w, num_warps=warps)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = parser.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("stream_probe.py times a CUDA kernel: torch.cuda.is_available() is False here")
+    run = bench.Run(args.out)
+    bench.environment(run)
+    bench.copy_bandwidth(run)
+    copy = run.doc["env"]["copy_GBps"]
+    rows = []
+    for k, n, bits in SHAPES:
+        w = k * bits // 32
+        nbytes = n * w * 4
+        items = [torch.randint(-2**31, 2**31 - 1, (n, w), device="cuda", dtype=torch.int32)
+                 for _ in range(bench.copies_for(nbytes))]
+        out = torch.empty(n, device="cuda", dtype=torch.int32)
+        expected = items[0].to(torch.int64).sum(dim=1).remainder(2**32)
+        for tile in TILES:
+            call = lambda words, tile=tile: stream(words, out, tile)  # noqa: E731
+            call(items[0])
+            if not torch.equal(out.to(torch.int64).remainder(2**32), expected):
+                raise SystemExit(f"stream_probe.py: row_sums with tile {tile} gave wrong sums at K={k} N={n}")
+            us = bench.bench_ms(bench.rotating(call, items)) * 1e3
+            graph = bench.graph_us([(lambda item=items[i % len(items)]: call(item)) for i in range(bench.GRAPH_CALLS)])
+            row = dict(K=k, N=n, bits=bits, tile=list(tile), bytes=nbytes, us=us, us_graph=graph,
+                       frac_of_copy=nbytes / (us * 1e-6) / 1e9 / copy,
+                       frac_of_copy_graph=nbytes / (graph * 1e-6) / 1e9 / copy if graph else None)
+            rows.append(row)
+            print(f"W{bits} K={k:5d} N={n:5d} tile {tile}: {us:7.1f} us ({row['frac_of_copy']:.2f} of copy), graph "
+                  f"{graph or float('nan'):7.1f} us ({row['frac_of_copy_graph'] or float('nan'):.2f})", flush=True)
+        del items
+        torch.cuda.empty_cache()
+    best = {}
+    for row in rows:
+        key = f"W{row['bits']} K={row['K']} N={row['N']}"
+        if key not in best or row["us"] < best[key]["us"]:
+            best[key] = row
+    for key, row in best.items():
+        print(f"best {key}: {row['frac_of_copy']:.2f} of copy do_bench, "
+              f"{row['frac_of_copy_graph'] or float('nan'):.2f} in a graph, tile {row['tile']}")
+    with open(os.path.join(args.out, "stream.json"), "w") as f:
+        json.dump(dict(env=run.doc["env"], rows=rows, best=best), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

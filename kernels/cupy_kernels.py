@@ -52,7 +52,13 @@ SM90_SHARED_PER_BLOCK, SM90_SHARED_PER_SM = 232448, 233472  # cudaDevAttrMaxShar
 # int_mma.cu tiles (module constants, so that bench/cupy_mma_probe.py can time others)
 MMA_BITS = (2, 4, 8)  # code widths of whole words it decodes (half_pairs.int_pair_constants)
 MMA_BATCH_TILES = (1, 2, 4, 8)  # batch tiles of 8 rows (m16n8k16's N) a kernel is built for: NJ
-MMA_MAX_M = 8 * MMA_BATCH_TILES[-1]  # batch rows int_mma_cupy takes (matmul: dispatch.CUPY_MMA_ROWS)
+MMA_MAX_M = 64  # batch rows int_mma_cupy takes (matmul: dispatch.CUPY_MMA_ROWS)
+# batch tiles an M-block holds at most: x of more rows is cut into M-blocks of 8 x this many rows along the grid's y,
+# each staging its own rows (8: one block of eight tiles for M = 33-64). H100, CUDA graph, K=8192 N=28672
+# (bench/results/cupy_mma_probe_h100_run15_call1.log): one eight-tile block at M = 64 took 436.6 us (int4) and 473.3
+# (nf4), four tiles at M = 32 121.3 and 158.2: eight tiles stage x for half the K range a block (16 splits, not 8),
+# so twice the chunks' split-K partial sums are added into the workspace
+MMA_M_BLOCK_TILES = 4
 MMA_WORDS = (4, 2, 1)  # words a lane loads per row and chunk (a 16, 8 or 4-byte vector): the largest that fits a group
 MMA_WARPS = 8  # warps a block (at most MMA_WARPS_MAX: the kernel's __launch_bounds__(256))
 MMA_WARPS_MAX = 8
@@ -159,14 +165,15 @@ def _stream(torch_device):
     return stream
 
 
-def _launch(kernel, device_index: int, grid: int, block: int, args: tuple, shared: int, torch_device):
+def _launch(kernel, device_index: int, grid: int | tuple, block: int, args: tuple, shared: int, torch_device):
     cupy = _cupy()
     stream = _stream(torch_device)
+    grid = grid if isinstance(grid, tuple) else (grid,)
     if cupy.cuda.runtime.getDevice() == device_index:
-        kernel((grid,), (block,), args, shared_mem=shared, stream=stream)
+        kernel(grid, (block,), args, shared_mem=shared, stream=stream)
     else:
         with cupy.cuda.Device(device_index):
-            kernel((grid,), (block,), args, shared_mem=shared, stream=stream)
+            kernel(grid, (block,), args, shared_mem=shared, stream=stream)
 
 
 def _ptr(t) -> np.uint64:
@@ -472,12 +479,25 @@ def _by_tiles(setting, allowed) -> bool:
             and all(_is_int(v) and v in allowed for v in setting.values()))
 
 
-def mma_batch_tiles(m: int) -> int:
-    """Batch tiles of 8 rows that ``int_mma`` takes for ``m`` rows of x (1..:data:`MMA_MAX_M`): the fewest of
+def mma_row_tiles(m: int) -> int:
+    """The batch tiles of 8 rows that ``m`` rows of x (1..:data:`MMA_MAX_M`) round up to: the fewest of
     :data:`MMA_BATCH_TILES` that hold them (1 up to 8 rows, 2 up to 16, 4 up to 32, 8 up to 64)."""
     if not _is_int(m) or not 1 <= m <= MMA_MAX_M:
         raise ValueError(f"int_mma takes 1..{MMA_MAX_M} rows of x, got m = {m!r}")
     return next(tiles for tiles in MMA_BATCH_TILES if 8 * tiles >= m)
+
+
+def mma_batch_tiles(m: int) -> int:
+    """Batch tiles of 8 rows a block of ``int_mma`` takes for ``m`` rows of x: :func:`mma_row_tiles`, at most
+    :data:`MMA_M_BLOCK_TILES` (more rows: M-blocks of that many tiles, :func:`mma_m_blocks`)."""
+    if MMA_M_BLOCK_TILES not in MMA_BATCH_TILES or not _is_int(MMA_M_BLOCK_TILES):
+        raise ValueError(f"int_mma: MMA_M_BLOCK_TILES must be one of {MMA_BATCH_TILES}, got {MMA_M_BLOCK_TILES!r}")
+    return min(mma_row_tiles(m), MMA_M_BLOCK_TILES)
+
+
+def mma_m_blocks(m: int) -> int:
+    """M-blocks (the grid's y) of ``int_mma`` for ``m`` rows of x: blocks of :func:`mma_batch_tiles` tiles of 8."""
+    return math.ceil(m / (8 * mma_batch_tiles(m)))
 
 
 def _is_int(value) -> bool:
@@ -485,10 +505,10 @@ def _is_int(value) -> bool:
 
 
 def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) -> dict:
-    """Name, grid, block, shared bytes and sizes of :func:`int_mma_cupy` for ``m`` batch rows of a plan (pure
-    Python; the tile constants as they are now). Split-K: the fewest splits that keep a block's x tile within
-    :data:`MMA_X_BYTES` and give about :data:`MMA_WAVES` blocks per SM; then :data:`MMA_BLOCKS_PER_SM` blocks an
-    SM, each looping over row blocks (``blocks_per_split`` a split)."""
+    """Name, grid (x, M-blocks), block, shared bytes and sizes of :func:`int_mma_cupy` for ``m`` batch rows of a
+    plan (pure Python; the tile constants as they are now). Split-K: the fewest splits that keep a block's x tile
+    within :data:`MMA_X_BYTES` and give about :data:`MMA_WAVES` blocks per SM; then :data:`MMA_BLOCKS_PER_SM` blocks
+    an SM over all M-blocks, each looping over row blocks (``blocks_per_split`` a split and M-block)."""
     reason = mma_unsupported(plan)
     if reason:
         raise ValueError(f"int_mma_cupy: {reason}")
@@ -505,6 +525,7 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
     table = mma_decode(plan) == "table"
     v = mma_words(plan.bits, plan.elements_per_group)
     nj = mma_batch_tiles(m)
+    m_blocks = mma_m_blocks(m)
     x_rows = min(m, 8)  # batch rows staged a tile (two or more tiles: 8 each)
     ck = 4 * v * e  # codes a chunk
     chunks = plan.padded_cols // ck
@@ -515,7 +536,7 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
     splits = min(chunks, max(fewest, math.ceil(MMA_WAVES * sms / row_blocks)))
     per_block = math.ceil(chunks / splits)
     splits = math.ceil(chunks / per_block)  # every block has chunks
-    resident = math.ceil(MMA_BLOCKS_PER_SM * sms / splits) if MMA_BLOCKS_PER_SM > 0 else row_blocks
+    resident = math.ceil(MMA_BLOCKS_PER_SM * sms / (splits * m_blocks)) if MMA_BLOCKS_PER_SM > 0 else row_blocks
     blocks_per_split = min(row_blocks, max(1, resident))
     depth = min(MMA_PREFETCH[nj], MMA_ZERO_POINT_PREFETCH) if plan.zero_bits else MMA_PREFETCH[nj]
     stages = MMA_ASYNC[nj]
@@ -527,13 +548,14 @@ def mma_launch_plan(plan, m: int, scale_dtype: str = "float16", sms: int = 132) 
                          f"{SM90_SHARED_PER_BLOCK} a Hopper block can have: lower MMA_X_BYTES, MMA_ASYNC or MMA_TILES")
     return dict(name=mma_kernel_name(plan.bits, 0 if table else plan.flip, plan.zero_bits, table, v, nj, MMA_TILES,
                                      depth, stages, scale_dtype),
-                decode="table" if table else "int", prefetch=depth, stages=stages, v=v, nj=nj, x_rows=x_rows,
+                decode="table" if table else "int", prefetch=depth, stages=stages, v=v, nj=nj, m_blocks=m_blocks,
+                x_rows=x_rows,
                 chunks=chunks,
                 chunks_per_block=per_block,
                 chunks_per_group=plan.elements_per_group // ck,
                 group_magic=group_magic(plan.elements_per_group // ck, chunks),
                 rows=rows, codes_per_chunk=ck, splits=splits, row_blocks=row_blocks, blocks_per_split=blocks_per_split,
-                grid=blocks_per_split * splits, block=32 * MMA_WARPS,
+                grid=(blocks_per_split * splits, m_blocks), block=32 * MMA_WARPS,
                 shared=shared)
 
 
@@ -618,7 +640,7 @@ def int_mma_launcher(dt: DeviceTensor, m: int):
     grid, block, shared, split, rows = lp["grid"], lp["block"], lp["shared"], lp["splits"] > 1, lp["row_blocks"]
 
     def launch(x2, out2) -> None:
-        work, count = split_workspace(dt.device, m * n, rows) if split else (out2, out2)
+        work, count = split_workspace(dt.device, m * n, rows * grid[1]) if split else (out2, out2)
         _launch(kernel, index, grid, block, (_ptr(x2), *weights, _ptr(out2), _ptr(work), _ptr(count), *sizes),
                 shared, dt.device)
 

@@ -99,22 +99,24 @@ HALF_GEMV_TABLES = True
 # Run 13 (cupy_mma_probe_h200_run13_call3.log: x staged for the tile's rows only, no split-K): M = 1 42.0 against
 # gemv_words' 38.3 (still not taken), M = 4 46.5, M = 16 71.3
 CUPY_MMA = True
-CUPY_MMA_ROWS = (2, 16)
+CUPY_MMA_ROWS = (2, 64)
 CUPY_MMA_BITS = (4,)
 # its decodes that matmul takes: "int" and "table" (nf4, the FP4 splits, flint4, shift4 through 256 shared-memory
 # pairs). H100, CUDA graph, K=8192 N=28672 (bench/results/cupy_mma_probe_h100_run14_call1.log): M = 4 / 16 nf4 83.0
 # / 106.3 us against tile_dot's 280.1 / 270.8, fp4_e2m1 64.5 / 88.4 against 95.4 / 98.8; M = 1 stays gemv_words
 # (nf4 62.4 against 77.6)
 CUPY_MMA_DECODES = ("int", "table")
-# ... on layers of at least this many weights (N * K), by (decode, cupy_kernels.mma_batch_tiles(M)); below 2**24
-# (4096 x 4096) it was not timed. H100, CUDA graph and do_bench at 4096 x 4096, 4096 x 11008, 11008 x 4096
-# (bench/results/cupy_mma_probe_h100_run14_call3.log): int4 at M = 4 faster everywhere (10.9 / 17.3 / 18.7 us
-# against 11.9 / 23.6 / 25.1), at M = 16 not (15.3 / 25.2 / 24.5 against 12.2 / 24.4 / 25.6, slower under do_bench
-# on all three), but at 8192 x 28672 (75.5 against 99.8, call 1); nf4 and flint4 faster at M = 4 and 16 everywhere
-# (nf4 M = 16: 19.8 / 35.8 / 33.1 against 24.1 / 58.5 / 53.5). Four and eight tiles (M = 17-64) are not timed:
-# matmul takes them only where CUPY_MMA_ROWS is raised, then on the layers of two tiles
-CUPY_MMA_MIN_WEIGHTS = {("int", 1): 2**24, ("int", 2): 2**27, ("int", 4): 2**27, ("int", 8): 2**27,
-                        ("table", 1): 2**24, ("table", 2): 2**24, ("table", 4): 2**24, ("table", 8): 2**24}
+# ... on layers of at least this many weights (N * K), by (decode, batch tiles of 8 rows that M rounds up to: 1, 2, 4,
+# 8); math.inf: never. Below 2**24 (4096 x 4096) it was not timed. H100, CUDA graph and do_bench at 4096 x 4096,
+# 4096 x 11008, 11008 x 4096 (bench/results/cupy_mma_probe_h100_run14_call3.log): int4 at M = 4 faster everywhere
+# (10.9 / 17.3 / 18.7 us against 11.9 / 23.6 / 25.1), at M = 16 not (15.3 / 25.2 / 24.5 against 12.2 / 24.4 / 25.6,
+# slower under do_bench on all three), but at 8192 x 28672 (75.5 against 99.8, call 1); nf4 and flint4 faster at M = 4
+# and 16 everywhere (nf4 M = 16: 19.8 / 35.8 / 33.1 against 24.1 / 58.5 / 53.5). M = 32 (run 15, call 1,
+# bench/results/cupy_mma_probe_h100_run15_call1*.log; the same three and 8192 x 28672): nf4 faster everywhere (27.3 /
+# 47.3 / 48.4 / 158.2 against 29.9 / 78.8 / 80.7 / 341.6), int4 nowhere under do_bench (27.9 / 45.5 / 45.1 / 141.9
+# against 20.3 / 38.4 / 33.1 / 134.0)
+CUPY_MMA_MIN_WEIGHTS = {("int", 1): 2**24, ("int", 2): 2**27, ("int", 4): math.inf, ("int", 8): math.inf,
+                        ("table", 1): 2**24, ("table", 2): 2**24, ("table", 4): 2**24, ("table", 8): 2**27}
 FP16_SMALLEST_NORMAL = 2.0**-14  # IEEE binary16: from here to FP16_LARGEST, rounding to fp16 errs by 2**-11 at most
 
 
@@ -350,17 +352,17 @@ def mma_launch(lp: dict, warps: int) -> Launch:
 def cupy_mma_applies(qt: DeviceTensor, m: int, x_dtype: str) -> bool:
     """Whether :func:`matmul` takes :func:`~hwlab.kernels.cupy_kernels.int_mma_cupy` (:data:`CUPY_MMA`): fp16
     ``x`` of :data:`CUPY_MMA_ROWS` rows on a CUDA device, codes of :data:`CUPY_MMA_BITS` bits that it decodes as
-    :data:`CUPY_MMA_DECODES`, at least :data:`CUPY_MMA_MIN_WEIGHTS` weights for that decode and batch tile count, a
-    plan it reads (``mma_unsupported``), CuPy installed."""
+    :data:`CUPY_MMA_DECODES`, at least :data:`CUPY_MMA_MIN_WEIGHTS` weights for that decode and the batch tiles M
+    rounds up to, a plan it reads (``mma_unsupported``), CuPy installed."""
     if not (CUPY_MMA and CUPY_MMA_ROWS[0] <= m <= CUPY_MMA_ROWS[1] and x_dtype == "float16"
             and qt.plan.bits in CUPY_MMA_BITS
             and getattr(qt.device, "type", None) == "cuda" and not interpreted() and _cupy_installed()):
         return False
-    from .cupy_kernels import mma_batch_tiles, mma_decode, mma_unsupported
+    from .cupy_kernels import mma_decode, mma_row_tiles, mma_unsupported
 
     decode = mma_decode(qt.plan)
     return (mma_unsupported(qt.plan) is None and decode in CUPY_MMA_DECODES
-            and math.prod(qt.shape) >= _smallest_layer(decode, mma_batch_tiles(m))
+            and math.prod(qt.shape) >= _smallest_layer(decode, mma_row_tiles(m))
             and qt.arrays[qt.plan.arrays["codes"]].data_ptr() % 16 == 0)
 
 

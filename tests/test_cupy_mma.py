@@ -126,9 +126,10 @@ def test_mma_launch_plan_of_table_codes(fmt):
     plan = build_plan(_quantize(fmt, 8, 8192))
     plan = type(plan)(**dict(plan.__dict__, shape=(28672, 8192)))
     assert ck.mma_decode(plan) == "table" and plan.lut.shape == (1, 16)
-    for m, nj in ((1, 1), (16, 2), (32, 4), (64, 8)):
+    for m, nj in ((1, 1), (16, 2), (32, 4), (64, 4)):
         lp = ck.mma_launch_plan(plan, m)
         assert lp["decode"] == "table" and lp["name"].startswith(f"int_mma<4, 0, 0, 1, 4, {nj}, ")
+        assert lp["grid"][1] == lp["m_blocks"] == (2 if m == 64 else 1)
         assert lp["shared"] == lp["chunks_per_block"] * nj * min(m, 8) * 128 * 2 + ck.MMA_TABLE_BYTES
 
 
@@ -153,9 +154,14 @@ def test_matmul_takes_table_codes_through_int_mma():
 def test_every_decode_and_batch_tile_count_has_a_smallest_layer(monkeypatch):
     from hwlab.kernels import dispatch
 
-    tiles = [ck.mma_batch_tiles(m) for m in range(1, ck.MMA_MAX_M + 1)]
+    tiles = [ck.mma_row_tiles(m) for m in range(1, ck.MMA_MAX_M + 1)]
     assert sorted(set(tiles)) == list(ck.MMA_BATCH_TILES) and [tiles[m - 1] for m in (8, 9, 16, 17, 32, 33)] == [
         1, 2, 2, 4, 4, 8]
+    assert [ck.mma_batch_tiles(m) for m in (8, 9, 16, 17, 32, 33, 64)] == [1, 2, 2, 4, 4, 4, 4]  # M-blocks of 4
+    monkeypatch.setattr(ck, "MMA_M_BLOCK_TILES", 3)
+    with pytest.raises(ValueError, match=r"MMA_M_BLOCK_TILES must be one of \(1, 2, 4, 8\), got 3"):
+        ck.mma_batch_tiles(40)
+    monkeypatch.undo()
     assert set(dispatch.CUPY_MMA_MIN_WEIGHTS) == {(d, t) for d in dispatch.CUPY_MMA_DECODES for t in ck.MMA_BATCH_TILES}
     monkeypatch.setattr(dispatch, "CUPY_MMA_MIN_WEIGHTS", {("int", 1): 0})  # a user's table without two tiles
     with pytest.raises(ValueError, match=r"CUPY_MMA_MIN_WEIGHTS must be a dict .* an entry for \('int', 2\)"):
@@ -210,6 +216,7 @@ def test_mma_launch_plan_of_cp_async_stages(monkeypatch):
     plan = build_plan(_quantize("int4", 8, 8192))
     plan = type(plan)(**dict(plan.__dict__, shape=(28672, 8192)))
     monkeypatch.setattr(ck, "MMA_ASYNC", {1: 4, 2: 3, 4: 2, 8: 2})
+    monkeypatch.setattr(ck, "MMA_M_BLOCK_TILES", 8)  # one block of eight tiles for 64 rows
     for m, nj, stages in ((1, 1, 4), (16, 2, 3), (17, 4, 2), (64, 8, 2)):
         lp = ck.mma_launch_plan(plan, m)
         ring = ck.MMA_WARPS * stages * ck.MMA_TILES * 256 * 4  # A x MT x 2 rows x 32 lanes x V words a warp
@@ -278,23 +285,30 @@ def test_group_magic_divides_every_chunk_index_exactly():
         ck.group_magic(3, 2**31)
 
 
+@pytest.mark.parametrize("block_tiles", [4, 8])
 @pytest.mark.parametrize("m", [1, 8, 9, 16, 17, 32, 33, 64])
-def test_mma_launch_plan_large_layer(m):
+def test_mma_launch_plan_large_layer(m, block_tiles, monkeypatch):
+    monkeypatch.setattr(ck, "MMA_M_BLOCK_TILES", block_tiles)  # 4 (shipped): two M-blocks for 33..64 rows
     plan = build_plan(_quantize("int4", 8, 8192))
     plan = type(plan)(**dict(plan.__dict__, shape=(28672, 8192)))
     lp = ck.mma_launch_plan(plan, m)
-    assert lp["nj"] == ck.mma_batch_tiles(m) == -(-m // 8) if m <= 16 else lp["nj"] in (4, 8)
-    assert lp["nj"] == {1: 1, 8: 1, 9: 2, 16: 2, 17: 4, 32: 4, 33: 8, 64: 8}[m] and lp["v"] == 4 and lp["chunks"] == 64
+    tiles = {1: 1, 8: 1, 9: 2, 16: 2, 17: 4, 32: 4, 33: 8, 64: 8}[m]
+    assert lp["nj"] == ck.mma_batch_tiles(m) == min(tiles, block_tiles) and lp["v"] == 4 and lp["chunks"] == 64
+    assert lp["m_blocks"] == ck.mma_m_blocks(m) == tiles // lp["nj"] == lp["grid"][1]
     assert lp["x_rows"] == min(m, 8) and lp["group_magic"] == 0  # one chunk (128 codes) a group
     assert lp["shared"] <= ck.MMA_X_BYTES and lp["shared"] == lp["chunks_per_block"] * lp["nj"] * lp["x_rows"] * 128 * 2
     assert (lp["splits"] - 1) * lp["chunks_per_block"] < lp["chunks"] <= lp["splits"] * lp["chunks_per_block"]
     assert lp["row_blocks"] * lp["splits"] >= ck.MMA_WAVES * 132  # the work, in row blocks and splits
-    resident = min(lp["row_blocks"], -(-ck.MMA_BLOCKS_PER_SM * 132 // lp["splits"]))  # persistent blocks
-    assert lp["grid"] == lp["blocks_per_split"] * lp["splits"] == resident * lp["splits"]
-    assert (lp["splits"], lp["grid"], lp["shared"]) == {1: (1, 224, 16384), 8: (2, 264, 65536), 9: (4, 264, 65536),
-                                                        16: (4, 264, 65536), 17: (8, 264, 65536),
-                                                        32: (8, 264, 65536), 33: (16, 272, 65536),
-                                                        64: (16, 272, 65536)}[m]
+    # persistent blocks, over all M-blocks
+    resident = min(lp["row_blocks"], -(-ck.MMA_BLOCKS_PER_SM * 132 // (lp["splits"] * lp["m_blocks"])))
+    assert lp["grid"][0] == lp["blocks_per_split"] * lp["splits"] == resident * lp["splits"]
+    assert (lp["splits"], lp["grid"], lp["shared"]) == {1: (1, (224, 1), 16384), 8: (2, (264, 1), 65536),
+                                                        9: (4, (264, 1), 65536), 16: (4, (264, 1), 65536),
+                                                        17: (8, (264, 1), 65536), 32: (8, (264, 1), 65536),
+                                                        33: (16, (272, 1), 65536) if block_tiles == 8 else
+                                                        (8, (136, 2), 65536),
+                                                        64: (16, (272, 1), 65536) if block_tiles == 8 else
+                                                        (8, (136, 2), 65536)}[m]
     prefetch = ck.MMA_PREFETCH[lp["nj"]]
     assert lp["decode"] == "int"
     assert lp["name"] == f"int_mma<4, 8, 0, 0, 4, {lp['nj']}, 1, {prefetch}, 0, unsigned short>"
@@ -451,7 +465,28 @@ TILE_VARIANTS = [dict(MMA_WAVES=0), dict(MMA_WAVES=0, MMA_TILES=2, MMA_WARPS=3),
                  dict(MMA_PREFETCH={1: 1, 2: 1, 4: 2, 8: 2}), dict(MMA_PREFETCH={1: 3, 2: 4, 4: 1, 8: 1}, MMA_TILES=2),
                  dict(MMA_X_BYTES=4096, MMA_WARPS=1), dict(MMA_WAVES=4, MMA_PREFETCH={1: 4, 2: 2, 4: 1, 8: 1}),
                  dict(MMA_ASYNC={1: 4, 2: 3, 4: 2, 8: 2}),
-                 dict(MMA_ASYNC={1: 2, 2: 2, 4: 2, 8: 2}, MMA_TILES=2, MMA_WAVES=0)]
+                 dict(MMA_ASYNC={1: 2, 2: 2, 4: 2, 8: 2}, MMA_TILES=2, MMA_WAVES=0),
+                 dict(MMA_M_BLOCK_TILES=8), dict(MMA_M_BLOCK_TILES=1, MMA_WAVES=0)]
+
+
+def _fewest_splits(lp: dict) -> int:
+    """The splits a block's x tile needs (within MMA_X_BYTES): all of them where MMA_WAVES = 0."""
+    chunk_bytes = lp["nj"] * lp["x_rows"] * lp["codes_per_chunk"] * 2
+    per_block = min(lp["chunks"], max(1, ck.MMA_X_BYTES // chunk_bytes))
+    return -(-lp["chunks"] // per_block)
+
+
+@pytest.mark.parametrize("constants", TILE_VARIANTS, ids=lambda v: str(v))
+@pytest.mark.parametrize("fmt,m,n,k", [("int4", 16, 200, 2048), ("int4", 40, 90, 1024), ("int4", 64, 90, 1024)])
+def test_tile_variants_split_k_only_where_x_needs_it_without_waves(constants, fmt, m, n, k, monkeypatch):
+    for name, value in constants.items():
+        monkeypatch.setattr(ck, name, value)
+    plan = build_plan(_quantize(fmt, n, k))
+    lp = ck.mma_launch_plan(plan, m)
+    fewest = _fewest_splits(lp)
+    assert lp["splits"] >= fewest and (constants.get("MMA_WAVES") != 0 or lp["splits"] == fewest)
+    assert lp["m_blocks"] == -(-m // (8 * lp["nj"])) and lp["grid"] == (lp["blocks_per_split"] * lp["splits"],
+                                                                        lp["m_blocks"])
 
 
 @pytest.mark.gpu
@@ -468,7 +503,8 @@ def test_int_mma_cupy_tile_variants(constants, fmt, m, n, k, monkeypatch):
     qt = _quantize(fmt, n, k, seed=n)
     dt = qt.to("cuda")
     lp = ck.mma_launch_plan(dt.plan, m, "float16", torch.cuda.get_device_properties(0).multi_processor_count)
-    assert (lp["splits"] == 1) == (constants.get("MMA_WAVES") == 0)
+    fewest = _fewest_splits(lp)
+    assert lp["splits"] >= fewest and (constants.get("MMA_WAVES") != 0 or lp["splits"] == fewest)
     x = torch.randn(m, k, device="cuda").half()
     out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
     ck.int_mma_cupy(x, dt, out=out)
@@ -498,10 +534,11 @@ def test_matmul_takes_the_cupy_kernel_only_on_cuda():
 @pytest.mark.gpu
 @pytest.mark.skipif(cupy_gpu_missing() is not None, reason=str(cupy_gpu_missing()))
 @pytest.mark.parametrize("fmt", ["int4", "int4_asym", "int8", "int2"])
-def test_matmul_takes_the_cupy_kernel_for_fp16_batches_of_2_to_16(fmt, monkeypatch):
-    """``hwlab.kernels.matmul`` runs int_mma_cupy for fp16 x of 2..16 rows (any leading shape), and the Triton
-    kernels for M = 1, M > 16, bf16 x, or with ``CUPY_MMA`` off; every output within the bound. (The widths and
-    the layer size where it is taken, CUPY_MMA_BITS and CUPY_MMA_MIN_WEIGHTS, are opened to this small layer.)"""
+def test_matmul_takes_the_cupy_kernel_for_fp16_batches_of_2_to_64(fmt, monkeypatch):
+    """``hwlab.kernels.matmul`` runs int_mma_cupy for fp16 x of 2..64 rows (any leading shape; two M-blocks past
+    32), and the Triton kernels for M = 1, M > 64, bf16 x, or with ``CUPY_MMA`` off; every output within the bound.
+    (The widths and the layer size where it is taken, CUPY_MMA_BITS and CUPY_MMA_MIN_WEIGHTS, are opened to this
+    small layer.)"""
     from hwlab import kernels
     from hwlab.kernels import dispatch
     from hwlab.kernels.testing import worst_error
@@ -512,8 +549,9 @@ def test_matmul_takes_the_cupy_kernel_for_fp16_batches_of_2_to_16(fmt, monkeypat
     monkeypatch.setattr(dispatch, "CUPY_MMA_BITS", (2, 4, 8))
     monkeypatch.setattr(dispatch, "CUPY_MMA_MIN_WEIGHTS", dict.fromkeys(dispatch.CUPY_MMA_MIN_WEIGHTS, 0))
     cases = [((4, 2048), torch.float16, "int_mma_cupy"), ((2, 8, 2048), torch.float16, "int_mma_cupy"),
-             ((1, 2048), torch.float16, "gemv_words"), ((17, 2048), torch.float16, "tile_dot"),
-             ((16, 2048), torch.bfloat16, "tile_dot")]
+             ((1, 2048), torch.float16, "gemv_words"), ((17, 2048), torch.float16, "int_mma_cupy"),
+             ((5, 8, 2048), torch.float16, "int_mma_cupy"), ((64, 2048), torch.float16, "int_mma_cupy"),
+             ((65, 2048), torch.float16, "tile_dot"), ((16, 2048), torch.bfloat16, "tile_dot")]
     for shape, dtype, kernel in cases:
         x = torch.randn(*shape, device="cuda").to(dtype)
         m = x.numel() // 2048

@@ -455,9 +455,10 @@ HW_DEV void store_rows(const float (&acc)[MT][NJ][4], const Rows& r, int rb, uns
 // Template parameters: B code bits, FLIP sign flip (0 or 2^(B-1)), ZB zero-point bits (0: none), TAB the table
 // decode (1) or the integer one (0), V words a lane loads per row and chunk, NJ batch tiles of 8, MT row tiles of
 // 16 a warp, D chunks in flight by register bursts (A = 0), A cp.async stages (0: none), S scale type (unsigned
-// short: fp16 bits; float). Grid: splits x blocks_per_split (1-D, split fastest), each block looping over row
+// short: fp16 bits; float). Grid: x splits x blocks_per_split (split fastest), each block looping over row
 // blocks rb = blockIdx.x / splits, + gridDim.x / splits, ... < row_blocks (persistent: x is staged once for all of
-// them); block: `warps` x 32 threads. Dynamic shared memory, in this order: the 32 KB expanded table where TAB = 1
+// them); y the M-blocks, batch rows 8 NJ y .. 8 NJ y + 8 NJ - 1 (each its own x tile, outputs and counts of the
+// split-K workspace); block: `warps` x 32 threads. Dynamic shared memory, in this order: the 32 KB expanded table where TAB = 1
 // (`table`: its 16 binary16 entries, 2j and 2j + 1 in word j; not read where TAB = 0), `warps` rings of
 // A x MT x 256 V bytes, and the x tile, chunks_per_block x NJ x x_rows x CK x 2 bytes (x_rows = R, the batch rows
 // staged a tile: min(M, 8)).
@@ -471,6 +472,12 @@ __global__ void __launch_bounds__(hwmma::MAX_THREADS)
             float scale_unit, float value_scale, float out_max) {
   using namespace hwmma;
   constexpr int E = 32 / B, S_ = V * E / 4;
+  const int m0 = int(blockIdx.y) * 8 * NJ;  // this M-block's first batch row
+  x += (long long)m0 * K;
+  out += (long long)m0 * N;
+  work += (long long)m0 * N;
+  count += blockIdx.y * row_blocks;
+  M = min(M - m0, 8 * NJ);
   static_assert(32 % B == 0 && B >= 2 && B <= 8 && S_ % 2 == 0, "B in {2, 4, 8}; an even number of mmas a chunk");
   static_assert(!TAB || (B == 4 && FLIP == 0 && ZB == 0), "the table decode reads 4-bit codes without zero points");
   static_assert(A == 0 || (A >= 2 && A <= 4), "asynchronous stages: 0 (register bursts) or 2 to 4 (more spill)");

@@ -616,7 +616,7 @@ def int_mma_launcher(dt: DeviceTensor, m: int):
     built once per tensor, row count class and tile constants (the kernel compiled once per device)."""
     torch = _torch()
     key = ("cupy_mma", m, MMA_WARPS, MMA_TILES, tuple(MMA_PREFETCH.items()), tuple(MMA_ASYNC.items()), MMA_X_BYTES,
-           MMA_WAVES, MMA_BLOCKS_PER_SM)
+           MMA_WAVES, MMA_BLOCKS_PER_SM, MMA_M_BLOCK_TILES, MMA_ZERO_POINT_PREFETCH)
     launch = dt.launch_cache.get(key)
     if launch is not None:
         return launch

@@ -133,6 +133,20 @@ def test_mma_launch_plan_of_table_codes(fmt):
         assert lp["shared"] == lp["chunks_per_block"] * nj * min(m, 8) * 128 * 2 + ck.MMA_TABLE_BYTES
 
 
+def test_the_launch_cache_key_holds_every_constant_the_launch_plan_reads():
+    """A launch built under other tile constants is never reused (a probe's variants time what they say)."""
+    import inspect
+    import re
+
+    read = set()
+    for function in (ck.mma_launch_plan, ck.mma_batch_tiles, ck.mma_row_tiles, ck.mma_m_blocks):
+        read |= set(re.findall(r"\bMMA_[A-Z_]+\b", inspect.getsource(function)))
+    launcher = inspect.getsource(ck.int_mma_launcher)
+    key = launcher[launcher.index("key = ("):launcher.index("launch = dt.launch_cache.get(key)")]
+    fixed = {"MMA_BATCH_TILES", "MMA_WARPS_MAX", "MMA_TABLE_BYTES", "MMA_MAX_M"}  # not launch constants
+    assert read - fixed and read - fixed <= set(re.findall(r"\bMMA_[A-Z_]+\b", key))
+
+
 def test_a_user_table_and_minifloat_need_no_kernel_code():
     lut = F.define_lut("mma_user_apot4", [0, 0.25, 0.5, 1, 1.5, 2, 3, 4, -0.25, -0.5, -1, -1.5, -2, -3, -4],
                        register=False)

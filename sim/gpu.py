@@ -43,7 +43,8 @@ class GPUConfig:
     sms: int
     clock_ghz: float
     copy_gbps: float  # device-to-device copy, read + write bytes over time
-    stream_fraction: float  # of copy_gbps, reached by a Triton kernel that only streams packed words
+    stream_fraction: float  # of copy_gbps, reached by a Triton kernel that only streams packed words (the preset says
+    # which clock: a CUDA graph where measured so, as the model predicts graph times; do_bench for the H200)
     issue_efficiency: float  # of the peak warp-instruction issue rate, reached by a decode-bound loop
     l2_mb: float
     kernel_us: float  # a kernel's start and tail on the device
@@ -83,11 +84,13 @@ PRESETS = {
     "h200": GPUConfig("h200", 132, 1.98, 4270.0, 0.74, 0.62, 60.0, 3.0, 12.0, pair_tile_efficiency=0.31,
                       weights_first_efficiency=0.18),
     # H100 SXM 80GB: 132 SMs, 1.98 GHz, 50 MB L2 (NVIDIA H100 white paper); copy 3020 GB/s measured
-    # with the same peers script (shared/REFERENCES.md); the other constants as on the H200. stream_fraction is the
-    # H200's: on the lent H100, int4's GEMV moved 0.87 of copy in a CUDA graph (K=8192 N=28672,
-    # bench/results/gpu_kernels_h100_run14.json), so this memory term is too long there (predicted 57 us against
-    # 46.2); the H100's own streaming kernel is not measured yet.
-    "h100": GPUConfig("h100", 132, 1.98, 3020.0, 0.74, 0.62, 50.0, 3.0, 12.0, pair_tile_efficiency=0.31,
+    # with the same peers script (shared/REFERENCES.md); the other constants as on the H200. stream_fraction 0.97:
+    # bench/stream_probe.py's streaming kernel on the lent H100 in a CUDA graph, the clock the model predicts (W4,
+    # K=8192 N=28672, 39.7 us; bench/results/stream_h100_run15_call{1,2}.json). Under do_bench it moved 0.75, the
+    # H200's 0.74 of REFERENCES.md: do_bench zeroes 256 MB before each call, and the L2's dirty lines are written
+    # back during the call timed (events around each call without that flush: 0.93). With 0.75 int4's GEMV was
+    # predicted at 56.5 us against 46.2 in a graph (run 14), with 0.97 at 44.4.
+    "h100": GPUConfig("h100", 132, 1.98, 3020.0, 0.97, 0.62, 50.0, 3.0, 12.0, pair_tile_efficiency=0.31,
                       weights_first_efficiency=0.18),
 }
 

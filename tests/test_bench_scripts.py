@@ -145,7 +145,7 @@ def test_repredict_takes_the_preset_of_the_gpu_the_run_was_on(bench, tmp_path):
         doc = json.loads(dst.read_text())
         graph[doc["env"]["gpu_model"]] = doc["rows"][0]["predicted_graph_us"]
         assert doc["env"]["repredicted"].endswith(f"preset {doc['env']['gpu_model']}")
-    assert graph["h100"] > 1.3 * graph["h200"]  # 3020 against 4270 GB/s of copy
+    assert graph["h100"] > 1.05 * graph["h200"]  # 3020 x 0.97 against 4270 x 0.74 GB/s of streaming
     src.write_text(json.dumps({"env": {"sms": 108, "gpu": "NVIDIA A100-SXM4-80GB"}, "rows": [row]}))
     with pytest.raises(SystemExit, match="no preset for the GPU 'NVIDIA A100-SXM4-80GB'; name one of"):
         gpu.repredict(str(src), str(tmp_path / "a100.json"), "auto")

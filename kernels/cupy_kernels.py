@@ -54,10 +54,10 @@ MMA_BITS = (2, 4, 8)  # code widths of whole words it decodes (half_pairs.int_pa
 MMA_BATCH_TILES = (1, 2, 4, 8)  # batch tiles of 8 rows (m16n8k16's N) a kernel is built for: NJ
 MMA_MAX_M = 64  # batch rows int_mma_cupy takes (matmul: dispatch.CUPY_MMA_ROWS)
 # batch tiles an M-block holds at most: x of more rows is cut into M-blocks of 8 x this many rows along the grid's y,
-# each staging its own rows (8: one block of eight tiles for M = 33-64). H100, CUDA graph, K=8192 N=28672
-# (bench/results/cupy_mma_probe_h100_run15_call1.log): one eight-tile block at M = 64 took 436.6 us (int4) and 473.3
-# (nf4), four tiles at M = 32 121.3 and 158.2: eight tiles stage x for half the K range a block (16 splits, not 8),
-# so twice the chunks' split-K partial sums are added into the workspace
+# each staging its own rows (8: one block of eight tiles for M = 33-64). H100, CUDA graph, K=8192 N=28672: one
+# eight-tile block at M = 64 took 436.6 us (int4) and 473.3 (nf4) (bench/results/cupy_mma_probe_h100_run15_call1.log),
+# two M-blocks of four 299.0 and 414.0 (call 2; four tiles at M = 32: 121.3 and 158.2). Eight tiles stage x for half
+# the K range a block (16 splits, not 8), so twice the chunks' split-K partial sums are added into the workspace
 MMA_M_BLOCK_TILES = 4
 MMA_WORDS = (4, 2, 1)  # words a lane loads per row and chunk (a 16, 8 or 4-byte vector): the largest that fits a group
 MMA_WARPS = 8  # warps a block (at most MMA_WARPS_MAX: the kernel's __launch_bounds__(256))
@@ -66,9 +66,9 @@ MMA_TILES = 1  # 16-row tiles a warp decodes at once (2: x's fragments read once
 # chunks a warp decodes while the loads of the next as many are in flight (two register sets that swap roles), by
 # batch tiles of 8 (NJ). H200, CUDA graph, int4 K=8192 N=28672 (bench/results/cupy_mma_probe_h200_run13_call3.log):
 # one tile: M=1 42.0 us at 2 against 44.3 at 3 and 49.0 at 1, M=4 46.5 against 48.5 and 55.3; two tiles: M=16
-# 71.3 at 3 against 77.0 at 2 and 73.9 at 1. Four and eight tiles (M = 17-64; matmul does not take them) are not
-# timed: at 1 they take 105-107 and 145-149 registers (int4, nf4; nvcc 13, sm_90), so four keep two blocks an SM
-# and eight one; four spill at 2 (and int4_asym's zero points, 8 bytes, at 1)
+# 71.3 at 3 against 77.0 at 2 and 73.9 at 1. Four and eight tiles (M = 17-64) are not timed at other depths: at 1
+# they take 105-107 and 145-149 registers (int4, nf4; nvcc 13, sm_90), so four keep two blocks an SM and eight one;
+# four spill at 2 (and int4_asym's zero points, 8 bytes, at 1)
 MMA_PREFETCH = {1: 2, 2: 3, 4: 1, 8: 1}
 # at most this many with zero points: int4_asym's two-tile kernel takes 150 registers at D = 3 (one block an SM
 # instead of MMA_BLOCKS_PER_SM), 122 at 2 (nvcc 13, sm_90; tests/test_cupy_mma.py checks every shipped kernel)

@@ -114,9 +114,12 @@ CUPY_MMA_DECODES = ("int", "table")
 # and 16 everywhere (nf4 M = 16: 19.8 / 35.8 / 33.1 against 24.1 / 58.5 / 53.5). M = 32 (run 15, call 1,
 # bench/results/cupy_mma_probe_h100_run15_call1*.log; the same three and 8192 x 28672): nf4 faster everywhere (27.3 /
 # 47.3 / 48.4 / 158.2 against 29.9 / 78.8 / 80.7 / 341.6), int4 nowhere under do_bench (27.9 / 45.5 / 45.1 / 141.9
-# against 20.3 / 38.4 / 33.1 / 134.0)
+# against 20.3 / 38.4 / 33.1 / 134.0). M = 64, two M-blocks of four tiles (call 2, cupy_mma_probe_h100_run15_call2*):
+# nf4 faster at 4096 x 11008 and 11008 x 4096 (71.0 / 68.9 against 92.2 / 92.1) but slower at 4096 x 4096 (44.5
+# against 35.2) and 8192 x 28672 (414.0 against 389.4; M = 48 376.9 against 387.8): not taken, as no single size
+# bound holds; int4 and fp4_e2m1 at 8192 x 28672 299.0 / 338.0 against 149.2 / 156.8
 CUPY_MMA_MIN_WEIGHTS = {("int", 1): 2**24, ("int", 2): 2**27, ("int", 4): math.inf, ("int", 8): math.inf,
-                        ("table", 1): 2**24, ("table", 2): 2**24, ("table", 4): 2**24, ("table", 8): 2**27}
+                        ("table", 1): 2**24, ("table", 2): 2**24, ("table", 4): 2**24, ("table", 8): math.inf}
 FP16_SMALLEST_NORMAL = 2.0**-14  # IEEE binary16: from here to FP16_LARGEST, rounding to fp16 errs by 2**-11 at most
 
 

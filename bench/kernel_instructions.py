@@ -215,7 +215,9 @@ def count_async_and_trip(batches=BATCHES) -> list[dict]:
     return rows
 
 
-MMA_BATCHES = (4, 16, 32, 64)  # int_mma's kernels of 1, 2, 4 and 8 batch tiles of 8 rows (cupy_kernels.mma_batch_tiles)
+# int_mma's kernels of 1, 2 and 4 batch tiles of 8 rows (cupy_kernels.mma_batch_tiles: 33-64 rows take M-blocks of
+# four; the eight-tile rows of bm = 64 in sim/data/kernel_instructions.json were counted with MMA_M_BLOCK_TILES = 8)
+MMA_BATCHES = (4, 16, 32)
 
 
 def nvcc() -> str:

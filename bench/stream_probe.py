@@ -4,11 +4,12 @@ so its time is the memory floor a Triton GEMV over those words can reach.
 
 The method of shared/REFERENCES.md's "GPU limits" (the H200's 0.74 of copy for W4 and 0.62 for W2 at K=8192,
 N=28672): the words rotated past the L2 (``bench/gpu_kernels.py``'s ``copies_for``), do_bench medians and CUDA-graph
-times, the fraction taken against the device copy of the same run; a few tiles, each printed, the best kept. Beside
+times, the fraction taken against the device copy of the same run; a few tiles, each printed, the best in a graph
+(the clock a preset's fraction is for) kept. Beside
 them a third clock, ``events``: the median of CUDA events around each of EVENT_CALLS rotated calls with nothing in
 between, where do_bench zeroes a 256 MB buffer before each call (its L2 flush) and a graph replays calls back to
-back. ``--gemv FMT ...`` times ``hwlab.kernels.matmul`` at M = 1 on the large layer with the same three clocks.
-``stream.json`` in ``--out``.
+back (``events`` is host-bound where a call is shorter than its launch from Python). ``--gemv FMT ...`` times
+``hwlab.kernels.matmul`` at M = 1 on the large layer with the same three clocks. ``stream.json`` in ``--out``.
 
     python bench/stream_probe.py --out DIR --gemv int4 nf4
 """
@@ -109,6 +110,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--gemv", nargs="*", default=[], metavar="FMT", help="formats timed through matmul at M = 1")
     args = parser.parse_args(argv)
+    if not os.path.isdir(args.out):
+        raise SystemExit(f"stream_probe.py: --out {args.out!r} is not a directory (stream.json is written there)")
     import torch
 
     if not torch.cuda.is_available():
@@ -138,14 +141,16 @@ def main(argv=None) -> int:
     best = {}
     for row in rows:
         key = f"W{row['bits']} K={row['K']} N={row['N']}"
-        if key not in best or row["us"] < best[key]["us"]:
+        if key not in best or (row["us_graph"] or row["us"]) < (best[key]["us_graph"] or best[key]["us"]):
             best[key] = row
     for key, row in best.items():
         print(f"best {key}: {row['frac_of_copy']:.2f} of copy do_bench, {row['frac_of_copy_events']:.2f} events, "
               f"{row['frac_of_copy_graph'] or float('nan'):.2f} in a graph, tile {row['tile']}")
     gemv = gemv_rows(args.gemv, copy)
     with open(os.path.join(args.out, "stream.json"), "w") as f:
-        json.dump(dict(env=run.doc["env"], rows=rows, best=best, gemv=gemv), f, indent=1)
+        json.dump(dict(env=run.doc["env"], argv=sys.argv[1:] if argv is None else list(argv), tiles=TILES,
+                       event_calls=EVENT_CALLS, graph_calls=bench.GRAPH_CALLS, rotate_bytes=bench.ROTATE_BYTES,
+                       rows=rows, best=best, gemv=gemv), f, indent=1)
     return 0
 
 

@@ -615,7 +615,8 @@ def int_mma_launcher(dt: DeviceTensor, m: int):
     ``[m, K]`` and ``out2`` fp16 ``[m, N]``, contiguous, on ``dt``'s device: ``dispatch.matmul`` checked them),
     built once per tensor, row count class and tile constants (the kernel compiled once per device)."""
     torch = _torch()
-    key = ("cupy_mma", m, MMA_WARPS, MMA_TILES, tuple(MMA_PREFETCH.items()), tuple(MMA_ASYNC.items()), MMA_X_BYTES,
+    mma_batch_tiles(m)  # MMA_M_BLOCK_TILES checked before it is part of a key (True and 4.0 hash as 1 and 4)
+    key = ("cupy_mma", m, MMA_WORDS, MMA_BITS, MMA_WARPS, MMA_TILES, tuple(MMA_PREFETCH.items()), tuple(MMA_ASYNC.items()), MMA_X_BYTES,
            MMA_WAVES, MMA_BLOCKS_PER_SM, MMA_M_BLOCK_TILES, MMA_ZERO_POINT_PREFETCH)
     launch = dt.launch_cache.get(key)
     if launch is not None:

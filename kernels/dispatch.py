@@ -357,11 +357,12 @@ def cupy_mma_applies(qt: DeviceTensor, m: int, x_dtype: str) -> bool:
     ``x`` of :data:`CUPY_MMA_ROWS` rows on a CUDA device, codes of :data:`CUPY_MMA_BITS` bits that it decodes as
     :data:`CUPY_MMA_DECODES`, at least :data:`CUPY_MMA_MIN_WEIGHTS` weights for that decode and the batch tiles M
     rounds up to, a plan it reads (``mma_unsupported``), CuPy installed."""
-    if not (CUPY_MMA and CUPY_MMA_ROWS[0] <= m <= CUPY_MMA_ROWS[1] and x_dtype == "float16"
+    from .cupy_kernels import MMA_MAX_M, mma_decode, mma_row_tiles, mma_unsupported
+
+    if not (CUPY_MMA and CUPY_MMA_ROWS[0] <= m <= min(CUPY_MMA_ROWS[1], MMA_MAX_M) and x_dtype == "float16"
             and qt.plan.bits in CUPY_MMA_BITS
             and getattr(qt.device, "type", None) == "cuda" and not interpreted() and _cupy_installed()):
         return False
-    from .cupy_kernels import mma_decode, mma_row_tiles, mma_unsupported
 
     decode = mma_decode(qt.plan)
     return (mma_unsupported(qt.plan) is None and decode in CUPY_MMA_DECODES
@@ -376,7 +377,12 @@ def _smallest_layer(decode: str, tiles: int) -> int:
     if not isinstance(table, dict) or (decode, tiles) not in table:
         raise ValueError(f"dispatch.CUPY_MMA_MIN_WEIGHTS must be a dict of the smallest layer (N * K weights) by "
                          f"(decode, batch tiles), with an entry for {(decode, tiles)!r}; got {table!r:.200}")
-    return table[decode, tiles]
+    value = table[decode, tiles]
+    if (not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, (bool, np.bool_))
+            or not value >= 0):
+        raise ValueError(f"dispatch.CUPY_MMA_MIN_WEIGHTS[{(decode, tiles)!r}] must be a number of weights >= 0 "
+                         f"(math.inf: never), got {value!r}")
+    return value
 
 
 @functools.lru_cache(maxsize=1)

@@ -88,8 +88,9 @@ PRESETS = {
     # bench/stream_probe.py's streaming kernel on the lent H100 in a CUDA graph, the clock the model predicts (W4,
     # K=8192 N=28672, 39.7 us; bench/results/stream_h100_run15_call{1,2}.json). Under do_bench it moved 0.75, the
     # H200's 0.74 of REFERENCES.md: do_bench zeroes 256 MB before each call, and the L2's dirty lines are written
-    # back during the call timed (events around each call without that flush: 0.93). With 0.75 int4's GEMV was
-    # predicted at 56.5 us against 46.2 in a graph (run 14), with 0.97 at 44.4.
+    # back during the call timed (events around each call without that flush: 0.93). With the H200's 0.74 int4's
+    # GEMV was predicted at 57.2 us against 46.2 in a graph (run 14), with 0.97 at 44.4. The flush is not modelled:
+    # ``us`` of a memory-bound row is short of do_bench's time on the H100 (int4 M=1: 44.4 against 53.6).
     "h100": GPUConfig("h100", 132, 1.98, 3020.0, 0.97, 0.62, 50.0, 3.0, 12.0, pair_tile_efficiency=0.31,
                       weights_first_efficiency=0.18),
 }

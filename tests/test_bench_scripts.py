@@ -220,3 +220,9 @@ def test_stream_probe_needs_a_gpu(bench):
         pytest.skip("a GPU is present")
     with pytest.raises(SystemExit, match="torch.cuda.is_available\\(\\) is False"):
         bench("stream_probe").main(["--out", "."])
+
+
+def test_stream_probe_refuses_an_out_that_is_not_a_directory(bench, tmp_path):
+    pytest.importorskip("triton", reason="triton is not installed")
+    with pytest.raises(SystemExit, match="--out .* is not a directory"):
+        bench("stream_probe").main(["--out", str(tmp_path / "missing")])

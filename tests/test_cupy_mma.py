@@ -139,7 +139,8 @@ def test_the_launch_cache_key_holds_every_constant_the_launch_plan_reads():
     import re
 
     read = set()
-    for function in (ck.mma_launch_plan, ck.mma_batch_tiles, ck.mma_row_tiles, ck.mma_m_blocks):
+    for function in (ck.mma_launch_plan, ck.mma_batch_tiles, ck.mma_row_tiles, ck.mma_m_blocks, ck.mma_words,
+                     ck.mma_unsupported, ck.mma_decode):
         read |= set(re.findall(r"\bMMA_[A-Z_]+\b", inspect.getsource(function)))
     launcher = inspect.getsource(ck.int_mma_launcher)
     key = launcher[launcher.index("key = ("):launcher.index("launch = dt.launch_cache.get(key)")]
@@ -180,6 +181,10 @@ def test_every_decode_and_batch_tile_count_has_a_smallest_layer(monkeypatch):
     monkeypatch.setattr(dispatch, "CUPY_MMA_MIN_WEIGHTS", {("int", 1): 0})  # a user's table without two tiles
     with pytest.raises(ValueError, match=r"CUPY_MMA_MIN_WEIGHTS must be a dict .* an entry for \('int', 2\)"):
         dispatch._smallest_layer("int", 2)
+    for bad in ("2**24", None, float("nan"), -1, True):  # a value a user typed: an error naming the entry
+        monkeypatch.setattr(dispatch, "CUPY_MMA_MIN_WEIGHTS", {("int", 1): bad})
+        with pytest.raises(ValueError, match=r"CUPY_MMA_MIN_WEIGHTS\[\('int', 1\)\] must be a number of weights"):
+            dispatch._smallest_layer("int", 1)
     monkeypatch.setattr(dispatch, "CUPY_MMA_MIN_WEIGHTS", 0)  # the scalar of before run 14
     with pytest.raises(ValueError, match="CUPY_MMA_MIN_WEIGHTS must be a dict"):
         dispatch._smallest_layer("int", 1)

@@ -616,8 +616,9 @@ def int_mma_launcher(dt: DeviceTensor, m: int):
     built once per tensor, row count class and tile constants (the kernel compiled once per device)."""
     torch = _torch()
     mma_batch_tiles(m)  # MMA_M_BLOCK_TILES checked before it is part of a key (True and 4.0 hash as 1 and 4)
-    key = ("cupy_mma", m, MMA_WORDS, MMA_BITS, MMA_WARPS, MMA_TILES, tuple(MMA_PREFETCH.items()), tuple(MMA_ASYNC.items()), MMA_X_BYTES,
-           MMA_WAVES, MMA_BLOCKS_PER_SM, MMA_M_BLOCK_TILES, MMA_ZERO_POINT_PREFETCH)
+    key = ("cupy_mma", m, MMA_WORDS, MMA_BITS, MMA_WARPS, MMA_TILES, tuple(MMA_PREFETCH.items()),
+           tuple(MMA_ASYNC.items()), MMA_X_BYTES, MMA_WAVES, MMA_BLOCKS_PER_SM, MMA_M_BLOCK_TILES,
+           MMA_ZERO_POINT_PREFETCH)
     launch = dt.launch_cache.get(key)
     if launch is not None:
         return launch
@@ -638,10 +639,11 @@ def int_mma_launcher(dt: DeviceTensor, m: int):
              np.int32(lp["chunks"]), np.int32(lp["chunks_per_block"]), np.uint32(lp["group_magic"]),
              np.int32(lp["splits"]), np.int32(lp["row_blocks"]), np.int32(lp["x_rows"]), np.float32(scale_unit),
              np.float32(value_scale), np.float32(OUT_MAX["float16"]))
-    grid, block, shared, split, rows = lp["grid"], lp["block"], lp["shared"], lp["splits"] > 1, lp["row_blocks"]
+    grid, block, shared, split = lp["grid"], lp["block"], lp["shared"], lp["splits"] > 1
+    counts = lp["row_blocks"] * lp["m_blocks"]  # a count per row block of each M-block
 
     def launch(x2, out2) -> None:
-        work, count = split_workspace(dt.device, m * n, rows * grid[1]) if split else (out2, out2)
+        work, count = split_workspace(dt.device, m * n, counts) if split else (out2, out2)
         _launch(kernel, index, grid, block, (_ptr(x2), *weights, _ptr(out2), _ptr(work), _ptr(count), *sizes),
                 shared, dt.device)
 

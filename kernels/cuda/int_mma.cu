@@ -458,8 +458,8 @@ HW_DEV void store_rows(const float (&acc)[MT][NJ][4], const Rows& r, int rb, uns
 // short: fp16 bits; float). Grid: x splits x blocks_per_split (split fastest), each block looping over row
 // blocks rb = blockIdx.x / splits, + gridDim.x / splits, ... < row_blocks (persistent: x is staged once for all of
 // them); y the M-blocks, batch rows 8 NJ y .. 8 NJ y + 8 NJ - 1 (each its own x tile, outputs and counts of the
-// split-K workspace); block: `warps` x 32 threads. Dynamic shared memory, in this order: the 32 KB expanded table where TAB = 1
-// (`table`: its 16 binary16 entries, 2j and 2j + 1 in word j; not read where TAB = 0), `warps` rings of
+// split-K workspace); block: `warps` x 32 threads. Dynamic shared memory, in this order: the 32 KB expanded table
+// where TAB = 1 (`table`: its 16 binary16 entries, 2j and 2j + 1 in word j; not read where TAB = 0), `warps` rings of
 // A x MT x 256 V bytes, and the x tile, chunks_per_block x NJ x x_rows x CK x 2 bytes (x_rows = R, the batch rows
 // staged a tile: min(M, 8)).
 template <int B, int FLIP, int ZB, int TAB, int V, int NJ, int MT, int D, int A, typename S>

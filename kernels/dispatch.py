@@ -52,6 +52,8 @@ OTHER_TILE = (32, 64, 3)  # other decodes: nf4 76.3 us, fp4_e2m1 78.6 against 16
 # type ids of tables the pairs do not take (read per row when a step lies in one group): bitmod_fp4 176 us before
 # run 12 (HALF_GEMV_TABLES=False), 451+ at OTHER_TILE
 MEMBER_TILE = (128, 16, 1)
+# gemv_words loads each step's words one step ahead, into registers (Launch.prefetch): not yet timed on a GPU
+GEMV_PREFETCH = False
 MAX_GROUPS_PER_STEP = 16  # words per step are halved until a step holds at most this many groups (nvfp4: 16 of 16)
 # gemv_words takes at least 32 rows: with 16, triton 3.6 fails to compile its table decodes for sm_90
 # (TritonGPUOptimizeThreadLocality; shift2 in tests/test_kernels.py, H200)
@@ -140,12 +142,15 @@ class Launch:
     stages: int = 1  # software pipeline depth of the K loop (1: none; n: n - 1 steps' loads in flight, cp.async)
     half_pairs: bool = False  # tile_dot decodes integer codes as fp16 pairs (half_dot_applies); int_mma_cupy always
     weights_first: bool = False  # the decoded weights are the MMA's first operand (w @ x^T: from registers on sm_90)
+    prefetch: bool = False  # gemv_words loads the next step's words before decoding this one (GEMV_PREFETCH)
 
     def __post_init__(self):
         if self.half_pairs and not (self.kernel == "tile_dot" and self.decode in ("int", "float")
                                     or self.kernel == "int_mma_cupy"):
             raise ValueError(f"a launch with fp16 pairs is a tile_dot of integer or minifloat codes or int_mma_cupy, "
                              f"got {self.kernel} with decode {self.decode!r} (replace half_pairs=False as well)")
+        if self.prefetch and self.kernel != "gemv_words":
+            raise ValueError(f"prefetch is a launch of gemv_words, got {self.kernel} (replace prefetch=False as well)")
         if self.weights_first and not (self.half_pairs or self.kernel in ("trip_int8", "mixed_tile_async")):
             raise ValueError(f"weights_first is a launch of the fp16-pair tile_dot, trip_int8 or mixed_tile_async, got "
                              f"{self.kernel} without fp16 pairs (replace weights_first=False as well)")
@@ -153,7 +158,8 @@ class Launch:
     def describe(self) -> str:
         return (f"{self.kernel}: BN={self.bn} BM={self.bm} KS={self.ks}, split-K {self.split} x {self.steps} steps, "
                 f"{self.decode} decode{' (fp16 pairs)' if self.half_pairs else ''}"
-                f"{', weights first' if self.weights_first else ''}, {self.warps} warps, "
+                f"{', weights first' if self.weights_first else ''}"
+                f"{', next step prefetched' if self.prefetch else ''}, {self.warps} warps, "
                 f"{self.stages} stages")
 
 
@@ -221,7 +227,8 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
     steps = math.ceil(total / split)
     if kernel not in ("gemv_words", "tile_dot"):
         stages = STAGES[kernel]
-    return Launch(kernel, bn, bm, ks, math.ceil(total / steps), steps, decode, warps, stages, half, first)
+    return Launch(kernel, bn, bm, ks, math.ceil(total / steps), steps, decode, warps, stages, half, first,
+                  prefetch=kernel == "gemv_words" and GEMV_PREFETCH)
 
 
 def half_pairs_apply(plan: KernelPlan, decode: str) -> bool:
@@ -615,7 +622,7 @@ def _arguments(qt: DeviceTensor, m: int, x_dtype: str, launch: Launch) -> tuple:
             GPS=_groups_per_step(qt.plan, launch.ks, pairs),
             EVEN=n % launch.bn == 0 and qt.shape[1] == qt.plan.padded_cols and qt.plan.padded_cols % launch.ks == 0,
             FLIP_WORD=_flip_word(qt.plan), TROWS=qt.plan.lut.shape[0],
-            REGISTER_TABLE=qt.plan.lut.size <= REGISTER_TABLE_MAX,
+            REGISTER_TABLE=qt.plan.lut.size <= REGISTER_TABLE_MAX, PREFETCH=launch.prefetch,
             **_half_flags(qt.plan, launch), **_without(common, "PACK", "B2", "ZB2"))
     if launch.kernel == "gemv_mixed":
         grid = (math.ceil(n / launch.bn), launch.split, 1)

@@ -501,6 +501,17 @@ def _spread(t, G: tl.constexpr, COLS: tl.constexpr):
 
 
 @triton.jit
+def _step_words(codes_ptr, rn, nmask, row_words, step, P: tl.constexpr, EVEN: tl.constexpr):
+    """int32 ``[BN, P]``: the ``P`` words of step ``step`` of rows ``rn`` (0 past a row's end or past ``N``)."""
+    cw = step * P + tl.arange(0, P)
+    if EVEN:  # whole tiles: no masks
+        return tl.load(codes_ptr + rn[:, None] * row_words + cw[None, :], eviction_policy="evict_first")
+    wmask = nmask[:, None] & (cw < row_words)[None, :]
+    return tl.load(codes_ptr + rn[:, None] * row_words + cw[None, :], mask=wmask, other=0,
+                   eviction_policy="evict_first")
+
+
+@triton.jit
 def gemv_words_kernel(
         x_ptr, codes_ptr, zeros_ptr, members_ptr, lut_ptr, scales_ptr, stable_ptr, absmax_ptr, rows_ptr, out_ptr,
         work_ptr, count_ptr,
@@ -514,14 +525,17 @@ def gemv_words_kernel(
         MEMBER_BITS: tl.constexpr,
         VICTIM: tl.constexpr, ZB: tl.constexpr, SCALE: tl.constexpr, DQB: tl.constexpr, ROW: tl.constexpr,
         ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr, HALF_TOP: tl.constexpr, HALF_PTX: tl.constexpr,
-        HALF_XCHUNK: tl.constexpr, HALF_XCHUNKS: tl.constexpr, TABLE_VARY: tl.constexpr, STAGES: tl.constexpr):
+        HALF_XCHUNK: tl.constexpr, HALF_XCHUNKS: tl.constexpr, TABLE_VARY: tl.constexpr, STAGES: tl.constexpr,
+        PREFETCH: tl.constexpr):
     """M = 1 with codes in whole words (module docstring). ``out``: [N] (float32 when ``ATOMIC``).
     ``one_bits``: FP32_ONE_BITS, passed at run time so that it lives in a register (:func:`placed_code`).
     ``HALF_TOP`` > 0 (integer, minifloat, 16-entry table codes: :func:`~hwlab.kernels.dispatch.half_pairs_apply`): codes
     through fp16 pairs (:func:`half_products`), x scaled into ``[2**(HALF_TOP-1), 2**HALF_TOP)``
     (:func:`half_scale`, ``HALF_XCHUNK(S)``); 0: the float32 placement or a table. A table read as fp16 pairs
     (``DECODE`` 2, ``HALF_TOP`` > 0): ``lut_ptr`` is the int32 register table, and with type ids (``MEMBERS`` 1)
-    the registers of bitmask ``TABLE_VARY`` are read per type id (:func:`member_registers`)."""
+    the registers of bitmask ``TABLE_VARY`` are read per type id (:func:`member_registers`). ``PREFETCH``: each
+    step's words are loaded one step ahead into registers (a double buffer: the loads of step s + 1 are in flight
+    while step s decodes), where ``STAGES`` > 1 would stage them through shared memory with cp.async."""
     E: tl.constexpr = 32 // B
     P: tl.constexpr = KS // E
     MASK: tl.constexpr = (1 << B) - 1
@@ -539,15 +553,16 @@ def gemv_words_kernel(
     if HALF_TOP > 0:
         xs, unscale = half_scale(x_ptr, K, HALF_XCHUNK, HALF_XCHUNKS, HALF_TOP)
         half_table = lut_registers(lut_ptr, DECODE)  # lut_ptr: the register table (dispatch._arguments)
+    if PREFETCH:  # the first step's words (masked loads: none past the program's last step, none in an empty one)
+        ahead = _step_words(codes_ptr, rn, nmask & (rn * 0 + first < last), row_words, first, P, False)
     for step in tl.range(first, last, num_stages=STAGES):
         k0 = step * KS
         cw = k0 // E + tl.arange(0, P)
-        if EVEN:  # whole tiles: no masks
-            raw = tl.load(codes_ptr + rn[:, None] * row_words + cw[None, :], eviction_policy="evict_first")
+        if PREFETCH:  # the next step's loads issued before this step's decode (the last step's: none)
+            raw = ahead
+            ahead = _step_words(codes_ptr, rn, nmask & (rn * 0 + step + 1 < last), row_words, step + 1, P, False)
         else:
-            wmask = nmask[:, None] & (cw < row_words)[None, :]
-            raw = tl.load(codes_ptr + rn[:, None] * row_words + cw[None, :], mask=wmask, other=0,
-                          eviction_policy="evict_first")
+            raw = _step_words(codes_ptr, rn, nmask, row_words, step, P, EVEN)
         if HALF_TOP > 0:
             u = raw.to(tl.uint32, bitcast=True)  # the sign flip rides in the fp16 magic
         elif DECODE == 0:

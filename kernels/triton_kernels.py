@@ -501,9 +501,8 @@ def _spread(t, G: tl.constexpr, COLS: tl.constexpr):
 
 
 @triton.jit
-def _step_words(codes_ptr, rn, nmask, row_words, step, P: tl.constexpr, EVEN: tl.constexpr):
-    """int32 ``[BN, P]``: the ``P`` words of step ``step`` of rows ``rn`` (0 past a row's end or past ``N``)."""
-    cw = step * P + tl.arange(0, P)
+def _step_words(codes_ptr, rn, nmask, row_words, cw, EVEN: tl.constexpr):
+    """int32 ``[BN, P]``: the words ``cw`` (``[P]``, a step's) of rows ``rn`` (0 past a row's end or past ``N``)."""
     if EVEN:  # whole tiles: no masks
         return tl.load(codes_ptr + rn[:, None] * row_words + cw[None, :], eviction_policy="evict_first")
     wmask = nmask[:, None] & (cw < row_words)[None, :]
@@ -554,15 +553,16 @@ def gemv_words_kernel(
         xs, unscale = half_scale(x_ptr, K, HALF_XCHUNK, HALF_XCHUNKS, HALF_TOP)
         half_table = lut_registers(lut_ptr, DECODE)  # lut_ptr: the register table (dispatch._arguments)
     if PREFETCH:  # the first step's words (masked loads: none past the program's last step, none in an empty one)
-        ahead = _step_words(codes_ptr, rn, nmask & (rn * 0 + first < last), row_words, first, P, False)
+        ahead = _step_words(codes_ptr, rn, nmask & (rn * 0 + first < last), row_words, first * P + tl.arange(0, P),
+                            False)
     for step in tl.range(first, last, num_stages=STAGES):
         k0 = step * KS
         cw = k0 // E + tl.arange(0, P)
         if PREFETCH:  # the next step's loads issued before this step's decode (the last step's: none)
             raw = ahead
-            ahead = _step_words(codes_ptr, rn, nmask & (rn * 0 + step + 1 < last), row_words, step + 1, P, False)
+            ahead = _step_words(codes_ptr, rn, nmask & (rn * 0 + step + 1 < last), row_words, cw + P, False)
         else:
-            raw = _step_words(codes_ptr, rn, nmask, row_words, step, P, EVEN)
+            raw = _step_words(codes_ptr, rn, nmask, row_words, cw, EVEN)
         if HALF_TOP > 0:
             u = raw.to(tl.uint32, bitcast=True)  # the sign flip rides in the fp16 magic
         elif DECODE == 0:

@@ -26,7 +26,7 @@ from hwlab.formats.scales import BF16_LARGEST, FP16_LARGEST
 
 from .async_mixed import ASYNC_KERNELS
 from .device import PAIR_TABLE_MAX, DeviceTensor, register_table
-from .half_pairs import HALF_BITS, LUT_BITS, LUT_ENTRIES, WORDS, half_top, half_word_ptx
+from .half_pairs import HALF_BITS, LUT_BITS, LUT_ENTRIES, SUBNORMAL_TOP, WORDS, half_top, half_word_ptx
 from .plan import KernelPlan, minifloat_in_fp16
 
 PACK_IDS = {"words": 0, "bits": 1, "trit5": 2, "mixed": 3}
@@ -54,6 +54,9 @@ OTHER_TILE = (32, 64, 3)  # other decodes: nf4 76.3 us, fp4_e2m1 78.6 against 16
 MEMBER_TILE = (128, 16, 1)
 # gemv_words loads each step's words one step ahead, into registers (Launch.prefetch): not yet timed on a GPU
 GEMV_PREFETCH = False
+# ... and decodes integer codes as fp16 subnormals, one LOP3 a pair instead of a LOP3 and an HFMA2 (Launch.subnormal,
+# half_pairs.subnormal_pair_constants): not yet timed on a GPU
+GEMV_SUBNORMAL = False
 MAX_GROUPS_PER_STEP = 16  # words per step are halved until a step holds at most this many groups (nvfp4: 16 of 16)
 # gemv_words takes at least 32 rows: with 16, triton 3.6 fails to compile its table decodes for sm_90
 # (TritonGPUOptimizeThreadLocality; shift2 in tests/test_kernels.py, H200)
@@ -143,6 +146,7 @@ class Launch:
     half_pairs: bool = False  # tile_dot decodes integer codes as fp16 pairs (half_dot_applies); int_mma_cupy always
     weights_first: bool = False  # the decoded weights are the MMA's first operand (w @ x^T: from registers on sm_90)
     prefetch: bool = False  # gemv_words loads the next step's words before decoding this one (GEMV_PREFETCH)
+    subnormal: bool = False  # gemv_words' fp16 pairs hold integer codes as subnormals (GEMV_SUBNORMAL)
 
     def __post_init__(self):
         if self.half_pairs and not (self.kernel == "tile_dot" and self.decode in ("int", "float")
@@ -151,6 +155,9 @@ class Launch:
                              f"got {self.kernel} with decode {self.decode!r} (replace half_pairs=False as well)")
         if self.prefetch and self.kernel != "gemv_words":
             raise ValueError(f"prefetch is a launch of gemv_words, got {self.kernel} (replace prefetch=False as well)")
+        if self.subnormal and not (self.kernel == "gemv_words" and self.decode == "int"):
+            raise ValueError(f"the subnormal decode is a launch of gemv_words with the int decode, got {self.kernel} "
+                             f"with decode {self.decode!r} (replace subnormal=False as well)")
         if self.weights_first and not (self.half_pairs or self.kernel in ("trip_int8", "mixed_tile_async")):
             raise ValueError(f"weights_first is a launch of the fp16-pair tile_dot, trip_int8 or mixed_tile_async, got "
                              f"{self.kernel} without fp16 pairs (replace weights_first=False as well)")
@@ -159,7 +166,8 @@ class Launch:
         return (f"{self.kernel}: BN={self.bn} BM={self.bm} KS={self.ks}, split-K {self.split} x {self.steps} steps, "
                 f"{self.decode} decode{' (fp16 pairs)' if self.half_pairs else ''}"
                 f"{', weights first' if self.weights_first else ''}"
-                f"{', next step prefetched' if self.prefetch else ''}, {self.warps} warps, "
+                f"{', next step prefetched' if self.prefetch else ''}"
+                f"{', codes as fp16 subnormals' if self.subnormal else ''}, {self.warps} warps, "
                 f"{self.stages} stages")
 
 
@@ -228,7 +236,9 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
     if kernel not in ("gemv_words", "tile_dot"):
         stages = STAGES[kernel]
     return Launch(kernel, bn, bm, ks, math.ceil(total / steps), steps, decode, warps, stages, half, first,
-                  prefetch=kernel == "gemv_words" and GEMV_PREFETCH)
+                  prefetch=kernel == "gemv_words" and GEMV_PREFETCH,
+                  subnormal=kernel == "gemv_words" and GEMV_SUBNORMAL and decode == "int"
+                  and half_pairs_apply(plan, decode))
 
 
 def half_pairs_apply(plan: KernelPlan, decode: str) -> bool:
@@ -289,14 +299,18 @@ def half_dot_applies(plan: KernelPlan, decode: str, ks: int) -> bool:
 
 
 def _half_flags(plan: KernelPlan, launch: Launch) -> dict:
-    """``gemv_words_kernel``'s ``HALF_TOP`` and ``HALF_PTX`` (:func:`half_pairs_apply`); the PTX only
-    where the kernel is compiled (the interpreter runs its Triton twin)."""
+    """``gemv_words_kernel``'s ``HALF_TOP``, ``HALF_PTX`` and ``HALF_SUBNORMAL`` (:func:`half_pairs_apply`,
+    ``launch.subnormal``); the PTX only where the kernel is compiled (the interpreter runs its Triton twin)."""
     if not half_pairs_apply(plan, launch.decode):
-        return dict(HALF_TOP=0, HALF_PTX="", HALF_XCHUNK=1, HALF_XCHUNKS=0, TABLE_VARY=0)
+        if launch.subnormal:
+            raise ValueError(f"the subnormal decode is an fp16 pair decode, which {plan.format_name} with decode "
+                             f"{launch.decode!r} does not take")
+        return dict(HALF_TOP=0, HALF_PTX="", HALF_XCHUNK=1, HALF_XCHUNKS=0, TABLE_VARY=0, HALF_SUBNORMAL=False)
     table = launch.decode == "lut"
     ptx = "" if interpreted() else half_word_ptx(plan.bits, plan.flip, plan.mbits if launch.decode == "float" else None,
-                                                 table=table)
-    return dict(HALF_TOP=half_pair_top(plan, launch.decode), HALF_PTX=ptx,
+                                                 table=table, subnormal=launch.subnormal)
+    top = SUBNORMAL_TOP if launch.subnormal else half_pair_top(plan, launch.decode)
+    return dict(HALF_TOP=top, HALF_PTX=ptx, HALF_SUBNORMAL=launch.subnormal,
                 HALF_XCHUNK=HALF_XCHUNK, HALF_XCHUNKS=math.ceil(plan.padded_cols / HALF_XCHUNK),
                 TABLE_VARY=varying_registers(register_table(plan.lut)) if table else 0)
 

@@ -17,6 +17,8 @@ from hwlab.formats.scales import FP16_LARGEST
 HALF_BITS = (2, 4, 8)  # code widths with a PTX word (1-bit words stay on the float32 placement)
 WORDS = 2  # uint32 words summed in fp16 before one widening to float32 (halves the conversions)
 HALF_TOP_MAX = 15  # activations x' below 2**15: finite in fp16 (FP16_LARGEST = 65504), whatever the codes
+SUBNORMAL_TOP = HALF_TOP_MAX  # the subnormal integer decode's x' range (its products are below 2**(bits - 9))
+SUBNORMAL_EXPONENT = 24  # an fp16 subnormal of mantissa m is m * 2**-24 (IEEE 754 binary16)
 LUT_BITS = 4  # code width of the table decode: 16 entries, 32 bytes in eight registers (PTX ISA, prmt.b32)
 LUT_ENTRIES = 1 << LUT_BITS
 
@@ -31,11 +33,13 @@ def half_top(bits: int, largest: float | None = None) -> int:
     return min(HALF_TOP_MAX, math.floor(math.log2(FP16_LARGEST / (WORDS * (16 // bits) * largest))))
 
 
-def half_word_ptx(bits: int, flip: int, mbits: int | None = None, table: bool = False) -> str:
+def half_word_ptx(bits: int, flip: int, mbits: int | None = None, table: bool = False, subnormal: bool = False) -> str:
     """PTX of :data:`WORDS` words of :func:`half_products` for ``bits``-bit codes (2, 4 or 8), sign bit
     ``flip``: ``$0`` (f32) = the words' ``sum q x'``, ``$1``..``$WORDS`` the words, then each word's x'
     pairs (f16x2: codes ``i`` and ``i + E/2``). Integer codes (``mbits`` None, no ``table``), per word of E
-    codes: E/2 LOP3, at most one shift, E/2 HADD2/HFMA2 to decode. Sign-magnitude minifloats of ``mbits``
+    codes: E/2 LOP3, at most one shift, E/2 HADD2/HFMA2 to decode; with ``subnormal``, the E/2 LOP3 and the
+    shift only (:func:`subnormal_pair_constants`: ``$0`` is then ``sum (q + flip) x' 2**-24``, each pair's x'
+    scaled by its own ``2**-p0``). Sign-magnitude minifloats of ``mbits``
     mantissa bits (4 or 8 bits wide): each pair placed in binary16 (:func:`hwlab.kernels.plan.minifloat_in_fp16`,
     the value times ``2**(15 - bias)``) with two shifts, an AND and a LOP3, no offset. ``table``: 4-bit codes
     read from a binary16 table whose bytes are the last eight operands (:func:`lut_registers`; run-time
@@ -60,7 +64,7 @@ def half_word_ptx(bits: int, flip: int, mbits: int | None = None, table: bool = 
             if table:
                 lines.append(_lut_pair(i))
             elif mbits is None:
-                lines += _int_pair(src, i, bits, flip)
+                lines += _subnormal_pair(src, i, bits, flip) if subnormal else _int_pair(src, i, bits, flip)
             else:
                 lines += _float_pair(src, i, bits, mbits)
             x = f"${1 + WORDS + word * pairs + i}"
@@ -120,6 +124,24 @@ def int_pair_constants(i: int, bits: int, flip: int) -> tuple[bool, int, int, fl
     fields = (mask << p0) | (mask << (16 + p0))
     magic = 0x64006400 | (flip << p0) | (flip << (16 + p0))
     return i >= window, fields, magic, 2.0**-p0, -float((1 << (10 - p0)) + flip)
+
+
+def subnormal_pair_constants(i: int, bits: int, flip: int) -> tuple[bool, int, int, int]:
+    """``(shifted, fields, flips, p0)`` of integer pair ``i`` for the subnormal decode: ``h = (src & fields) ^ flips``
+    holds, in each half, the code with its sign bit flipped (``u = q + flip``, unsigned) in the mantissa of a zero
+    exponent from bit ``p0`` up: the fp16 subnormal ``u * 2**(p0 - 24)``, exact, with no instruction to scale or
+    offset it. The pair's x' is scaled by ``2**-p0`` instead (exact: a power of two), so that every product is
+    ``u x' 2**-24``; the kernel removes ``flip * sum x'`` and the ``2**-24`` in float32. (``src``, ``shifted``,
+    ``fields`` as in :func:`int_pair_constants`.)"""
+    shifted, fields, magic, scale, _ = int_pair_constants(i, bits, flip)
+    return shifted, fields, magic & ~0x64006400, round(-math.log2(scale))
+
+
+def _subnormal_pair(src: str, i: int, bits: int, flip: int) -> list[str]:
+    """PTX putting integer codes ``i`` and ``i + E/2`` of word ``src`` (``t``: it shifted right once) into ``h`` as
+    fp16 subnormals (:func:`subnormal_pair_constants`): one LOP3."""
+    shifted, fields, flips, _ = subnormal_pair_constants(i, bits, flip)
+    return [f"lop3.b32 h, {'t' if shifted else src}, {fields:#010x}, {flips:#010x}, 0x6a;"]
 
 
 def _int_pair(src: str, i: int, bits: int, flip: int) -> list[str]:

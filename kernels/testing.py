@@ -29,19 +29,46 @@ def clone(dev: DeviceTensor) -> DeviceTensor:
     return DeviceTensor(dev.source, dev.plan, {name: t.clone() for name, t in dev.arrays.items()}, dev.tables)
 
 
-def matmul_tolerance(x, weights, scale_bound, reference, half_terms: int = 0):
+def matmul_tolerance(x, weights, scale_bound, reference, half_terms: int = 0, subnormal=None):
     """Elementwise bound on ``|matmul(x, W) - reference|`` (torch float64 tensors on one device).
 
     One rounding of the output and of a table value to x's dtype, relative to ``|y| + |x| @ |W|^T``,
     plus the fast decode's placement error relative to ``|x| @ scale_bound^T`` (``scale_bound``:
     per-element scale times the largest table magnitude), plus, for the fp16 pair path, ``half_terms``
     fp16 roundings relative to ``|x| @ |W|^T`` (:func:`half_terms`: a product and the additions of a
-    half register's partial sum each round once)."""
+    half register's partial sum each round once). ``subnormal``: the subnormal decode's ``(spread, floor)``
+    (:func:`subnormal_bounds`), whose roundings are relative to ``spread`` instead, plus ``floor``."""
     u = UNIT_ROUNDOFF[str(x.dtype).removeprefix("torch.")]
     ax = x.double().abs()
     spread = ax @ weights.abs().T
-    return ((2 * u + half_terms * HALF_UNIT_ROUNDOFF) * spread + 2 * u * reference.abs()
-            + FAST_DECODE_ERROR * (ax @ scale_bound.T) + 1e-30)
+    half_spread, floor = (spread, 0.0) if subnormal is None else subnormal
+    return (2 * u * spread + half_terms * HALF_UNIT_ROUNDOFF * half_spread + 2 * u * reference.abs()
+            + FAST_DECODE_ERROR * (ax @ scale_bound.T) + floor + 1e-30)
+
+
+def subnormal_bounds(x, qt, weights):
+    """``(spread, floor)`` of the subnormal decode (:func:`~hwlab.kernels.half_pairs.subnormal_pair_constants`;
+    torch float64, ``[M, N]``, ``weights`` the float64 reference weights). Its fp16 products are of the unsigned
+    codes ``q + flip`` (with zero points: the codes, at most ``2**bits - 1``), so they round relative to
+    ``spread = |x| @ (|W| + c * unit)^T`` (``unit``: each element's scale times the plan's decode scale; ``c``:
+    ``flip``, or ``2**bits - 1`` with zero points). Products below fp16's smallest normal round to its subnormal
+    grid: at most half of ``2**-24`` each, ``1 / (2 xs)`` in x's units, and as much again for x' rounded to fp16
+    (``xs``: the power of two of ``half_scale``, ``SUBNORMAL_TOP``), so ``floor = sum_k unit / xs`` per row."""
+    import torch
+
+    from .half_pairs import SUBNORMAL_TOP
+    from .plan import build_plan
+
+    plan = build_plan(qt)
+    u = qt.unpacked()
+    unit = torch.from_numpy(np.abs(u.expand(u.scales))[:, :qt.shape[1]] * plan.decode_scale * abs(plan.tensor_scale))
+    c = (1 << plan.bits) - 1 if plan.zero_bits else plan.flip
+    ax = x.double().abs()
+    spread = ax @ (weights.abs() + c * unit).T
+    finite = torch.where(torch.isfinite(ax), ax, 0.0).amax(dim=-1, keepdim=True).float()
+    biased = (finite.view(torch.int32) >> 23) & 0xFF  # as half_scale reads it: x's largest finite |x| in float32
+    k = torch.clamp(126 + SUBNORMAL_TOP - biased, max=126).double()
+    return spread, torch.exp2(-k) * unit.sum(dim=1)
 
 
 def half_terms(plan, m: int) -> int:
@@ -62,18 +89,24 @@ def scale_bound(qt) -> np.ndarray:
     return np.abs(u.expand(u.scales))[:, :qt.shape[1]] * largest
 
 
-def worst_error(got, x, qt) -> float:
+def worst_error(got, x, qt, launch=None) -> float:
     """The largest ``|got - reference| / tolerance`` of a kernel's output ``got`` for ``x @ W^T``
-    (<= 1 passes; :func:`matmul_tolerance` against the float64 reference of the unpacked view)."""
+    (<= 1 passes; :func:`matmul_tolerance` against the float64 reference of the unpacked view) made by ``launch``
+    (by default the one :func:`~hwlab.kernels.dispatch.choose` takes)."""
     import torch
 
+    from .dispatch import choose
     from .plan import build_plan
     from .reference import reference_matmul, reference_weights
 
     ref = torch.from_numpy(reference_matmul(x, qt))
     rows = int(np.prod(x.shape[:-1]))
-    tol = matmul_tolerance(x.detach().cpu(), torch.from_numpy(reference_weights(qt)),
-                           torch.from_numpy(scale_bound(qt)), ref, half_terms(build_plan(qt), rows))
+    plan = build_plan(qt)
+    launch = choose(plan, max(rows, 1)) if launch is None else launch
+    weights = torch.from_numpy(reference_weights(qt))
+    x = x.detach().cpu()
+    subnormal = subnormal_bounds(x, qt, weights) if launch.subnormal else None
+    tol = matmul_tolerance(x, weights, torch.from_numpy(scale_bound(qt)), ref, half_terms(plan, rows), subnormal)
     return float(((got.detach().double().cpu() - ref).abs() / tol).max())
 
 

@@ -50,10 +50,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .half_pairs import SUBNORMAL_EXPONENT
+
 FP32_ONE_BITS = tl.constexpr(0x3F800000)  # IEEE binary32 1.0
 FP32_2_23_BITS = tl.constexpr(0x4B000000)  # IEEE binary32 2**23: its ulp is 1, so 2**23 | q = 2**23 + q for q < 2**23
 FP32_MAX = tl.constexpr(3.4028234663852886e38)  # largest finite IEEE binary32
 FP32_INF = tl.constexpr(float("inf"))
+SUBNORMAL_UNIT = tl.constexpr(float(2**SUBNORMAL_EXPONENT))  # 1 / the fp16 subnormal of mantissa 1
 
 
 @triton.jit
@@ -230,15 +233,16 @@ def placed_code(u, xj, j: tl.constexpr, B: tl.constexpr, one):
 
 
 @triton.jit
-def half_scale(x_ptr, K, XCHUNK: tl.constexpr, XCHUNKS: tl.constexpr, TOP: tl.constexpr):
+def half_scale(x_ptr, K, XCHUNK: tl.constexpr, XCHUNKS: tl.constexpr, TOP: tl.constexpr, WIDE: tl.constexpr):
     """``(xs, 1 / xs)``, float32 scalars: the power of two ``2**k`` that brings the largest ``|x|`` of the
     row (``K`` values, read as ``XCHUNKS`` unrolled loads of ``XCHUNK``: all in flight at once) into
     ``[2**(TOP-1), 2**TOP)``, with ``k <= 15`` for fp16 x (``xs`` an fp16 value: fp16 x that small only
-    gains range, every fp16 x times 2**15 is normal) and ``k <= 126`` for bf16 (``1 / xs`` a normal
-    float32); an all-zero x takes the largest k. Infinities and NaNs do not count (they stay what they
-    are in ``x * xs``, so an inf gives the saturated outputs of the float32 path, not NaN).
+    gains range, every fp16 x times 2**15 is normal) and ``k <= 126`` for bf16 and, with ``WIDE`` (x' made in
+    float32, :func:`_x_pair`), for fp16 too (``1 / xs`` a normal float32); an all-zero x takes the largest k.
+    Infinities and NaNs do not count (they stay what they are in ``x * xs``, so an inf gives the saturated outputs
+    of the float32 path, not NaN; the subnormal decode's sign offset makes it NaN).
     :func:`half_products` multiplies by ``xs`` and the kernel by ``1 / xs``, both exact."""
-    KMAX: tl.constexpr = 15 if x_ptr.dtype.element_ty == tl.float16 else 126
+    KMAX: tl.constexpr = 15 if x_ptr.dtype.element_ty == tl.float16 and not WIDE else 126
     xm = tl.zeros((XCHUNK,), tl.float32)
     for c in tl.static_range(XCHUNKS):
         kk = c * XCHUNK + tl.arange(0, XCHUNK)
@@ -250,9 +254,13 @@ def half_scale(x_ptr, K, XCHUNK: tl.constexpr, XCHUNKS: tl.constexpr, TOP: tl.co
 
 
 @triton.jit
-def _x_pair(x_ptr, cw, K, xs, i: tl.constexpr, E: tl.constexpr, EVEN: tl.constexpr):
-    """``x' = x * xs`` (fp16) of codes ``i`` and ``i + E/2`` of every word column ``cw``: the pair's
-    bits as one int32 (low half code ``i``, :func:`half_word_ptx`) and its float32 sum."""
+def _x_pair(x_ptr, cw, K, xs, i: tl.constexpr, E: tl.constexpr, EVEN: tl.constexpr, B: tl.constexpr,
+            WIDE: tl.constexpr):
+    """``x' = x * xs`` (fp16) of codes ``i`` and ``i + E/2`` of every word column ``cw`` (``B``-bit codes): the
+    pair's bits as one int32 (low half code ``i``, :func:`half_word_ptx`) and its float32 sum. ``WIDE`` (the
+    subnormal decode): ``x * xs * 2**-p0`` made in float32 (``xs`` may exceed fp16's range), p0 the pair's bit
+    in its half (:func:`~hwlab.kernels.half_pairs.subnormal_pair_constants`), and the sum of ``x * xs``."""
+    P0: tl.constexpr = (i % (10 // B)) * B if WIDE else 0
     ka = cw * E + i
     if EVEN:
         xa = tl.load(x_ptr + ka, eviction_policy="evict_last")
@@ -260,25 +268,32 @@ def _x_pair(x_ptr, cw, K, xs, i: tl.constexpr, E: tl.constexpr, EVEN: tl.constex
     else:
         xa = tl.load(x_ptr + ka, mask=ka < K, other=0.0, eviction_policy="evict_last")
         xb = tl.load(x_ptr + ka + E // 2, mask=ka + E // 2 < K, other=0.0, eviction_policy="evict_last")
-    if xa.dtype == tl.float16:  # exact: xs is an fp16 power of two (:func:`half_scale`)
+    if xa.dtype == tl.float16 and not WIDE:  # exact: xs is an fp16 power of two (:func:`half_scale`)
         a = xa * xs.to(tl.float16)
         b = xb * xs.to(tl.float16)
     else:
-        a = (xa.to(tl.float32) * xs).to(tl.float16)
-        b = (xb.to(tl.float32) * xs).to(tl.float16)
+        a = (xa.to(tl.float32) * (xs * (1.0 / (1 << P0)))).to(tl.float16)
+        b = (xb.to(tl.float32) * (xs * (1.0 / (1 << P0)))).to(tl.float16)
     bits = (a.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | (b.to(tl.int16, bitcast=True).to(tl.int32) << 16)
-    return bits[None, :], a.to(tl.float32) + b.to(tl.float32)
+    total = a.to(tl.float32) + b.to(tl.float32)
+    if P0 > 0:
+        total = total * (1 << P0)  # exact: the sum of x * xs
+    return bits[None, :], total
 
 
 @triton.jit
-def _half_pair_values(u, i: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr):
+def _half_pair_values(u, i: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr, SUBNORMAL: tl.constexpr):
     """Codes ``i`` and ``i + E/2`` of every word ``u`` as exact fp16 values, ``[BN, P, 2]`` (the
-    interpreter's twin of one decode step of :func:`half_word_ptx`)."""
+    interpreter's twin of one decode step of :func:`half_word_ptx`); with ``SUBNORMAL``, the fp16 subnormals
+    ``(q + FLIP) * 2**(p0 - 24)`` (:func:`~hwlab.kernels.half_pairs.subnormal_pair_constants`)."""
     W: tl.constexpr = 10 // B
     MASK: tl.constexpr = (1 << B) - 1
     p0 = (i % W) * B
     src = u if i < W else u >> (W * B)
-    h = ((src & ((MASK << p0) | (MASK << (16 + p0)))) ^ (0x64006400 | (FLIP << p0) | (FLIP << (16 + p0))))
+    flips = (FLIP << p0) | (FLIP << (16 + p0))
+    if SUBNORMAL:
+        return _halves((src & ((MASK << p0) | (MASK << (16 + p0)))) ^ flips)
+    h = ((src & ((MASK << p0) | (MASK << (16 + p0)))) ^ (0x64006400 | flips))
     return _halves(h) * tl.cast(1.0 / (1 << p0), tl.float16) - tl.cast((1 << (10 - p0)) + FLIP, tl.float16)
 
 
@@ -380,14 +395,15 @@ def _table_pair_values(u, table, i: tl.constexpr):
 def _half_pair_product(u, xbits, table, i: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr, PAIR: tl.constexpr,
                        MBITS: tl.constexpr):
     """``[BN, P, 2]`` fp16: codes ``i`` and ``i + E/2`` (``PAIR`` 0: integers; 1: minifloats placed in binary16;
-    2: 4-bit codes of the binary16 ``table``, :func:`lut_registers`) times their x' (the twin's product step)."""
+    2: 4-bit codes of the binary16 ``table``, :func:`lut_registers`; 3: integers as fp16 subnormals) times their x'
+    (the twin's product step)."""
     xp = tl.join((xbits & 0xFFFF).to(tl.int16), (xbits >> 16).to(tl.int16)).to(tl.float16, bitcast=True)
     if PAIR == 1:
         v = _float_pair_values(u, i, B, MBITS)
     elif PAIR == 2:
         v = _table_pair_values(u, table, i)
     else:
-        v = _half_pair_values(u, i, B, FLIP)
+        v = _half_pair_values(u, i, B, FLIP, PAIR == 3)
     return v * xp
 
 
@@ -408,6 +424,9 @@ def half_products(u, x_ptr, table, cw, K, xs, EVEN: tl.constexpr, B: tl.constexp
     register, so two codes become fp16 values with one logic op and one HFMA2: the code, its sign bit
     flipped (``FLIP``), is put into the mantissa of fp16 1024 (``0x6400``; 1024 + 2**(p B) c is exact
     while p B + B <= 10, else the word is shifted once), then scaled by 2**(-p B) and offset (``PAIR`` 0).
+    ``PAIR`` 3: integer codes as fp16 subnormals, ``(q + FLIP) * 2**(p B - 24)`` with the one logic op alone, each
+    pair's x' scaled by ``2**(-p B)`` instead: ``sum (q + FLIP) x' 2**-24`` (the caller removes the offset and the
+    power of two; :func:`~hwlab.kernels.half_pairs.subnormal_pair_constants`).
     ``PAIR`` 1: sign-magnitude minifloat codes of ``MBITS`` mantissa bits, each pair's bits moved into binary16
     fields (:func:`_float_pair_values`: the value times ``2**(15 - bias)``, subnormals included). ``PAIR`` 2:
     4-bit codes of a binary16 table held in eight registers, ``table`` (:func:`lut_registers`), read with byte
@@ -430,18 +449,18 @@ def half_column_products(we, wo, x_ptr, table, cw, K, xs, EVEN: tl.constexpr, B:
     (int32 ``[BN, P/2]`` each), for a caller that builds the two halves of its words apart (each in the
     layout the PTX call takes, so no layout conversion joins them first)."""
     E: tl.constexpr = 32 // B
-    x0, s0 = _x_pair(x_ptr, cw, K, xs, 0, E, EVEN)
-    x1, s1 = _x_pair(x_ptr, cw, K, xs, 1, E, EVEN)
+    x0, s0 = _x_pair(x_ptr, cw, K, xs, 0, E, EVEN, B, PAIR == 3)
+    x1, s1 = _x_pair(x_ptr, cw, K, xs, 1, E, EVEN, B, PAIR == 3)
     xsum = s0 + s1
     if B <= 4:
-        x2, s2 = _x_pair(x_ptr, cw, K, xs, 2, E, EVEN)
-        x3, s3 = _x_pair(x_ptr, cw, K, xs, 3, E, EVEN)
+        x2, s2 = _x_pair(x_ptr, cw, K, xs, 2, E, EVEN, B, PAIR == 3)
+        x3, s3 = _x_pair(x_ptr, cw, K, xs, 3, E, EVEN, B, PAIR == 3)
         xsum += s2 + s3
     if B <= 2:
-        x4, s4 = _x_pair(x_ptr, cw, K, xs, 4, E, EVEN)
-        x5, s5 = _x_pair(x_ptr, cw, K, xs, 5, E, EVEN)
-        x6, s6 = _x_pair(x_ptr, cw, K, xs, 6, E, EVEN)
-        x7, s7 = _x_pair(x_ptr, cw, K, xs, 7, E, EVEN)
+        x4, s4 = _x_pair(x_ptr, cw, K, xs, 4, E, EVEN, B, PAIR == 3)
+        x5, s5 = _x_pair(x_ptr, cw, K, xs, 5, E, EVEN, B, PAIR == 3)
+        x6, s6 = _x_pair(x_ptr, cw, K, xs, 6, E, EVEN, B, PAIR == 3)
+        x7, s7 = _x_pair(x_ptr, cw, K, xs, 7, E, EVEN, B, PAIR == 3)
         xsum += s4 + s5 + s6 + s7
     if PTX != "":  # two words a call (half_pairs.WORDS): word columns 2c and 2c + 1
         x0e, x0o = _columns(x0)
@@ -525,14 +544,16 @@ def gemv_words_kernel(
         VICTIM: tl.constexpr, ZB: tl.constexpr, SCALE: tl.constexpr, DQB: tl.constexpr, ROW: tl.constexpr,
         ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr, HALF_TOP: tl.constexpr, HALF_PTX: tl.constexpr,
         HALF_XCHUNK: tl.constexpr, HALF_XCHUNKS: tl.constexpr, TABLE_VARY: tl.constexpr, STAGES: tl.constexpr,
-        PREFETCH: tl.constexpr):
+        PREFETCH: tl.constexpr, HALF_SUBNORMAL: tl.constexpr):
     """M = 1 with codes in whole words (module docstring). ``out``: [N] (float32 when ``ATOMIC``).
     ``one_bits``: FP32_ONE_BITS, passed at run time so that it lives in a register (:func:`placed_code`).
     ``HALF_TOP`` > 0 (integer, minifloat, 16-entry table codes: :func:`~hwlab.kernels.dispatch.half_pairs_apply`): codes
     through fp16 pairs (:func:`half_products`), x scaled into ``[2**(HALF_TOP-1), 2**HALF_TOP)``
     (:func:`half_scale`, ``HALF_XCHUNK(S)``); 0: the float32 placement or a table. A table read as fp16 pairs
     (``DECODE`` 2, ``HALF_TOP`` > 0): ``lut_ptr`` is the int32 register table, and with type ids (``MEMBERS`` 1)
-    the registers of bitmask ``TABLE_VARY`` are read per type id (:func:`member_registers`). ``PREFETCH``: each
+    the registers of bitmask ``TABLE_VARY`` are read per type id (:func:`member_registers`). ``HALF_SUBNORMAL``:
+    integer codes as fp16 subnormals (``half_products``' ``PAIR`` 3, one LOP3 a pair; x' up to ``2**HALF_TOP``
+    made in float32), their sign offset ``FLIP * sum x'`` removed per word column in float32. ``PREFETCH``: each
     step's words are loaded one step ahead into registers (a double buffer: the loads of step s + 1 are in flight
     while step s decodes), where ``STAGES`` > 1 would stage them through shared memory with cp.async."""
     E: tl.constexpr = 32 // B
@@ -550,7 +571,7 @@ def gemv_words_kernel(
     first = tl.program_id(1) * steps_per_program
     last = tl.minimum(first + steps_per_program, n_steps)
     if HALF_TOP > 0:
-        xs, unscale = half_scale(x_ptr, K, HALF_XCHUNK, HALF_XCHUNKS, HALF_TOP)
+        xs, unscale = half_scale(x_ptr, K, HALF_XCHUNK, HALF_XCHUNKS, HALF_TOP, HALF_SUBNORMAL)
         half_table = lut_registers(lut_ptr, DECODE)  # lut_ptr: the register table (dispatch._arguments)
     if PREFETCH:  # the first step's words (masked loads: none past the program's last step, none in an empty one)
         ahead = _step_words(codes_ptr, rn, nmask & (rn * 0 + first < last), row_words, first * P + tl.arange(0, P),
@@ -599,7 +620,10 @@ def gemv_words_kernel(
             step_table = half_table
             if DECODE == 2 and MEMBERS == 1:  # each row's (or word's) member's table
                 step_table = member_registers(lut_ptr, ids, half_table, TABLE_VARY, GPS, COLS)
-            part, xsum = half_products(u, x_ptr, step_table, cw, K, xs, EVEN, B, FLIP, DECODE, MBITS, HALF_PTX)
+            part, xsum = half_products(u, x_ptr, step_table, cw, K, xs, EVEN, B, FLIP, 3 if HALF_SUBNORMAL else DECODE,
+                                       MBITS, HALF_PTX)
+            if HALF_SUBNORMAL:  # sum (q + FLIP) x' 2**-24 -> sum q x' (exact scaling; xsum: sum x', float32)
+                part = part * SUBNORMAL_UNIT - FLIP * xsum[None, :]
         else:
             part = tl.zeros((BN, P), tl.float32)
             xsum = tl.zeros((P,), tl.float32)
@@ -838,7 +862,7 @@ def _pair(u, i: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr, FLOAT: tl.con
     """Codes ``i`` and ``i + E/2`` of every word ``u`` as an fp16 pair: integers or minifloats (``FLOAT``)."""
     if FLOAT:
         return _float_pair_values(u, i, B, MBITS)
-    return _half_pair_values(u, i, B, FLIP)
+    return _half_pair_values(u, i, B, FLIP, False)
 
 
 @triton.jit

@@ -17,6 +17,8 @@ pytest.importorskip("triton", reason="triton is not installed")
 
 from hwlab import kernels  # noqa: E402
 from hwlab.kernels import dispatch  # noqa: E402
+from hwlab.kernels.half_pairs import WORDS, half_word_ptx  # noqa: E402
+from hwlab.kernels.plan import build_plan  # noqa: E402
 from hwlab.kernels.reference import reference_matmul, reference_weights  # noqa: E402
 from hwlab.kernels.testing import half_terms, matmul_tolerance, scale_bound, worst_error  # noqa: E402
 
@@ -37,7 +39,7 @@ def check_matmul(x, qt, dev, launch=None):
         dispatch.run(x.view(-1, x.shape[-1]), dev, out.view(-1, n), launch)
     got = out.double().cpu()
     assert torch.isfinite(got).all(), "a poisoned output was not overwritten"
-    worst = worst_error(got, x, qt)
+    worst = worst_error(got, x, qt, launch)
     assert worst <= 1.0, f"{qt.format_name}: error {worst:.3g} x tolerance"
     return got
 
@@ -216,14 +218,80 @@ def test_half_pair_path_over_the_whole_fp16_range(name, rng, kernel_device):
     # whole steps of HALF_TILE's words, halved where they would hold more than MAX_GROUPS_PER_STEP groups (mx, nv)
     assert launch.bn == dispatch.HALF_TILE[0] and launch.ks in (dispatch.HALF_TILE[1] * 32 // dev.plan.bits >> h
                                                                  for h in range(4))
-    wide = np.exp2(rng.uniform(-24, 15.9, 1024)) * rng.choice([-1, 1], 1024)
-    lone = np.full(1024, 1e-6)
-    lone[517] = -65504.0
-    for values, dtype in ((wide, torch.float16), (np.zeros(1024), torch.float16), (lone, torch.float16),
-                          (wide * 2.0**100, torch.bfloat16), (wide * 2.0**-100, torch.bfloat16)):
-        x = torch.from_numpy(values).to(dtype).reshape(1, -1).to(kernel_device)
+    for x in whole_range_activations(rng, 1024, kernel_device):
         for sms in (1, 64):  # one program along K, then split-K
             check_matmul(x, qt, dev, dispatch.choose(dev.plan, 1, sms=sms))
+
+
+def whole_range_activations(rng, k, device):
+    """Rows [1, k] of activations: fp16 from subnormals to 65504 in one row, zeros, a lone -65504 among 1e-6, and
+    bf16 rows beyond fp16's range above and below."""
+    wide = np.exp2(rng.uniform(-24, 15.9, k)) * rng.choice([-1, 1], k)
+    lone = np.full(k, 1e-6)
+    lone[k // 2 + 5] = -65504.0
+    for values, dtype in ((wide, torch.float16), (np.zeros(k), torch.float16), (lone, torch.float16),
+                          (wide * 2.0**100, torch.bfloat16), (wide * 2.0**-100, torch.bfloat16)):
+        yield torch.from_numpy(values).to(dtype).reshape(1, -1).to(device)
+
+
+SUBNORMAL_FORMATS = ["int4", "int2", "int8", "int4_asym", "ternary", "mxint8"]
+
+
+@pytest.mark.parametrize("name", SUBNORMAL_FORMATS + [pytest.param(name, marks=pytest.mark.slow)
+                                                      for name in ("int2_asym", "int8_asym")])
+def test_subnormal_decode_over_the_whole_fp16_range(name, rng, kernel_device, monkeypatch):
+    """GEMV_SUBNORMAL: gemv_words' integer codes as fp16 subnormals (one LOP3 a pair, x' scaled per pair) stay
+    within the bound (:func:`~hwlab.kernels.testing.subnormal_bounds`) on the activations of the whole fp16 range
+    and beyond it in bf16, on one program along K and on split-K; with activations of one scale, their outputs
+    stay as close to the default decode's as both are to the reference."""
+    w = (rng.standard_normal((48, 1024)) * 0.02).astype(np.float32)
+    w[7] = np.linspace(-0.06, 0.06, 1024)  # a row whose groups use every code
+    qt = F.quantize(w, name)
+    dev = qt.to(kernel_device)
+    plain = dispatch.choose(dev.plan, 1)
+    monkeypatch.setattr(dispatch, "GEMV_SUBNORMAL", True)
+    launch = dispatch.choose(dev.plan, 1)
+    assert launch == dataclasses.replace(plain, subnormal=True) and "fp16 subnormals" in launch.describe()
+    for x in whole_range_activations(rng, 1024, kernel_device):
+        for sms in (1, 64):
+            check_matmul(x, qt, dev, dispatch.choose(dev.plan, 1, sms=sms))
+    x = torch.randn(1, 1024).half().to(kernel_device)
+    got, want = check_matmul(x, qt, dev, launch), check_matmul(x, qt, dev, plain)
+    assert (got - want).abs().max() <= 2 ** -8 * (x.double().cpu().abs() @ torch.from_numpy(
+        np.abs(reference_weights(qt))).T).max()
+
+
+def test_subnormal_decode_takes_integer_codes_only(rng, kernel_device, monkeypatch):
+    """Minifloats, tables and the tensor-core tiles keep their decodes under GEMV_SUBNORMAL; a Launch that asks
+    for it elsewhere is refused, naming what was asked; its PTX is one LOP3 a pair and no HFMA2 but the products."""
+    monkeypatch.setattr(dispatch, "GEMV_SUBNORMAL", True)
+    w = (rng.standard_normal((40, 512)) * 0.02).astype(np.float32)
+    for name in ("nf4", "fp4_e2m1", "bitmod_fp4", "int3"):
+        assert not dispatch.choose(build_plan(F.quantize(w, name)), 1).subnormal, name
+    assert not dispatch.choose(build_plan(F.quantize(w, "int4")), 16).subnormal
+    with pytest.raises(ValueError, match="subnormal decode is a launch of gemv_words with the int decode, got tile"):
+        dispatch.Launch("tile", 64, 1, 128, 1, 1, "int", subnormal=True)
+    with pytest.raises(ValueError, match="with decode 'lut'"):
+        dispatch.Launch("gemv_words", 32, 1, 256, 1, 1, "lut", subnormal=True)
+    int3 = F.quantize(w, "int3").to(kernel_device)
+    with pytest.raises(ValueError, match="int3 with decode 'int' does not take"):
+        dispatch.run(torch.randn(1, 512).half().to(kernel_device), int3, torch.empty(1, 40).half().to(kernel_device),
+                     dispatch.Launch("gemv_words", 32, 1, 320, 1, 2, "int", subnormal=True))
+    for bits, flip in ((2, 2), (4, 8), (4, 0), (8, 128)):
+        ptx = half_word_ptx(bits, flip, subnormal=True)
+        pairs = WORDS * 16 // bits
+        assert ptx.count("lop3.b32") == pairs and ptx.count("f16x2") == pairs and "add.rn.f16x2" not in ptx
+
+
+@pytest.mark.parametrize("name", ["int4", "int4_asym"])
+def test_subnormal_decode_with_an_infinite_activation(name, rng, kernel_device, monkeypatch):
+    """An inf in x makes the subnormal decode's row NaN (``sum (q + flip) x' - flip sum x'`` is inf - inf, as with
+    zero points), never a finite number."""
+    monkeypatch.setattr(dispatch, "GEMV_SUBNORMAL", True)
+    qt = F.quantize((rng.standard_normal((48, 512)) * 0.02).astype(np.float32), name)
+    x = torch.randn(1, 512).half()
+    x[0, 100] = float("inf")
+    assert torch.isnan(kernels.matmul(x.to(kernel_device), qt.to(kernel_device))).all()
 
 
 @pytest.mark.parametrize("name", ["int4", "int8", "int4_asym", "fp4_e2m1", "fp8_e4m3"])

@@ -57,6 +57,12 @@ GEMV_PREFETCH = False
 # ... and decodes integer codes as fp16 subnormals, one LOP3 a pair instead of a LOP3 and an HFMA2 (Launch.subnormal,
 # half_pairs.subnormal_pair_constants): not yet timed on a GPU
 GEMV_SUBNORMAL = False
+# ... and caps its registers a thread (Launch.registers, Triton's maxnreg) by code width: 2-bit codes take 168 without
+# a cap, three programs of 4 warps an SM; at 128, four: int2 29.4 us against 34.4 (int4 at 128: 43.5 against 43.8),
+# H100, CUDA graphs, K=8192 N=28672, bench/results/gpu_launch_variants_h100_run16.log
+GEMV_MAX_REGISTERS = {2: 128}
+MAX_REGISTERS = 255  # registers a thread can address (CUDA C Programming Guide, compute capability 9.0)
+REGISTER_CAPPED = ("gemv_words", "tile", "tile_dot")  # the kernels whose launches pass the cap to Triton
 MAX_GROUPS_PER_STEP = 16  # words per step are halved until a step holds at most this many groups (nvfp4: 16 of 16)
 # gemv_words takes at least 32 rows: with 16, triton 3.6 fails to compile its table decodes for sm_90
 # (TritonGPUOptimizeThreadLocality; shift2 in tests/test_kernels.py, H200)
@@ -147,6 +153,7 @@ class Launch:
     weights_first: bool = False  # the decoded weights are the MMA's first operand (w @ x^T: from registers on sm_90)
     prefetch: bool = False  # gemv_words loads the next step's words before decoding this one (GEMV_PREFETCH)
     subnormal: bool = False  # gemv_words' fp16 pairs hold integer codes as subnormals (GEMV_SUBNORMAL)
+    registers: int = 0  # registers a thread may use (Triton's maxnreg; 0: as the compiler likes; GEMV_MAX_REGISTERS)
 
     def __post_init__(self):
         if self.half_pairs and not (self.kernel == "tile_dot" and self.decode in ("int", "float")
@@ -155,6 +162,13 @@ class Launch:
                              f"got {self.kernel} with decode {self.decode!r} (replace half_pairs=False as well)")
         if self.prefetch and self.kernel != "gemv_words":
             raise ValueError(f"prefetch is a launch of gemv_words, got {self.kernel} (replace prefetch=False as well)")
+        if isinstance(self.registers, bool) or not isinstance(self.registers, int) or not (
+                self.registers == 0 or 16 <= self.registers <= MAX_REGISTERS):
+            raise ValueError(f"registers must be 0 (the compiler's choice) or a whole number from 16 to {MAX_REGISTERS}, "
+                             f"got {self.registers!r}")
+        if self.registers and self.kernel not in REGISTER_CAPPED:
+            raise ValueError(f"a register cap is a launch of {', '.join(REGISTER_CAPPED)}, got {self.kernel} "
+                             f"(replace registers=0 as well)")
         if self.subnormal and not (self.kernel == "gemv_words" and self.decode == "int"):
             raise ValueError(f"the subnormal decode is a launch of gemv_words with the int decode, got {self.kernel} "
                              f"with decode {self.decode!r} (replace subnormal=False as well)")
@@ -167,7 +181,8 @@ class Launch:
                 f"{self.decode} decode{' (fp16 pairs)' if self.half_pairs else ''}"
                 f"{', weights first' if self.weights_first else ''}"
                 f"{', next step prefetched' if self.prefetch else ''}"
-                f"{', codes as fp16 subnormals' if self.subnormal else ''}, {self.warps} warps, "
+                f"{', codes as fp16 subnormals' if self.subnormal else ''}"
+                f"{f', at most {self.registers} registers a thread' if self.registers else ''}, {self.warps} warps, "
                 f"{self.stages} stages")
 
 
@@ -238,7 +253,8 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
     return Launch(kernel, bn, bm, ks, math.ceil(total / steps), steps, decode, warps, stages, half, first,
                   prefetch=kernel == "gemv_words" and GEMV_PREFETCH,
                   subnormal=kernel == "gemv_words" and GEMV_SUBNORMAL and decode == "int"
-                  and half_pairs_apply(plan, decode))
+                  and half_pairs_apply(plan, decode),
+                  registers=GEMV_MAX_REGISTERS.get(plan.bits, 0) if kernel == "gemv_words" else 0)
 
 
 def half_pairs_apply(plan: KernelPlan, decode: str) -> bool:
@@ -620,7 +636,8 @@ def _arguments(qt: DeviceTensor, m: int, x_dtype: str, launch: Launch) -> tuple:
     ops, sizes, flags = _operands(qt, launch.decode, math_dtype)
     out_max = OUT_MAX[x_dtype]
     kern = _kernels()
-    common = dict(flags, ATOMIC=atomic, OUT_MAX=out_max, STAGES=launch.stages, num_warps=launch.warps)
+    common = dict(flags, ATOMIC=atomic, OUT_MAX=out_max, STAGES=launch.stages, num_warps=launch.warps,
+                  **({"maxnreg": launch.registers} if launch.registers else {}))
     x2 = out = work = count = None
     if launch.kernel == "gemv_words":
         grid = (math.ceil(n / launch.bn), launch.split, 1)

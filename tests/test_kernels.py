@@ -477,6 +477,36 @@ def test_gemv_prefetch_reads_every_step_once(name, rows, rng, kernel_device, mon
         check_matmul(x, qt, dev, dataclasses.replace(launch, split=split, steps=steps))
 
 
+@pytest.mark.parametrize("name", ["int2", "ternary", "int2_asym"])
+def test_register_cap_changes_no_output(name, long_weights, kernel_device):
+    """2-bit codes run gemv_words under GEMV_MAX_REGISTERS' cap; the outputs are bit for bit those of the uncapped
+    launch (on a GPU: the same code, its registers spilled or reordered, never its arithmetic); on split-K (whose
+    float32 atomics add in arrival order) both stay within the bound."""
+    qt = F.quantize(long_weights, name)
+    dev = qt.to(kernel_device)
+    x = torch.randn(1, long_weights.shape[1]).half().to(kernel_device)
+    for sms in (1, 64):
+        launch = dispatch.choose(dev.plan, 1, sms=sms)
+        assert launch.registers == dispatch.GEMV_MAX_REGISTERS[2] and "at most 128 registers" in launch.describe()
+        capped = check_matmul(x, qt, dev, launch)
+        plain = check_matmul(x, qt, dev, dataclasses.replace(launch, registers=0))
+        if launch.split == 1:
+            torch.testing.assert_close(capped, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("registers, match", [
+    (8, "registers must be 0 .* from 16 to 255, got 8"), (256, "got 256"), (True, "got True"), (128.0, "got 128.0")])
+def test_register_cap_is_checked(registers, match):
+    with pytest.raises(ValueError, match=match):
+        dispatch.Launch("gemv_words", 32, 1, 512, 1, 1, "int", registers=registers)
+
+
+def test_register_cap_is_a_launch_of_the_triton_kernels():
+    with pytest.raises(ValueError, match="register cap is a launch of gemv_words, tile, tile_dot, got gemv_mixed"):
+        dispatch.Launch("gemv_mixed", 128, 1, 128, 1, 1, "int", registers=128)
+    assert dispatch.choose(build_plan(F.quantize(np.ones((40, 512), np.float32), "int4")), 1).registers == 0
+
+
 def test_prefetch_is_a_launch_of_gemv_words():
     with pytest.raises(ValueError, match="prefetch is a launch of gemv_words, got tile"):
         dispatch.Launch("tile", 64, 1, 128, 1, 1, "int", prefetch=True)

@@ -52,9 +52,7 @@ OTHER_TILE = (32, 64, 3)  # other decodes: nf4 76.3 us, fp4_e2m1 78.6 against 16
 # type ids of tables the pairs do not take (read per row when a step lies in one group): bitmod_fp4 176 us before
 # run 12 (HALF_GEMV_TABLES=False), 451+ at OTHER_TILE
 MEMBER_TILE = (128, 16, 1)
-# gemv_words loads each step's words one step ahead, into registers (Launch.prefetch): not yet timed on a GPU
-GEMV_PREFETCH = False
-# ... and decodes integer codes as fp16 subnormals, one LOP3 a pair instead of a LOP3 and an HFMA2 (Launch.subnormal,
+# gemv_words decodes integer codes as fp16 subnormals, one LOP3 a pair instead of a LOP3 and an HFMA2 (Launch.subnormal,
 # half_pairs.subnormal_pair_constants): not yet timed on a GPU
 GEMV_SUBNORMAL = False
 # ... and caps its registers a thread (Launch.registers, Triton's maxnreg) by code width: 2-bit codes take 168 without
@@ -151,7 +149,6 @@ class Launch:
     stages: int = 1  # software pipeline depth of the K loop (1: none; n: n - 1 steps' loads in flight, cp.async)
     half_pairs: bool = False  # tile_dot decodes integer codes as fp16 pairs (half_dot_applies); int_mma_cupy always
     weights_first: bool = False  # the decoded weights are the MMA's first operand (w @ x^T: from registers on sm_90)
-    prefetch: bool = False  # gemv_words loads the next step's words before decoding this one (GEMV_PREFETCH)
     subnormal: bool = False  # gemv_words' fp16 pairs hold integer codes as subnormals (GEMV_SUBNORMAL)
     registers: int = 0  # registers a thread may use (Triton's maxnreg; 0: as the compiler likes; GEMV_MAX_REGISTERS)
 
@@ -160,12 +157,10 @@ class Launch:
                                     or self.kernel == "int_mma_cupy"):
             raise ValueError(f"a launch with fp16 pairs is a tile_dot of integer or minifloat codes or int_mma_cupy, "
                              f"got {self.kernel} with decode {self.decode!r} (replace half_pairs=False as well)")
-        if self.prefetch and self.kernel != "gemv_words":
-            raise ValueError(f"prefetch is a launch of gemv_words, got {self.kernel} (replace prefetch=False as well)")
         if isinstance(self.registers, bool) or not isinstance(self.registers, int) or not (
                 self.registers == 0 or 16 <= self.registers <= MAX_REGISTERS):
-            raise ValueError(f"registers must be 0 (the compiler's choice) or a whole number from 16 to {MAX_REGISTERS}, "
-                             f"got {self.registers!r}")
+            raise ValueError(f"registers must be 0 (the compiler's choice) or a whole number from 16 to "
+                             f"{MAX_REGISTERS}, got {self.registers!r}")
         if self.registers and self.kernel not in REGISTER_CAPPED:
             raise ValueError(f"a register cap is a launch of {', '.join(REGISTER_CAPPED)}, got {self.kernel} "
                              f"(replace registers=0 as well)")
@@ -180,7 +175,6 @@ class Launch:
         return (f"{self.kernel}: BN={self.bn} BM={self.bm} KS={self.ks}, split-K {self.split} x {self.steps} steps, "
                 f"{self.decode} decode{' (fp16 pairs)' if self.half_pairs else ''}"
                 f"{', weights first' if self.weights_first else ''}"
-                f"{', next step prefetched' if self.prefetch else ''}"
                 f"{', codes as fp16 subnormals' if self.subnormal else ''}"
                 f"{f', at most {self.registers} registers a thread' if self.registers else ''}, {self.warps} warps, "
                 f"{self.stages} stages")
@@ -251,7 +245,6 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
     if kernel not in ("gemv_words", "tile_dot"):
         stages = STAGES[kernel]
     return Launch(kernel, bn, bm, ks, math.ceil(total / steps), steps, decode, warps, stages, half, first,
-                  prefetch=kernel == "gemv_words" and GEMV_PREFETCH,
                   subnormal=kernel == "gemv_words" and GEMV_SUBNORMAL and decode == "int"
                   and half_pairs_apply(plan, decode),
                   registers=GEMV_MAX_REGISTERS.get(plan.bits, 0) if kernel == "gemv_words" else 0)
@@ -653,7 +646,7 @@ def _arguments(qt: DeviceTensor, m: int, x_dtype: str, launch: Launch) -> tuple:
             GPS=_groups_per_step(qt.plan, launch.ks, pairs),
             EVEN=n % launch.bn == 0 and qt.shape[1] == qt.plan.padded_cols and qt.plan.padded_cols % launch.ks == 0,
             FLIP_WORD=_flip_word(qt.plan), TROWS=qt.plan.lut.shape[0],
-            REGISTER_TABLE=qt.plan.lut.size <= REGISTER_TABLE_MAX, PREFETCH=launch.prefetch,
+            REGISTER_TABLE=qt.plan.lut.size <= REGISTER_TABLE_MAX,
             **_half_flags(qt.plan, launch), **_without(common, "PACK", "B2", "ZB2"))
     if launch.kernel == "gemv_mixed":
         grid = (math.ceil(n / launch.bn), launch.split, 1)

@@ -544,7 +544,7 @@ def gemv_words_kernel(
         VICTIM: tl.constexpr, ZB: tl.constexpr, SCALE: tl.constexpr, DQB: tl.constexpr, ROW: tl.constexpr,
         ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr, HALF_TOP: tl.constexpr, HALF_PTX: tl.constexpr,
         HALF_XCHUNK: tl.constexpr, HALF_XCHUNKS: tl.constexpr, TABLE_VARY: tl.constexpr, STAGES: tl.constexpr,
-        PREFETCH: tl.constexpr, HALF_SUBNORMAL: tl.constexpr):
+        HALF_SUBNORMAL: tl.constexpr):
     """M = 1 with codes in whole words (module docstring). ``out``: [N] (float32 when ``ATOMIC``).
     ``one_bits``: FP32_ONE_BITS, passed at run time so that it lives in a register (:func:`placed_code`).
     ``HALF_TOP`` > 0 (integer, minifloat, 16-entry table codes: :func:`~hwlab.kernels.dispatch.half_pairs_apply`): codes
@@ -553,9 +553,7 @@ def gemv_words_kernel(
     (``DECODE`` 2, ``HALF_TOP`` > 0): ``lut_ptr`` is the int32 register table, and with type ids (``MEMBERS`` 1)
     the registers of bitmask ``TABLE_VARY`` are read per type id (:func:`member_registers`). ``HALF_SUBNORMAL``:
     integer codes as fp16 subnormals (``half_products``' ``PAIR`` 3, one LOP3 a pair; x' up to ``2**HALF_TOP``
-    made in float32), their sign offset ``FLIP * sum x'`` removed per word column in float32. ``PREFETCH``: each
-    step's words are loaded one step ahead into registers (a double buffer: the loads of step s + 1 are in flight
-    while step s decodes), where ``STAGES`` > 1 would stage them through shared memory with cp.async."""
+    made in float32), their sign offset ``FLIP * sum x'`` removed per word column in float32."""
     E: tl.constexpr = 32 // B
     P: tl.constexpr = KS // E
     MASK: tl.constexpr = (1 << B) - 1
@@ -573,17 +571,10 @@ def gemv_words_kernel(
     if HALF_TOP > 0:
         xs, unscale = half_scale(x_ptr, K, HALF_XCHUNK, HALF_XCHUNKS, HALF_TOP, HALF_SUBNORMAL)
         half_table = lut_registers(lut_ptr, DECODE)  # lut_ptr: the register table (dispatch._arguments)
-    if PREFETCH:  # the first step's words (masked loads: none past the program's last step, none in an empty one)
-        ahead = _step_words(codes_ptr, rn, nmask & (rn * 0 + first < last), row_words, first * P + tl.arange(0, P),
-                            False)
     for step in tl.range(first, last, num_stages=STAGES):
         k0 = step * KS
         cw = k0 // E + tl.arange(0, P)
-        if PREFETCH:  # the next step's loads issued before this step's decode (the last step's: none)
-            raw = ahead
-            ahead = _step_words(codes_ptr, rn, nmask & (rn * 0 + step + 1 < last), row_words, cw + P, False)
-        else:
-            raw = _step_words(codes_ptr, rn, nmask, row_words, cw, EVEN)
+        raw = _step_words(codes_ptr, rn, nmask, row_words, cw, EVEN)
         if HALF_TOP > 0:
             u = raw.to(tl.uint32, bitcast=True)  # the sign flip rides in the fp16 magic
         elif DECODE == 0:

@@ -458,21 +458,20 @@ def test_pair_table_holds_the_rounded_table():
 @pytest.mark.parametrize("name, rows", [("int4", 40), ("int2", 64), ("nf4", 40), ("bitmod_fp4", 40)] + [
     pytest.param(name, rows, marks=pytest.mark.slow)
     for name, rows in (("int4", 64), ("int8_asym", 40), ("fp4_e2m1", 64), ("mxfp4", 40), ("nf4", 64))])
-def test_gemv_prefetch_reads_every_step_once(name, rows, rng, kernel_device, monkeypatch):
-    """GEMV_PREFETCH: the words of each step loaded one step ahead. Programs of several steps, a last program
-    shorter than the others and an empty one (past the last step) all give the reference, ragged and whole tiles."""
+def test_gemv_programs_of_several_steps(name, rows, rng, kernel_device, monkeypatch):
+    """gemv_words programs of several steps, a last program shorter than the others and an empty one (past the
+    last step) all give the reference, ragged and whole tiles; one program a row block and one split the same way
+    twice give the same bits."""
     for tile in ("HALF_TILE", "OTHER_TILE", "MEMBER_TILE"):  # 16 words a step: K = 2048 is several steps a row
         monkeypatch.setattr(dispatch, tile, (32, 16, 1))
-    monkeypatch.setattr(dispatch, "GEMV_PREFETCH", True)
     qt = F.quantize((rng.standard_normal((rows, 2048)) * 0.02).astype(np.float32), name)
     dev = qt.to(kernel_device)
     launch = dispatch.choose(dev.plan, 1, sms=1)
     total = math.ceil(dev.plan.padded_cols / launch.ks)  # the steps of a row
-    assert launch.kernel == "gemv_words" and launch.prefetch and "prefetched" in launch.describe() and total >= 8
+    assert launch.kernel == "gemv_words" and total >= 8
     x = torch.randn(1, 2048).half().to(kernel_device)
     whole = check_matmul(x, qt, dev, dataclasses.replace(launch, split=1, steps=total))
-    assert torch.equal(check_matmul(x, qt, dev, dataclasses.replace(launch, prefetch=False, split=1, steps=total)),
-                       whole)  # one program a row block: the same order of additions, the same bits
+    assert torch.equal(check_matmul(x, qt, dev, dataclasses.replace(launch, split=1, steps=total)), whole)
     for split, steps in ((3, math.ceil(total / 3)), (4, math.ceil(total / 3))):  # the fourth program is empty
         check_matmul(x, qt, dev, dataclasses.replace(launch, split=split, steps=steps))
 
@@ -505,11 +504,6 @@ def test_register_cap_is_a_launch_of_the_triton_kernels():
     with pytest.raises(ValueError, match="register cap is a launch of gemv_words, tile, tile_dot, got gemv_mixed"):
         dispatch.Launch("gemv_mixed", 128, 1, 128, 1, 1, "int", registers=128)
     assert dispatch.choose(build_plan(F.quantize(np.ones((40, 512), np.float32), "int4")), 1).registers == 0
-
-
-def test_prefetch_is_a_launch_of_gemv_words():
-    with pytest.raises(ValueError, match="prefetch is a launch of gemv_words, got tile"):
-        dispatch.Launch("tile", 64, 1, 128, 1, 1, "int", prefetch=True)
 
 
 def test_split_k_workspace_stays_zero(weights, kernel_device):

@@ -53,11 +53,13 @@ OTHER_TILE = (32, 64, 3)  # other decodes: nf4 76.3 us, fp4_e2m1 78.6 against 16
 # run 12 (HALF_GEMV_TABLES=False), 451+ at OTHER_TILE
 MEMBER_TILE = (128, 16, 1)
 # gemv_words decodes integer codes as fp16 subnormals, one LOP3 a pair instead of a LOP3 and an HFMA2 (Launch.subnormal,
-# half_pairs.subnormal_pair_constants): not yet timed on a GPU
+# half_pairs.subnormal_pair_constants): int2 33.6 us against 35.6, 4 and 8 bits 0-2% (H100, CUDA graphs, K=8192
+# N=28672, bench/results/gpu_launch_variants_h100_run16*.log); off: its roundings are relative to (|q| + flip) |x|
+# (testing.subnormal_bounds), and an inf activation gives NaN
 GEMV_SUBNORMAL = False
 # ... and caps its registers a thread (Launch.registers, Triton's maxnreg) by code width: 2-bit codes take 168 without
 # a cap, three programs of 4 warps an SM; at 128, four: int2 29.4 us against 34.4 (int4 at 128: 43.5 against 43.8),
-# H100, CUDA graphs, K=8192 N=28672, bench/results/gpu_launch_variants_h100_run16.log
+# H100, CUDA graphs, K=8192 N=28672, bench/results/register_cap_probe_h100_run16.json
 GEMV_MAX_REGISTERS = {2: 128}
 MAX_REGISTERS = 255  # registers a thread can address (CUDA C Programming Guide, compute capability 9.0)
 REGISTER_CAPPED = ("gemv_words", "tile", "tile_dot")  # the kernels whose launches pass the cap to Triton

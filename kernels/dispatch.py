@@ -59,7 +59,8 @@ MEMBER_TILE = (128, 16, 1)
 GEMV_SUBNORMAL = False
 # ... and caps its registers a thread (Launch.registers, Triton's maxnreg) by code width: 2-bit codes take 168 without
 # a cap, three programs of 4 warps an SM; at 128, four: int2 29.4 us against 34.4 (int4 at 128: 43.5 against 43.8),
-# H100, CUDA graphs, K=8192 N=28672, bench/results/register_cap_probe_h100_run16.json
+# H100, CUDA graphs, K=8192 N=28672, bench/results/register_cap_probe_h100_run16.json. Both flags are read when a
+# tensor's launch for an x shape is first prepared (kept on the DeviceTensor: _prepare), not at every call
 GEMV_MAX_REGISTERS = {2: 128}
 MAX_REGISTERS = 255  # registers a thread can address (CUDA C Programming Guide, compute capability 9.0)
 REGISTER_CAPPED = ("gemv_words", "tile", "tile_dot")  # the kernels whose launches pass the cap to Triton
@@ -159,10 +160,12 @@ class Launch:
                                     or self.kernel == "int_mma_cupy"):
             raise ValueError(f"a launch with fp16 pairs is a tile_dot of integer or minifloat codes or int_mma_cupy, "
                              f"got {self.kernel} with decode {self.decode!r} (replace half_pairs=False as well)")
-        if isinstance(self.registers, bool) or not isinstance(self.registers, int) or not (
-                self.registers == 0 or 16 <= self.registers <= MAX_REGISTERS):
+        if not _register_count(self.registers):
             raise ValueError(f"registers must be 0 (the compiler's choice) or a whole number from 16 to "
                              f"{MAX_REGISTERS}, got {self.registers!r}")
+        object.__setattr__(self, "registers", int(self.registers))  # a numpy integer as a Python one
+        if not isinstance(self.subnormal, bool):
+            raise ValueError(f"subnormal must be True or False, got {self.subnormal!r}")
         if self.registers and self.kernel not in REGISTER_CAPPED:
             raise ValueError(f"a register cap is a launch of {', '.join(REGISTER_CAPPED)}, got {self.kernel} "
                              f"(replace registers=0 as well)")
@@ -249,7 +252,26 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
     return Launch(kernel, bn, bm, ks, math.ceil(total / steps), steps, decode, warps, stages, half, first,
                   subnormal=kernel == "gemv_words" and GEMV_SUBNORMAL and decode == "int"
                   and half_pairs_apply(plan, decode),
-                  registers=GEMV_MAX_REGISTERS.get(plan.bits, 0) if kernel == "gemv_words" else 0)
+                  registers=_register_cap(plan.bits) if kernel == "gemv_words" else 0)
+
+
+def _register_count(value) -> bool:
+    """Whether ``value`` is a register cap: 0 (none) or a whole number from 16 to :data:`MAX_REGISTERS`."""
+    return (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+            and (value == 0 or 16 <= value <= MAX_REGISTERS))
+
+
+def _register_cap(bits: int) -> int:
+    """:data:`GEMV_MAX_REGISTERS`' cap for ``bits``-bit codes (0: none), checked here so that a bad entry is
+    named."""
+    if not isinstance(GEMV_MAX_REGISTERS, dict):
+        raise ValueError(f"dispatch.GEMV_MAX_REGISTERS must be a dict of code widths to register caps, got "
+                         f"{GEMV_MAX_REGISTERS!r}")
+    cap = GEMV_MAX_REGISTERS.get(bits, 0)
+    if not _register_count(cap):
+        raise ValueError(f"dispatch.GEMV_MAX_REGISTERS[{bits}] must be 0 or a whole number from 16 to {MAX_REGISTERS}, "
+                         f"got {cap!r}")
+    return int(cap)
 
 
 def half_pairs_apply(plan: KernelPlan, decode: str) -> bool:

@@ -10,6 +10,7 @@ from .device import DeviceTensor
 UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
 FAST_DECODE_ERROR = 2.0**-11  # gemv_words' float32 placement: a product may lose 2**-12 of |x| * scale
 HALF_UNIT_ROUNDOFF = 2.0**-11  # IEEE binary16: the fp16 pair path's products and partial sums
+OUTPUT_FLOOR = {"float16": 2.0**-25, "bfloat16": 2.0**-134}  # half the smallest subnormal (IEEE binary16; bfloat16)
 
 
 def repeat_rows(qt, rows: int):
@@ -32,18 +33,20 @@ def clone(dev: DeviceTensor) -> DeviceTensor:
 def matmul_tolerance(x, weights, scale_bound, reference, half_terms: int = 0, subnormal=None):
     """Elementwise bound on ``|matmul(x, W) - reference|`` (torch float64 tensors on one device).
 
-    One rounding of the output and of a table value to x's dtype, relative to ``|y| + |x| @ |W|^T``,
+    One rounding of the output and of a table value to x's dtype, relative to ``|y| + |x| @ |W|^T`` (an output
+    below the dtype's smallest normal rounds to its subnormal grid: :data:`OUTPUT_FLOOR` more),
     plus the fast decode's placement error relative to ``|x| @ scale_bound^T`` (``scale_bound``:
     per-element scale times the largest table magnitude), plus, for the fp16 pair path, ``half_terms``
     fp16 roundings relative to ``|x| @ |W|^T`` (:func:`half_terms`: a product and the additions of a
     half register's partial sum each round once). ``subnormal``: the subnormal decode's ``(spread, floor)``
     (:func:`subnormal_bounds`), whose roundings are relative to ``spread`` instead, plus ``floor``."""
-    u = UNIT_ROUNDOFF[str(x.dtype).removeprefix("torch.")]
+    dtype = str(x.dtype).removeprefix("torch.")
+    u = UNIT_ROUNDOFF[dtype]
     ax = x.double().abs()
     spread = ax @ weights.abs().T
     half_spread, floor = (spread, 0.0) if subnormal is None else subnormal
     return (2 * u * spread + half_terms * HALF_UNIT_ROUNDOFF * half_spread + 2 * u * reference.abs()
-            + FAST_DECODE_ERROR * (ax @ scale_bound.T) + floor + 1e-30)
+            + FAST_DECODE_ERROR * (ax @ scale_bound.T) + floor + OUTPUT_FLOOR[dtype] + 1e-30)
 
 
 def subnormal_bounds(x, qt, weights):
@@ -91,8 +94,9 @@ def scale_bound(qt) -> np.ndarray:
 
 def worst_error(got, x, qt, launch=None) -> float:
     """The largest ``|got - reference| / tolerance`` of a kernel's output ``got`` for ``x @ W^T``
-    (<= 1 passes; :func:`matmul_tolerance` against the float64 reference of the unpacked view) made by ``launch``
-    (by default the one :func:`~hwlab.kernels.dispatch.choose` takes)."""
+    (<= 1 passes; :func:`matmul_tolerance` against the float64 reference of the unpacked view; 0 for no rows) made
+    by ``launch``: by default the one :func:`~hwlab.kernels.dispatch.choose` takes now (pass the launch that ran
+    where a dispatch flag changed after the tensor's first call with this x shape)."""
     import torch
 
     from .dispatch import choose
@@ -101,6 +105,8 @@ def worst_error(got, x, qt, launch=None) -> float:
 
     ref = torch.from_numpy(reference_matmul(x, qt))
     rows = int(np.prod(x.shape[:-1]))
+    if rows == 0:
+        return 0.0
     plan = build_plan(qt)
     launch = choose(plan, max(rows, 1)) if launch is None else launch
     weights = torch.from_numpy(reference_weights(qt))

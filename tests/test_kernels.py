@@ -500,6 +500,35 @@ def test_register_cap_is_checked(registers, match):
         dispatch.Launch("gemv_words", 32, 1, 512, 1, 1, "int", registers=registers)
 
 
+def test_register_cap_and_subnormal_flag_values(monkeypatch):
+    """A numpy integer is a register count (kept as a Python int); a subnormal flag is a bool; a bad
+    GEMV_MAX_REGISTERS entry is named when choose reads it."""
+    assert dispatch.Launch("gemv_words", 32, 1, 512, 1, 1, "int", registers=np.int64(128)).registers == 128
+    assert type(dispatch.Launch("gemv_words", 32, 1, 512, 1, 1, "int", registers=np.int32(0)).registers) is int
+    with pytest.raises(ValueError, match="subnormal must be True or False, got 'yes'"):
+        dispatch.Launch("gemv_words", 32, 1, 512, 1, 1, "int", subnormal="yes")
+    plan = build_plan(F.quantize(np.ones((40, 512), np.float32), "int2"))
+    for bad, match in (({2: 8}, r"GEMV_MAX_REGISTERS\[2\] must be 0 or a whole number from 16 to 255, got 8"),
+                       ({2: "x"}, r"GEMV_MAX_REGISTERS\[2\] .* got 'x'"), (None, "must be a dict .* got None")):
+        monkeypatch.setattr(dispatch, "GEMV_MAX_REGISTERS", bad)
+        with pytest.raises(ValueError, match=match):
+            dispatch.choose(plan, 1)
+
+
+@pytest.mark.parametrize("name", ["int8", "int4", "fp4_e2m1"])
+def test_outputs_on_the_fp16_subnormal_grid(name, rng, kernel_device):
+    """Activations of fp16's smallest subnormal give outputs near 1e-8, on fp16's subnormal grid: within the bound
+    (matmul_tolerance's OUTPUT_FLOOR). (fp4_e1m2 is left out: its binary16 placements, below 2**-13, and x' clamped at
+    2**15 put its fp16 products among the subnormals, outside the bound: BENCHMARKS, run 16.)"""
+    qt = F.quantize((rng.standard_normal((48, 1024)) * 0.02).astype(np.float32), name)
+    check_matmul(torch.full((1, 1024), 2.0**-24).half().to(kernel_device), qt, qt.to(kernel_device))
+
+
+def test_worst_error_of_no_rows(weights):
+    qt = F.quantize(weights, "int2")
+    assert worst_error(torch.empty(0, 40), torch.empty(0, 512).half(), qt) == 0.0
+
+
 def test_register_cap_is_a_launch_of_the_triton_kernels():
     with pytest.raises(ValueError, match="register cap is a launch of gemv_words, tile, tile_dot, got gemv_mixed"):
         dispatch.Launch("gemv_mixed", 128, 1, 128, 1, 1, "int", registers=128)

@@ -217,7 +217,7 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
     epg = plan.elements_per_group
     step_of_group = min(KS_MAX, epg & -epg)  # the largest power of two <= 128 dividing the group
     per_word = 32 // plan.bits if plan.packing == "words" else 0
-    decode, warps, half, first = plan.decode, NUM_WARPS, False, False
+    decode, warps, half, first, pairs = plan.decode, NUM_WARPS, False, False, False
     if m == 1 and plan.packing == "mixed" and epg >= 16 and epg & (epg - 1) == 0:
         kernel, bn, bm, ks = "gemv_mixed", GEMV_BN, 1, epg
     elif m == 1 and per_word and epg % per_word == 0:
@@ -250,8 +250,7 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
     if kernel not in ("gemv_words", "tile_dot"):
         stages = STAGES[kernel]
     return Launch(kernel, bn, bm, ks, math.ceil(total / steps), steps, decode, warps, stages, half, first,
-                  subnormal=kernel == "gemv_words" and GEMV_SUBNORMAL and decode == "int"
-                  and half_pairs_apply(plan, decode),
+                  subnormal=pairs and GEMV_SUBNORMAL and decode == "int",  # pairs: gemv_words' fp16 pairs
                   registers=_register_cap(plan.bits) if kernel == "gemv_words" else 0)
 
 

@@ -49,22 +49,19 @@ def matmul_tolerance(x, weights, scale_bound, reference, half_terms: int = 0, su
             + FAST_DECODE_ERROR * (ax @ scale_bound.T) + floor + OUTPUT_FLOOR[dtype] + 1e-30)
 
 
-def subnormal_bounds(x, qt, weights):
+def subnormal_bounds(x, qt, plan, weights):
     """``(spread, floor)`` of the subnormal decode (:func:`~hwlab.kernels.half_pairs.subnormal_pair_constants`;
-    torch float64, ``[M, N]``, ``weights`` the float64 reference weights). Its fp16 products are of the unsigned
-    codes ``q + flip`` (with zero points: the codes, at most ``2**bits - 1``), so they round relative to
-    ``spread = |x| @ (|W| + c * unit)^T`` (``unit``: each element's scale times the plan's decode scale; ``c``:
+    torch float64, ``[M, N]``; ``plan`` the tensor's kernel plan, ``weights`` its float64 reference weights).
+    Its fp16 products are of the unsigned codes ``q + flip`` (with zero points: the codes, at most
+    ``2**bits - 1``), so they round relative to ``spread = |x| @ (|W| + c * unit)^T`` (``unit``: each element's scale times the plan's decode scale; ``c``:
     ``flip``, or ``2**bits - 1`` with zero points). Products below fp16's smallest normal round to its subnormal
     grid: at most half of ``2**-24`` each, ``1 / (2 xs)`` in x's units, and as much again for x' rounded to fp16
     (``xs``: the power of two of ``half_scale``, ``SUBNORMAL_TOP``), so ``floor = sum_k unit / xs`` per row."""
     import torch
 
     from .half_pairs import SUBNORMAL_TOP
-    from .plan import build_plan
 
-    plan = build_plan(qt)
-    u = qt.unpacked()
-    unit = torch.from_numpy(np.abs(u.expand(u.scales))[:, :qt.shape[1]] * plan.decode_scale * abs(plan.tensor_scale))
+    unit = torch.from_numpy(element_scales(qt) * plan.decode_scale * abs(plan.tensor_scale))
     c = (1 << plan.bits) - 1 if plan.zero_bits else plan.flip
     ax = x.double().abs()
     spread = ax @ (weights.abs() + c * unit).T
@@ -89,7 +86,13 @@ def scale_bound(qt) -> np.ndarray:
     fast decode's placement error scales with (the ``scale_bound`` of :func:`matmul_tolerance`)."""
     u = qt.unpacked()
     largest = max(1.0, np.abs(u.values[np.isfinite(u.values)]).max())
-    return np.abs(u.expand(u.scales))[:, :qt.shape[1]] * largest
+    return element_scales(qt) * largest
+
+
+def element_scales(qt) -> np.ndarray:
+    """float64 ``[N, K]``: each element's |scale| (its group's, through the unpacked view)."""
+    u = qt.unpacked()
+    return np.abs(u.expand(u.scales))[:, :qt.shape[1]]
 
 
 def worst_error(got, x, qt, launch=None) -> float:
@@ -108,10 +111,10 @@ def worst_error(got, x, qt, launch=None) -> float:
     if rows == 0:
         return 0.0
     plan = build_plan(qt)
-    launch = choose(plan, max(rows, 1)) if launch is None else launch
+    launch = choose(plan, rows) if launch is None else launch
     weights = torch.from_numpy(reference_weights(qt))
     x = x.detach().cpu()
-    subnormal = subnormal_bounds(x, qt, weights) if launch.subnormal else None
+    subnormal = subnormal_bounds(x, qt, plan, weights) if launch.subnormal else None
     tol = matmul_tolerance(x, weights, torch.from_numpy(scale_bound(qt)), ref, half_terms(plan, rows), subnormal)
     return float(((got.detach().double().cpu() - ref).abs() / tol).max())
 

@@ -290,11 +290,12 @@ def _half_pair_values(u, i: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr, S
     MASK: tl.constexpr = (1 << B) - 1
     p0 = (i % W) * B
     src = u if i < W else u >> (W * B)
+    codes = src & ((MASK << p0) | (MASK << (16 + p0)))
     flips = (FLIP << p0) | (FLIP << (16 + p0))
     if SUBNORMAL:
-        return _halves((src & ((MASK << p0) | (MASK << (16 + p0)))) ^ flips)
-    h = ((src & ((MASK << p0) | (MASK << (16 + p0)))) ^ (0x64006400 | flips))
-    return _halves(h) * tl.cast(1.0 / (1 << p0), tl.float16) - tl.cast((1 << (10 - p0)) + FLIP, tl.float16)
+        return _halves(codes ^ flips)
+    return (_halves(codes ^ (0x64006400 | flips)) * tl.cast(1.0 / (1 << p0), tl.float16)
+            - tl.cast((1 << (10 - p0)) + FLIP, tl.float16))
 
 
 @triton.jit
@@ -520,16 +521,6 @@ def _spread(t, G: tl.constexpr, COLS: tl.constexpr):
 
 
 @triton.jit
-def _step_words(codes_ptr, rn, nmask, row_words, cw, EVEN: tl.constexpr):
-    """int32 ``[BN, P]``: the words ``cw`` (``[P]``, a step's) of rows ``rn`` (0 past a row's end or past ``N``)."""
-    if EVEN:  # whole tiles: no masks
-        return tl.load(codes_ptr + rn[:, None] * row_words + cw[None, :], eviction_policy="evict_first")
-    wmask = nmask[:, None] & (cw < row_words)[None, :]
-    return tl.load(codes_ptr + rn[:, None] * row_words + cw[None, :], mask=wmask, other=0,
-                   eviction_policy="evict_first")
-
-
-@triton.jit
 def gemv_words_kernel(
         x_ptr, codes_ptr, zeros_ptr, members_ptr, lut_ptr, scales_ptr, stable_ptr, absmax_ptr, rows_ptr, out_ptr,
         work_ptr, count_ptr,
@@ -574,7 +565,12 @@ def gemv_words_kernel(
     for step in tl.range(first, last, num_stages=STAGES):
         k0 = step * KS
         cw = k0 // E + tl.arange(0, P)
-        raw = _step_words(codes_ptr, rn, nmask, row_words, cw, EVEN)
+        if EVEN:  # whole tiles: no masks
+            raw = tl.load(codes_ptr + rn[:, None] * row_words + cw[None, :], eviction_policy="evict_first")
+        else:
+            wmask = nmask[:, None] & (cw < row_words)[None, :]
+            raw = tl.load(codes_ptr + rn[:, None] * row_words + cw[None, :], mask=wmask, other=0,
+                          eviction_policy="evict_first")
         if HALF_TOP > 0:
             u = raw.to(tl.uint32, bitcast=True)  # the sign flip rides in the fp16 magic
         elif DECODE == 0:

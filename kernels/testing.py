@@ -53,10 +53,11 @@ def subnormal_bounds(x, qt, plan, weights):
     """``(spread, floor)`` of the subnormal decode (:func:`~hwlab.kernels.half_pairs.subnormal_pair_constants`;
     torch float64, ``[M, N]``; ``plan`` the tensor's kernel plan, ``weights`` its float64 reference weights).
     Its fp16 products are of the unsigned codes ``q + flip`` (with zero points: the codes, at most
-    ``2**bits - 1``), so they round relative to ``spread = |x| @ (|W| + c * unit)^T`` (``unit``: each element's scale times the plan's decode scale; ``c``:
-    ``flip``, or ``2**bits - 1`` with zero points). Products below fp16's smallest normal round to its subnormal
-    grid: at most half of ``2**-24`` each, ``1 / (2 xs)`` in x's units, and as much again for x' rounded to fp16
-    (``xs``: the power of two of ``half_scale``, ``SUBNORMAL_TOP``), so ``floor = sum_k unit / xs`` per row."""
+    ``2**bits - 1``), so they round relative to ``spread = |x| @ (|W| + c * unit)^T`` (``unit``: each element's
+    scale times the plan's decode scale; ``c``: ``flip``, or ``2**bits - 1`` with zero points). Products below
+    fp16's smallest normal round to its subnormal grid: at most half of ``2**-24`` each, ``1 / (2 xs)`` in x's
+    units, and as much again for x' rounded to fp16 (``xs``: the power of two of ``half_scale``,
+    ``SUBNORMAL_TOP``), so ``floor = sum_k unit / xs`` per row."""
     import torch
 
     from .half_pairs import SUBNORMAL_TOP

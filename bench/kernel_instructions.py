@@ -130,7 +130,7 @@ class Recorder:
                     if a % 16 == 0:
                         attrs[(i,)] = [["tt.divisibility", 16]]
             for name, v in kwargs.items():
-                if name in ("num_warps", "num_stages"):
+                if name in ("num_warps", "num_stages", "maxnreg"):
                     options[name] = v
                 else:
                     signature[name], constants[name] = "constexpr", v

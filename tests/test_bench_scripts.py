@@ -226,3 +226,19 @@ def test_stream_probe_refuses_an_out_that_is_not_a_directory(bench, tmp_path):
     pytest.importorskip("triton", reason="triton is not installed")
     with pytest.raises(SystemExit, match="--out .* is not a directory"):
         bench("stream_probe").main(["--out", str(tmp_path / "missing")])
+
+
+def test_instruction_count_of_a_launch_under_the_register_cap():
+    """``bench/kernel_instructions.py`` compiles a launch that carries Triton's ``maxnreg`` (int2's GEMV,
+    ``dispatch.GEMV_MAX_REGISTERS``) as a compile option, and the cubin it counts holds the cap (compiled for sm_90
+    in a process without the interpreter)."""
+    pytest.importorskip("triton", reason="triton is not installed")
+    from hwlab.kernels import dispatch
+
+    script = "import json, kernel_instructions as k; print(json.dumps(k.count(['int2'], (1,))))"
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=BENCH, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads(done.stdout.splitlines()[-1])
+    assert row["kernel"] == "gemv_words" and 0 < row["registers"] <= dispatch.GEMV_MAX_REGISTERS[2]

@@ -8,7 +8,13 @@ and weighs them by the pipe each opcode issues to (``weighted_per_code``: issue 
 on the busiest pipe, :data:`PIPES`): the "dequantization work" term of the GPU model in
 :mod:`hwlab.sim.gpu`. Writes ``sim/data/kernel_instructions.json``.
 
-    python bench/kernel_instructions.py            # about two minutes on 2 cores
+    python bench/kernel_instructions.py            # about five minutes on 2 cores
+    python bench/kernel_instructions.py --formats int5 int6 --kernels triton --merge   # more formats, in place
+
+Count with the Triton the GPU machine runs (its compiler decides registers, spills and the loop): the table's
+``triton`` field says which counted it. ``sim/data/kernel_instructions.json`` was counted with triton 3.6.0, the GPU
+machine's, installed beside the local one (``pip install --no-deps --target DIR triton==3.6.0``, then
+``PYTHONPATH=DIR``); triton 3.9 spills int2's capped GEMV at 128 registers, which 3.6 does not.
     python bench/kernel_instructions.py --kernels int_mma --merge    # the CUDA tensor-core kernel (nvcc)
 """
 from __future__ import annotations

@@ -26,7 +26,8 @@ from hwlab.formats.scales import BF16_LARGEST, FP16_LARGEST
 
 from .async_mixed import ASYNC_KERNELS
 from .device import PAIR_TABLE_MAX, DeviceTensor, register_table
-from .half_pairs import HALF_BITS, LUT_BITS, LUT_ENTRIES, SUBNORMAL_TOP, WORDS, half_top, half_word_ptx
+from .half_pairs import (HALF_BITS, LUT_BITS, LUT_ENTRIES, SUBNORMAL_TOP, WORDS, half_top, half_word_ptx,
+                         wide_activations)
 from .plan import KernelPlan, minifloat_in_fp16
 
 PACK_IDS = {"words": 0, "bits": 1, "trit5": 2, "mixed": 3}
@@ -305,18 +306,29 @@ def table_fits_binary16(plan: KernelPlan) -> bool:
         (values == 0) | ((values >= FP16_SMALLEST_NORMAL) & (values <= FP16_LARGEST))))
 
 
-def half_pair_top(plan: KernelPlan, decode: str) -> int:
-    """:func:`~hwlab.kernels.half_pairs.half_top` of the plan's codes read with ``decode`` (the launch's: a
-    minifloat plan may be read through its table): integers up to ``2**bits - 1``, minifloats up to their
-    largest finite binary16 placement (:func:`~hwlab.kernels.plan.minifloat_in_fp16` of every code: a code
-    without a value counts too, so a corrupted one cannot overflow a sum), table codes up to the largest binary16
-    entry."""
-    if decode == "lut":  # every member's table
-        return half_top(plan.bits, max(float(np.abs(plan.lut.astype(np.float16)).max()), FP16_SMALLEST_NORMAL))
+def half_pair_values(plan: KernelPlan, decode: str) -> np.ndarray:
+    """The finite magnitudes the fp16 pair decode of the plan's codes read with ``decode`` (the launch's: a
+    minifloat plan may be read through its table) gives, float64: integers ``0 .. 2**bits - 1``, minifloats'
+    binary16 placements (:func:`~hwlab.kernels.plan.minifloat_in_fp16` of every code: a code without a value counts
+    too, so a corrupted one cannot overflow a sum), every member's table entries in binary16."""
+    if decode == "lut":
+        return np.abs(plan.lut.astype(np.float16).astype(np.float64)).ravel()
     if decode != "float":
-        return half_top(plan.bits)
+        return np.arange(1 << plan.bits, dtype=np.float64)
     placed = np.abs(minifloat_in_fp16(np.arange(1 << plan.bits), plan.bits, plan.mbits))
-    return half_top(plan.bits, float(placed[np.isfinite(placed)].max()))
+    return placed[np.isfinite(placed)]
+
+
+def half_pair_top(plan: KernelPlan, decode: str) -> int:
+    """:func:`~hwlab.kernels.half_pairs.half_top` of the largest value of :func:`half_pair_values` (a table's at
+    least fp16's smallest normal)."""
+    largest = float(half_pair_values(plan, decode).max())
+    return half_top(plan.bits, max(largest, FP16_SMALLEST_NORMAL) if decode == "lut" else largest)
+
+
+def half_pair_wide_x(plan: KernelPlan, decode: str) -> bool:
+    """:func:`~hwlab.kernels.half_pairs.wide_activations` of the largest value of :func:`half_pair_values`."""
+    return wide_activations(float(half_pair_values(plan, decode).max()))
 
 
 def half_dot_applies(plan: KernelPlan, decode: str, ks: int) -> bool:
@@ -331,18 +343,21 @@ def half_dot_applies(plan: KernelPlan, decode: str, ks: int) -> bool:
 
 
 def _half_flags(plan: KernelPlan, launch: Launch) -> dict:
-    """``gemv_words_kernel``'s ``HALF_TOP``, ``HALF_PTX`` and ``HALF_SUBNORMAL`` (:func:`half_pairs_apply`,
-    ``launch.subnormal``); the PTX only where the kernel is compiled (the interpreter runs its Triton twin)."""
+    """``gemv_words_kernel``'s ``HALF_TOP``, ``HALF_PTX``, ``HALF_SUBNORMAL`` and ``HALF_WIDE_X``
+    (:func:`half_pairs_apply`, ``launch.subnormal``, :func:`half_pair_wide_x`); the PTX only where the kernel is
+    compiled (the interpreter runs its Triton twin)."""
     if not half_pairs_apply(plan, launch.decode):
         if launch.subnormal:
             raise ValueError(f"the subnormal decode is an fp16 pair decode, which {plan.format_name} with decode "
                              f"{launch.decode!r} does not take")
-        return dict(HALF_TOP=0, HALF_PTX="", HALF_XCHUNK=1, HALF_XCHUNKS=0, TABLE_VARY=0, HALF_SUBNORMAL=False)
+        return dict(HALF_TOP=0, HALF_PTX="", HALF_XCHUNK=1, HALF_XCHUNKS=0, TABLE_VARY=0, HALF_SUBNORMAL=False,
+                    HALF_WIDE_X=False)
     table = launch.decode == "lut"
     ptx = "" if interpreted() else half_word_ptx(plan.bits, plan.flip, plan.mbits if launch.decode == "float" else None,
                                                  table=table, subnormal=launch.subnormal)
     top = SUBNORMAL_TOP if launch.subnormal else half_pair_top(plan, launch.decode)
     return dict(HALF_TOP=top, HALF_PTX=ptx, HALF_SUBNORMAL=launch.subnormal,
+                HALF_WIDE_X=not launch.subnormal and half_pair_wide_x(plan, launch.decode),
                 HALF_XCHUNK=HALF_XCHUNK, HALF_XCHUNKS=math.ceil(plan.padded_cols / HALF_XCHUNK),
                 TABLE_VARY=varying_registers(register_table(plan.lut)) if table else 0)
 

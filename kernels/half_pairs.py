@@ -19,6 +19,10 @@ WORDS = 2  # uint32 words summed in fp16 before one widening to float32 (halves 
 HALF_TOP_MAX = 15  # activations x' below 2**15: finite in fp16 (FP16_LARGEST = 65504), whatever the codes
 SUBNORMAL_TOP = HALF_TOP_MAX  # the subnormal integer decode's x' range (its products are below 2**(bits - 9))
 SUBNORMAL_EXPONENT = 24  # an fp16 subnormal of mantissa m is m * 2**-24 (IEEE 754 binary16)
+HALF_SCALE_EXPONENT = 15  # fp16 x is scaled by at most 2**15 in one fp16 multiply (an fp16 power of two)
+FP16_NORMAL_EXPONENT = -14  # binary16's smallest normal is 2**-14 (IEEE 754)
+# the largest value of a pair decode below which fp16 x is scaled in two steps (wide_activations)
+WIDE_BELOW = 2.0 ** (FP16_NORMAL_EXPONENT + SUBNORMAL_EXPONENT - HALF_SCALE_EXPONENT)
 LUT_BITS = 4  # code width of the table decode: 16 entries, 32 bytes in eight registers (PTX ISA, prmt.b32)
 LUT_ENTRIES = 1 << LUT_BITS
 
@@ -31,6 +35,18 @@ def half_top(bits: int, largest: float | None = None) -> int:
     every fp16 partial sum stays finite)."""
     largest = (1 << bits) - 1 if largest is None else largest
     return min(HALF_TOP_MAX, math.floor(math.log2(FP16_LARGEST / (WORDS * (16 // bits) * largest))))
+
+
+def wide_activations(largest: float) -> bool:
+    """Whether fp16 activations are scaled by two fp16 powers of two, up to ``2**(2 * HALF_SCALE_EXPONENT)``, for a
+    pair decode whose largest value (binary16, in magnitude) is ``largest``. In one multiply x' is at least
+    ``2**-24 * 2**15 = 2**-9`` at a row's largest ``|x|`` (binary16's smallest subnormal times the largest fp16
+    scale), so its products with a value of at least :data:`WIDE_BELOW` (``2**-5``: integer codes, NF4's table)
+    are normal fp16. A decode of smaller values (the 4-bit minifloats' binary16 placements, at most ``2**-8``) would
+    give a row whose largest ``|x|`` is far below 1 subnormal products, whose rounding is not relative to them;
+    scaled twice, such a row's x' is at least ``2**6`` and its products are normal again (placements in binary16
+    are at least ``2**-24``, a table's entries ``2**-14``)."""
+    return largest < WIDE_BELOW
 
 
 def half_word_ptx(bits: int, flip: int, mbits: int | None = None, table: bool = False, subnormal: bool = False) -> str:

@@ -117,7 +117,7 @@ def mixed_gemv_async_kernel(x_ptr, codes4_ptr, codes2_ptr, flags_ptr, zeros4_ptr
         we, wo = _as_wide(wide[:, None], u4e, u4o, u2)
         part, xsum = half_column_products(we.to(tl.int32, bitcast=True), wo.to(tl.int32, bitcast=True), x_ptr,
                                           lut_registers(x_ptr, 0), g * P + tl.arange(0, P), K, xs, EVEN, 4, 0, 0, 0,
-                                          HALF_PTX)
+                                          HALF_PTX, 0)
         # per word column: sum (q - zero) x', unscaled (exact: a power of two), times the group's scale code
         acc += (part - zero.to(tl.float32)[:, None] * xsum[None, :]) * (unscale * code.to(tl.float32)[:, None])
     y = tl.sum(acc, axis=1) * tl.load(rows_ptr + rn, mask=nmask, other=0.0).to(tl.float32)

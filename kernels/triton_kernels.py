@@ -50,13 +50,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .half_pairs import SUBNORMAL_EXPONENT
+from .half_pairs import HALF_SCALE_EXPONENT, SUBNORMAL_EXPONENT
 
 FP32_ONE_BITS = tl.constexpr(0x3F800000)  # IEEE binary32 1.0
 FP32_2_23_BITS = tl.constexpr(0x4B000000)  # IEEE binary32 2**23: its ulp is 1, so 2**23 | q = 2**23 + q for q < 2**23
 FP32_MAX = tl.constexpr(3.4028234663852886e38)  # largest finite IEEE binary32
 FP32_INF = tl.constexpr(float("inf"))
 SUBNORMAL_UNIT = tl.constexpr(float(2**SUBNORMAL_EXPONENT))  # 1 / the fp16 subnormal of mantissa 1
+FP16_SCALE_EXPONENT = tl.constexpr(HALF_SCALE_EXPONENT)  # half_scale's largest k for fp16 x multiplied in fp16
+HALF_SCALE_MAX = tl.constexpr(float(2**HALF_SCALE_EXPONENT))  # ... and that scale, 2**k
 
 
 @triton.jit
@@ -237,12 +239,14 @@ def half_scale(x_ptr, K, XCHUNK: tl.constexpr, XCHUNKS: tl.constexpr, TOP: tl.co
     """``(xs, 1 / xs)``, float32 scalars: the power of two ``2**k`` that brings the largest ``|x|`` of the
     row (``K`` values, read as ``XCHUNKS`` unrolled loads of ``XCHUNK``: all in flight at once) into
     ``[2**(TOP-1), 2**TOP)``, with ``k <= 15`` for fp16 x (``xs`` an fp16 value: fp16 x that small only
-    gains range, every fp16 x times 2**15 is normal) and ``k <= 126`` for bf16 and, with ``WIDE`` (x' made in
-    float32, :func:`_x_pair`), for fp16 too (``1 / xs`` a normal float32); an all-zero x takes the largest k.
+    gains range, every fp16 x times 2**15 is normal), ``k <= 30`` for fp16 x with ``WIDE`` 2 (two fp16 multiplies,
+    :func:`_x_pair`), and ``k <= 126`` for bf16 and, with ``WIDE`` 1 (x' made in float32), for fp16 too
+    (``1 / xs`` a normal float32); an all-zero x takes the largest k.
     Infinities and NaNs do not count (they stay what they are in ``x * xs``, so an inf gives the saturated outputs
     of the float32 path, not NaN; the subnormal decode's sign offset makes it NaN).
     :func:`half_products` multiplies by ``xs`` and the kernel by ``1 / xs``, both exact."""
-    KMAX: tl.constexpr = 15 if x_ptr.dtype.element_ty == tl.float16 and not WIDE else 126
+    FP16: tl.constexpr = x_ptr.dtype.element_ty == tl.float16
+    KMAX: tl.constexpr = FP16_SCALE_EXPONENT * (2 if WIDE == 2 else 1) if FP16 and WIDE != 1 else 126
     xm = tl.zeros((XCHUNK,), tl.float32)
     for c in tl.static_range(XCHUNKS):
         kk = c * XCHUNK + tl.arange(0, XCHUNK)
@@ -257,10 +261,13 @@ def half_scale(x_ptr, K, XCHUNK: tl.constexpr, XCHUNKS: tl.constexpr, TOP: tl.co
 def _x_pair(x_ptr, cw, K, xs, i: tl.constexpr, E: tl.constexpr, EVEN: tl.constexpr, B: tl.constexpr,
             WIDE: tl.constexpr):
     """``x' = x * xs`` (fp16) of codes ``i`` and ``i + E/2`` of every word column ``cw`` (``B``-bit codes): the
-    pair's bits as one int32 (low half code ``i``, :func:`half_word_ptx`) and its float32 sum. ``WIDE`` (the
-    subnormal decode): ``x * xs * 2**-p0`` made in float32 (``xs`` may exceed fp16's range), p0 the pair's bit
-    in its half (:func:`~hwlab.kernels.half_pairs.subnormal_pair_constants`), and the sum of ``x * xs``."""
-    P0: tl.constexpr = (i % (10 // B)) * B if WIDE else 0
+    pair's bits as one int32 (low half code ``i``, :func:`half_word_ptx`) and its float32 sum. fp16 x is
+    multiplied in fp16 by ``xs`` (``WIDE`` 0) or by its two factors ``min(xs, 2**15)`` and the rest (2: a decode of
+    small values, :func:`~hwlab.kernels.half_pairs.wide_activations`; exact, the rest 1 but for a row of tiny x).
+    ``WIDE`` 1 (the subnormal decode):
+    ``x * xs * 2**-p0`` made in float32 (``xs`` may exceed fp16's range), p0 the pair's bit in its half
+    (:func:`~hwlab.kernels.half_pairs.subnormal_pair_constants`), and the sum of ``x * xs``."""
+    P0: tl.constexpr = (i % (10 // B)) * B if WIDE == 1 else 0
     ka = cw * E + i
     if EVEN:
         xa = tl.load(x_ptr + ka, eviction_policy="evict_last")
@@ -268,7 +275,12 @@ def _x_pair(x_ptr, cw, K, xs, i: tl.constexpr, E: tl.constexpr, EVEN: tl.constex
     else:
         xa = tl.load(x_ptr + ka, mask=ka < K, other=0.0, eviction_policy="evict_last")
         xb = tl.load(x_ptr + ka + E // 2, mask=ka + E // 2 < K, other=0.0, eviction_policy="evict_last")
-    if xa.dtype == tl.float16 and not WIDE:  # exact: xs is an fp16 power of two (:func:`half_scale`)
+    if xa.dtype == tl.float16 and WIDE == 2:  # xs = s1 * s2, two fp16 powers of two (s2 = 1 but for tiny rows)
+        s1 = tl.minimum(xs, HALF_SCALE_MAX)
+        s2 = (xs / s1).to(tl.float16)
+        a = (xa * s1.to(tl.float16)) * s2
+        b = (xb * s1.to(tl.float16)) * s2
+    elif xa.dtype == tl.float16 and WIDE == 0:  # exact: xs is an fp16 power of two (:func:`half_scale`)
         a = xa * xs.to(tl.float16)
         b = xb * xs.to(tl.float16)
     else:
@@ -416,7 +428,7 @@ def _columns(t):
 
 @triton.jit
 def half_products(u, x_ptr, table, cw, K, xs, EVEN: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr,
-                  PAIR: tl.constexpr, MBITS: tl.constexpr, PTX: tl.constexpr):
+                  PAIR: tl.constexpr, MBITS: tl.constexpr, PTX: tl.constexpr, XW: tl.constexpr):
     """``sum_j q_j * x'_j`` over the codes of every uint32 word ``u`` ([BN, P]), float32, with ``x' = x * xs``,
     and ``sum_j x'_j`` ([P], float32); with ``PTX``, each of both per pair of word columns (2c, 2c + 1:
     ``[BN, P/2]`` and ``[P/2]``).
@@ -440,28 +452,29 @@ def half_products(u, x_ptr, table, cw, K, xs, EVEN: tl.constexpr, B: tl.constexp
     interpreter runs no PTX): the same decode and fp16 products in Triton operations, each word's summed in
     fp16 (so an x' range too wide for the decode overflows on the CPU too) and widened per word."""
     we, wo = _columns(u.to(tl.int32, bitcast=True))
-    return half_column_products(we, wo, x_ptr, table, cw, K, xs, EVEN, B, FLIP, PAIR, MBITS, PTX)
+    return half_column_products(we, wo, x_ptr, table, cw, K, xs, EVEN, B, FLIP, PAIR, MBITS, PTX, XW)
 
 
 @triton.jit
 def half_column_products(we, wo, x_ptr, table, cw, K, xs, EVEN: tl.constexpr, B: tl.constexpr, FLIP: tl.constexpr,
-                         PAIR: tl.constexpr, MBITS: tl.constexpr, PTX: tl.constexpr):
+                         PAIR: tl.constexpr, MBITS: tl.constexpr, PTX: tl.constexpr, XW: tl.constexpr):
     """:func:`half_products` of the words whose even and odd columns (of ``cw``) are ``we`` and ``wo``
     (int32 ``[BN, P/2]`` each), for a caller that builds the two halves of its words apart (each in the
     layout the PTX call takes, so no layout conversion joins them first)."""
     E: tl.constexpr = 32 // B
-    x0, s0 = _x_pair(x_ptr, cw, K, xs, 0, E, EVEN, B, PAIR == 3)
-    x1, s1 = _x_pair(x_ptr, cw, K, xs, 1, E, EVEN, B, PAIR == 3)
+    XR: tl.constexpr = 1 if PAIR == 3 else XW  # x' route (_x_pair's WIDE)
+    x0, s0 = _x_pair(x_ptr, cw, K, xs, 0, E, EVEN, B, XR)
+    x1, s1 = _x_pair(x_ptr, cw, K, xs, 1, E, EVEN, B, XR)
     xsum = s0 + s1
     if B <= 4:
-        x2, s2 = _x_pair(x_ptr, cw, K, xs, 2, E, EVEN, B, PAIR == 3)
-        x3, s3 = _x_pair(x_ptr, cw, K, xs, 3, E, EVEN, B, PAIR == 3)
+        x2, s2 = _x_pair(x_ptr, cw, K, xs, 2, E, EVEN, B, XR)
+        x3, s3 = _x_pair(x_ptr, cw, K, xs, 3, E, EVEN, B, XR)
         xsum += s2 + s3
     if B <= 2:
-        x4, s4 = _x_pair(x_ptr, cw, K, xs, 4, E, EVEN, B, PAIR == 3)
-        x5, s5 = _x_pair(x_ptr, cw, K, xs, 5, E, EVEN, B, PAIR == 3)
-        x6, s6 = _x_pair(x_ptr, cw, K, xs, 6, E, EVEN, B, PAIR == 3)
-        x7, s7 = _x_pair(x_ptr, cw, K, xs, 7, E, EVEN, B, PAIR == 3)
+        x4, s4 = _x_pair(x_ptr, cw, K, xs, 4, E, EVEN, B, XR)
+        x5, s5 = _x_pair(x_ptr, cw, K, xs, 5, E, EVEN, B, XR)
+        x6, s6 = _x_pair(x_ptr, cw, K, xs, 6, E, EVEN, B, XR)
+        x7, s7 = _x_pair(x_ptr, cw, K, xs, 7, E, EVEN, B, XR)
         xsum += s4 + s5 + s6 + s7
     if PTX != "":  # two words a call (half_pairs.WORDS): word columns 2c and 2c + 1
         x0e, x0o = _columns(x0)
@@ -535,7 +548,7 @@ def gemv_words_kernel(
         VICTIM: tl.constexpr, ZB: tl.constexpr, SCALE: tl.constexpr, DQB: tl.constexpr, ROW: tl.constexpr,
         ATOMIC: tl.constexpr, OUT_MAX: tl.constexpr, HALF_TOP: tl.constexpr, HALF_PTX: tl.constexpr,
         HALF_XCHUNK: tl.constexpr, HALF_XCHUNKS: tl.constexpr, TABLE_VARY: tl.constexpr, STAGES: tl.constexpr,
-        HALF_SUBNORMAL: tl.constexpr):
+        HALF_SUBNORMAL: tl.constexpr, HALF_WIDE_X: tl.constexpr):
     """M = 1 with codes in whole words (module docstring). ``out``: [N] (float32 when ``ATOMIC``).
     ``one_bits``: FP32_ONE_BITS, passed at run time so that it lives in a register (:func:`placed_code`).
     ``HALF_TOP`` > 0 (integer, minifloat, 16-entry table codes: :func:`~hwlab.kernels.dispatch.half_pairs_apply`): codes
@@ -544,10 +557,12 @@ def gemv_words_kernel(
     (``DECODE`` 2, ``HALF_TOP`` > 0): ``lut_ptr`` is the int32 register table, and with type ids (``MEMBERS`` 1)
     the registers of bitmask ``TABLE_VARY`` are read per type id (:func:`member_registers`). ``HALF_SUBNORMAL``:
     integer codes as fp16 subnormals (``half_products``' ``PAIR`` 3, one LOP3 a pair; x' up to ``2**HALF_TOP``
-    made in float32), their sign offset ``FLIP * sum x'`` removed per word column in float32."""
+    made in float32), their sign offset ``FLIP * sum x'`` removed per word column in float32. ``HALF_WIDE_X``: fp16 x
+    scaled by up to 2**30 in two fp16 multiplies (:func:`~hwlab.kernels.half_pairs.wide_activations`)."""
     E: tl.constexpr = 32 // B
     P: tl.constexpr = KS // E
     MASK: tl.constexpr = (1 << B) - 1
+    X_ROUTE: tl.constexpr = 1 if HALF_SUBNORMAL else 2 if HALF_WIDE_X else 0  # _x_pair's WIDE
     rn = tl.program_id(0) * BN + tl.arange(0, BN)
     nmask = rn < N
     one = one_bits.to(tl.uint32, bitcast=True)
@@ -560,7 +575,7 @@ def gemv_words_kernel(
     first = tl.program_id(1) * steps_per_program
     last = tl.minimum(first + steps_per_program, n_steps)
     if HALF_TOP > 0:
-        xs, unscale = half_scale(x_ptr, K, HALF_XCHUNK, HALF_XCHUNKS, HALF_TOP, HALF_SUBNORMAL)
+        xs, unscale = half_scale(x_ptr, K, HALF_XCHUNK, HALF_XCHUNKS, HALF_TOP, X_ROUTE)
         half_table = lut_registers(lut_ptr, DECODE)  # lut_ptr: the register table (dispatch._arguments)
     for step in tl.range(first, last, num_stages=STAGES):
         k0 = step * KS
@@ -608,7 +623,7 @@ def gemv_words_kernel(
             if DECODE == 2 and MEMBERS == 1:  # each row's (or word's) member's table
                 step_table = member_registers(lut_ptr, ids, half_table, TABLE_VARY, GPS, COLS)
             part, xsum = half_products(u, x_ptr, step_table, cw, K, xs, EVEN, B, FLIP, 3 if HALF_SUBNORMAL else DECODE,
-                                       MBITS, HALF_PTX)
+                                       MBITS, HALF_PTX, X_ROUTE)
             if HALF_SUBNORMAL:  # sum (q + FLIP) x' 2**-24 -> sum q x' (exact scaling; xsum: sum x', float32)
                 part = part * SUBNORMAL_UNIT - FLIP * xsum[None, :]
         else:

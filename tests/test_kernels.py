@@ -515,13 +515,42 @@ def test_register_cap_and_subnormal_flag_values(monkeypatch):
             dispatch.choose(plan, 1)
 
 
-@pytest.mark.parametrize("name", ["int8", "int4", "fp4_e2m1"])
+@pytest.mark.parametrize("name", ["int8", "int4", "fp4_e2m1", "fp4_e1m2", "fp4_e3m0", "mxfp4", "nvfp4"])
 def test_outputs_on_the_fp16_subnormal_grid(name, rng, kernel_device):
     """Activations of fp16's smallest subnormal give outputs near 1e-8, on fp16's subnormal grid: within the bound
-    (matmul_tolerance's OUTPUT_FLOOR). (fp4_e1m2 is left out: its binary16 placements, below 2**-13, and x' clamped at
-    2**15 put its fp16 products among the subnormals, outside the bound: BENCHMARKS, run 16.)"""
+    (matmul_tolerance's OUTPUT_FLOOR); so do rows of random tiny activations. The 4-bit minifloats' binary16
+    placements lie below 2**-8, so such rows are scaled twice (up to 2**30, ``half_pairs.wide_activations``): in one
+    fp16 multiply, fp4_e1m2's products were subnormal and an output was off by 1.3 times the bound."""
     qt = F.quantize((rng.standard_normal((48, 1024)) * 0.02).astype(np.float32), name)
-    check_matmul(torch.full((1, 1024), 2.0**-24).half().to(kernel_device), qt, qt.to(kernel_device))
+    dev = qt.to(kernel_device)
+    check_matmul(torch.full((1, 1024), 2.0**-24).half().to(kernel_device), qt, dev)
+    for exponent in (-16, -20, -22, -23):
+        x = torch.from_numpy(rng.standard_normal((1, 1024)) * 2.0**exponent).half()
+        check_matmul(x.to(kernel_device), qt, dev)
+
+
+@pytest.mark.parametrize("name", ["fp4_e1m2", "nvfp4"])
+def test_the_two_step_scale_changes_no_row_of_ordinary_activations(name, rng, kernel_device, monkeypatch):
+    """For a row whose largest |x| is near 1, the two-step scale's second factor is 1: the outputs are bit for bit
+    those of one multiply (the kernel compiled with ``HALF_WIDE_X`` off)."""
+    qt = F.quantize((rng.standard_normal((48, 1024)) * 0.02).astype(np.float32), name)
+    x = torch.from_numpy(rng.standard_normal((1, 1024))).half().to(kernel_device)
+    two_steps = check_matmul(x, qt, qt.to(kernel_device))
+    monkeypatch.setattr(dispatch, "half_pair_wide_x", lambda plan, decode: False)
+    assert torch.equal(check_matmul(x, qt, qt.to(kernel_device)), two_steps)
+
+
+def test_activations_scaled_twice_for_the_small_values_of_the_minifloat_pairs():
+    """The two-step scale of fp16 activations (``HALF_WIDE_X``) is taken where the pair decode's largest value is
+    below 2**-5: by the 4-bit minifloats (placements of at most 2**-8), not by integer codes, fp8 or NF4's table."""
+    from hwlab.kernels.half_pairs import WIDE_BELOW, wide_activations
+
+    assert WIDE_BELOW == 2.0**-5 and wide_activations(2.0**-5 * 0.99) and not wide_activations(2.0**-5)
+    wide = {}
+    for name in ("int4", "int2", "int8", "nf4", "fp8_e4m3", "fp4_e2m1", "fp4_e1m2", "fp4_e3m0", "mxfp4", "nvfp4"):
+        plan = build_plan(F.quantize(np.ones((40, 512), np.float32), name))
+        wide[name] = dispatch._half_flags(plan, dispatch.choose(plan, 1))["HALF_WIDE_X"]
+    assert [name for name, flag in wide.items() if flag] == ["fp4_e2m1", "fp4_e1m2", "fp4_e3m0", "mxfp4", "nvfp4"]
 
 
 def test_worst_error_of_no_rows(weights):

@@ -58,6 +58,10 @@ MEMBER_TILE = (128, 16, 1)
 # N=28672, bench/results/gpu_launch_variants_h100_run16*.log); off: its roundings are relative to (|q| + flip) |x|
 # (testing.subnormal_bounds), and an inf activation gives NaN
 GEMV_SUBNORMAL = False
+# fp16 activations of the decodes of small values (the 4-bit minifloat pairs) scaled in two fp16 multiplies, up to
+# 2**30 (half_pairs.wide_activations): a row of tiny x keeps normal fp16 products (stop 30; False: one multiply, as
+# before, for timing its cost: +0.6-5% static loop instructions, untimed on a GPU)
+WIDE_ACTIVATIONS = True
 # ... and caps its registers a thread (Launch.registers, Triton's maxnreg) by code width: 2-bit codes take 168 without
 # a cap, three programs of 4 warps an SM; at 128, four: int2 29.4 us against 34.4 (int4 at 128: 43.5 against 43.8),
 # H100, CUDA graphs, K=8192 N=28672, bench/results/register_cap_probe_h100_run16.json. Both flags are read when a
@@ -357,7 +361,7 @@ def _half_flags(plan: KernelPlan, launch: Launch) -> dict:
                                                  table=table, subnormal=launch.subnormal)
     top = SUBNORMAL_TOP if launch.subnormal else half_pair_top(plan, launch.decode)
     return dict(HALF_TOP=top, HALF_PTX=ptx, HALF_SUBNORMAL=launch.subnormal,
-                HALF_WIDE_X=not launch.subnormal and half_pair_wide_x(plan, launch.decode),
+                HALF_WIDE_X=WIDE_ACTIVATIONS and not launch.subnormal and half_pair_wide_x(plan, launch.decode),
                 HALF_XCHUNK=HALF_XCHUNK, HALF_XCHUNKS=math.ceil(plan.padded_cols / HALF_XCHUNK),
                 TABLE_VARY=varying_registers(register_table(plan.lut)) if table else 0)
 

@@ -532,11 +532,11 @@ def test_outputs_on_the_fp16_subnormal_grid(name, rng, kernel_device):
 @pytest.mark.parametrize("name", ["fp4_e1m2", "nvfp4"])
 def test_the_two_step_scale_changes_no_row_of_ordinary_activations(name, rng, kernel_device, monkeypatch):
     """For a row whose largest |x| is near 1, the two-step scale's second factor is 1: the outputs are bit for bit
-    those of one multiply (the kernel compiled with ``HALF_WIDE_X`` off)."""
+    those of one multiply (``dispatch.WIDE_ACTIVATIONS`` off)."""
     qt = F.quantize((rng.standard_normal((48, 1024)) * 0.02).astype(np.float32), name)
     x = torch.from_numpy(rng.standard_normal((1, 1024))).half().to(kernel_device)
     two_steps = check_matmul(x, qt, qt.to(kernel_device))
-    monkeypatch.setattr(dispatch, "half_pair_wide_x", lambda plan, decode: False)
+    monkeypatch.setattr(dispatch, "WIDE_ACTIVATIONS", False)
     assert torch.equal(check_matmul(x, qt, qt.to(kernel_device)), two_steps)
 
 

@@ -531,13 +531,16 @@ def test_outputs_on_the_fp16_subnormal_grid(name, rng, kernel_device):
 
 @pytest.mark.parametrize("name", ["fp4_e1m2", "nvfp4"])
 def test_the_two_step_scale_changes_no_row_of_ordinary_activations(name, rng, kernel_device, monkeypatch):
-    """For a row whose largest |x| is near 1, the two-step scale's second factor is 1: the outputs are bit for bit
-    those of one multiply (``dispatch.WIDE_ACTIVATIONS`` off)."""
+    """For a row whose largest |x| is at least 0.5 (HALF_TOP 15: one multiply of at most 2**15 reaches the top of the
+    range), the two-step scale's second factor is 1: the outputs are bit for bit those of one multiply
+    (``dispatch.WIDE_ACTIVATIONS`` off)."""
     qt = F.quantize((rng.standard_normal((48, 1024)) * 0.02).astype(np.float32), name)
-    x = torch.from_numpy(rng.standard_normal((1, 1024))).half().to(kernel_device)
-    two_steps = check_matmul(x, qt, qt.to(kernel_device))
+    row = rng.standard_normal(1024)
+    rows = [torch.from_numpy(r[None, :]).half().to(kernel_device) for r in (row, row * 0.5 / np.abs(row).max())]
+    two_steps = [check_matmul(x, qt, qt.to(kernel_device)) for x in rows]
     monkeypatch.setattr(dispatch, "WIDE_ACTIVATIONS", False)
-    assert torch.equal(check_matmul(x, qt, qt.to(kernel_device)), two_steps)
+    for x, got in zip(rows, two_steps):
+        assert torch.equal(check_matmul(x, qt, qt.to(kernel_device)), got)
 
 
 def test_activations_scaled_twice_for_the_small_values_of_the_minifloat_pairs():

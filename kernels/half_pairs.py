@@ -41,11 +41,13 @@ def wide_activations(largest: float) -> bool:
     """Whether fp16 activations are scaled by two fp16 powers of two, up to ``2**(2 * HALF_SCALE_EXPONENT)``, for a
     pair decode whose largest value (binary16, in magnitude) is ``largest``. In one multiply x' is at least
     ``2**-24 * 2**15 = 2**-9`` at a row's largest ``|x|`` (binary16's smallest subnormal times the largest fp16
-    scale), so its products with a value of at least :data:`WIDE_BELOW` (``2**-5``: integer codes, NF4's table)
-    are normal fp16. A decode of smaller values (the 4-bit minifloats' binary16 placements, at most ``2**-8``) would
-    give a row whose largest ``|x|`` is far below 1 subnormal products, whose rounding is not relative to them;
-    scaled twice, such a row's x' is at least ``2**6`` and its products are normal again (placements in binary16
-    are at least ``2**-24``, a table's entries ``2**-14``)."""
+    scale), so its products with a value of at least :data:`WIDE_BELOW` (``2**-5``: integer codes, the tables, which
+    are normalized to a largest entry in [1, 2), fp8_e4m3) are normal fp16. A decode of smaller values (the 4-bit
+    minifloats' binary16 placements, at most ``2**-8``; a user's 8-bit minifloat of 4 to 6 mantissa bits) would give
+    a row whose largest ``|x|`` is far below 1 subnormal products, whose rounding is not relative to them. Scaled
+    twice, such a row's x' at its largest ``|x|`` is at least ``2**6``, and its products with every value of at
+    least ``2**-20`` are normal (a 4-bit minifloat's smallest nonzero placement is ``2**-16``). As in one multiply,
+    the products of the row's smaller ``|x|`` may still be subnormal: their error is small beside the row's."""
     return largest < WIDE_BELOW
 
 

@@ -263,7 +263,8 @@ def _x_pair(x_ptr, cw, K, xs, i: tl.constexpr, E: tl.constexpr, EVEN: tl.constex
     """``x' = x * xs`` (fp16) of codes ``i`` and ``i + E/2`` of every word column ``cw`` (``B``-bit codes): the
     pair's bits as one int32 (low half code ``i``, :func:`half_word_ptx`) and its float32 sum. fp16 x is
     multiplied in fp16 by ``xs`` (``WIDE`` 0) or by its two factors ``min(xs, 2**15)`` and the rest (2: a decode of
-    small values, :func:`~hwlab.kernels.half_pairs.wide_activations`; exact, the rest 1 but for a row of tiny x).
+    small values, :func:`~hwlab.kernels.half_pairs.wide_activations`; exact, the rest 1 but for a row whose largest
+    ``|x|`` is below ``2**(TOP - 16)``, TOP of :func:`half_scale`).
     ``WIDE`` 1 (the subnormal decode):
     ``x * xs * 2**-p0`` made in float32 (``xs`` may exceed fp16's range), p0 the pair's bit in its half
     (:func:`~hwlab.kernels.half_pairs.subnormal_pair_constants`), and the sum of ``x * xs``."""
@@ -275,7 +276,7 @@ def _x_pair(x_ptr, cw, K, xs, i: tl.constexpr, E: tl.constexpr, EVEN: tl.constex
     else:
         xa = tl.load(x_ptr + ka, mask=ka < K, other=0.0, eviction_policy="evict_last")
         xb = tl.load(x_ptr + ka + E // 2, mask=ka + E // 2 < K, other=0.0, eviction_policy="evict_last")
-    if xa.dtype == tl.float16 and WIDE == 2:  # xs = s1 * s2, two fp16 powers of two (s2 = 1 but for tiny rows)
+    if xa.dtype == tl.float16 and WIDE == 2:  # xs = s1 * s2, two fp16 powers of two (s2 = 1 for most rows)
         s1 = tl.minimum(xs, HALF_SCALE_MAX)
         s2 = (xs / s1).to(tl.float16)
         a = (xa * s1.to(tl.float16)) * s2

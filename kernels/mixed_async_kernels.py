@@ -103,7 +103,7 @@ def mixed_gemv_async_kernel(x_ptr, codes4_ptr, codes2_ptr, flags_ptr, zeros4_ptr
     first = tl.program_id(1) * steps_per_program
     last = tl.minimum(first + steps_per_program, NG)
     rank = _first_rank(flags_ptr, rn, nmask, flag_words, first)
-    xs, unscale = half_scale(x_ptr, K, HALF_XCHUNK, HALF_XCHUNKS, HALF_TOP, False)
+    xs, unscale = half_scale(x_ptr, K, HALF_XCHUNK, HALF_XCHUNKS, HALF_TOP, 0)
     acc = tl.zeros((BN, P // 2 if HALF_PTX != "" else P), tl.float32)  # summed over word columns after the loop
     wide_n, u4e_n, u4o_n, u2_n, zero_n, code_n = _load_group(
         codes4_ptr, codes2_ptr, flags_ptr, zeros4_ptr, zeros2_ptr, scales_ptr, rn, mask_all(nmask, first < last), first,

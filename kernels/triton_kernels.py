@@ -461,21 +461,22 @@ def half_column_products(we, wo, x_ptr, table, cw, K, xs, EVEN: tl.constexpr, B:
                          PAIR: tl.constexpr, MBITS: tl.constexpr, PTX: tl.constexpr, XW: tl.constexpr):
     """:func:`half_products` of the words whose even and odd columns (of ``cw``) are ``we`` and ``wo``
     (int32 ``[BN, P/2]`` each), for a caller that builds the two halves of its words apart (each in the
-    layout the PTX call takes, so no layout conversion joins them first)."""
+    layout the PTX call takes, so no layout conversion joins them first). ``XW``: how x' is made (:func:`_x_pair`'s
+    ``WIDE``; the caller's, as its :func:`half_scale` took it)."""
     E: tl.constexpr = 32 // B
-    XR: tl.constexpr = 1 if PAIR == 3 else XW  # x' route (_x_pair's WIDE)
-    x0, s0 = _x_pair(x_ptr, cw, K, xs, 0, E, EVEN, B, XR)
-    x1, s1 = _x_pair(x_ptr, cw, K, xs, 1, E, EVEN, B, XR)
+    tl.static_assert((PAIR == 3) == (XW == 1), "the subnormal pairs (PAIR 3) take x' made in float32 (XW 1)")
+    x0, s0 = _x_pair(x_ptr, cw, K, xs, 0, E, EVEN, B, XW)
+    x1, s1 = _x_pair(x_ptr, cw, K, xs, 1, E, EVEN, B, XW)
     xsum = s0 + s1
     if B <= 4:
-        x2, s2 = _x_pair(x_ptr, cw, K, xs, 2, E, EVEN, B, XR)
-        x3, s3 = _x_pair(x_ptr, cw, K, xs, 3, E, EVEN, B, XR)
+        x2, s2 = _x_pair(x_ptr, cw, K, xs, 2, E, EVEN, B, XW)
+        x3, s3 = _x_pair(x_ptr, cw, K, xs, 3, E, EVEN, B, XW)
         xsum += s2 + s3
     if B <= 2:
-        x4, s4 = _x_pair(x_ptr, cw, K, xs, 4, E, EVEN, B, XR)
-        x5, s5 = _x_pair(x_ptr, cw, K, xs, 5, E, EVEN, B, XR)
-        x6, s6 = _x_pair(x_ptr, cw, K, xs, 6, E, EVEN, B, XR)
-        x7, s7 = _x_pair(x_ptr, cw, K, xs, 7, E, EVEN, B, XR)
+        x4, s4 = _x_pair(x_ptr, cw, K, xs, 4, E, EVEN, B, XW)
+        x5, s5 = _x_pair(x_ptr, cw, K, xs, 5, E, EVEN, B, XW)
+        x6, s6 = _x_pair(x_ptr, cw, K, xs, 6, E, EVEN, B, XW)
+        x7, s7 = _x_pair(x_ptr, cw, K, xs, 7, E, EVEN, B, XW)
         xsum += s4 + s5 + s6 + s7
     if PTX != "":  # two words a call (half_pairs.WORDS): word columns 2c and 2c + 1
         x0e, x0o = _columns(x0)

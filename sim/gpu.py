@@ -14,6 +14,13 @@
   fp16-pair tensor-core tiles, ``Launch.half_pairs``, which issue their few instructions a code at
   about half the rate of the other loops: Triton's ``tile_dot`` and the CUDA kernel ``int_mma_cupy``,
   whose chunk loop ``bench/kernel_instructions.py --kernels int_mma`` counts from nvcc's SASS);
+* occupancy: the programs an SM holds at once (:func:`programs_per_sm`: the kernel's registers a thread, warps
+  and shared memory, as compiled and counted in the same table, against the SM's limits). A launch of one batch
+  row (``BM = 1``: the GEMVs and the one-row tile) issues at ``issue_efficiency`` only with at least
+  ``one_row_latency_warps`` warps resident an SM, and proportionally slower with fewer: each warp of these loops
+  waits on its own chain of dependent instructions, so the issue rate grows with the warps resident. The batch
+  tiles' efficiencies were fitted at their own occupancies (8-32 warps an SM) and their errors show no trend
+  with it (run 14), so they take no such factor;
 * the two overlap: the kernel takes the larger, plus ``kernel_us`` (start and tail); split-K
   is one launch (its workspace is left zeroed by the kernel);
 * ``graph_us`` is that device time (a call inside a CUDA graph); ``us`` (a call launched from
@@ -29,10 +36,15 @@ import dataclasses
 import functools
 import json
 import math
+import numbers
 import os
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "kernel_instructions.json")
 LANES, SCHEDULERS = 32, 4  # threads a warp; warp schedulers per SM (Hopper, NVIDIA H100 white paper)
+# Registers are allocated to a warp in units of 256 (CUDA Occupancy Calculator, compute capability 9.0: "register
+# allocation unit size 256, granularity warp"); a thread may address at most 255 (CUDA C++ Programming Guide,
+# "Technical Specifications per Compute Capability")
+REGISTER_UNIT, MAX_REGISTERS = 256, 255
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +63,21 @@ class GPUConfig:
     host_call_us: float  # host time of one hwlab matmul call from Python (checks, allocation, launch)
     pair_tile_efficiency: float  # issue_efficiency of tile_dot's fp16-pair decode (Launch.half_pairs)
     weights_first_efficiency: float  # issue_efficiency of a tile with the weights first (Launch.weights_first)
+    # resident warps an SM below which a launch of one batch row issues proportionally slower than issue_efficiency:
+    # the occupancy of the launches issue_efficiency was fitted to (int4's GEMV: 128 registers, four 4-warp programs);
+    # run 16's ncu of int2's GEMV (bench/results/ncu_int2_gemv_h100_run16.txt: 168 registers, 12 warps) and its
+    # register cap (register_cap_probe_h100_run16.json: 34.4 us at 168, 29.4 at 128) and run 14's one-row loops of
+    # 8 and 12 warps (int3, bitmod_fp3, olive4, int2, ternary: 21-50% under their times without it, within 8% with it)
+    one_row_latency_warps: int = 16
+    # the SM's limits, compute capability 9.0 (CUDA C++ Programming Guide, "Technical Specifications per Compute
+    # Capability"): 64 K 32-bit registers, 64 resident warps, 32 resident blocks, 228 KB of shared memory of which
+    # a block may use 227 KB, and 1 KB the system reserves for each block (the guide's "Shared Memory" section)
+    registers_per_sm: int = 65536
+    max_warps_per_sm: int = 64
+    max_programs_per_sm: int = 32
+    shared_bytes_per_sm: int = 228 * 1024
+    max_shared_bytes_per_program: int = 227 * 1024
+    reserved_shared_bytes: int = 1024
 
     def issue_rate(self, pair_tile: bool = False, weights_first: bool = False) -> float:
         """Thread-instructions per microsecond at ``issue_efficiency`` (``pair_tile_efficiency`` for an
@@ -59,6 +86,21 @@ class GPUConfig:
         efficiency = (self.weights_first_efficiency if weights_first else self.pair_tile_efficiency if pair_tile
                       else self.issue_efficiency)
         return self.sms * SCHEDULERS * LANES * self.clock_ghz * 1e3 * efficiency
+
+    def programs_per_sm(self, registers: int, warps: int, shared_bytes: int = 0) -> int:
+        """Programs (CUDA blocks) of ``warps`` warps, each thread using ``registers`` registers and the program
+        ``shared_bytes`` bytes of shared memory, that one SM holds at once: the fewest its registers, warps,
+        block slots and shared memory allow (as the CUDA Occupancy Calculator counts them, with the largest
+        shared-memory carve-out). ``ValueError`` for a program no SM can hold."""
+        for name, value, low, high in (("registers", registers, 1, MAX_REGISTERS),
+                                       ("warps", warps, 1, self.max_warps_per_sm),
+                                       ("shared_bytes", shared_bytes, 0, self.max_shared_bytes_per_program)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+                raise ValueError(f"{name} must be an integer in [{low}, {high}] for a program on {self.name}; "
+                                 f"got {value!r}")
+        warp_registers = -(-registers * LANES // REGISTER_UNIT) * REGISTER_UNIT
+        return min(self.registers_per_sm // (warp_registers * warps), self.max_warps_per_sm // warps,
+                   self.max_programs_per_sm, self.shared_bytes_per_sm // (shared_bytes + self.reserved_shared_bytes))
 
 
 PRESETS = {
@@ -107,6 +149,7 @@ class GPUPrediction:
     overhead_us: float
     bound: str  # memory, decode or host
     kernel: str
+    warps_per_sm: int  # warps resident an SM (programs_per_sm times the launch's warps)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -136,14 +179,15 @@ def get_gpu(name) -> GPUConfig:
 
 @functools.lru_cache(maxsize=1)
 def instruction_table() -> dict:
-    """``(format, kernel, bm) -> weighted instructions per code`` from ``sim/data/kernel_instructions.json``."""
+    """``(format, kernel, bm) -> row`` of ``sim/data/kernel_instructions.json`` (``weighted_per_code``, and the
+    ``registers`` a thread, ``warps`` and ``shared_bytes`` the kernel compiled to)."""
     with open(DATA) as f:
         rows = json.load(f)["rows"]
-    return {(r["format"], r["kernel"], r["bm"]): r["weighted_per_code"] for r in rows}
+    return {(r["format"], r["kernel"], r["bm"]): r for r in rows}
 
 
-def instructions_per_code(fmt: str, kernel: str, bm: int) -> float:
-    """Issue slots per code of ``kernel`` for format ``fmt`` on its busiest pipe (``ValueError`` if not counted)."""
+def instruction_row(fmt: str, kernel: str, bm: int) -> dict:
+    """The counted row of ``kernel`` for format ``fmt`` at ``bm`` batch rows (``ValueError`` if not counted)."""
     table = instruction_table()
     if (fmt, kernel, bm) not in table:
         counted = sorted({f for f, _, _ in table})
@@ -152,18 +196,37 @@ def instructions_per_code(fmt: str, kernel: str, bm: int) -> float:
     return table[(fmt, kernel, bm)]
 
 
-def predict(gpu, fmt: str, m: int, k: int, n: int, *, bits_per_weight: float, launch) -> GPUPrediction:
+def instructions_per_code(fmt: str, kernel: str, bm: int) -> float:
+    """Issue slots per code of ``kernel`` for format ``fmt`` on its busiest pipe (``ValueError`` if not counted)."""
+    return instruction_row(fmt, kernel, bm)["weighted_per_code"]
+
+
+def predict(gpu, fmt: str, m: int, k: int, n: int, *, bits_per_weight: float, launch,
+            registers: int | None = None) -> GPUPrediction:
     """Predicted time of ``y[m, n] = x[m, k] @ W^T`` for a tensor of ``fmt`` stored at
-    ``bits_per_weight``, run as ``launch`` (a :class:`hwlab.kernels.dispatch.Launch`)."""
+    ``bits_per_weight``, run as ``launch`` (a :class:`hwlab.kernels.dispatch.Launch`).
+
+    ``registers``: registers a thread of the compiled kernel, for a launch compiled otherwise than the one
+    counted (default: the count's; a launch capped below them, ``Launch.registers``, takes its cap). Only the
+    occupancy follows them: the spill code a cap makes the compiler add is not counted, so a cap that spills is
+    predicted too fast (run 16: int2's GEMV at 96 registers took 35.7 us against 29.4 at 128).
+    """
     gpu = get_gpu(gpu)
+    row = instruction_row(fmt, launch.kernel, launch.bm)
+    registers = row["registers"] if registers is None else registers
+    cap = getattr(launch, "registers", 0)
+    warps = getattr(launch, "warps", row["warps"])
+    resident = gpu.programs_per_sm(min(registers, cap) if cap else registers, warps, row["shared_bytes"]) * warps
     moved = n * k * bits_per_weight / 8 + 2 * m * k + 2 * m * n  # bytes: W as stored, fp16 x and y
     if launch.split > 1:
         moved += (launch.split + 2) * 4 * m * n  # float32 partial sums added, read and zeroed by the last program
     memory = moved / (gpu.copy_gbps * 1e3 * gpu.stream_fraction)
     decoded = n * k * math.ceil(m / max(launch.bm, 1))
     rate = gpu.issue_rate(launch.half_pairs, launch.weights_first)
-    decode = decoded * instructions_per_code(fmt, launch.kernel, launch.bm) / rate
+    if launch.bm == 1:
+        rate *= min(1.0, resident / gpu.one_row_latency_warps)
+    decode = decoded * row["weighted_per_code"] / rate
     device = max(memory, decode) + gpu.kernel_us
     us = max(device, gpu.host_call_us)
     bound = "host" if gpu.host_call_us >= device else "memory" if memory >= decode else "decode"
-    return GPUPrediction(us, device, memory, decode, gpu.kernel_us, bound, launch.kernel)
+    return GPUPrediction(us, device, memory, decode, gpu.kernel_us, bound, launch.kernel, resident)

@@ -16,6 +16,11 @@ Count with the Triton the GPU machine runs (its compiler decides registers, spil
 machine's, installed beside the local one (``pip install --no-deps --target DIR triton==3.6.0``, then
 ``PYTHONPATH=DIR``); triton 3.9 spills int2's capped GEMV at 128 registers, which 3.6 does not.
     python bench/kernel_instructions.py --kernels int_mma --merge    # the CUDA tensor-core kernel (nvcc)
+
+``--variant`` counts the launches under other dispatch constants, and prints each beside the GPU model's prediction
+from its own counts (registers, spill code and all), leaving the table as it is:
+
+    python bench/kernel_instructions.py --formats int5 --batches 1 --variant "" --variant "TILE_MAX_REGISTERS={5: 168}"
 """
 from __future__ import annotations
 
@@ -151,12 +156,20 @@ class Recorder:
 
 
 def count(formats=FORMATS, batches=BATCHES) -> list[dict]:
+    """The table's rows of ``formats`` at ``batches`` (:func:`counted`)."""
+    return [row for row, _, _ in counted(formats, batches)]
+
+
+def counted(formats=FORMATS, batches=BATCHES):
+    """``(row, launch, bits_per_weight)`` of every launch ``matmul`` chooses for ``formats`` at ``batches`` rows of
+    x, K=8192 N=28672, under dispatch's constants as they are: its table row (:func:`_row`), the
+    :class:`~hwlab.kernels.dispatch.Launch` and the tensor's stored bits a weight."""
     import torch
 
     import hwlab.formats as F
     from hwlab.kernels import dispatch, triton_kernels
 
-    results, rows = [], []
+    results = []
     fake = types.SimpleNamespace(**{name: Recorder(getattr(triton_kernels, name), results)
                                     for name in ("gemv_words_kernel", "gemv_mixed_kernel", "tile_kernel",
                                                  "dequantize_kernel")})
@@ -173,8 +186,8 @@ def count(formats=FORMATS, batches=BATCHES) -> list[dict]:
             dispatch.run(x, dev, torch.empty(m, ROWS, dtype=torch.float16), launch)
             if len(results) == before:
                 continue
-            rows.append(_row(name, m, launch.kernel, launch.decode, launch.bn, launch.bm, launch.ks, results[-1]))
-    return rows
+            yield (_row(name, m, launch.kernel, launch.decode, launch.bn, launch.bm, launch.ks, results[-1]), launch,
+                   small.bits_per_weight)
 
 
 def _row(name: str, m: int, kernel: str, decode: str, bn: int, bm: int, ks: int, r: dict) -> dict:
@@ -282,18 +295,75 @@ def merged(path: str, rows: list[dict]) -> list[dict]:
     return kept + list(fresh.values())
 
 
+def compare_variants(formats, batches, variants, gpu_model: str) -> list[dict]:
+    """Every launch of ``formats`` at ``batches`` counted under each of ``variants`` (assignments to dispatch's
+    constants, as ``gpu_launch_variants.py --variant`` takes them; ``""``: the shipped launch), each row with its
+    ``variant`` and the GPU model's prediction from its own counts (``predicted_graph_us``, ``warps_per_sm``: preset
+    ``gpu_model``, K=8192 N=28672). The shipped constants are restored after."""
+    from gpu_launch_variants import apply, statements
+
+    from hwlab.sim import gpu
+
+    for variant in variants:
+        statements(variant)  # every variant checked before the first compile
+    saved, rows = {}, []
+    try:
+        for variant in variants:
+            apply(variant, saved)
+            for row, launch, bits in counted(formats, batches):
+                p = gpu.predict(gpu_model, row["format"], row["m"], K, N, bits_per_weight=bits, launch=launch,
+                                counts=row)
+                rows.append(dict(row, variant=variant, gpu_model=gpu_model, predicted_graph_us=round(p.graph_us, 1),
+                                 warps_per_sm=p.warps_per_sm))
+    finally:
+        apply("", saved)
+    return rows
+
+
+def variant_table(rows: list[dict]) -> str:
+    """:func:`compare_variants`' rows, one line each."""
+    lines = ["format     M  variant                                   kernel      regs LDL+STL instr/code weighted "
+             "warps/SM  predicted us"]
+    for r in rows:
+        spills = r["opcodes"].get("LDL", 0) + r["opcodes"].get("STL", 0)
+        lines.append(f"{r['format']:10s} {r['m']:2d}  {r['variant'] or '(shipped)':40.40s}  {r['kernel']:10s} "
+                     f"{r['registers']:4d} {spills:7d} {r['instructions_per_code']:10.2f} "
+                     f"{r['weighted_per_code']:8.2f} {r['warps_per_sm']:8d}  {r['predicted_graph_us']:12.1f}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "sim", "data",
-                                                      "kernel_instructions.json"))
+    parser.add_argument("--out", help="the table to write (default sim/data/kernel_instructions.json); with --variant, "
+                                      "a new JSON file of the variants' rows (none written if not named)")
     parser.add_argument("--formats", nargs="*", default=FORMATS)
     parser.add_argument("--batches", nargs="*", type=int, default=BATCHES)
     parser.add_argument("--kernels", choices=["all", "triton", "int_mma"], default="all",
                         help="which kernels to count: the Triton ones, int_mma (CUDA C++, needs nvcc) or both")
     parser.add_argument("--merge", action="store_true",
                         help="replace only the counted rows of --out (same format, M and kernel), keep the others")
+    parser.add_argument("--variant", action="append",
+                        help="count the Triton launches under these assignments to dispatch's constants (as "
+                             "gpu_launch_variants.py's; '' the shipped ones) and print each beside the GPU model's "
+                             "prediction from its own counts; repeat to compare; the table is left as it is")
+    parser.add_argument("--gpu-model", default="h100", help="the preset of --variant's predictions (default h100)")
     args = parser.parse_args(argv)
     import triton
+
+    if args.variant is not None:
+        if args.merge or args.kernels != "all":
+            raise SystemExit("--variant counts the Triton launches into a table of its own: no --merge or --kernels")
+        if args.out and os.path.exists(args.out):
+            raise SystemExit(f"--out {args.out} exists (name a new file for the variants' rows)")
+        rows = compare_variants(args.formats, args.batches, args.variant, args.gpu_model)
+        print(variant_table(rows))
+        if args.out:
+            with open(args.out, "x") as f:
+                json.dump({"source": "bench/kernel_instructions.py --variant", "triton": triton.__version__,
+                           "date": datetime.date.today().isoformat(), "rows": rows}, f, indent=1)
+            print(f"wrote {args.out} ({len(rows)} rows)")
+        return 0
+    args.out = args.out or os.path.join(os.path.dirname(__file__), "..", "sim", "data", "kernel_instructions.json")
 
     rows = []
     if args.kernels != "int_mma":

@@ -67,6 +67,11 @@ WIDE_ACTIVATIONS = True
 # H100, CUDA graphs, K=8192 N=28672, bench/results/register_cap_probe_h100_run16.json. Both flags are read when a
 # tensor's launch for an x shape is first prepared (kept on the DeviceTensor: _prepare), not at every call
 GEMV_MAX_REGISTERS = {2: 128}
+# The one-row tile's cap by code width (the M = 1 launches of codes that no whole-word GEMV takes: 3, 5, 6 and 7 bits,
+# the 3-bit BitMoD mixture). None is shipped; it is there to time what the GPU model predicts (stop 31, BENCHMARKS
+# "occupancy"): int5's tile takes 179 registers, two 4-warp programs an SM, and at 168 (triton 3.6: 4 LDL in the
+# loop) three, which the model puts at 1.4x faster, untimed
+TILE_MAX_REGISTERS = {}
 MAX_REGISTERS = 255  # registers a thread can address (CUDA C Programming Guide, compute capability 9.0)
 REGISTER_CAPPED = ("gemv_words", "tile", "tile_dot")  # the kernels whose launches pass the cap to Triton
 MAX_GROUPS_PER_STEP = 16  # words per step are halved until a step holds at most this many groups (nvfp4: 16 of 16)
@@ -158,7 +163,8 @@ class Launch:
     half_pairs: bool = False  # tile_dot decodes integer codes as fp16 pairs (half_dot_applies); int_mma_cupy always
     weights_first: bool = False  # the decoded weights are the MMA's first operand (w @ x^T: from registers on sm_90)
     subnormal: bool = False  # gemv_words' fp16 pairs hold integer codes as subnormals (GEMV_SUBNORMAL)
-    registers: int = 0  # registers a thread may use (Triton's maxnreg; 0: as the compiler likes; GEMV_MAX_REGISTERS)
+    registers: int = 0  # registers a thread may use (Triton's maxnreg; 0: as the compiler likes; GEMV_MAX_REGISTERS,
+    # TILE_MAX_REGISTERS)
 
     def __post_init__(self):
         if self.half_pairs and not (self.kernel == "tile_dot" and self.decode in ("int", "float")
@@ -256,7 +262,8 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
         stages = STAGES[kernel]
     return Launch(kernel, bn, bm, ks, math.ceil(total / steps), steps, decode, warps, stages, half, first,
                   subnormal=pairs and GEMV_SUBNORMAL and decode == "int",  # pairs: gemv_words' fp16 pairs
-                  registers=_register_cap(plan.bits) if kernel == "gemv_words" else 0)
+                  registers=_register_cap(plan.bits, "GEMV_MAX_REGISTERS") if kernel == "gemv_words" else
+                  _register_cap(plan.bits, "TILE_MAX_REGISTERS") if kernel == "tile" else 0)
 
 
 def _register_count(value) -> bool:
@@ -265,15 +272,15 @@ def _register_count(value) -> bool:
             and (value == 0 or 16 <= value <= MAX_REGISTERS))
 
 
-def _register_cap(bits: int) -> int:
-    """:data:`GEMV_MAX_REGISTERS`' cap for ``bits``-bit codes (0: none), checked here so that a bad entry is
-    named."""
-    if not isinstance(GEMV_MAX_REGISTERS, dict):
-        raise ValueError(f"dispatch.GEMV_MAX_REGISTERS must be a dict of code widths to register caps, got "
-                         f"{GEMV_MAX_REGISTERS!r}")
-    cap = GEMV_MAX_REGISTERS.get(bits, 0)
+def _register_cap(bits: int, knob: str) -> int:
+    """The cap of this module's ``knob`` (:data:`GEMV_MAX_REGISTERS` or :data:`TILE_MAX_REGISTERS`) for
+    ``bits``-bit codes (0: none), checked here so that a bad entry is named."""
+    caps = globals()[knob]
+    if not isinstance(caps, dict):
+        raise ValueError(f"dispatch.{knob} must be a dict of code widths to register caps, got {caps!r}")
+    cap = caps.get(bits, 0)
     if not _register_count(cap):
-        raise ValueError(f"dispatch.GEMV_MAX_REGISTERS[{bits}] must be 0 or a whole number from 16 to {MAX_REGISTERS}, "
+        raise ValueError(f"dispatch.{knob}[{bits}] must be 0 or a whole number from 16 to {MAX_REGISTERS}, "
                          f"got {cap!r}")
     return int(cap)
 

@@ -201,18 +201,28 @@ def instructions_per_code(fmt: str, kernel: str, bm: int) -> float:
     return instruction_row(fmt, kernel, bm)["weighted_per_code"]
 
 
+COUNTED_FIELDS = ("weighted_per_code", "registers", "warps", "shared_bytes")  # what predict reads of a counted row
+
+
 def predict(gpu, fmt: str, m: int, k: int, n: int, *, bits_per_weight: float, launch,
-            registers: int | None = None) -> GPUPrediction:
+            registers: int | None = None, counts: dict | None = None) -> GPUPrediction:
     """Predicted time of ``y[m, n] = x[m, k] @ W^T`` for a tensor of ``fmt`` stored at
     ``bits_per_weight``, run as ``launch`` (a :class:`hwlab.kernels.dispatch.Launch`).
 
+    ``counts``: the counted row of the compiled launch (``bench/kernel_instructions.py``, whose ``--variant``
+    counts a launch under other constants), default the table's row of ``fmt``, the launch's kernel and ``bm``.
     ``registers``: registers a thread of the compiled kernel, for a launch compiled otherwise than the one
     counted (default: the count's; a launch capped below them, ``Launch.registers``, takes its cap). Only the
     occupancy follows them: the spill code a cap makes the compiler add is not counted, so a cap that spills is
-    predicted too fast (run 16: int2's GEMV at 96 registers took 35.7 us against 29.4 at 128).
+    predicted too fast (run 16: int2's GEMV at 96 registers took 35.7 us against 29.4 at 128); counting the
+    capped launch (``counts``) takes its spill code in.
     """
     gpu = get_gpu(gpu)
-    row = instruction_row(fmt, launch.kernel, launch.bm)
+    row = instruction_row(fmt, launch.kernel, launch.bm) if counts is None else counts
+    missing = [f for f in COUNTED_FIELDS if not isinstance(row, dict) or f not in row]
+    if missing:
+        raise ValueError(f"counts must be a counted row of bench/kernel_instructions.py with {list(COUNTED_FIELDS)}; "
+                         f"it lacks {missing}")
     registers = row["registers"] if registers is None else registers
     cap = getattr(launch, "registers", 0)
     warps = getattr(launch, "warps", row["warps"])

@@ -242,3 +242,33 @@ def test_instruction_count_of_a_launch_under_the_register_cap():
     assert done.returncode == 0, done.stderr[-2000:]
     (row,) = json.loads(done.stdout.splitlines()[-1])
     assert row["kernel"] == "gemv_words" and 0 < row["registers"] <= dispatch.GEMV_MAX_REGISTERS[2]
+
+
+def test_instruction_counts_of_launch_variants_beside_their_predictions(tmp_path):
+    """``kernel_instructions.py --variant`` counts the launch under other dispatch constants (the one-row tile's
+    register cap here) and predicts each from its own counts; the table is not touched, and the variants' file is
+    a new one (compiled for sm_90 in a process without the interpreter)."""
+    pytest.importorskip("triton", reason="triton is not installed")
+    out = tmp_path / "variants.json"
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "kernel_instructions.py", "--formats", "int3", "--batches", "1",
+                           "--variant", "", "--variant", "TILE_MAX_REGISTERS={3: 128}", "--out", str(out)],
+                          cwd=BENCH, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shipped, capped = json.loads(out.read_text())["rows"]
+    assert (shipped["variant"], capped["variant"]) == ("", "TILE_MAX_REGISTERS={3: 128}")
+    assert shipped["kernel"] == capped["kernel"] == "tile" and capped["registers"] <= 128 < shipped["registers"]
+    assert capped["warps_per_sm"] > shipped["warps_per_sm"] and shipped["predicted_graph_us"] > 0
+    assert "(shipped)" in done.stdout and "predicted us" in done.stdout
+
+
+def test_instruction_count_variants_refuse_to_touch_the_table(bench, tmp_path):
+    pytest.importorskip("triton", reason="triton is not installed")
+    counts = bench("kernel_instructions")
+    taken = tmp_path / "taken.json"
+    taken.write_text("{}")
+    with pytest.raises(SystemExit, match="--out .*taken.json exists"):
+        counts.main(["--variant", "", "--out", str(taken)])
+    with pytest.raises(SystemExit, match="no --merge or --kernels"):
+        counts.main(["--variant", "", "--merge"])
+    assert taken.read_text() == "{}"

@@ -164,3 +164,15 @@ def test_low_occupancy_one_row_loops_within_a_quarter_of_run_14(fmt):
     p = gpu.predict("h100", fmt, 1, 8192, 28672, bits_per_weight=row["bits_per_weight"], launch=launch)
     assert p.warps_per_sm < gpu.PRESETS["h100"].one_row_latency_warps
     assert abs(p.graph_us / row["us_graph"] - 1) <= 0.25, (p, row["us_graph"])
+
+
+def test_a_prediction_from_counts_of_its_own():
+    """``counts``: a counted row of another compile of the launch (``kernel_instructions.py --variant``)."""
+    h100 = gpu.PRESETS["h100"]
+    launch = FakeLaunch("gemv_words", 1, 1)
+    row = dict(gpu.instruction_row("int2", "gemv_words", 1), registers=168)
+    own = gpu.predict(h100, "int2", 1, 8192, 28672, bits_per_weight=2.125, launch=launch, counts=row)
+    assert own == gpu.predict(h100, "int2", 1, 8192, 28672, bits_per_weight=2.125, launch=launch, registers=168)
+    for bad in ({"weighted_per_code": 2.0}, [1, 2], "a row"):
+        with pytest.raises(ValueError, match="counts must be a counted row .* it lacks"):
+            gpu.predict(h100, "int2", 1, 8192, 28672, bits_per_weight=2.125, launch=launch, counts=bad)

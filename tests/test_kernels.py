@@ -513,6 +513,28 @@ def test_register_cap_and_subnormal_flag_values(monkeypatch):
         monkeypatch.setattr(dispatch, "GEMV_MAX_REGISTERS", bad)
         with pytest.raises(ValueError, match=match):
             dispatch.choose(plan, 1)
+    tile = build_plan(F.quantize(np.ones((40, 512), np.float32), "int5"))
+    for bad, match in (({5: 300}, r"TILE_MAX_REGISTERS\[5\] must be 0 or a whole number from 16 to 255, got 300"),
+                       ([168], r"dispatch.TILE_MAX_REGISTERS must be a dict .* got \[168\]")):
+        monkeypatch.setattr(dispatch, "TILE_MAX_REGISTERS", bad)
+        with pytest.raises(ValueError, match=match):
+            dispatch.choose(tile, 1)
+
+
+@pytest.mark.parametrize("name", ["int5", "int3"])
+def test_one_row_tile_under_a_register_cap(name, weights, kernel_device, monkeypatch):
+    """TILE_MAX_REGISTERS caps the one-row tile by code width (none shipped); the outputs are bit for bit the
+    uncapped launch's, and the other widths and the batch tiles keep the compiler's choice."""
+    qt = F.quantize(weights, name)
+    dev = qt.to(kernel_device)
+    assert dispatch.choose(dev.plan, 1).registers == 0
+    monkeypatch.setattr(dispatch, "TILE_MAX_REGISTERS", {qt.format.bits: 168, 7: 96})
+    launch = dispatch.choose(dev.plan, 1, sms=1)
+    assert launch.kernel == "tile" and launch.registers == 168 and "at most 168 registers" in launch.describe()
+    assert dispatch.choose(dev.plan, 16).registers == 0
+    x = torch.randn(1, weights.shape[1]).half().to(kernel_device)
+    torch.testing.assert_close(check_matmul(x, qt, dev, launch),
+                               check_matmul(x, qt, dev, dataclasses.replace(launch, registers=0)), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", ["int8", "int4", "fp4_e2m1", "fp4_e1m2", "fp4_e3m0", "mxfp4", "nvfp4"])

@@ -14,8 +14,9 @@
   fp16-pair tensor-core tiles, ``Launch.half_pairs``, which issue their few instructions a code at
   about half the rate of the other loops: Triton's ``tile_dot`` and the CUDA kernel ``int_mma_cupy``,
   whose chunk loop ``bench/kernel_instructions.py --kernels int_mma`` counts from nvcc's SASS);
-* occupancy: the programs an SM holds at once (:func:`programs_per_sm`: the kernel's registers a thread, warps
-  and shared memory, as compiled and counted in the same table, against the SM's limits). A launch of one batch
+* occupancy: the programs an SM holds at once (:meth:`GPUConfig.programs_per_sm`: the kernel's registers a thread,
+  warps and shared memory, as compiled and counted in the same table, against the SM's limits), or the programs of
+  the grid an SM gets where there are fewer (:attr:`GPUPrediction.warps_per_sm`). A launch of one batch
   row (``BM = 1``: the GEMVs and the one-row tile) issues at ``issue_efficiency`` only with at least
   ``one_row_latency_warps`` warps resident an SM, and proportionally slower with fewer: each warp of these loops
   waits on its own chain of dependent instructions, so the issue rate grows with the warps resident. The batch
@@ -41,10 +42,12 @@ import os
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "kernel_instructions.json")
 LANES, SCHEDULERS = 32, 4  # threads a warp; warp schedulers per SM (Hopper, NVIDIA H100 white paper)
-# Registers are allocated to a warp in units of 256 (CUDA Occupancy Calculator, compute capability 9.0: "register
-# allocation unit size 256, granularity warp"); a thread may address at most 255 (CUDA C++ Programming Guide,
-# "Technical Specifications per Compute Capability")
-REGISTER_UNIT, MAX_REGISTERS = 256, 255
+# How CUDA's occupancy calculator (cuda_occupancy.h, compute capability 9.0) allocates an SM: registers to a warp in
+# units of 256, from one of the SM's four sub-partitions (a quarter of its registers each: a warp's registers never
+# span two); shared memory to a program in units of 128 bytes. A thread may address at most 255 registers and a
+# program hold at most 32 warps (1024 threads; CUDA C++ Programming Guide, "Technical Specifications per Compute
+# Capability")
+REGISTER_UNIT, SHARED_UNIT, MAX_REGISTERS, MAX_PROGRAM_WARPS = 256, 128, 255, 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +70,8 @@ class GPUConfig:
     # the occupancy of the launches issue_efficiency was fitted to (int4's GEMV: 128 registers, four 4-warp programs);
     # run 16's ncu of int2's GEMV (bench/results/ncu_int2_gemv_h100_run16.txt: 168 registers, 12 warps) and its
     # register cap (register_cap_probe_h100_run16.json: 34.4 us at 168, 29.4 at 128) and run 14's one-row loops of
-    # 8 and 12 warps (int3, bitmod_fp3, olive4, int2, ternary: 21-50% under their times without it, within 8% with it)
+    # 8 and 12 warps at K=8192 N=28672 (int3, bitmod_fp3, olive4: 23-50% under their times without it, within 8%
+    # with it)
     one_row_latency_warps: int = 16
     # the SM's limits, compute capability 9.0 (CUDA C++ Programming Guide, "Technical Specifications per Compute
     # Capability"): 64 K 32-bit registers, 64 resident warps, 32 resident blocks, 228 KB of shared memory of which
@@ -78,6 +82,29 @@ class GPUConfig:
     shared_bytes_per_sm: int = 228 * 1024
     max_shared_bytes_per_program: int = 227 * 1024
     reserved_shared_bytes: int = 1024
+
+    def __post_init__(self):
+        positive = ("sms", "clock_ghz", "copy_gbps", "stream_fraction", "issue_efficiency", "l2_mb",
+                    "pair_tile_efficiency", "weights_first_efficiency", "one_row_latency_warps", "registers_per_sm",
+                    "max_warps_per_sm", "max_programs_per_sm", "shared_bytes_per_sm", "max_shared_bytes_per_program")
+        counts = ("sms", "one_row_latency_warps", "registers_per_sm", "max_warps_per_sm", "max_programs_per_sm",
+                  "shared_bytes_per_sm", "max_shared_bytes_per_program", "reserved_shared_bytes")
+        for field in dataclasses.fields(self)[1:]:
+            value = getattr(self, field.name)
+            number = not isinstance(value, bool) and isinstance(value, numbers.Integral if field.name in counts
+                                                                 else numbers.Real)
+            if not (number and math.isfinite(value) and (value > 0 if field.name in positive else value >= 0)):
+                kind = "an integer" if field.name in counts else "a finite number"
+                raise ValueError(f"GPUConfig {self.name!r}: {field.name} must be {kind} "
+                                 f"{'> 0' if field.name in positive else '>= 0'}, got {value!r}")
+        for name in ("stream_fraction", "issue_efficiency", "pair_tile_efficiency", "weights_first_efficiency"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"GPUConfig {self.name!r}: {name} is a fraction of a peak, at most 1, got "
+                                 f"{getattr(self, name)!r}")
+        if self.max_shared_bytes_per_program > self.shared_bytes_per_sm:
+            raise ValueError(f"GPUConfig {self.name!r}: max_shared_bytes_per_program "
+                             f"({self.max_shared_bytes_per_program}) exceeds shared_bytes_per_sm "
+                             f"({self.shared_bytes_per_sm})")
 
     def issue_rate(self, pair_tile: bool = False, weights_first: bool = False) -> float:
         """Thread-instructions per microsecond at ``issue_efficiency`` (``pair_tile_efficiency`` for an
@@ -90,17 +117,27 @@ class GPUConfig:
     def programs_per_sm(self, registers: int, warps: int, shared_bytes: int = 0) -> int:
         """Programs (CUDA blocks) of ``warps`` warps, each thread using ``registers`` registers and the program
         ``shared_bytes`` bytes of shared memory, that one SM holds at once: the fewest its registers, warps,
-        block slots and shared memory allow (as the CUDA Occupancy Calculator counts them, with the largest
-        shared-memory carve-out). ``ValueError`` for a program no SM can hold."""
-        for name, value, low, high in (("registers", registers, 1, MAX_REGISTERS),
-                                       ("warps", warps, 1, self.max_warps_per_sm),
-                                       ("shared_bytes", shared_bytes, 0, self.max_shared_bytes_per_program)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
-                raise ValueError(f"{name} must be an integer in [{low}, {high}] for a program on {self.name}; "
-                                 f"got {value!r}")
+        block slots and shared memory allow, by the rules of CUDA's occupancy calculator (:data:`REGISTER_UNIT`,
+        with the largest shared-memory carve-out). ``ValueError`` for a program no SM of this GPU can hold."""
+        registers = _count("registers", registers, 1, MAX_REGISTERS, self.name)
+        warps = _count("warps", warps, 1, min(MAX_PROGRAM_WARPS, self.max_warps_per_sm), self.name)
+        shared_bytes = _count("shared_bytes", shared_bytes, 0, self.max_shared_bytes_per_program, self.name)
         warp_registers = -(-registers * LANES // REGISTER_UNIT) * REGISTER_UNIT
-        return min(self.registers_per_sm // (warp_registers * warps), self.max_warps_per_sm // warps,
-                   self.max_programs_per_sm, self.shared_bytes_per_sm // (shared_bytes + self.reserved_shared_bytes))
+        program_shared = -(-(shared_bytes + self.reserved_shared_bytes) // SHARED_UNIT) * SHARED_UNIT
+        programs = min(self.registers_per_sm // SCHEDULERS // warp_registers * SCHEDULERS // warps,
+                       self.max_warps_per_sm // warps, self.max_programs_per_sm,
+                       self.shared_bytes_per_sm // program_shared)
+        if programs < 1:
+            raise ValueError(f"no SM of {self.name} holds a program of {warps} warps at {registers} registers a thread "
+                             f"and {shared_bytes} bytes of shared memory")
+        return programs
+
+
+def _count(name: str, value, low: int, high: int, gpu: str) -> int:
+    """``value`` as a Python int, if it is an integer (a numpy one too) in ``[low, high]``; else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}] for a program on {gpu}; got {value!r}")
+    return int(value)
 
 
 PRESETS = {
@@ -149,7 +186,8 @@ class GPUPrediction:
     overhead_us: float
     bound: str  # memory, decode or host
     kernel: str
-    warps_per_sm: int  # warps resident an SM (programs_per_sm times the launch's warps)
+    warps_per_sm: int  # warps resident an SM: programs_per_sm times the launch's warps, or fewer where the grid has
+    # fewer programs an SM (int2's GEMV at 4096 x 4096: 256 programs on 132 SMs, two an SM)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -223,10 +261,16 @@ def predict(gpu, fmt: str, m: int, k: int, n: int, *, bits_per_weight: float, la
     if missing:
         raise ValueError(f"counts must be a counted row of bench/kernel_instructions.py with {list(COUNTED_FIELDS)}; "
                          f"it lacks {missing}")
-    registers = row["registers"] if registers is None else registers
-    cap = getattr(launch, "registers", 0)
     warps = getattr(launch, "warps", row["warps"])
-    resident = gpu.programs_per_sm(min(registers, cap) if cap else registers, warps, row["shared_bytes"]) * warps
+    if registers is None and warps != row["warps"]:
+        raise ValueError(f"the counted launch of {fmt} in {launch.kernel} (BM={launch.bm}) ran {row['warps']} warps, "
+                         f"this one {warps!r}: its registers are another compile's (count it: "
+                         "bench/kernel_instructions.py --variant, then counts=; or give registers=)")
+    registers = _count("registers", row["registers"] if registers is None else registers, 1, MAX_REGISTERS, gpu.name)
+    cap = _count("the launch's register cap", getattr(launch, "registers", 0), 0, MAX_REGISTERS, gpu.name)
+    programs = math.ceil(n / launch.bn) * math.ceil(m / max(launch.bm, 1)) * launch.split  # the launch's grid
+    resident = min(gpu.programs_per_sm(min(registers, cap) if cap else registers, warps, row["shared_bytes"]),
+                   math.ceil(programs / gpu.sms)) * warps
     moved = n * k * bits_per_weight / 8 + 2 * m * k + 2 * m * n  # bytes: W as stored, fp16 x and y
     if launch.split > 1:
         moved += (launch.split + 2) * 4 * m * n  # float32 partial sums added, read and zeroed by the last program

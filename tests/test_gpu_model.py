@@ -13,6 +13,7 @@ class FakeLaunch:
     split: int
     half_pairs: bool = False
     weights_first: bool = False
+    bn: int = 32
 
 
 def test_every_counted_row_has_weighted_and_raw_counts():
@@ -176,3 +177,63 @@ def test_a_prediction_from_counts_of_its_own():
     for bad in ({"weighted_per_code": 2.0}, [1, 2], "a row"):
         with pytest.raises(ValueError, match="counts must be a counted row .* it lacks"):
             gpu.predict(h100, "int2", 1, 8192, 28672, bits_per_weight=2.125, launch=launch, counts=bad)
+
+
+def test_occupancy_follows_cuda_s_allocation_rules():
+    """Registers come from one of the SM's four sub-partitions a warp (cuda_occupancy.h), shared memory in units of
+    128 bytes; a program holds at most 32 warps; a program no SM holds is an error, never 0 programs."""
+    import json
+
+    import numpy as np
+
+    h100 = gpu.PRESETS["h100"]
+    assert h100.programs_per_sm(103, 2) == 8  # 3328 registers a warp: 4 warps a sub-partition, not 19 an SM
+    assert h100.programs_per_sm(32, 1, 6464) == 30  # 7488 bytes with the reserved KB take 7552: 30, not 31
+    assert type(h100.programs_per_sm(np.uint8(128), np.int16(4), np.int16(512))) is int
+    with pytest.raises(ValueError, match=r"warps must be an integer in \[1, 32\]"):
+        h100.programs_per_sm(32, 33)
+    with pytest.raises(ValueError, match="no SM of h100 holds a program of 32 warps at 255 registers"):
+        h100.programs_per_sm(255, 32)
+    p = gpu.predict(h100, "int2", 1, 8192, 28672, bits_per_weight=2.125, launch=FakeLaunch("gemv_words", 1, 1),
+                    registers=np.int64(168))
+    assert p.warps_per_sm == 12 and json.dumps(p.to_json())
+
+
+def test_a_small_grid_leaves_its_sms_part_empty():
+    """int2's GEMV at 4096 x 4096 (run 14: BN=32, split-K 2): 256 programs on 132 SMs, two an SM, not four."""
+    launch = FakeLaunch("gemv_words", 1, 2)
+    small = gpu.predict("h100", "int2", 1, 4096, 4096, bits_per_weight=2.125, launch=launch)
+    large = gpu.predict("h100", "int2", 1, 8192, 28672, bits_per_weight=2.125, launch=launch)
+    assert (small.warps_per_sm, large.warps_per_sm) == (8, 16)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("one_row_latency_warps", 0, "one_row_latency_warps must be an integer > 0, got 0"),
+    ("one_row_latency_warps", -4, "got -4"), ("one_row_latency_warps", None, "got None"),
+    ("one_row_latency_warps", 16.0, "must be an integer"), ("registers_per_sm", 0, "registers_per_sm must be"),
+    ("max_programs_per_sm", 0, "max_programs_per_sm"), ("shared_bytes_per_sm", 0, "shared_bytes_per_sm"),
+    ("reserved_shared_bytes", -1024, "reserved_shared_bytes must be an integer >= 0"),
+    ("issue_efficiency", 1.5, "issue_efficiency is a fraction of a peak, at most 1"),
+    ("copy_gbps", float("nan"), "copy_gbps must be a finite number > 0"), ("sms", True, "sms must be an integer"),
+    ("max_shared_bytes_per_program", 300 * 1024, "exceeds shared_bytes_per_sm")])
+def test_a_gpu_config_is_checked(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(gpu.PRESETS["h100"], **{field: value})
+
+
+def test_registers_of_a_prediction_are_checked():
+    @dataclasses.dataclass(frozen=True)
+    class Capped(FakeLaunch):
+        registers: int = 128
+        warps: int = 4
+
+    for registers, match in ((256, r"registers must be an integer in \[1, 255\]"), ("168", "got '168'"),
+                             (168.0, "got 168.0")):
+        with pytest.raises(ValueError, match=match):
+            gpu.predict("h100", "int2", 1, 8192, 28672, bits_per_weight=2.125, launch=Capped("gemv_words", 1, 1),
+                        registers=registers)
+    with pytest.raises(ValueError, match="register cap must be an integer in"):
+        gpu.predict("h100", "int2", 1, 8192, 28672, bits_per_weight=2.125,
+                    launch=Capped("gemv_words", 1, 1, registers=100000))
+    with pytest.raises(ValueError, match="ran 4 warps, this one 8: its registers are another compile's"):
+        gpu.predict("h100", "int2", 1, 8192, 28672, bits_per_weight=2.125, launch=Capped("gemv_words", 1, 1, warps=8))

@@ -44,7 +44,7 @@ from safetensors import SafetensorError, safe_open
 import hwlab
 from hwlab.formats import FormatRebuiltWarning, get_format, list_formats
 from hwlab.formats.scales import StoredScales, get_scale_type
-from hwlab import edge_command, sim_command, study_command, sweep_command
+from hwlab import edge_command, gpu_model_command, sim_command, study_command, sweep_command
 from hwlab.output import UsageError, cell, print_json, render
 from hwlab.sample import sample_path
 
@@ -139,6 +139,7 @@ def _build_parser() -> argparse.ArgumentParser:
     edge_command.add_parser(commands, _add_output_flags)
     study_command.add_parser(commands, _add_output_flags)  # hwlab study (hwlab/study_command.py)
     sweep_command.add_parser(commands, _add_output_flags)  # hwlab sweep (hwlab/sweep_command.py)
+    gpu_model_command.add_parser(commands, _add_output_flags)  # hwlab gpu-model (hwlab/gpu_model_command.py)
     return parser
 
 

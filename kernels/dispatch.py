@@ -436,17 +436,21 @@ def cupy_mma_applies(qt: DeviceTensor, m: int, x_dtype: str) -> bool:
     ``x`` of :data:`CUPY_MMA_ROWS` rows on a CUDA device, codes of :data:`CUPY_MMA_BITS` bits that it decodes as
     :data:`CUPY_MMA_DECODES`, at least :data:`CUPY_MMA_MIN_WEIGHTS` weights for that decode and the batch tiles M
     rounds up to, a plan it reads (``mma_unsupported``), CuPy installed."""
+    return (getattr(qt.device, "type", None) == "cuda" and not interpreted() and _cupy_installed()
+            and mma_plan_applies(qt.plan, m, x_dtype) and qt.arrays[qt.plan.arrays["codes"]].data_ptr() % 16 == 0)
+
+
+def mma_plan_applies(plan: KernelPlan, m: int, x_dtype: str) -> bool:
+    """Whether :func:`cupy_mma_applies` takes ``plan`` (its ``shape`` the layer's) for ``m`` rows of ``x_dtype``
+    where CuPy runs on a CUDA device: every condition of the plan, none of the device's."""
     from .cupy_kernels import MMA_MAX_M, mma_decode, mma_row_tiles, mma_unsupported
 
     if not (CUPY_MMA and CUPY_MMA_ROWS[0] <= m <= min(CUPY_MMA_ROWS[1], MMA_MAX_M) and x_dtype == "float16"
-            and qt.plan.bits in CUPY_MMA_BITS
-            and getattr(qt.device, "type", None) == "cuda" and not interpreted() and _cupy_installed()):
+            and plan.bits in CUPY_MMA_BITS):
         return False
-
-    decode = mma_decode(qt.plan)
-    return (mma_unsupported(qt.plan) is None and decode in CUPY_MMA_DECODES
-            and math.prod(qt.shape) >= _smallest_layer(decode, mma_row_tiles(m))
-            and qt.arrays[qt.plan.arrays["codes"]].data_ptr() % 16 == 0)
+    decode = mma_decode(plan)
+    return (mma_unsupported(plan) is None and decode in CUPY_MMA_DECODES
+            and math.prod(plan.shape) >= _smallest_layer(decode, mma_row_tiles(m)))
 
 
 def _smallest_layer(decode: str, tiles: int) -> int:

@@ -1,0 +1,138 @@
+"""``hwlab gpu-model``: what ``hwlab.kernels.matmul`` would take on a GPU, from the GPU model (no GPU needed).
+
+::
+
+    hwlab gpu-model --format int4 nf4 --m 1 16 [--shape 8192 28672] [--preset h100] [--json]
+    hwlab gpu-model --format int5 --m 1 --registers 168          # the kernel compiled to other registers
+    hwlab gpu-model --format int2 --set copy_gbps=8000 --set sms=144    # another GPU: what if
+
+For every format, batch M and layer shape (K, N) it takes the launch ``matmul`` would choose there for fp16 x (its
+kernel and tile: the CuPy tensor-core kernel where ``dispatch.mma_plan_applies``, else ``dispatch.choose``'s Triton
+launch; ``--no-cupy``: always the latter) and prints :func:`hwlab.sim.gpu.predict`'s terms: the memory and decode
+times, the warps resident an SM, what bounds the kernel, its device time (a call in a CUDA graph) and a call's time
+from Python. ``--set FIELD=VALUE`` replaces a constant of the preset (:class:`hwlab.sim.gpu.GPUConfig`; every value
+is checked there). The bits a weight are the format's stored bits on Gaussian weights of that K (mixed_2_4's
+share of 2-bit groups follows the weights).
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+
+from hwlab.output import UsageError, cell, print_json, render
+
+# the benchmark's layers (bench/gpu_kernels.py): Llama-2-7B's attention and MLP, a 70B-class MLP
+SHAPES = ((4096, 4096), (4096, 11008), (11008, 4096), (8192, 28672))
+ROWS = 16  # rows quantized for a format's plan and bits a weight (the launch is the N x K one's)
+MAX_K = 1 << 20  # ... so K is bounded: 16 rows of 2**20 float32 are 64 MiB
+COLUMNS = ("format", "M", "K", "N", "kernel", "bits/w", "warps/SM", "memory us", "decode us", "bound",
+           "graph us", "call us")
+
+
+def add_parser(commands, add_output_flags) -> None:
+    p = commands.add_parser("gpu-model", help="predicted GPU time of hwlab's kernels for formats, batches and "
+                                              "layer shapes (the GPU model; no GPU needed)")
+    p.add_argument("--format", nargs="+", required=True, dest="formats", metavar="NAME",
+                   help="formats (`hwlab formats`; --define adds your own)")
+    p.add_argument("--m", nargs="+", type=int, default=[1, 16, 64], metavar="M",
+                   help="rows of x, the batch (default 1 16 64)")
+    p.add_argument("--shape", nargs=2, type=int, action="append", metavar=("K", "N"),
+                   help="a layer, y[M, N] = x[M, K] @ W^T (repeatable; default the benchmark's four)")
+    p.add_argument("--group-size", type=int, help="elements per scale group (default the format's)")
+    p.add_argument("--preset", default="h100", help="the GPU: h100 or h200 (default h100)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="changes",
+                   help="replace a constant of the preset (a GPUConfig field), e.g. copy_gbps=8000")
+    p.add_argument("--registers", type=int,
+                   help="registers a thread of the compiled kernel (default: as counted for the shipped launch)")
+    p.add_argument("--no-cupy", action="store_true",
+                   help="the launches of a machine without CuPy (the Triton kernels only; default: with CuPy)")
+    add_output_flags(p, markdown=True)
+    p.set_defaults(run=run)
+
+
+def gpu_config(preset: str, changes: list[str]):
+    """The preset ``preset`` with each ``FIELD=VALUE`` of ``changes`` replacing a field."""
+    from hwlab.sim.gpu import GPUConfig, get_gpu
+
+    gpu = get_gpu(preset)
+    fields = {f.name for f in dataclasses.fields(GPUConfig)} - {"name"}
+    replaced = {}
+    for change in changes:
+        field, sep, text = change.partition("=")
+        field = field.strip()
+        if not sep or field not in fields:
+            raise UsageError(f"--set {change!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        try:
+            replaced[field] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            raise UsageError(f"--set {change!r}: {text.strip()!r} is not a number") from None
+    return dataclasses.replace(gpu, name=f"{gpu.name} (changed: {', '.join(changes)})" if changes else gpu.name,
+                               **replaced)
+
+
+def rows(formats, batches, shapes, gpu, group_size=None, registers=None, cupy=True) -> list[dict]:
+    """One dict a (format, M, K, N): the launch ``matmul`` takes for fp16 x on a CUDA device (with CuPy installed,
+    or ``cupy`` False: without) and :func:`hwlab.sim.gpu.predict`'s terms."""
+    import numpy as np
+
+    import hwlab.formats as F
+    from hwlab.kernels import cupy_kernels, dispatch
+    from hwlab.kernels.plan import build_plan
+    from hwlab.sim.gpu import predict
+
+    for value, flag in [(m, "--m") for m in batches] + [(d, "--shape") for shape in shapes for d in shape]:
+        if value < 1:
+            raise UsageError(f"{flag} {value}: expected a whole number of at least 1")
+    for k, _ in shapes:
+        if k > MAX_K:
+            raise UsageError(f"--shape {k} ...: K is at most {MAX_K} here (the model quantizes {ROWS} rows of K)")
+    out = []
+    rng = np.random.default_rng(0)
+    for name in formats:
+        quantized = {}  # K -> a tensor of ROWS rows: the plan and bits a weight of every layer of that K
+        for k, n in shapes:
+            if k not in quantized:
+                weights = (rng.standard_normal((ROWS, k)) * 0.02).astype(np.float32)
+                quantized[k] = F.quantize(weights, name, pad=True,  # K of any length, as matmul takes it
+                                          **({} if group_size is None else {"group_size": group_size}))
+            qt = quantized[k]
+            layer = dataclasses.replace(build_plan(qt), shape=(n, k))
+            for m in batches:
+                if cupy and dispatch.mma_plan_applies(layer, m, "float16"):
+                    launch = dispatch.mma_launch(cupy_kernels.mma_launch_plan(layer, m, sms=gpu.sms),
+                                                 cupy_kernels.MMA_WARPS)
+                else:
+                    launch = dispatch.choose(layer, m, gpu.sms)
+                row = {"format": name, "M": m, "K": k, "N": n, "launch": launch.describe(), "kernel": launch.kernel,
+                       "bits_per_weight": qt.bits_per_weight}
+                try:
+                    if launch.kernel == "dequantize_then_torch":
+                        raise ValueError("no hwlab kernel reads it at this group size (matmul dequantizes, then "
+                                         "multiplies in torch): nothing to predict")
+                    row |= predict(gpu, name, m, k, n, bits_per_weight=qt.bits_per_weight, launch=launch,
+                                   registers=registers).to_json()
+                except ValueError as exc:  # a launch the model has no count of: that row says why
+                    row |= {"error": str(exc)}
+                out.append(row)
+    return out
+
+
+def run(args) -> None:
+    if args.registers is not None and not 1 <= args.registers <= 255:
+        raise UsageError(f"--registers {args.registers}: expected a whole number from 1 to 255 (a thread's registers)")
+    gpu = gpu_config(args.preset, args.changes)
+    shapes = [tuple(s) for s in args.shape] if args.shape else list(SHAPES)
+    found = rows(args.formats, args.m, shapes, gpu, args.group_size, args.registers, cupy=not args.no_cupy)
+    if args.json:
+        print_json({"gpu": dataclasses.asdict(gpu), "rows": found})
+        return
+    table = [[r["format"], str(r["M"]), str(r["K"]), str(r["N"]), r["kernel"], cell(round(r["bits_per_weight"], 4))]
+             + (["-"] * 6 if "error" in r else
+                [str(r["warps_per_sm"]), f"{r['memory_us']:.1f}", f"{r['decode_us']:.1f}", r["bound"],
+                 f"{r['graph_us']:.1f}", f"{r['us']:.1f}"]) for r in found]
+    if not args.markdown:
+        print(f"GPU model {gpu.name}: {gpu.sms} SMs, {gpu.copy_gbps:g} GB/s copy (predictions, not measurements)")
+    print(render(list(COLUMNS), table, markdown=args.markdown))
+    for r in found:
+        if "error" in r:
+            print(f"{r['format']} M={r['M']} K={r['K']} N={r['N']}: {r['error']}")

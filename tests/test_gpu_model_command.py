@@ -1,0 +1,89 @@
+"""``hwlab gpu-model``: the GPU model's prediction of the launches ``matmul`` takes, from the command line."""
+import dataclasses
+import json
+import re
+
+import numpy as np
+import pytest
+
+import hwlab
+import hwlab.formats as F
+from cli_runner import one_error_line, run
+from hwlab.kernels import dispatch
+from hwlab.kernels.plan import build_plan
+from hwlab.sim import gpu
+
+
+def rows_of(capsys, *argv) -> dict:
+    status, out, err = run(capsys, "gpu-model", *argv, "--json")
+    assert status == 0, err
+    return json.loads(out)
+
+
+def test_the_rows_are_the_model_s_prediction_of_the_launch_matmul_takes(capsys):
+    doc = rows_of(capsys, "--format", "int4", "nf4", "--m", "1", "16", "--shape", "8192", "28672")
+    assert doc["gpu"]["name"] == "h100" and len(doc["rows"]) == 4
+    for row in doc["rows"]:
+        qt = F.quantize((np.random.default_rng(0).standard_normal((16, 8192)) * 0.02).astype(np.float32), row["format"])
+        plan = dataclasses.replace(build_plan(qt), shape=(28672, 8192))
+        if row["M"] == 16:  # fp16 x of 16 rows on a GPU with CuPy: the tensor-core kernel (run 14's rows)
+            from hwlab.kernels import cupy_kernels
+
+            launch = dispatch.mma_launch(cupy_kernels.mma_launch_plan(plan, 16, sms=132), cupy_kernels.MMA_WARPS)
+        else:
+            launch = dispatch.choose(plan, 1, 132)
+        assert row["launch"] == launch.describe()
+        p = gpu.predict("h100", row["format"], row["M"], 8192, 28672, bits_per_weight=qt.bits_per_weight, launch=launch)
+        assert row["graph_us"] == pytest.approx(p.graph_us) and row["warps_per_sm"] == p.warps_per_sm
+    assert [r["kernel"] for r in doc["rows"]] == ["gemv_words", "int_mma_cupy"] * 2
+    without = rows_of(capsys, "--format", "int4", "--m", "16", "--shape", "8192", "28672", "--no-cupy")
+    assert without["rows"][0]["kernel"] == "tile_dot"
+
+
+def test_a_table_by_default_and_the_four_benchmark_layers(capsys):
+    status, out, _ = run(capsys, "gpu-model", "--format", "int2", "--m", "1")
+    assert status == 0 and "predictions, not measurements" in out.splitlines()[0]
+    assert [line.split()[2:4] for line in out.splitlines()[2:]] == [
+        ["4096", "4096"], ["4096", "11008"], ["11008", "4096"], ["8192", "28672"]]
+    status, out, _ = run(capsys, "gpu-model", "--format", "int2", "--m", "1", "--shape", "128", "64", "--markdown")
+    assert status == 0 and out.startswith("| format | M | K | N |")
+
+
+def test_what_if_the_gpu_or_the_compiled_kernel_were_otherwise(capsys):
+    """``--set`` replaces a constant of the preset, ``--registers`` the registers of the compiled kernel."""
+    shape = ("--shape", "8192", "28672", "--m", "1")
+    base = rows_of(capsys, "--format", "int8", *shape)["rows"][0]
+    fast = rows_of(capsys, "--format", "int8", *shape, "--set", "copy_gbps=6040")
+    assert fast["gpu"]["copy_gbps"] == 6040 and "changed: copy_gbps=6040" in fast["gpu"]["name"]
+    assert fast["rows"][0]["memory_us"] == pytest.approx(base["memory_us"] / 2)
+    wide = rows_of(capsys, "--format", "int5", *shape, "--registers", "168")["rows"][0]
+    shipped = rows_of(capsys, "--format", "int5", *shape)["rows"][0]
+    assert (shipped["warps_per_sm"], wide["warps_per_sm"]) == (8, 12) and wide["graph_us"] < shipped["graph_us"]
+
+
+def test_a_launch_without_a_count_says_why_in_its_row(capsys, isolated_registry):
+    hwlab.define_lut("gpu_model_apot4", [0, 0.25, 0.5, 1, 1.5, 2, 3, 4, -0.25, -0.5, -1, -1.5, -2, -3, -4])
+    status, out, _ = run(capsys, "gpu-model", "--format", "gpu_model_apot4", "int4", "--m", "1",
+                         "--shape", "4096", "4096")
+    assert status == 0
+    assert "gpu_model_apot4 M=1 K=4096 N=4096: no instruction count for gpu_model_apot4 in gemv_words" in out
+    assert any(line.startswith("int4 ") and len(line.split()) == 12 for line in out.splitlines())
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--set", "clock=2"], "--set 'clock=2': expected FIELD=VALUE with FIELD one of"),
+    (["--set", "copy_gbps"], "expected FIELD=VALUE"),
+    (["--set", "copy_gbps=fast"], "'fast' is not a number"),
+    (["--set", "sms=0"], "sms must be an integer > 0, got 0"),
+    (["--set", "issue_efficiency=2"], "issue_efficiency is a fraction of a peak"),
+    (["--preset", "a100"], "unknown GPU preset 'a100'"),
+    (["--m", "0"], "--m 0: expected a whole number of at least 1"),
+    (["--shape", "0", "4096"], "--shape 0: expected a whole number"),
+    (["--registers", "300"], r"--registers 300: expected a whole number from 1 to 255"),
+    (["--shape", "99999999", "99999999"], r"--shape 99999999 ...: K is at most 1048576"),
+    (["--format", "int4x"], "int4x"),
+])
+def test_bad_command_lines_get_one_error_line(capsys, argv, match):
+    argv = (["--format", "int4"] if "--format" not in argv else []) + argv
+    err = one_error_line(capsys, "gpu-model", *argv, "--shape", "128", "64")
+    assert re.search(match, err), err

@@ -351,6 +351,12 @@ def main(argv=None) -> int:
     import triton
 
     if args.variant is not None:
+        from hwlab.sim.gpu import get_gpu
+
+        try:
+            get_gpu(args.gpu_model)  # a preset that does not exist is refused before the first compile
+        except ValueError as exc:
+            raise SystemExit(f"--gpu-model: {exc}") from None
         if args.merge or args.kernels != "all":
             raise SystemExit("--variant counts the Triton launches into a table of its own: no --merge or --kernels")
         if args.out and os.path.exists(args.out):
@@ -370,11 +376,15 @@ def main(argv=None) -> int:
         rows += count(args.formats, args.batches) + count_async_and_trip(args.batches)
     if args.kernels != "triton":
         rows += count_int_mma(args.formats)  # its kernels (MMA_BATCHES), whatever --batches says
+    compiler = triton.__version__
     if args.merge:
         rows = merged(args.out, rows)
+        if args.kernels == "int_mma":  # nvcc counted these: the Triton rows keep the version that counted them
+            with open(args.out) as f:
+                compiler = json.load(f).get("triton", compiler)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     doc = {"source": "bench/kernel_instructions.py: static SASS of the main loop, sm_90, K=8192 N=28672 launch",
-           "triton": triton.__version__, "date": datetime.date.today().isoformat(), "commit": commit, "rows": rows}
+           "triton": compiler, "date": datetime.date.today().isoformat(), "commit": commit, "rows": rows}
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=1)
     print(f"wrote {args.out} ({len(rows)} rows)")

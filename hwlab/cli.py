@@ -10,6 +10,8 @@
     hwlab sample-path
     hwlab study [--weights FILE] [--formats NAME ...] [--group-sizes G ...] [--out DIR] [--json]
     hwlab sweep SPEC.toml [--out RESULTS.jsonl] [--dask ADDRESS | --dask local] [--json]
+    hwlab gpu-model --format NAME ... [--m M ...] [--shape K N ...] [--preset P] [--set FIELD=VALUE ...]
+                    [--registers R] [--counts-of NAME] [--json | --markdown]
     hwlab --version
 
 ``--sample`` quantizes the real weights shipped with hwlab (two linear layers of

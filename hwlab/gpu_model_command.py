@@ -11,8 +11,14 @@ kernel and tile: the CuPy tensor-core kernel where ``dispatch.mma_plan_applies``
 launch; ``--no-cupy``: always the latter) and prints :func:`hwlab.sim.gpu.predict`'s terms: the memory and decode
 times, the warps resident an SM, what bounds the kernel, its device time (a call in a CUDA graph) and a call's time
 from Python. ``--set FIELD=VALUE`` replaces a constant of the preset (:class:`hwlab.sim.gpu.GPUConfig`; every value
-is checked there). The bits a weight are the format's stored bits on Gaussian weights of that K (mixed_2_4's
-share of 2-bit groups follows the weights).
+is checked there). The bits a weight are the format's stored bits on 16 rows of Gaussian weights of that K
+(mixed_2_4's share of 2-bit groups follows the weights).
+
+The decode work is the static instruction count of the launch's kernel for that format, at the format's default
+group size (``sim/data/kernel_instructions.json``). A format of your own (``--define``) runs the kernels of the
+built-in formats; ``--counts-of NAME`` predicts it with the counts of a built-in whose kernel reads it alike (a
+16-entry table: ``nf4``'s; the row then says whose counts it took). A launch with no count gives a row that says
+why; every other bad input is an error.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from hwlab.output import UsageError, cell, print_json, render
 SHAPES = ((4096, 4096), (4096, 11008), (11008, 4096), (8192, 28672))
 ROWS = 16  # rows quantized for a format's plan and bits a weight (the launch is the N x K one's)
 MAX_K = 1 << 20  # ... so K is bounded: 16 rows of 2**20 float32 are 64 MiB
+MIN_REGISTERS, MAX_REGISTERS = 16, 255  # a register cap Triton takes (dispatch.Launch), a thread's most
 COLUMNS = ("format", "M", "K", "N", "kernel", "bits/w", "warps/SM", "memory us", "decode us", "bound",
            "graph us", "call us")
 
@@ -43,7 +50,11 @@ def add_parser(commands, add_output_flags) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="changes",
                    help="replace a constant of the preset (a GPUConfig field), e.g. copy_gbps=8000")
     p.add_argument("--registers", type=int,
-                   help="registers a thread of the compiled kernel (default: as counted for the shipped launch)")
+                   help="registers a thread of the compiled kernel, 16-255, in place of the launch's own cap "
+                        "(default: as counted for the shipped launch; only the occupancy follows them)")
+    p.add_argument("--counts-of", metavar="NAME",
+                   help="predict with the instruction counts of this built-in format (for a format of your own "
+                        "that the same kernel reads: e.g. nf4's for a 16-entry table)")
     p.add_argument("--no-cupy", action="store_true",
                    help="the launches of a machine without CuPy (the Triton kernels only; default: with CuPy)")
     add_output_flags(p, markdown=True)
@@ -70,22 +81,25 @@ def gpu_config(preset: str, changes: list[str]):
                                **replaced)
 
 
-def rows(formats, batches, shapes, gpu, group_size=None, registers=None, cupy=True) -> list[dict]:
+def rows(formats, batches, shapes, gpu, group_size=None, registers=None, cupy=True, counts_of=None) -> list[dict]:
     """One dict a (format, M, K, N): the launch ``matmul`` takes for fp16 x on a CUDA device (with CuPy installed,
-    or ``cupy`` False: without) and :func:`hwlab.sim.gpu.predict`'s terms."""
+    or ``cupy`` False: without) and :func:`hwlab.sim.gpu.predict`'s terms, from the counts of ``counts_of`` (a
+    format name) where given, else of the format's own."""
     import numpy as np
 
     import hwlab.formats as F
     from hwlab.kernels import cupy_kernels, dispatch
     from hwlab.kernels.plan import build_plan
-    from hwlab.sim.gpu import predict
+    from hwlab.sim.gpu import MAX_DIMENSION, UncountedLaunch, predict
 
     for value, flag in [(m, "--m") for m in batches] + [(d, "--shape") for shape in shapes for d in shape]:
-        if value < 1:
-            raise UsageError(f"{flag} {value}: expected a whole number of at least 1")
+        if not 1 <= value <= MAX_DIMENSION:
+            raise UsageError(f"{flag} {value}: expected a whole number from 1 to {MAX_DIMENSION}")
     for k, _ in shapes:
         if k > MAX_K:
             raise UsageError(f"--shape {k} ...: K is at most {MAX_K} here (the model quantizes {ROWS} rows of K)")
+    if counts_of is not None:
+        F.get_format(counts_of)  # an unknown name is an error before anything is quantized
     out = []
     rng = np.random.default_rng(0)
     for name in formats:
@@ -93,8 +107,12 @@ def rows(formats, batches, shapes, gpu, group_size=None, registers=None, cupy=Tr
         for k, n in shapes:
             if k not in quantized:
                 weights = (rng.standard_normal((ROWS, k)) * 0.02).astype(np.float32)
-                quantized[k] = F.quantize(weights, name, pad=True,  # K of any length, as matmul takes it
-                                          **({} if group_size is None else {"group_size": group_size}))
+                try:
+                    quantized[k] = F.quantize(weights, name, pad=True,  # K of any length, as matmul takes it
+                                              **({} if group_size is None else {"group_size": group_size}))
+                except ValueError as exc:
+                    raise UsageError(f"--format {name} at --shape K={k}"
+                                     f"{'' if group_size is None else f' --group-size {group_size}'}: {exc}") from None
             qt = quantized[k]
             layer = dataclasses.replace(build_plan(qt), shape=(n, k))
             for m in batches:
@@ -103,26 +121,30 @@ def rows(formats, batches, shapes, gpu, group_size=None, registers=None, cupy=Tr
                                                  cupy_kernels.MMA_WARPS)
                 else:
                     launch = dispatch.choose(layer, m, gpu.sms)
+                if registers is not None and launch.kernel in dispatch.REGISTER_CAPPED:
+                    launch = dataclasses.replace(launch, registers=registers)  # compiled to them: the cap is theirs
                 row = {"format": name, "M": m, "K": k, "N": n, "launch": launch.describe(), "kernel": launch.kernel,
-                       "bits_per_weight": qt.bits_per_weight}
+                       "bits_per_weight": qt.bits_per_weight, "counts_of": counts_of or name}
                 try:
                     if launch.kernel == "dequantize_then_torch":
-                        raise ValueError("no hwlab kernel reads it at this group size (matmul dequantizes, then "
-                                         "multiplies in torch): nothing to predict")
-                    row |= predict(gpu, name, m, k, n, bits_per_weight=qt.bits_per_weight, launch=launch,
-                                   registers=registers).to_json()
-                except ValueError as exc:  # a launch the model has no count of: that row says why
+                        raise UncountedLaunch("no hwlab kernel reads it at this group size (matmul dequantizes, "
+                                              "then multiplies in torch): nothing to predict")
+                    row |= predict(gpu, counts_of or name, m, k, n, bits_per_weight=qt.bits_per_weight,
+                                   launch=launch, registers=registers).to_json()
+                except UncountedLaunch as exc:  # only a launch the model has no count of: its row says why
                     row |= {"error": str(exc)}
                 out.append(row)
     return out
 
 
 def run(args) -> None:
-    if args.registers is not None and not 1 <= args.registers <= 255:
-        raise UsageError(f"--registers {args.registers}: expected a whole number from 1 to 255 (a thread's registers)")
+    if args.registers is not None and not MIN_REGISTERS <= args.registers <= MAX_REGISTERS:
+        raise UsageError(f"--registers {args.registers}: expected a whole number from {MIN_REGISTERS} to "
+                         f"{MAX_REGISTERS} (a thread's registers, as Triton's maxnreg takes them)")
     gpu = gpu_config(args.preset, args.changes)
     shapes = [tuple(s) for s in args.shape] if args.shape else list(SHAPES)
-    found = rows(args.formats, args.m, shapes, gpu, args.group_size, args.registers, cupy=not args.no_cupy)
+    found = rows(args.formats, args.m, shapes, gpu, args.group_size, args.registers, cupy=not args.no_cupy,
+                 counts_of=args.counts_of)
     if args.json:
         print_json({"gpu": dataclasses.asdict(gpu), "rows": found})
         return
@@ -133,6 +155,10 @@ def run(args) -> None:
     if not args.markdown:
         print(f"GPU model {gpu.name}: {gpu.sms} SMs, {gpu.copy_gbps:g} GB/s copy (predictions, not measurements)")
     print(render(list(COLUMNS), table, markdown=args.markdown))
+    if args.counts_of:
+        print(f"note: every row is predicted with the instruction counts of {args.counts_of}")
+    if args.group_size is not None:
+        print("note: the instruction counts are of each format's default group size")
     for r in found:
         if "error" in r:
             print(f"{r['format']} M={r['M']} K={r['K']} N={r['N']}: {r['error']}")

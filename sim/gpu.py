@@ -48,6 +48,7 @@ LANES, SCHEDULERS = 32, 4  # threads a warp; warp schedulers per SM (Hopper, NVI
 # program hold at most 32 warps (1024 threads; CUDA C++ Programming Guide, "Technical Specifications per Compute
 # Capability")
 REGISTER_UNIT, SHARED_UNIT, MAX_REGISTERS, MAX_PROGRAM_WARPS = 256, 128, 255, 32
+MAX_DIMENSION = 1 << 26  # the largest M, K or N predict takes: N * K stays within float64's exact integers (2**53)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,13 +225,19 @@ def instruction_table() -> dict:
     return {(r["format"], r["kernel"], r["bm"]): r for r in rows}
 
 
+class UncountedLaunch(ValueError):
+    """A launch the instruction table has no count of (``sim/data/kernel_instructions.json``)."""
+
+
 def instruction_row(fmt: str, kernel: str, bm: int) -> dict:
-    """The counted row of ``kernel`` for format ``fmt`` at ``bm`` batch rows (``ValueError`` if not counted)."""
+    """The counted row of ``kernel`` for format ``fmt`` at ``bm`` batch rows (:class:`UncountedLaunch` if none)."""
     table = instruction_table()
     if (fmt, kernel, bm) not in table:
-        counted = sorted({f for f, _, _ in table})
-        raise ValueError(f"no instruction count for {fmt} in {kernel} (BM={bm}); counted formats: {counted} "
-                         "(run bench/kernel_instructions.py --formats ...)")
+        launches = sorted({(k, b) for f, k, b in table if f == fmt})
+        counted = (f"{fmt} is counted for " + ", ".join(f"{k} (BM={b})" for k, b in launches) if launches else
+                   f"{fmt} has no counts ({len({f for f, _, _ in table})} formats have)")
+        raise UncountedLaunch(f"no instruction count for {fmt} in {kernel} (BM={bm}): {counted}; "
+                              f"bench/kernel_instructions.py --formats {fmt} counts it")
     return table[(fmt, kernel, bm)]
 
 
@@ -256,6 +263,8 @@ def predict(gpu, fmt: str, m: int, k: int, n: int, *, bits_per_weight: float, la
     capped launch (``counts``) takes its spill code in.
     """
     gpu = get_gpu(gpu)
+    for name, value in (("m", m), ("k", k), ("n", n)):
+        _count(name, value, 1, MAX_DIMENSION, gpu.name)
     row = instruction_row(fmt, launch.kernel, launch.bm) if counts is None else counts
     missing = [f for f in COUNTED_FIELDS if not isinstance(row, dict) or f not in row]
     if missing:
@@ -282,5 +291,9 @@ def predict(gpu, fmt: str, m: int, k: int, n: int, *, bits_per_weight: float, la
     decode = decoded * row["weighted_per_code"] / rate
     device = max(memory, decode) + gpu.kernel_us
     us = max(device, gpu.host_call_us)
+    if not math.isfinite(us):  # finite in, finite out: a constant of the GPU too small for the work
+        raise ValueError(f"the prediction of {fmt} at M={m} K={k} N={n} on {gpu.name} is not finite (memory "
+                         f"{memory:g} us, decode {decode:g} us): a rate of the GPU (clock_ghz, copy_gbps, "
+                         "stream_fraction, the efficiencies) is too small")
     bound = "host" if gpu.host_call_us >= device else "memory" if memory >= decode else "decode"
     return GPUPrediction(us, device, memory, decode, gpu.kernel_us, bound, launch.kernel, resident)

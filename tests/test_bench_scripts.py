@@ -271,4 +271,6 @@ def test_instruction_count_variants_refuse_to_touch_the_table(bench, tmp_path):
         counts.main(["--variant", "", "--out", str(taken)])
     with pytest.raises(SystemExit, match="no --merge or --kernels"):
         counts.main(["--variant", "", "--merge"])
+    with pytest.raises(SystemExit, match="--gpu-model: unknown GPU preset 'a100'"):
+        counts.main(["--variant", "", "--gpu-model", "a100"])
     assert taken.read_text() == "{}"

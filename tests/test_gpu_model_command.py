@@ -63,11 +63,36 @@ def test_what_if_the_gpu_or_the_compiled_kernel_were_otherwise(capsys):
 
 def test_a_launch_without_a_count_says_why_in_its_row(capsys, isolated_registry):
     hwlab.define_lut("gpu_model_apot4", [0, 0.25, 0.5, 1, 1.5, 2, 3, 4, -0.25, -0.5, -1, -1.5, -2, -3, -4])
-    status, out, _ = run(capsys, "gpu-model", "--format", "gpu_model_apot4", "int4", "--m", "1",
+    status, out, _ = run(capsys, "gpu-model", "--format", "gpu_model_apot4", "int4", "--m", "1", "20",
                          "--shape", "4096", "4096")
     assert status == 0
     assert "gpu_model_apot4 M=1 K=4096 N=4096: no instruction count for gpu_model_apot4 in gemv_words" in out
-    assert any(line.startswith("int4 ") and len(line.split()) == 12 for line in out.splitlines())
+    assert "gpu_model_apot4 has no counts" in out and "--counts-of" not in out.splitlines()[0]
+    assert sum(line.startswith("int4 ") and len(line.split()) == 12 for line in out.splitlines()) == 2
+    with pytest.raises(gpu.UncountedLaunch, match=r"no instruction count for int4 in tile_dot \(BM=128\): int4 is "
+                                                  r"counted for gemv_words \(BM=1\), int_mma_cupy \(BM=8\)"):
+        gpu.instruction_row("int4", "tile_dot", 128)
+
+
+def test_a_format_of_your_own_with_the_counts_of_a_built_in(capsys, isolated_registry):
+    """A 16-entry table runs nf4's kernel (the same launch): ``--counts-of nf4`` predicts it with nf4's counts."""
+    hwlab.define_lut("gpu_model_apot4", [0, 0.25, 0.5, 1, 1.5, 2, 3, 4, -0.25, -0.5, -1, -1.5, -2, -3, -4])
+    shape = ("--m", "1", "--shape", "8192", "28672")
+    own = rows_of(capsys, "--format", "gpu_model_apot4", *shape, "--counts-of", "nf4")["rows"][0]
+    nf4 = rows_of(capsys, "--format", "nf4", *shape)["rows"][0]
+    assert own["counts_of"] == "nf4" and own["launch"].split(",")[:2] == nf4["launch"].split(",")[:2]
+    assert own["decode_us"] == pytest.approx(nf4["decode_us"])
+    status, out, _ = run(capsys, "gpu-model", "--format", "gpu_model_apot4", *shape, "--counts-of", "nf4")
+    assert status == 0 and "note: every row is predicted with the instruction counts of nf4" in out
+
+
+def test_registers_replace_the_launch_s_own_cap(capsys):
+    """int2's GEMV ships capped at 128 registers; ``--registers 168`` is the uncapped compile of run 16 (34.4 us)."""
+    shape = ("--format", "int2", "--m", "1", "--shape", "8192", "28672")
+    capped, wide = rows_of(capsys, *shape)["rows"][0], rows_of(capsys, *shape, "--registers", "168")["rows"][0]
+    assert "at most 128 registers" in capped["launch"] and "at most 168 registers" in wide["launch"]
+    assert (capped["warps_per_sm"], wide["warps_per_sm"]) == (16, 12)
+    assert wide["graph_us"] == pytest.approx(34.0, abs=0.05)
 
 
 @pytest.mark.parametrize("argv, match", [
@@ -77,13 +102,20 @@ def test_a_launch_without_a_count_says_why_in_its_row(capsys, isolated_registry)
     (["--set", "sms=0"], "sms must be an integer > 0, got 0"),
     (["--set", "issue_efficiency=2"], "issue_efficiency is a fraction of a peak"),
     (["--preset", "a100"], "unknown GPU preset 'a100'"),
-    (["--m", "0"], "--m 0: expected a whole number of at least 1"),
+    (["--m", "0"], "--m 0: expected a whole number from 1 to 67108864"),
+    (["--m", "4" + "0" * 302], "--m 40+: expected a whole number from 1 to"),
     (["--shape", "0", "4096"], "--shape 0: expected a whole number"),
-    (["--registers", "300"], r"--registers 300: expected a whole number from 1 to 255"),
-    (["--shape", "99999999", "99999999"], r"--shape 99999999 ...: K is at most 1048576"),
+    (["--shape", "128", "99999999"], "--shape 99999999: expected a whole number from 1 to 67108864"),
+    (["--registers", "300"], r"--registers 300: expected a whole number from 16 to 255"),
+    (["--registers", "8"], r"--registers 8: expected"),
+    (["--shape", "2000000", "64"], r"--shape 2000000 ...: K is at most 1048576"),
+    (["--set", "registers_per_sm=1"], "no SM of h100 .* holds a program of 4 warps"),
+    (["--set", "clock_ghz=5e-324"], "is not finite .* a rate of the GPU .* is too small"),
+    (["--counts-of", "nf5"], "nf5"),
+    (["--group-size", "0"], "--format int4 at --shape K=128 --group-size 0: "),
     (["--format", "int4x"], "int4x"),
 ])
 def test_bad_command_lines_get_one_error_line(capsys, argv, match):
     argv = (["--format", "int4"] if "--format" not in argv else []) + argv
-    err = one_error_line(capsys, "gpu-model", *argv, "--shape", "128", "64")
+    err = one_error_line(capsys, "gpu-model", *argv, *(["--shape", "128", "64"] if "--shape" not in argv else []))
     assert re.search(match, err), err

@@ -84,12 +84,8 @@ def gpu_config(preset: str, changes: list[str]):
 def rows(formats, batches, shapes, gpu, group_size=None, registers=None, cupy=True, counts_of=None) -> list[dict]:
     """One dict a (format, M, K, N): the launch ``matmul`` takes for fp16 x on a CUDA device (with CuPy installed,
     or ``cupy`` False: without) and :func:`hwlab.sim.gpu.predict`'s terms, from the counts of ``counts_of`` (a
-    format name) where given, else of the format's own."""
-    import numpy as np
-
+    format name) where given and its launch there is the same, else of the format's own."""
     import hwlab.formats as F
-    from hwlab.kernels import cupy_kernels, dispatch
-    from hwlab.kernels.plan import build_plan
     from hwlab.sim.gpu import MAX_DIMENSION, UncountedLaunch, predict
 
     for value, flag in [(m, "--m") for m in batches] + [(d, "--shape") for shape in shapes for d in shape]:
@@ -99,42 +95,66 @@ def rows(formats, batches, shapes, gpu, group_size=None, registers=None, cupy=Tr
         if k > MAX_K:
             raise UsageError(f"--shape {k} ...: K is at most {MAX_K} here (the model quantizes {ROWS} rows of K)")
     if counts_of is not None:
-        F.get_format(counts_of)  # an unknown name is an error before anything is quantized
+        try:
+            F.get_format(counts_of)  # an unknown name is an error before anything is quantized
+        except (KeyError, ValueError) as exc:
+            raise UsageError(f"--counts-of {counts_of}: {exc.args[0] if exc.args else exc}") from None
+    quantized = {}  # (format, K) -> a tensor of ROWS rows: the plan and bits a weight of every layer of that K
     out = []
-    rng = np.random.default_rng(0)
     for name in formats:
-        quantized = {}  # K -> a tensor of ROWS rows: the plan and bits a weight of every layer of that K
         for k, n in shapes:
-            if k not in quantized:
-                weights = (rng.standard_normal((ROWS, k)) * 0.02).astype(np.float32)
-                try:
-                    quantized[k] = F.quantize(weights, name, pad=True,  # K of any length, as matmul takes it
-                                              **({} if group_size is None else {"group_size": group_size}))
-                except ValueError as exc:
-                    raise UsageError(f"--format {name} at --shape K={k}"
-                                     f"{'' if group_size is None else f' --group-size {group_size}'}: {exc}") from None
-            qt = quantized[k]
-            layer = dataclasses.replace(build_plan(qt), shape=(n, k))
+            qt = _quantized(quantized, name, k, group_size)
             for m in batches:
-                if cupy and dispatch.mma_plan_applies(layer, m, "float16"):
-                    launch = dispatch.mma_launch(cupy_kernels.mma_launch_plan(layer, m, sms=gpu.sms),
-                                                 cupy_kernels.MMA_WARPS)
-                else:
-                    launch = dispatch.choose(layer, m, gpu.sms)
-                if registers is not None and launch.kernel in dispatch.REGISTER_CAPPED:
-                    launch = dataclasses.replace(launch, registers=registers)  # compiled to them: the cap is theirs
+                launch = _launch(qt, n, m, gpu, cupy, registers)
                 row = {"format": name, "M": m, "K": k, "N": n, "launch": launch.describe(), "kernel": launch.kernel,
                        "bits_per_weight": qt.bits_per_weight, "counts_of": counts_of or name}
                 try:
                     if launch.kernel == "dequantize_then_torch":
                         raise UncountedLaunch("no hwlab kernel reads it at this group size (matmul dequantizes, "
                                               "then multiplies in torch): nothing to predict")
+                    if counts_of not in (None, name):
+                        other = _launch(_quantized(quantized, counts_of, k, group_size), n, m, gpu, cupy, registers)
+                        if other.describe() != launch.describe():
+                            raise UncountedLaunch(f"--counts-of {counts_of}: its launch here is '{other.describe()}', "
+                                                  "another kernel's than this one's, so its counts do not apply")
                     row |= predict(gpu, counts_of or name, m, k, n, bits_per_weight=qt.bits_per_weight,
                                    launch=launch, registers=registers).to_json()
                 except UncountedLaunch as exc:  # only a launch the model has no count of: its row says why
                     row |= {"error": str(exc)}
                 out.append(row)
     return out
+
+
+def _quantized(cache: dict, name: str, k: int, group_size):
+    """``name``'s tensor of :data:`ROWS` rows of Gaussian weights of ``k`` columns (made once a format and K)."""
+    import numpy as np
+
+    import hwlab.formats as F
+
+    if (name, k) not in cache:
+        weights = (np.random.default_rng(k).standard_normal((ROWS, k)) * 0.02).astype(np.float32)
+        try:
+            cache[name, k] = F.quantize(weights, name, pad=True,  # K of any length, as matmul takes it
+                                        **({} if group_size is None else {"group_size": group_size}))
+        except ValueError as exc:
+            raise UsageError(f"--format {name} at --shape K={k}"
+                             f"{'' if group_size is None else f' --group-size {group_size}'}: {exc}") from None
+    return cache[name, k]
+
+
+def _launch(qt, n: int, m: int, gpu, cupy: bool, registers):
+    """The launch ``matmul`` takes for ``m`` rows of fp16 x and ``qt``'s plan at ``n`` rows (see :func:`rows`)."""
+    from hwlab.kernels import cupy_kernels, dispatch
+    from hwlab.kernels.plan import build_plan
+
+    layer = dataclasses.replace(build_plan(qt), shape=(n, qt.shape[1]))
+    if cupy and dispatch.mma_plan_applies(layer, m, "float16"):
+        launch = dispatch.mma_launch(cupy_kernels.mma_launch_plan(layer, m, sms=gpu.sms), cupy_kernels.MMA_WARPS)
+    else:
+        launch = dispatch.choose(layer, m, gpu.sms)
+    if registers is not None and launch.kernel in dispatch.REGISTER_CAPPED:
+        launch = dataclasses.replace(launch, registers=registers)  # compiled to them: the cap is theirs
+    return launch
 
 
 def run(args) -> None:
@@ -145,8 +165,10 @@ def run(args) -> None:
     shapes = [tuple(s) for s in args.shape] if args.shape else list(SHAPES)
     found = rows(args.formats, args.m, shapes, gpu, args.group_size, args.registers, cupy=not args.no_cupy,
                  counts_of=args.counts_of)
+    notes = ([f"every row is predicted with the instruction counts of {args.counts_of}"] if args.counts_of else [])
+    notes += ["the instruction counts are of each format's default group size"] if args.group_size is not None else []
     if args.json:
-        print_json({"gpu": dataclasses.asdict(gpu), "rows": found})
+        print_json({"gpu": dataclasses.asdict(gpu), "notes": notes, "rows": found})
         return
     table = [[r["format"], str(r["M"]), str(r["K"]), str(r["N"]), r["kernel"], cell(round(r["bits_per_weight"], 4))]
              + (["-"] * 6 if "error" in r else
@@ -155,10 +177,8 @@ def run(args) -> None:
     if not args.markdown:
         print(f"GPU model {gpu.name}: {gpu.sms} SMs, {gpu.copy_gbps:g} GB/s copy (predictions, not measurements)")
     print(render(list(COLUMNS), table, markdown=args.markdown))
-    if args.counts_of:
-        print(f"note: every row is predicted with the instruction counts of {args.counts_of}")
-    if args.group_size is not None:
-        print("note: the instruction counts are of each format's default group size")
+    for note in notes:
+        print(f"note: {note}")
     for r in found:
         if "error" in r:
             print(f"{r['format']} M={r['M']} K={r['K']} N={r['N']}: {r['error']}")

@@ -49,6 +49,9 @@ LANES, SCHEDULERS = 32, 4  # threads a warp; warp schedulers per SM (Hopper, NVI
 # Capability")
 REGISTER_UNIT, SHARED_UNIT, MAX_REGISTERS, MAX_PROGRAM_WARPS = 256, 128, 255, 32
 MAX_DIMENSION = 1 << 26  # the largest M, K or N predict takes: N * K stays within float64's exact integers (2**53)
+# the range of a GPUConfig constant: a machine past it predicts times of no use (1e-6 GHz: years a layer), and
+# every time stays a float far from overflow
+MIN_CONSTANT, MAX_CONSTANT = 1e-6, 1e12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,12 +95,17 @@ class GPUConfig:
                   "shared_bytes_per_sm", "max_shared_bytes_per_program", "reserved_shared_bytes")
         for field in dataclasses.fields(self)[1:]:
             value = getattr(self, field.name)
-            number = not isinstance(value, bool) and isinstance(value, numbers.Integral if field.name in counts
-                                                                 else numbers.Real)
-            if not (number and math.isfinite(value) and (value > 0 if field.name in positive else value >= 0)):
-                kind = "an integer" if field.name in counts else "a finite number"
-                raise ValueError(f"GPUConfig {self.name!r}: {field.name} must be {kind} "
-                                 f"{'> 0' if field.name in positive else '>= 0'}, got {value!r}")
+            if field.name in counts:  # an integer, up to MAX_CONSTANT (so every product stays a float)
+                number = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value <= MAX_CONSTANT
+            else:
+                number = (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+                          and (value == 0 or MIN_CONSTANT <= abs(value) <= MAX_CONSTANT))
+            if not (number and (value > 0 if field.name in positive else value >= 0)):
+                low = 1 if field.name in positive else 0
+                kind = (f"an integer from {low}" if field.name in counts else
+                        f"a number from {MIN_CONSTANT:g}" if low else f"0 or a number from {MIN_CONSTANT:g}")
+                raise ValueError(f"GPUConfig {self.name!r}: {field.name} must be {kind} to {MAX_CONSTANT:g}, "
+                                 f"got {value!r:.60}")
         for name in ("stream_fraction", "issue_efficiency", "pair_tile_efficiency", "weights_first_efficiency"):
             if getattr(self, name) > 1:
                 raise ValueError(f"GPUConfig {self.name!r}: {name} is a fraction of a peak, at most 1, got "
@@ -263,18 +271,24 @@ def predict(gpu, fmt: str, m: int, k: int, n: int, *, bits_per_weight: float, la
     capped launch (``counts``) takes its spill code in.
     """
     gpu = get_gpu(gpu)
-    for name, value in (("m", m), ("k", k), ("n", n)):
+    for name, value in (("m", m), ("k", k), ("n", n), ("the launch's bn", launch.bn), ("its split", launch.split)):
         _count(name, value, 1, MAX_DIMENSION, gpu.name)
+    _count("the launch's bm", launch.bm, 0, MAX_DIMENSION, gpu.name)
+    if not (isinstance(bits_per_weight, numbers.Real) and 0 < bits_per_weight <= 64):
+        raise ValueError(f"bits_per_weight must be a number in (0, 64], got {bits_per_weight!r}")
     row = instruction_row(fmt, launch.kernel, launch.bm) if counts is None else counts
     missing = [f for f in COUNTED_FIELDS if not isinstance(row, dict) or f not in row]
     if missing:
         raise ValueError(f"counts must be a counted row of bench/kernel_instructions.py with {list(COUNTED_FIELDS)}; "
                          f"it lacks {missing}")
+    per_code = row["weighted_per_code"]
+    if not (isinstance(per_code, numbers.Real) and 0 < per_code < MAX_CONSTANT):
+        raise ValueError(f"the counted weighted_per_code of {fmt} must be a positive number, got {per_code!r}")
     warps = getattr(launch, "warps", row["warps"])
     if registers is None and warps != row["warps"]:
         raise ValueError(f"the counted launch of {fmt} in {launch.kernel} (BM={launch.bm}) ran {row['warps']} warps, "
-                         f"this one {warps!r}: its registers are another compile's (count it: "
-                         "bench/kernel_instructions.py --variant, then counts=; or give registers=)")
+                         f"this one {warps!r}: its registers are another compile's (count that launch with "
+                         "bench/kernel_instructions.py --variant, or give its registers)")
     registers = _count("registers", row["registers"] if registers is None else registers, 1, MAX_REGISTERS, gpu.name)
     cap = _count("the launch's register cap", getattr(launch, "registers", 0), 0, MAX_REGISTERS, gpu.name)
     programs = math.ceil(n / launch.bn) * math.ceil(m / max(launch.bm, 1)) * launch.split  # the launch's grid
@@ -288,7 +302,7 @@ def predict(gpu, fmt: str, m: int, k: int, n: int, *, bits_per_weight: float, la
     rate = gpu.issue_rate(launch.half_pairs, launch.weights_first)
     if launch.bm == 1:
         rate *= min(1.0, resident / gpu.one_row_latency_warps)
-    decode = decoded * row["weighted_per_code"] / rate
+    decode = decoded * per_code / rate
     device = max(memory, decode) + gpu.kernel_us
     us = max(device, gpu.host_call_us)
     if not math.isfinite(us):  # finite in, finite out: a constant of the GPU too small for the work

@@ -208,17 +208,34 @@ def test_a_small_grid_leaves_its_sms_part_empty():
 
 
 @pytest.mark.parametrize("field, value, match", [
-    ("one_row_latency_warps", 0, "one_row_latency_warps must be an integer > 0, got 0"),
+    ("one_row_latency_warps", 0, "one_row_latency_warps must be an integer from 1 to 1e[+]12, got 0"),
     ("one_row_latency_warps", -4, "got -4"), ("one_row_latency_warps", None, "got None"),
+    ("one_row_latency_warps", 10**300, "got 1000000"), ("sms", 10**400, "sms must be an integer from 1 to"),
     ("one_row_latency_warps", 16.0, "must be an integer"), ("registers_per_sm", 0, "registers_per_sm must be"),
     ("max_programs_per_sm", 0, "max_programs_per_sm"), ("shared_bytes_per_sm", 0, "shared_bytes_per_sm"),
-    ("reserved_shared_bytes", -1024, "reserved_shared_bytes must be an integer >= 0"),
+    ("reserved_shared_bytes", -1024, "reserved_shared_bytes must be an integer from 0 to"),
     ("issue_efficiency", 1.5, "issue_efficiency is a fraction of a peak, at most 1"),
-    ("copy_gbps", float("nan"), "copy_gbps must be a finite number > 0"), ("sms", True, "sms must be an integer"),
+    ("copy_gbps", float("nan"), "copy_gbps must be a number from 1e-06 to 1e[+]12, got nan"),
+    ("clock_ghz", 1e-300, "clock_ghz must be a number from 1e-06"), ("kernel_us", -1, "kernel_us must be 0 or a"),
+    ("sms", True, "sms must be an integer"),
     ("max_shared_bytes_per_program", 300 * 1024, "exceeds shared_bytes_per_sm")])
 def test_a_gpu_config_is_checked(field, value, match):
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(gpu.PRESETS["h100"], **{field: value})
+
+
+def test_the_inputs_of_a_prediction_are_checked():
+    launch = FakeLaunch("gemv_words", 1, 1)
+    for bits, counts, bad, match in ((-4, None, {}, r"bits_per_weight must be a number in \(0, 64\], got -4"),
+                                     (float("nan"), None, {}, "got nan"),
+                                     (2.125, {"weighted_per_code": -1}, {}, "weighted_per_code of int2 must be a"),
+                                     (2.125, {"weighted_per_code": float("nan")}, {}, "positive number, got nan"),
+                                     (2.125, None, {"split": -1}, r"its split must be an integer in \[1,"),
+                                     (2.125, None, {"bn": 0}, r"the launch's bn must be an integer in \[1,")):
+        row = None if counts is None else dict(gpu.instruction_row("int2", "gemv_words", 1), **counts)
+        with pytest.raises(ValueError, match=match):
+            gpu.predict("h100", "int2", 1, 8192, 28672, bits_per_weight=bits, launch=dataclasses.replace(launch, **bad),
+                        counts=row)
 
 
 def test_registers_of_a_prediction_are_checked():

@@ -249,11 +249,6 @@ def instruction_row(fmt: str, kernel: str, bm: int) -> dict:
     return table[(fmt, kernel, bm)]
 
 
-def instructions_per_code(fmt: str, kernel: str, bm: int) -> float:
-    """Issue slots per code of ``kernel`` for format ``fmt`` on its busiest pipe (``ValueError`` if not counted)."""
-    return instruction_row(fmt, kernel, bm)["weighted_per_code"]
-
-
 COUNTED_FIELDS = ("weighted_per_code", "registers", "warps", "shared_bytes")  # what predict reads of a counted row
 
 

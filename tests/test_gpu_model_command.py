@@ -125,3 +125,19 @@ def test_bad_command_lines_get_one_error_line(capsys, argv, match):
     argv = (["--format", "int4"] if "--format" not in argv else []) + argv
     err = one_error_line(capsys, "gpu-model", *argv, *(["--shape", "128", "64"] if "--shape" not in argv else []))
     assert re.search(match, err), err
+
+
+def test_the_command_needs_neither_torch_nor_triton_nor_cupy():
+    """The model reads the instruction table and the launch rules only: a machine without the kernels' extra runs
+    it (a separate process, with those packages made unimportable)."""
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "for name in ('torch', 'triton', 'cupy'):\n"
+              "    sys.modules[name] = None\n"
+              "from hwlab.cli import main\n"
+              "sys.exit(main(['gpu-model', '--format', 'int4', '--m', '1', '16', '--shape', '8192', '28672']))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "gemv_words" in done.stdout and "int_mma_cupy" in done.stdout

@@ -31,7 +31,6 @@ from hwlab.output import UsageError, cell, print_json, render
 SHAPES = ((4096, 4096), (4096, 11008), (11008, 4096), (8192, 28672))
 ROWS = 16  # rows quantized for a format's plan and bits a weight (the launch is the N x K one's)
 MAX_K = 1 << 20  # ... so K is bounded: 16 rows of 2**20 float32 are 64 MiB
-MIN_REGISTERS, MAX_REGISTERS = 16, 255  # a register cap Triton takes (dispatch.Launch), a thread's most
 COLUMNS = ("format", "M", "K", "N", "kernel", "bits/w", "warps/SM", "memory us", "decode us", "bound",
            "graph us", "call us")
 
@@ -103,9 +102,9 @@ def rows(formats, batches, shapes, gpu, group_size=None, registers=None, cupy=Tr
     out = []
     for name in formats:
         for k, n in shapes:
-            qt = _quantized(quantized, name, k, group_size)
+            qt, plan = _quantized(quantized, name, k, group_size)
             for m in batches:
-                launch = _launch(qt, n, m, gpu, cupy, registers)
+                launch = _launch(plan, n, m, gpu, cupy, registers)
                 row = {"format": name, "M": m, "K": k, "N": n, "launch": launch.describe(), "kernel": launch.kernel,
                        "bits_per_weight": qt.bits_per_weight, "counts_of": counts_of or name}
                 try:
@@ -113,7 +112,8 @@ def rows(formats, batches, shapes, gpu, group_size=None, registers=None, cupy=Tr
                         raise UncountedLaunch("no hwlab kernel reads it at this group size (matmul dequantizes, "
                                               "then multiplies in torch): nothing to predict")
                     if counts_of not in (None, name):
-                        other = _launch(_quantized(quantized, counts_of, k, group_size), n, m, gpu, cupy, registers)
+                        other = _launch(_quantized(quantized, counts_of, k, group_size)[1], n, m, gpu, cupy,
+                                        registers)
                         if other.describe() != launch.describe():
                             raise UncountedLaunch(f"--counts-of {counts_of}: its launch here is '{other.describe()}', "
                                                   "another kernel's than this one's, so its counts do not apply")
@@ -126,28 +126,30 @@ def rows(formats, batches, shapes, gpu, group_size=None, registers=None, cupy=Tr
 
 
 def _quantized(cache: dict, name: str, k: int, group_size):
-    """``name``'s tensor of :data:`ROWS` rows of Gaussian weights of ``k`` columns (made once a format and K)."""
+    """``name``'s tensor of :data:`ROWS` rows of Gaussian weights of ``k`` columns and its kernel plan (made once a
+    format and K)."""
     import numpy as np
 
     import hwlab.formats as F
+    from hwlab.kernels.plan import build_plan
 
     if (name, k) not in cache:
         weights = (np.random.default_rng(k).standard_normal((ROWS, k)) * 0.02).astype(np.float32)
         try:
-            cache[name, k] = F.quantize(weights, name, pad=True,  # K of any length, as matmul takes it
-                                        **({} if group_size is None else {"group_size": group_size}))
+            qt = F.quantize(weights, name, pad=True,  # K of any length, as matmul takes it
+                            **({} if group_size is None else {"group_size": group_size}))
         except ValueError as exc:
             raise UsageError(f"--format {name} at --shape K={k}"
                              f"{'' if group_size is None else f' --group-size {group_size}'}: {exc}") from None
+        cache[name, k] = qt, build_plan(qt)
     return cache[name, k]
 
 
-def _launch(qt, n: int, m: int, gpu, cupy: bool, registers):
-    """The launch ``matmul`` takes for ``m`` rows of fp16 x and ``qt``'s plan at ``n`` rows (see :func:`rows`)."""
+def _launch(plan, n: int, m: int, gpu, cupy: bool, registers):
+    """The launch ``matmul`` takes for ``m`` rows of fp16 x and ``plan`` at ``n`` rows (see :func:`rows`)."""
     from hwlab.kernels import cupy_kernels, dispatch
-    from hwlab.kernels.plan import build_plan
 
-    layer = dataclasses.replace(build_plan(qt), shape=(n, qt.shape[1]))
+    layer = dataclasses.replace(plan, shape=(n, plan.shape[1]))
     if cupy and dispatch.mma_plan_applies(layer, m, "float16"):
         launch = dispatch.mma_launch(cupy_kernels.mma_launch_plan(layer, m, sms=gpu.sms), cupy_kernels.MMA_WARPS)
     else:
@@ -158,6 +160,8 @@ def _launch(qt, n: int, m: int, gpu, cupy: bool, registers):
 
 
 def run(args) -> None:
+    from hwlab.kernels.dispatch import MAX_REGISTERS, MIN_REGISTERS
+
     if args.registers is not None and not MIN_REGISTERS <= args.registers <= MAX_REGISTERS:
         raise UsageError(f"--registers {args.registers}: expected a whole number from {MIN_REGISTERS} to "
                          f"{MAX_REGISTERS} (a thread's registers, as Triton's maxnreg takes them)")

@@ -73,6 +73,7 @@ GEMV_MAX_REGISTERS = {2: 128}
 # loop) three, which the model puts at 1.4x faster, untimed
 TILE_MAX_REGISTERS = {}
 MAX_REGISTERS = 255  # registers a thread can address (CUDA C Programming Guide, compute capability 9.0)
+MIN_REGISTERS = 16  # the smallest register cap a launch takes (Launch.registers, GEMV_ and TILE_MAX_REGISTERS)
 REGISTER_CAPPED = ("gemv_words", "tile", "tile_dot")  # the kernels whose launches pass the cap to Triton
 MAX_GROUPS_PER_STEP = 16  # words per step are halved until a step holds at most this many groups (nvfp4: 16 of 16)
 # gemv_words takes at least 32 rows: with 16, triton 3.6 fails to compile its table decodes for sm_90
@@ -172,7 +173,7 @@ class Launch:
             raise ValueError(f"a launch with fp16 pairs is a tile_dot of integer or minifloat codes or int_mma_cupy, "
                              f"got {self.kernel} with decode {self.decode!r} (replace half_pairs=False as well)")
         if not _register_count(self.registers):
-            raise ValueError(f"registers must be 0 (the compiler's choice) or a whole number from 16 to "
+            raise ValueError(f"registers must be 0 (the compiler's choice) or a whole number from {MIN_REGISTERS} to "
                              f"{MAX_REGISTERS}, got {self.registers!r}")
         object.__setattr__(self, "registers", int(self.registers))  # a numpy integer as a Python one
         if not isinstance(self.subnormal, bool):
@@ -267,9 +268,10 @@ def choose(plan: KernelPlan, m: int, sms: int = 1) -> Launch:
 
 
 def _register_count(value) -> bool:
-    """Whether ``value`` is a register cap: 0 (none) or a whole number from 16 to :data:`MAX_REGISTERS`."""
+    """Whether ``value`` is a register cap: 0 (none) or a whole number from :data:`MIN_REGISTERS` to
+    :data:`MAX_REGISTERS`."""
     return (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-            and (value == 0 or 16 <= value <= MAX_REGISTERS))
+            and (value == 0 or MIN_REGISTERS <= value <= MAX_REGISTERS))
 
 
 def _register_cap(bits: int, knob: str) -> int:
@@ -280,8 +282,8 @@ def _register_cap(bits: int, knob: str) -> int:
         raise ValueError(f"dispatch.{knob} must be a dict of code widths to register caps, got {caps!r}")
     cap = caps.get(bits, 0)
     if not _register_count(cap):
-        raise ValueError(f"dispatch.{knob}[{bits}] must be 0 or a whole number from 16 to {MAX_REGISTERS}, "
-                         f"got {cap!r}")
+        raise ValueError(f"dispatch.{knob}[{bits}] must be 0 or a whole number from {MIN_REGISTERS} to "
+                         f"{MAX_REGISTERS}, got {cap!r}")
     return int(cap)
 
 
